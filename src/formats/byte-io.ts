@@ -1,0 +1,48 @@
+/**
+ * The two ways formats touch bytes. Formats never see a file system: `io/` hands them these,
+ * made from a local file, an object in a bucket, or memory.
+ */
+
+/** Reads any byte range of a file of known size (a positioned read, or an HTTP range request). */
+export interface RandomAccessReader {
+  readonly size: number;
+  /** Reads `length` bytes at `position` into `target` (at its start), or into a new buffer. */
+  read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array>;
+}
+
+/** Takes bytes in order (a local file, a multipart upload). `write` may keep `chunk` until it resolves. */
+export interface ByteSink {
+  write(chunk: Uint8Array): Promise<void>;
+}
+
+/** A RandomAccessReader over bytes already in memory (tests, small files). */
+export class MemoryReader implements RandomAccessReader {
+  constructor(private readonly bytes: Uint8Array) {}
+
+  get size(): number {
+    return this.bytes.length;
+  }
+
+  async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
+    if (position < 0 || length < 0 || position + length > this.bytes.length) {
+      throw new RangeError(`read of ${length} bytes at ${position} is outside ${this.bytes.length} bytes`);
+    }
+    const slice = this.bytes.subarray(position, position + length);
+    if (target === undefined) return slice.slice();
+    target.set(slice);
+    return target.subarray(0, length);
+  }
+}
+
+/** A ByteSink that collects everything in memory. */
+export class MemorySink implements ByteSink {
+  private readonly chunks: Uint8Array[] = [];
+
+  async write(chunk: Uint8Array): Promise<void> {
+    this.chunks.push(chunk.slice());
+  }
+
+  toBytes(): Uint8Array {
+    return Buffer.concat(this.chunks);
+  }
+}

@@ -1,0 +1,333 @@
+import { FormatError } from "../../errors.js";
+import {
+  PyFloat,
+  getOrderedDictAttributes,
+  isFloatSlot,
+  isOrderedDict,
+  tupleKind,
+} from "../../values/py-values.js";
+import { Op } from "./opcodes.js";
+
+/**
+ * Writes objects the pickler does not know (tensors, dtypes): return true once written, false to
+ * let the pickler report the value as unsupported.
+ */
+export type EncodeObject = (pickler: Pickler, value: object) => boolean;
+
+/** Deeper trees than this are refused instead of overflowing the JavaScript stack. */
+const MAX_DEPTH = 1000;
+/** Python's pickler batches APPENDS/SETITEMS in groups of this size; we do the same. */
+const BATCH_SIZE = 1000;
+/** Strings up to this length are memoized by value, so repeated keys are written once. */
+const MEMO_STRING_LENGTH = 64;
+
+const utf8 = new TextEncoder();
+const BIG_INT32_MIN = -(2 ** 31);
+const BIG_INT32_MAX = 2 ** 31 - 1;
+
+/**
+ * A protocol-2 pickler for state values, writing what `torch.save` writes: memoized containers
+ * (so shared objects stay shared), BINUNICODE strings, BINFLOAT floats, LONG1 big ints, and bytes
+ * as `_codecs.encode(text, "latin1")` because protocol 2 has no bytes opcode.
+ */
+export class Pickler {
+  private buffer = new Uint8Array(1 << 16);
+  private view = new DataView(this.buffer.buffer);
+  private length = 0;
+  private readonly memo = new Map<unknown, number>();
+  private readonly stringMemo = new Map<string, number>();
+  private readonly globalMemo = new Map<string, number>();
+  private readonly tuplesInProgress = new Set<unknown[]>();
+  private depth = 0;
+
+  constructor(private readonly encodeObject: EncodeObject = () => false) {}
+
+  /** Pickles `value` and returns the bytes (PROTO 2 … STOP). */
+  static dump(value: unknown, encodeObject?: EncodeObject): Uint8Array {
+    const pickler = new Pickler(encodeObject);
+    pickler.byte(Op.PROTO);
+    pickler.byte(2);
+    pickler.value(value);
+    pickler.byte(Op.STOP);
+    return pickler.buffer.subarray(0, pickler.length);
+  }
+
+  /** Writes any state value. `container`/`key` say where it sits, to honour whole-float marks. */
+  value(value: unknown, container?: object, key?: unknown): void {
+    switch (typeof value) {
+      case "number":
+        if (container !== undefined && isFloatSlot(container, key)) this.float(value);
+        else if (Number.isInteger(value) && !Object.is(value, -0)) this.int(value);
+        else this.float(value);
+        return;
+      case "bigint":
+        this.int(value);
+        return;
+      case "string":
+        this.string(value);
+        return;
+      case "boolean":
+        this.byte(value ? Op.NEWTRUE : Op.NEWFALSE);
+        return;
+      case "object":
+        if (value === null) {
+          this.byte(Op.NONE);
+          return;
+        }
+        break;
+      default:
+        throw new FormatError("PICKLE_UNSUPPORTED", `a ${typeof value} cannot be saved in a state`);
+    }
+    if (value instanceof PyFloat) {
+      this.float(value.value);
+      return;
+    }
+    if (this.getMemo(value)) return;
+    if (++this.depth > MAX_DEPTH) throw new FormatError("PICKLE_LIMIT", `the state is nested deeper than ${MAX_DEPTH} levels`);
+    try {
+      this.object(value);
+    } finally {
+      this.depth--;
+    }
+  }
+
+  private object(value: object): void {
+    if (Array.isArray(value)) {
+      const kind = tupleKind(value);
+      if (kind === "tuple") this.tuple(value);
+      else if (kind === "torch.Size") this.reduce("torch", "Size", () => this.tuple(value.slice()), value);
+      else this.list(value);
+    } else if (value instanceof Uint8Array) {
+      this.reduce("_codecs", "encode", () => {
+        this.string(Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1"), false);
+        this.string("latin1");
+        this.byte(Op.TUPLE2);
+      }, value);
+    } else if (value instanceof Map) {
+      this.dict(value, [...value.keys()], (key) => value.get(key));
+    } else if (isPlainObject(value)) {
+      const record = value as Record<string, unknown>;
+      this.dict(value, Object.keys(record), (key) => record[key as string]);
+    } else if (!this.encodeObject(this, value)) {
+      throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor?.name ?? "value"} cannot be saved in a state`);
+    }
+  }
+
+  private list(list: unknown[]): void {
+    this.byte(Op.EMPTY_LIST);
+    this.memoize(list);
+    for (let start = 0; start < list.length; start += BATCH_SIZE) {
+      this.byte(Op.MARK);
+      const end = Math.min(list.length, start + BATCH_SIZE);
+      for (let i = start; i < end; i++) this.value(list[i], list, i);
+      this.byte(Op.APPENDS);
+    }
+  }
+
+  /** Writes a tuple of already-known items; memoized afterwards, like Python. */
+  tuple(items: readonly unknown[], container: object = items): void {
+    if (this.tuplesInProgress.has(items as unknown[])) {
+      throw new FormatError("PICKLE_UNSUPPORTED", "a tuple that contains itself cannot be saved");
+    }
+    this.tuplesInProgress.add(items as unknown[]);
+    try {
+      if (items.length === 0) {
+        this.byte(Op.EMPTY_TUPLE);
+      } else if (items.length <= 3) {
+        items.forEach((item, i) => this.value(item, container, i));
+        this.byte(Op.TUPLE1 + items.length - 1);
+      } else {
+        this.byte(Op.MARK);
+        items.forEach((item, i) => this.value(item, container, i));
+        this.byte(Op.TUPLE);
+      }
+    } finally {
+      this.tuplesInProgress.delete(items as unknown[]);
+    }
+    if (container === items) this.memoize(items);
+  }
+
+  private dict(dict: object, keys: unknown[], valueOf: (key: unknown) => unknown): void {
+    const ordered = isOrderedDict(dict);
+    if (ordered) {
+      this.global("collections", "OrderedDict");
+      this.byte(Op.EMPTY_TUPLE);
+      this.byte(Op.REDUCE);
+    } else {
+      this.byte(Op.EMPTY_DICT);
+    }
+    this.memoize(dict);
+    for (let start = 0; start < keys.length; start += BATCH_SIZE) {
+      this.byte(Op.MARK);
+      const end = Math.min(keys.length, start + BATCH_SIZE);
+      for (let i = start; i < end; i++) {
+        const key = keys[i];
+        this.value(key);
+        this.value(valueOf(key), dict, key);
+      }
+      this.byte(Op.SETITEMS);
+    }
+    const attributes = ordered ? getOrderedDictAttributes(dict) : undefined;
+    if (attributes !== undefined) {
+      this.value(attributes);
+      this.byte(Op.BUILD);
+    }
+  }
+
+  /** Writes `module.name(*args)`: the global, the argument tuple from `writeArgs`, REDUCE. */
+  reduce(module: string, name: string, writeArgs: () => void, memoKey?: object): void {
+    this.global(module, name);
+    writeArgs();
+    this.byte(Op.REDUCE);
+    if (memoKey !== undefined) this.memoize(memoKey);
+  }
+
+  /** Writes a global reference (memoized: PyTorch files name the same few globals thousands of times). */
+  global(module: string, name: string): void {
+    const qualified = `${module}\n${name}\n`;
+    const index = this.globalMemo.get(qualified);
+    if (index !== undefined) {
+      this.memoGet(index);
+      return;
+    }
+    this.byte(Op.GLOBAL);
+    this.ascii(qualified);
+    this.globalMemo.set(qualified, this.newMemoIndex());
+  }
+
+  /** Writes `pid` (a tuple of items) as a persistent id. */
+  persistentId(items: readonly unknown[]): void {
+    this.tuple(items, []);
+    this.byte(Op.BINPERSID);
+  }
+
+  int(value: number | bigint): void {
+    if (typeof value === "number" && value >= 0 && value < 0x100) {
+      this.byte(Op.BININT1);
+      this.byte(value);
+    } else if (typeof value === "number" && value >= 0 && value < 0x10000) {
+      this.byte(Op.BININT2);
+      this.ensure(2);
+      this.view.setUint16(this.length, value, true);
+      this.length += 2;
+    } else if (typeof value === "number" && value >= BIG_INT32_MIN && value <= BIG_INT32_MAX) {
+      this.byte(Op.BININT);
+      this.ensure(4);
+      this.view.setInt32(this.length, value, true);
+      this.length += 4;
+    } else {
+      const bytes = encodeLong(BigInt(value));
+      this.byte(Op.LONG1);
+      this.byte(bytes.length);
+      this.bytes(bytes);
+    }
+  }
+
+  float(value: number): void {
+    this.byte(Op.BINFLOAT);
+    this.ensure(8);
+    this.view.setFloat64(this.length, value, false);
+    this.length += 8;
+  }
+
+  string(value: string, memoize = true): void {
+    const memoized = memoize && value.length <= MEMO_STRING_LENGTH;
+    if (memoized) {
+      const index = this.stringMemo.get(value);
+      if (index !== undefined) {
+        this.memoGet(index);
+        return;
+      }
+    }
+    const encoded = utf8.encode(value);
+    this.byte(Op.BINUNICODE);
+    this.ensure(4);
+    this.view.setUint32(this.length, encoded.length, true);
+    this.length += 4;
+    this.bytes(encoded);
+    if (memoized) this.stringMemo.set(value, this.newMemoIndex());
+  }
+
+  private getMemo(value: object): boolean {
+    const index = this.memo.get(value);
+    if (index === undefined) return false;
+    this.memoGet(index);
+    return true;
+  }
+
+  /** Records `value` as the object on top of the pickle stack, so later references reuse it. */
+  memoize(value: object): void {
+    this.memo.set(value, this.newMemoIndex());
+  }
+
+  private newMemoIndex(): number {
+    const index = this.memo.size + this.stringMemo.size + this.globalMemo.size;
+    if (index < 0x100) {
+      this.byte(Op.BINPUT);
+      this.byte(index);
+    } else {
+      this.byte(Op.LONG_BINPUT);
+      this.ensure(4);
+      this.view.setUint32(this.length, index, true);
+      this.length += 4;
+    }
+    return index;
+  }
+
+  private memoGet(index: number): void {
+    if (index < 0x100) {
+      this.byte(Op.BINGET);
+      this.byte(index);
+    } else {
+      this.byte(Op.LONG_BINGET);
+      this.ensure(4);
+      this.view.setUint32(this.length, index, true);
+      this.length += 4;
+    }
+  }
+
+  byte(value: number): void {
+    this.ensure(1);
+    this.buffer[this.length++] = value;
+  }
+
+  private bytes(bytes: Uint8Array): void {
+    this.ensure(bytes.length);
+    this.buffer.set(bytes, this.length);
+    this.length += bytes.length;
+  }
+
+  private ascii(text: string): void {
+    this.bytes(utf8.encode(text));
+  }
+
+  private ensure(extra: number): void {
+    if (this.length + extra <= this.buffer.length) return;
+    let size = this.buffer.length * 2;
+    while (size < this.length + extra) size *= 2;
+    const grown = new Uint8Array(size);
+    grown.set(this.buffer.subarray(0, this.length));
+    this.buffer = grown;
+    this.view = new DataView(grown.buffer);
+  }
+}
+
+/** Two's complement, little-endian, shortest form (Python's `encode_long`). */
+function encodeLong(value: bigint): Uint8Array {
+  if (value === 0n) return new Uint8Array(0);
+  const bytes: number[] = [];
+  let rest = value;
+  for (;;) {
+    bytes.push(Number(rest & 0xffn));
+    rest >>= 8n;
+    const signBitSet = (bytes[bytes.length - 1]! & 0x80) !== 0;
+    if ((rest === 0n && !signBitSet) || (rest === -1n && signBitSet)) break;
+  }
+  if (bytes.length > 255) throw new FormatError("PICKLE_LIMIT", "an int longer than 255 bytes cannot be saved");
+  return Uint8Array.from(bytes);
+}
+
+function isPlainObject(value: object): boolean {
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}

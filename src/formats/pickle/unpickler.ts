@@ -1,0 +1,447 @@
+import { FormatError } from "../../errors.js";
+import {
+  PyFloat,
+  getOrderedDictAttributes,
+  isOrderedDict,
+  markFloatSlot,
+  objectKeepsOrder,
+  orderedDict,
+  setOwn,
+  type StateDict,
+} from "../../values/py-values.js";
+import { markTuple } from "../../values/py-values.js";
+import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
+
+/** A global the allow-list lets a pickle call (REDUCE, NEWOBJ). */
+export class PickleCallable {
+  constructor(
+    readonly qualifiedName: string,
+    readonly call: (args: unknown[]) => unknown,
+  ) {}
+}
+
+export interface UnpickleOptions {
+  /**
+   * Resolves `module.name` to a value or a `PickleCallable`, or throws to refuse it. Nothing else
+   * can be reached from a pickle: this is the whole attack surface.
+   */
+  findGlobal(module: string, name: string): unknown;
+  /** Resolves a persistent id (PyTorch uses them for storages). */
+  persistentLoad?(pid: unknown): unknown;
+  /** Applies a BUILD (`__setstate__`) to an object made by a global; throws to refuse. */
+  build?(object: unknown, state: unknown): void;
+}
+
+/** Longest Python int accepted (LONG1/LONG4): 4 KiB is ~10,000 digits, far beyond any state. */
+const MAX_LONG_BYTES = 4096;
+
+class PickleReader {
+  private pos = 0;
+  private readonly view: DataView;
+
+  constructor(private readonly bytes: Uint8Array) {
+    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+  }
+
+  get offset(): number {
+    return this.pos;
+  }
+
+  private need(n: number, what: string): number {
+    if (n > this.bytes.length - this.pos) {
+      throw new FormatError("PICKLE_TRUNCATED", `pickle ends inside ${what} at byte ${this.pos} (needs ${n} more bytes, has ${this.bytes.length - this.pos})`);
+    }
+    const at = this.pos;
+    this.pos += n;
+    return at;
+  }
+
+  u8(what: string): number {
+    return this.bytes[this.need(1, what)]!;
+  }
+  u16(what: string): number {
+    return this.view.getUint16(this.need(2, what), true);
+  }
+  u32(what: string): number {
+    return this.view.getUint32(this.need(4, what), true);
+  }
+  i32(what: string): number {
+    return this.view.getInt32(this.need(4, what), true);
+  }
+  /** An 8-byte length, checked against what is left before it becomes a number. */
+  u64Length(what: string): number {
+    const value = this.view.getBigUint64(this.need(8, what), true);
+    if (value > BigInt(this.bytes.length - this.pos)) {
+      throw new FormatError("PICKLE_TRUNCATED", `${what} claims ${value} bytes but only ${this.bytes.length - this.pos} are left`);
+    }
+    return Number(value);
+  }
+  f64be(what: string): number {
+    return this.view.getFloat64(this.need(8, what), false);
+  }
+  take(n: number, what: string): Uint8Array {
+    const at = this.need(n, what);
+    return this.bytes.subarray(at, at + n);
+  }
+  line(what: string): string {
+    const end = this.bytes.indexOf(0x0a, this.pos);
+    if (end < 0) throw new FormatError("PICKLE_TRUNCATED", `pickle ends inside ${what} at byte ${this.pos}`);
+    const text = utf8.decode(this.bytes.subarray(this.pos, end));
+    this.pos = end + 1;
+    return text;
+  }
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+const latin1 = new TextDecoder("latin1");
+
+/** Signed little-endian two's complement bytes (LONG1/LONG4) to a number or bigint. */
+function decodeLong(bytes: Uint8Array): number | bigint {
+  if (bytes.length === 0) return 0;
+  let value = 0n;
+  for (let i = bytes.length - 1; i >= 0; i--) value = (value << 8n) | BigInt(bytes[i]!);
+  if (bytes[bytes.length - 1]! & 0x80) value -= 1n << BigInt(bytes.length * 8);
+  return toIntValue(value);
+}
+
+/** Python ints become numbers when exactly representable, bigints otherwise. */
+export function toIntValue(value: bigint): number | bigint {
+  return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
+}
+
+/**
+ * Reads a pickle (protocols 2–5) without executing anything: every global goes through
+ * `options.findGlobal`. Containers are built with explicit stacks, so no input can recurse deeply,
+ * and every length is checked against the bytes left before anything is allocated.
+ */
+export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
+  const r = new PickleReader(bytes);
+  let stack: unknown[] = [];
+  const marks: unknown[][] = [];
+  const memo = new Map<number, unknown>();
+  const fail = (code: string, message: string): never => {
+    throw new FormatError(code, `${message} (at byte ${r.offset} of the pickle)`);
+  };
+  const pop = (): unknown => (stack.length > 0 ? stack.pop() : fail("PICKLE_STACK", "stack underflow"));
+  const top = (): unknown => (stack.length > 0 ? stack[stack.length - 1] : fail("PICKLE_STACK", "stack underflow"));
+  const popMark = (): unknown[] => {
+    const items = stack;
+    const outer = marks.pop();
+    if (outer === undefined) fail("PICKLE_STACK", "no MARK to pop to");
+    stack = outer!;
+    return items;
+  };
+  const put = (index: number): void => {
+    memo.set(index, top());
+  };
+  const get = (index: number): void => {
+    if (!memo.has(index)) fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
+    stack.push(memo.get(index));
+  };
+  const dictAt = (what: string): Map<unknown, unknown> => {
+    const dict = top();
+    return dict instanceof Map ? dict : fail("PICKLE_TYPE", `${what} on a ${describe(dict)}, not a dict`);
+  };
+  const listAt = (what: string): unknown[] => {
+    const list = top();
+    return Array.isArray(list) ? list : fail("PICKLE_TYPE", `${what} on a ${describe(list)}, not a list`);
+  };
+  const setItems = (dict: Map<unknown, unknown>, items: unknown[]): void => {
+    if (items.length % 2 !== 0) fail("PICKLE_TYPE", "SETITEMS with an odd number of items");
+    for (let i = 0; i < items.length; i += 2) dict.set(dictKey(items[i]), items[i + 1]);
+  };
+  const callGlobal = (callable: unknown, args: unknown, opcode: string): unknown => {
+    if (!(callable instanceof PickleCallable)) return fail("PICKLE_TYPE", `${opcode} on ${describe(callable)}, which cannot be called`);
+    if (!Array.isArray(args)) return fail("PICKLE_TYPE", `${opcode} arguments must be a tuple, got ${describe(args)}`);
+    try {
+      return callable.call(args);
+    } catch (error) {
+      if (error instanceof FormatError) throw error;
+      throw new FormatError("PICKLE_CALL", `${callable.qualifiedName}(...) refused its arguments: ${(error as Error).message}`, { cause: error });
+    }
+  };
+
+  const first = r.u8("the protocol");
+  if (first !== Op.PROTO) fail("PICKLE_PROTOCOL", "not a pickle of protocol 2 or newer (no PROTO opcode at the start)");
+  const protocol = r.u8("the protocol");
+  if (protocol < 2 || protocol > HIGHEST_PROTOCOL) fail("PICKLE_PROTOCOL", `pickle protocol ${protocol} is not supported (2–5 are)`);
+
+  for (;;) {
+    const op = r.u8("an opcode");
+    switch (op) {
+      case Op.STOP: {
+        if (marks.length > 0 || stack.length !== 1) fail("PICKLE_STACK", "STOP with an unbalanced stack");
+        return finalize(stack[0]);
+      }
+      case Op.PROTO:
+        r.u8("the protocol");
+        break;
+      case Op.FRAME:
+        r.u64Length("a frame"); // frames only group bytes; reading stays linear
+        break;
+      case Op.MARK:
+        marks.push(stack);
+        stack = [];
+        break;
+      case Op.POP:
+        pop();
+        break;
+      case Op.POP_MARK:
+        popMark();
+        break;
+      case Op.DUP:
+        stack.push(top());
+        break;
+      case Op.NONE:
+        stack.push(null);
+        break;
+      case Op.NEWTRUE:
+        stack.push(true);
+        break;
+      case Op.NEWFALSE:
+        stack.push(false);
+        break;
+      case Op.BININT:
+        stack.push(r.i32("BININT"));
+        break;
+      case Op.BININT1:
+        stack.push(r.u8("BININT1"));
+        break;
+      case Op.BININT2:
+        stack.push(r.u16("BININT2"));
+        break;
+      case Op.LONG1:
+      case Op.LONG4: {
+        const n = op === Op.LONG1 ? r.u8("LONG1") : r.u32("LONG4");
+        if (n > MAX_LONG_BYTES) fail("PICKLE_LIMIT", `an int of ${n} bytes exceeds the limit of ${MAX_LONG_BYTES}`);
+        stack.push(decodeLong(r.take(n, "a long int")));
+        break;
+      }
+      case Op.BINFLOAT: {
+        const value = r.f64be("BINFLOAT");
+        // A whole-valued float would read back as an int: keep the fact until finalize() marks it.
+        stack.push(Number.isInteger(value) || Object.is(value, -0) ? new PyFloat(value) : value);
+        break;
+      }
+      case Op.BINUNICODE:
+        stack.push(decodeUtf8(r.take(r.u32("BINUNICODE"), "a string")));
+        break;
+      case Op.SHORT_BINUNICODE:
+        stack.push(decodeUtf8(r.take(r.u8("SHORT_BINUNICODE"), "a string")));
+        break;
+      case Op.BINUNICODE8:
+        stack.push(decodeUtf8(r.take(r.u64Length("BINUNICODE8"), "a string")));
+        break;
+      case Op.BINSTRING: {
+        // Python 2 str: PyTorch reads these as latin-1 text (torch.load's default encoding).
+        const n = r.i32("BINSTRING");
+        if (n < 0) fail("PICKLE_LENGTH", "BINSTRING with a negative length");
+        stack.push(latin1.decode(r.take(n, "a string")));
+        break;
+      }
+      case Op.SHORT_BINSTRING:
+        stack.push(latin1.decode(r.take(r.u8("SHORT_BINSTRING"), "a string")));
+        break;
+      case Op.BINBYTES:
+        stack.push(r.take(r.u32("BINBYTES"), "bytes").slice());
+        break;
+      case Op.SHORT_BINBYTES:
+        stack.push(r.take(r.u8("SHORT_BINBYTES"), "bytes").slice());
+        break;
+      case Op.BINBYTES8:
+        stack.push(r.take(r.u64Length("BINBYTES8"), "bytes").slice());
+        break;
+      case Op.EMPTY_LIST:
+        stack.push([]);
+        break;
+      case Op.LIST: {
+        const items = popMark(); // before `stack.` is read: popMark replaces the stack
+        stack.push(items);
+        break;
+      }
+      case Op.APPEND: {
+        const item = pop();
+        listAt("APPEND").push(item);
+        break;
+      }
+      case Op.APPENDS: {
+        const items = popMark();
+        const list = listAt("APPENDS");
+        for (const item of items) list.push(item);
+        break;
+      }
+      case Op.EMPTY_TUPLE:
+        stack.push(markTuple([]));
+        break;
+      case Op.TUPLE: {
+        const items = popMark();
+        stack.push(markTuple(items));
+        break;
+      }
+      case Op.TUPLE1:
+      case Op.TUPLE2:
+      case Op.TUPLE3: {
+        const n = op - Op.TUPLE1 + 1;
+        if (stack.length < n) fail("PICKLE_STACK", "stack underflow");
+        stack.push(markTuple(stack.splice(stack.length - n, n)));
+        break;
+      }
+      case Op.EMPTY_DICT:
+        stack.push(new Map());
+        break;
+      case Op.DICT: {
+        const dict = new Map();
+        setItems(dict, popMark());
+        stack.push(dict);
+        break;
+      }
+      case Op.SETITEM: {
+        const value = pop();
+        const key = pop();
+        dictAt("SETITEM").set(dictKey(key), value);
+        break;
+      }
+      case Op.SETITEMS: {
+        const items = popMark();
+        setItems(dictAt("SETITEMS"), items);
+        break;
+      }
+      case Op.BINPUT:
+        put(r.u8("BINPUT"));
+        break;
+      case Op.LONG_BINPUT:
+        put(r.u32("LONG_BINPUT"));
+        break;
+      case Op.MEMOIZE:
+        put(memo.size);
+        break;
+      case Op.BINGET:
+        get(r.u8("BINGET"));
+        break;
+      case Op.LONG_BINGET:
+        get(r.u32("LONG_BINGET"));
+        break;
+      case Op.GLOBAL: {
+        const module = r.line("a GLOBAL module");
+        const name = r.line("a GLOBAL name");
+        stack.push(options.findGlobal(module, name));
+        break;
+      }
+      case Op.STACK_GLOBAL: {
+        const name = pop();
+        const module = pop();
+        if (typeof module !== "string" || typeof name !== "string") fail("PICKLE_TYPE", "STACK_GLOBAL needs two strings");
+        stack.push(options.findGlobal(module as string, name as string));
+        break;
+      }
+      case Op.REDUCE: {
+        const args = pop();
+        const callable = pop();
+        stack.push(callGlobal(callable, args, "REDUCE"));
+        break;
+      }
+      case Op.NEWOBJ: {
+        const args = pop();
+        const cls = pop();
+        stack.push(callGlobal(cls, args, "NEWOBJ"));
+        break;
+      }
+      case Op.BUILD: {
+        const state = pop();
+        const object = top();
+        if (options.build === undefined) fail("PICKLE_BUILD", `cannot set the state of ${describe(object)}`);
+        options.build!(object, state);
+        break;
+      }
+      case Op.BINPERSID: {
+        const pid = pop();
+        if (options.persistentLoad === undefined) fail("PICKLE_PERSID", "persistent ids are not allowed here");
+        stack.push(options.persistentLoad!(pid));
+        break;
+      }
+      default:
+        return fail("PICKLE_OPCODE", `opcode 0x${op.toString(16).padStart(2, "0")} is not allowed in a state pickle`);
+    }
+  }
+}
+
+function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return utf8.decode(bytes);
+  } catch (error) {
+    throw new FormatError("PICKLE_STRING", "a string is not valid UTF-8", { cause: error });
+  }
+}
+
+/** Dict keys must be hashable in Python; JavaScript Maps compare by identity, so only scalars and tuples. */
+function dictKey(key: unknown): unknown {
+  if (key instanceof PyFloat) return key.value;
+  if (key === null || ["string", "number", "bigint", "boolean"].includes(typeof key)) return key;
+  if (Array.isArray(key)) return key;
+  throw new FormatError("PICKLE_TYPE", `a dict key must be a str, int, float, bool, None or tuple, got ${describe(key)}`);
+}
+
+function describe(value: unknown): string {
+  if (value === null) return "None";
+  if (value instanceof PickleCallable) return value.qualifiedName;
+  if (value instanceof Map) return "dict";
+  if (Array.isArray(value)) return "list or tuple";
+  if (typeof value === "object") return value.constructor?.name ?? "object";
+  return typeof value;
+}
+
+/**
+ * Turns the unpickler's working form into state values: dicts (Maps) with only string keys in an
+ * order an object keeps become plain objects, whole-valued floats become numbers with a mark on
+ * their container. Iterative, and each container is visited once, so sharing and cycles survive.
+ */
+function finalize(root: unknown): unknown {
+  const replacement = new Map<Map<unknown, unknown>, StateDict>();
+  const containers: (unknown[] | Map<unknown, unknown>)[] = [];
+  const seen = new Set<unknown>();
+  const pending: unknown[] = [root];
+  while (pending.length > 0) {
+    const value = pending.pop();
+    if (seen.has(value) || !(Array.isArray(value) || value instanceof Map)) continue;
+    seen.add(value);
+    containers.push(value);
+    if (Array.isArray(value)) {
+      for (const item of value) pending.push(item);
+    } else {
+      for (const [key, item] of value) {
+        pending.push(key, item);
+      }
+      if (isOrderedDict(value)) pending.push(getOrderedDictAttributes(value));
+      if (canBeObject(value)) replacement.set(value, Object.create(Object.prototype) as StateDict);
+    }
+  }
+  const fix = (value: unknown): unknown => (value instanceof Map ? (replacement.get(value) ?? value) : value);
+  for (const container of containers) {
+    if (Array.isArray(container)) {
+      for (let i = 0; i < container.length; i++) {
+        const item = container[i];
+        if (item instanceof PyFloat) markFloatSlot(container, i);
+        container[i] = item instanceof PyFloat ? item.value : fix(item);
+      }
+      continue;
+    }
+    const object = replacement.get(container);
+    const target: object = object ?? container;
+    for (const [key, item] of container) {
+      if (item instanceof PyFloat) markFloatSlot(target, key);
+      const value = item instanceof PyFloat ? item.value : fix(item);
+      if (object !== undefined) setOwn(object, key as string, value as never);
+      else container.set(key, value);
+    }
+    if (isOrderedDict(container)) {
+      const attributes = getOrderedDictAttributes(container);
+      orderedDict(target, attributes === undefined ? undefined : (fix(attributes) as StateDict));
+    }
+  }
+  return root instanceof PyFloat ? root : fix(root);
+}
+
+function canBeObject(dict: Map<unknown, unknown>): boolean {
+  for (const key of dict.keys()) if (typeof key !== "string") return false;
+  return objectKeepsOrder(dict.keys() as Iterable<string>);
+}

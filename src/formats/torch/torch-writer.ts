@@ -1,0 +1,94 @@
+import { FormatError } from "../../errors.js";
+import { DTYPES } from "../../tensor/dtype.js";
+import type { Storage } from "../../tensor/storage.js";
+import { Tensor } from "../../tensor/tensor.js";
+import { PyDType, type StateValue } from "../../values/py-values.js";
+import type { ByteSink } from "../byte-io.js";
+import { Op } from "../pickle/opcodes.js";
+import { Pickler } from "../pickle/pickler.js";
+import { ZipWriter, type ZipWriterOptions } from "../zip/zip-writer.js";
+
+export interface TorchWriteOptions extends ZipWriterOptions {
+  /** The archive's root folder (PyTorch 2.x writes "archive"). */
+  root?: string;
+}
+
+const utf8 = new TextEncoder();
+
+/**
+ * Writes `state` as PyTorch's zip archive, in the order `torch.save` uses: the pickle, the byte
+ * order, one entry per storage (each storage once, however many tensors view it), the version.
+ */
+export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<void> {
+  const root = options.root ?? "archive";
+  const storageKeys = new Map<Storage, string>();
+
+  const pickle = Pickler.dump(state, (pickler, value) => {
+    if (value instanceof Tensor) {
+      writeTensor(pickler, value, storageKeys);
+      return true;
+    }
+    if (value instanceof StorageClass) {
+      pickler.global("torch", DTYPES[value.storage.dtype].torchStorage);
+      return true;
+    }
+    if (value instanceof PyDType) {
+      pickler.global("torch", value.name);
+      return true;
+    }
+    if (ArrayBuffer.isView(value)) {
+      throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor.name} cannot be saved as it is; wrap it with Tensor.from(array, { shape })`);
+    }
+    return false;
+  });
+
+  const zip = new ZipWriter(sink, options);
+  await zip.addEntry(`${root}/data.pkl`, pickle);
+  await zip.addEntry(`${root}/byteorder`, utf8.encode("little"));
+  for (const [storage, key] of storageKeys) await zip.addEntry(`${root}/data/${key}`, storage.bytes);
+  await zip.addEntry(`${root}/version`, utf8.encode("3\n"));
+  await zip.finish();
+}
+
+function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage, string>): void {
+  const { storage } = tensor;
+  let key = storageKeys.get(storage);
+  if (key === undefined) {
+    key = String(storageKeys.size);
+    storageKeys.set(storage, key);
+  }
+  const storageKey = key;
+  const writeRebuild = (): void => {
+    pickler.global("torch._utils", "_rebuild_tensor_v2");
+    pickler.byte(Op.MARK);
+    pickler.persistentId(["storage", new StorageClass(storage), storageKey, "cpu", storage.numel]);
+    pickler.int(tensor.offset);
+    pickler.tuple(tensor.shape, []);
+    pickler.tuple(tensor.strides, []);
+    pickler.value(tensor.requiresGrad);
+    emptyOrderedDict(pickler);
+    pickler.byte(Op.TUPLE);
+    pickler.byte(Op.REDUCE);
+  };
+  if (!tensor.isParameter) {
+    writeRebuild();
+    pickler.memoize(tensor);
+  } else {
+    pickler.reduce("torch._utils", "_rebuild_parameter", () => {
+      pickler.byte(Op.MARK);
+      writeRebuild();
+      pickler.value(tensor.requiresGrad);
+      emptyOrderedDict(pickler);
+      pickler.byte(Op.TUPLE);
+    }, tensor);
+  }
+}
+
+function emptyOrderedDict(pickler: Pickler): void {
+  pickler.reduce("collections", "OrderedDict", () => pickler.byte(Op.EMPTY_TUPLE));
+}
+
+/** Placeholder written as the global `torch.<Type>Storage` inside a persistent id. */
+class StorageClass {
+  constructor(readonly storage: Storage) {}
+}

@@ -1,0 +1,193 @@
+import { crc32 } from "node:zlib";
+import { FormatError } from "../../errors.js";
+import type { RandomAccessReader } from "../byte-io.js";
+import {
+  CENTRAL_HEADER_SIGNATURE,
+  CENTRAL_HEADER_SIZE,
+  END_SIGNATURE,
+  END_SIZE,
+  LOCAL_HEADER_SIGNATURE,
+  LOCAL_HEADER_SIZE,
+  MAX_END_SEARCH,
+  METHOD_STORED,
+  UINT16_MAX,
+  UINT32_MAX,
+  ZIP64_END_SIGNATURE,
+  ZIP64_END_SIZE,
+  ZIP64_EXTRA_ID,
+  ZIP64_LOCATOR_SIGNATURE,
+  ZIP64_LOCATOR_SIZE,
+} from "./zip-constants.js";
+import { checkEntryName } from "./zip-writer.js";
+
+export interface ZipEntry {
+  readonly name: string;
+  readonly size: number;
+  readonly crc: number;
+  readonly headerOffset: number;
+}
+
+const utf8 = new TextDecoder("utf-8", { fatal: true });
+
+/**
+ * Reads a zip of Stored entries through positioned reads: the end records and the central
+ * directory first, then only the entries asked for. Every offset and size is checked against the
+ * file's size before it is used, so the reader never allocates more than the file holds.
+ */
+export class ZipReader {
+  private constructor(
+    private readonly reader: RandomAccessReader,
+    readonly entries: ReadonlyMap<string, ZipEntry>,
+    /** Where entry data must end: the start of the central directory. */
+    private readonly dataEnd: number,
+  ) {}
+
+  static async open(reader: RandomAccessReader): Promise<ZipReader> {
+    const { directoryOffset, directorySize, entryCount } = await readEnd(reader);
+    const directory = await reader.read(directoryOffset, directorySize);
+    const entries = parseCentralDirectory(directory, entryCount, directoryOffset);
+    return new ZipReader(reader, entries, directoryOffset);
+  }
+
+  entry(name: string): ZipEntry {
+    const entry = this.entries.get(name);
+    if (entry === undefined) throw new FormatError("ZIP_MISSING", `the zip has no entry "${name}"`);
+    return entry;
+  }
+
+  /** Where an entry's data starts, read from its local header. */
+  async dataOffset(entry: ZipEntry): Promise<number> {
+    const header = Buffer.from(await this.reader.read(entry.headerOffset, LOCAL_HEADER_SIZE));
+    if (header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) {
+      throw new FormatError("ZIP_HEADER", `entry "${entry.name}" has no local header at offset ${entry.headerOffset}`);
+    }
+    const start = entry.headerOffset + LOCAL_HEADER_SIZE + header.readUInt16LE(26) + header.readUInt16LE(28);
+    if (start + entry.size > this.dataEnd) {
+      throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" (${entry.size} bytes at ${start}) runs past the end of the entry data (${this.dataEnd})`);
+    }
+    return start;
+  }
+
+  /** Reads an entry's bytes (into `target` when given), checking its CRC-32 unless told not to. */
+  async read(name: string, options: { target?: Uint8Array; verifyCrc?: boolean } = {}): Promise<Uint8Array> {
+    const entry = this.entry(name);
+    const start = await this.dataOffset(entry);
+    if (options.target !== undefined && options.target.byteLength < entry.size) {
+      throw new FormatError("ZIP_BOUNDS", `entry "${name}" has ${entry.size} bytes, more than the ${options.target.byteLength} given`);
+    }
+    const data = await this.reader.read(start, entry.size, options.target);
+    if ((options.verifyCrc ?? true) && crc32(data) !== entry.crc) {
+      throw new FormatError("ZIP_CRC", `entry "${name}" fails its CRC-32 check: the file is corrupt`);
+    }
+    return data;
+  }
+}
+
+async function readEnd(reader: RandomAccessReader): Promise<{ directoryOffset: number; directorySize: number; entryCount: number }> {
+  const size = reader.size;
+  if (size < END_SIZE) throw new FormatError("ZIP_TRUNCATED", `${size} bytes is too short for a zip file`);
+  const tailLength = Math.min(size, MAX_END_SEARCH);
+  const tailStart = size - tailLength;
+  const tail = Buffer.from(await reader.read(tailStart, tailLength));
+  let at = -1;
+  for (let i = tail.length - END_SIZE; i >= 0; i--) {
+    if (tail.readUInt32LE(i) === END_SIGNATURE && i + END_SIZE + tail.readUInt16LE(i + 20) === tail.length) {
+      at = i;
+      break;
+    }
+  }
+  if (at < 0) throw new FormatError("ZIP_END", "no zip end record: the file is truncated or not a zip");
+  let entryCount = tail.readUInt16LE(at + 10);
+  let directorySize = tail.readUInt32LE(at + 12);
+  let directoryOffset = tail.readUInt32LE(at + 16);
+  const endOffset = tailStart + at;
+  let directoryEnd = endOffset;
+
+  const locatorOffset = endOffset - ZIP64_LOCATOR_SIZE;
+  if (locatorOffset >= 0) {
+    const locator = Buffer.from(await reader.read(locatorOffset, ZIP64_LOCATOR_SIZE));
+    if (locator.readUInt32LE(0) === ZIP64_LOCATOR_SIGNATURE) {
+      const zip64EndOffset = checkedNumber(locator.readBigUInt64LE(8), locatorOffset - ZIP64_END_SIZE, "zip64 end record offset");
+      const zip64End = Buffer.from(await reader.read(zip64EndOffset, ZIP64_END_SIZE));
+      if (zip64End.readUInt32LE(0) !== ZIP64_END_SIGNATURE) throw new FormatError("ZIP_END", "the zip64 locator points at no zip64 end record");
+      entryCount = checkedNumber(zip64End.readBigUInt64LE(32), size, "zip64 entry count");
+      directorySize = checkedNumber(zip64End.readBigUInt64LE(40), size, "zip64 central directory size");
+      directoryOffset = checkedNumber(zip64End.readBigUInt64LE(48), size, "zip64 central directory offset");
+      directoryEnd = zip64EndOffset;
+    } else if (entryCount === UINT16_MAX || directorySize === UINT32_MAX || directoryOffset === UINT32_MAX) {
+      throw new FormatError("ZIP_END", "the zip end record needs zip64 records that are missing");
+    }
+  }
+  if (directoryOffset + directorySize > directoryEnd) {
+    throw new FormatError("ZIP_BOUNDS", `the central directory (${directorySize} bytes at ${directoryOffset}) runs past its end (${directoryEnd}): the file is truncated`);
+  }
+  if (entryCount * CENTRAL_HEADER_SIZE > directorySize) {
+    throw new FormatError("ZIP_DIRECTORY", `${entryCount} entries cannot fit in a central directory of ${directorySize} bytes`);
+  }
+  return { directoryOffset, directorySize, entryCount };
+}
+
+function parseCentralDirectory(directory: Uint8Array, entryCount: number, directoryOffset: number): Map<string, ZipEntry> {
+  const bytes = Buffer.from(directory.buffer, directory.byteOffset, directory.byteLength);
+  const entries = new Map<string, ZipEntry>();
+  let at = 0;
+  for (let i = 0; i < entryCount; i++) {
+    if (at + CENTRAL_HEADER_SIZE > bytes.length || bytes.readUInt32LE(at) !== CENTRAL_HEADER_SIGNATURE) {
+      throw new FormatError("ZIP_DIRECTORY", `central directory entry ${i} is missing or damaged`);
+    }
+    const method = bytes.readUInt16LE(at + 10);
+    const flags = bytes.readUInt16LE(at + 8);
+    const crc = bytes.readUInt32LE(at + 16);
+    let compressedSize = bytes.readUInt32LE(at + 20);
+    let size = bytes.readUInt32LE(at + 24);
+    const nameLength = bytes.readUInt16LE(at + 28);
+    const extraLength = bytes.readUInt16LE(at + 30);
+    const commentLength = bytes.readUInt16LE(at + 32);
+    let headerOffset = bytes.readUInt32LE(at + 42);
+    const next = at + CENTRAL_HEADER_SIZE + nameLength + extraLength + commentLength;
+    if (next > bytes.length) throw new FormatError("ZIP_DIRECTORY", `central directory entry ${i} runs past the directory`);
+    let name: string;
+    try {
+      name = utf8.decode(bytes.subarray(at + CENTRAL_HEADER_SIZE, at + CENTRAL_HEADER_SIZE + nameLength));
+    } catch (error) {
+      throw new FormatError("ZIP_NAME", `central directory entry ${i} has a name that is not UTF-8`, { cause: error });
+    }
+    checkEntryName(name);
+    if (flags & 0x1) throw new FormatError("ZIP_UNSUPPORTED", `entry "${name}" is encrypted`);
+
+    // zip64: the fields that are saturated come, in this order, from the zip64 extra field.
+    const extraStart = at + CENTRAL_HEADER_SIZE + nameLength;
+    for (let e = extraStart; e + 4 <= extraStart + extraLength; ) {
+      const id = bytes.readUInt16LE(e);
+      const length = bytes.readUInt16LE(e + 2);
+      if (e + 4 + length > extraStart + extraLength) throw new FormatError("ZIP_DIRECTORY", `entry "${name}" has a damaged extra field`);
+      if (id === ZIP64_EXTRA_ID) {
+        let field = e + 4;
+        const take = (what: string): number => {
+          if (field + 8 > e + 4 + length) throw new FormatError("ZIP_DIRECTORY", `entry "${name}" lacks its zip64 ${what}`);
+          const value = checkedNumber(bytes.readBigUInt64LE(field), directoryOffset, `entry "${name}" zip64 ${what}`);
+          field += 8;
+          return value;
+        };
+        if (size === UINT32_MAX) size = take("size");
+        if (compressedSize === UINT32_MAX) compressedSize = take("compressed size");
+        if (headerOffset === UINT32_MAX) headerOffset = take("offset");
+      }
+      e += 4 + length;
+    }
+    if (method !== METHOD_STORED) throw new FormatError("ZIP_UNSUPPORTED", `entry "${name}" is compressed (method ${method}); checkpoint entries are stored`);
+    if (compressedSize !== size) throw new FormatError("ZIP_DIRECTORY", `stored entry "${name}" has differing sizes (${compressedSize} and ${size})`);
+    if (headerOffset + LOCAL_HEADER_SIZE + size > directoryOffset) {
+      throw new FormatError("ZIP_BOUNDS", `entry "${name}" (${size} bytes at ${headerOffset}) runs into the central directory`);
+    }
+    if (entries.has(name)) throw new FormatError("ZIP_NAME", `entry "${name}" appears twice`);
+    entries.set(name, { name, size, crc, headerOffset });
+    at = next;
+  }
+  return entries;
+}
+
+function checkedNumber(value: bigint, limit: number, what: string): number {
+  if (value > BigInt(limit)) throw new FormatError("ZIP_BOUNDS", `${what} (${value}) is beyond the file (${limit})`);
+  return Number(value);
+}

@@ -1,0 +1,47 @@
+import type { ByteSink, RandomAccessReader } from "../formats/byte-io.js";
+
+/** A file opened for positioned reads. */
+export interface FileReader extends RandomAccessReader {
+  close(): Promise<void>;
+}
+
+/**
+ * A file being written. Nothing is visible at its path until `close()` resolves, and then all of
+ * it is, durably (flushed and fsynced on a disk, a completed upload on object storage). `abort()`,
+ * an error or a crash leaves whatever was at the path before untouched.
+ */
+export interface FileWriter extends ByteSink {
+  close(): Promise<void>;
+  abort(): Promise<void>;
+}
+
+export interface DirectoryEntry {
+  name: string;
+  isDirectory: boolean;
+}
+
+/**
+ * What the library needs from storage. Paths are strings joined with "/". The contract fits a
+ * local disk and object storage alike: reads are positioned, writes are whole files that appear
+ * atomically, and `rename` is optional (`supportsRename`), since object stores have none.
+ */
+export interface FileSystem {
+  /** Whether `renameDirectory` is atomic here (a local disk: yes; object storage: no). */
+  readonly supportsRename: boolean;
+  openReader(path: string): Promise<FileReader>;
+  createWriter(path: string): Promise<FileWriter>;
+  readFile(path: string): Promise<Uint8Array>;
+  /** Writes a whole file durably and atomically (see FileWriter). */
+  writeFile(path: string, data: Uint8Array): Promise<void>;
+  /** True if a file or directory exists at `path`. */
+  exists(path: string): Promise<boolean>;
+  /** The entries of a directory; an empty list when it does not exist. */
+  listDirectory(path: string): Promise<DirectoryEntry[]>;
+  makeDirectory(path: string): Promise<void>;
+  /** Removes a file or a directory tree; succeeds when nothing is there. */
+  remove(path: string): Promise<void>;
+  /** Atomically renames a directory, replacing nothing: fails if `to` exists. */
+  renameDirectory(from: string, to: string): Promise<void>;
+  /** Makes the entries of a directory durable (fsync of the directory on a disk). */
+  syncDirectory(path: string): Promise<void>;
+}

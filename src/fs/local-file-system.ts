@@ -1,0 +1,195 @@
+import { randomBytes } from "node:crypto";
+import { constants, promises as fsp } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import * as nodePath from "node:path";
+import type { DirectoryEntry, FileReader, FileSystem, FileWriter } from "./file-system.js";
+
+/** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
+const WRITE_BUFFER_SIZE = 4 << 20;
+
+/**
+ * The local disk. Files are written to a hidden sibling, fsynced, renamed into place and the
+ * directory fsynced, so a file is either all there or not there, even across a power cut.
+ */
+export class LocalFileSystem implements FileSystem {
+  readonly supportsRename = true;
+
+  async openReader(path: string): Promise<FileReader> {
+    const handle = await fsp.open(path, constants.O_RDONLY);
+    try {
+      const stat = await handle.stat();
+      if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EISDIR" });
+      return new LocalFileReader(handle, stat.size);
+    } catch (error) {
+      await handle.close();
+      throw error;
+    }
+  }
+
+  async createWriter(path: string): Promise<FileWriter> {
+    const partial = nodePath.join(nodePath.dirname(path), `.${nodePath.basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}.partial`);
+    const handle = await fsp.open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+    return new LocalFileWriter(handle, partial, path);
+  }
+
+  async readFile(path: string): Promise<Uint8Array> {
+    return fsp.readFile(path);
+  }
+
+  async writeFile(path: string, data: Uint8Array): Promise<void> {
+    const writer = await this.createWriter(path);
+    try {
+      await writer.write(data);
+      await writer.close();
+    } catch (error) {
+      await writer.abort();
+      throw error;
+    }
+  }
+
+  async exists(path: string): Promise<boolean> {
+    try {
+      await fsp.lstat(path);
+      return true;
+    } catch (error) {
+      if (isNotFound(error)) return false;
+      throw error;
+    }
+  }
+
+  async listDirectory(path: string): Promise<DirectoryEntry[]> {
+    try {
+      const entries = await fsp.readdir(path, { withFileTypes: true });
+      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory() }));
+    } catch (error) {
+      if (isNotFound(error)) return [];
+      throw error;
+    }
+  }
+
+  async makeDirectory(path: string): Promise<void> {
+    await fsp.mkdir(path, { recursive: true });
+  }
+
+  async remove(path: string): Promise<void> {
+    await fsp.rm(path, { recursive: true, force: true });
+  }
+
+  async renameDirectory(from: string, to: string): Promise<void> {
+    // rename(2) replaces an empty target directory silently; refuse instead.
+    if (await this.exists(to)) throw Object.assign(new Error(`cannot rename ${from}: ${to} exists`), { code: "EEXIST" });
+    await fsp.rename(from, to);
+  }
+
+  async syncDirectory(path: string): Promise<void> {
+    const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
+    try {
+      await handle.sync();
+    } finally {
+      await handle.close();
+    }
+  }
+}
+
+class LocalFileReader implements FileReader {
+  constructor(
+    private readonly handle: FileHandle,
+    readonly size: number,
+  ) {}
+
+  async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
+    if (position < 0 || length < 0 || position + length > this.size) {
+      throw new RangeError(`read of ${length} bytes at ${position} is outside the file's ${this.size} bytes`);
+    }
+    const buffer = target ?? Buffer.allocUnsafeSlow(length);
+    let done = 0;
+    while (done < length) {
+      const { bytesRead } = await this.handle.read(buffer, done, length - done, position + done);
+      if (bytesRead === 0) throw new Error(`the file ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
+      done += bytesRead;
+    }
+    return buffer.subarray(0, length);
+  }
+
+  async close(): Promise<void> {
+    await this.handle.close();
+  }
+}
+
+class LocalFileWriter implements FileWriter {
+  private readonly buffer = Buffer.allocUnsafeSlow(WRITE_BUFFER_SIZE);
+  private buffered = 0;
+  private finished = false;
+
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly partialPath: string,
+    private readonly finalPath: string,
+  ) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    if (this.buffered + chunk.byteLength <= this.buffer.length) {
+      this.buffer.set(chunk, this.buffered);
+      this.buffered += chunk.byteLength;
+      return;
+    }
+    await this.flush();
+    if (chunk.byteLength < this.buffer.length / 2) {
+      this.buffer.set(chunk, 0);
+      this.buffered = chunk.byteLength;
+    } else {
+      await writeAll(this.handle, chunk);
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    this.finished = true;
+    try {
+      await this.flush();
+      await this.handle.sync();
+      await this.handle.close();
+      await fsp.rename(this.partialPath, this.finalPath);
+      await syncDirectoryOf(this.finalPath);
+    } catch (error) {
+      await this.handle.close().catch(() => undefined);
+      await fsp.rm(this.partialPath, { force: true });
+      throw error;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    await this.handle.close().catch(() => undefined);
+    await fsp.rm(this.partialPath, { force: true });
+  }
+
+  private async flush(): Promise<void> {
+    if (this.buffered === 0) return;
+    await writeAll(this.handle, this.buffer.subarray(0, this.buffered));
+    this.buffered = 0;
+  }
+}
+
+async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) {
+    const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done);
+    done += bytesWritten;
+  }
+}
+
+async function syncDirectoryOf(path: string): Promise<void> {
+  const handle = await fsp.open(nodePath.dirname(path), constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+function isNotFound(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException)?.code === "ENOENT";
+}

@@ -1,0 +1,48 @@
+// The public API: everything a user imports from "ckpt" is listed here, and nothing else is.
+export {
+  CkptError,
+  FormatError,
+  TensorLoadError,
+  TensorDumpError,
+  InvalidArgumentError,
+  CheckpointError,
+  CheckpointNotFoundError,
+  CheckpointSaveError,
+  CheckpointLoadError,
+  CheckpointDeleteError,
+  isCkptError,
+} from "./errors.js";
+
+export { DTYPES, isDType, type DType, type DTypeInfo, type TypedArray } from "./tensor/dtype.js";
+export { Storage } from "./tensor/storage.js";
+export { Tensor, type TensorOptions, type TensorViewParts } from "./tensor/tensor.js";
+
+export {
+  PyFloat,
+  PyDType,
+  tuple,
+  markTuple,
+  isTuple,
+  tupleKind,
+  orderedDict,
+  isOrderedDict,
+  getOrderedDictAttributes,
+  markFloatSlot,
+  isFloatSlot,
+  type StateValue,
+  type StateDict,
+  type StateKey,
+  type TupleKind,
+} from "./values/py-values.js";
+
+export type { RandomAccessReader, ByteSink } from "./formats/byte-io.js";
+export type { FileSystem, FileReader, FileWriter, DirectoryEntry } from "./fs/file-system.js";
+export { LocalFileSystem } from "./fs/local-file-system.js";
+
+export type { TensorLoader, TensorDumper } from "./io/tensor-io.js";
+export {
+  TorchTensorLoader,
+  TorchTensorDumper,
+  type TorchTensorLoaderOptions,
+  type TorchTensorDumperOptions,
+} from "./io/torch-tensor-io.js";
