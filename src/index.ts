@@ -46,3 +46,23 @@ export {
   type TorchTensorLoaderOptions,
   type TorchTensorDumperOptions,
 } from "./io/torch-tensor-io.js";
+
+export type { Gang, Gangs, JsonValue } from "./gang/gang.js";
+export { FakeGang, fakeGangs, type FakeGangsOptions } from "./gang/fake-gang.js";
+export { InProcessGang } from "./gang/in-process-gang.js";
+
+export type { FileDigest } from "./io/tensor-io.js";
+export type {
+  CheckpointManager,
+  SaveStateOptions,
+  SaveScoreOptions,
+  DeleteOptions,
+  RetentionOptions,
+  ListOptions,
+  RetentionResult,
+  ModelMetadata,
+} from "./checkpoint/checkpoint-manager.js";
+export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
+export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
+export { FileCheckpointManager, type FileCheckpointManagerOptions } from "./checkpoint/file-checkpoint-manager.js";
+export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";

@@ -15,6 +15,11 @@ export interface FileWriter extends ByteSink {
   abort(): Promise<void>;
 }
 
+/** An exclusive lock held on a path; `release()` gives it up. */
+export interface FileLock {
+  release(): Promise<void>;
+}
+
 export interface DirectoryEntry {
   name: string;
   isDirectory: boolean;
@@ -44,4 +49,9 @@ export interface FileSystem {
   renameDirectory(from: string, to: string): Promise<void>;
   /** Makes the entries of a directory durable (fsync of the directory on a disk). */
   syncDirectory(path: string): Promise<void>;
+  /**
+   * Takes an exclusive lock at `path` for this process, or throws an error whose message names
+   * the holder. A lock whose holder has died is taken over, so a crash never blocks the next run.
+   */
+  lock(path: string): Promise<FileLock>;
 }

@@ -2,7 +2,8 @@ import { randomBytes } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import * as nodePath from "node:path";
-import type { DirectoryEntry, FileReader, FileSystem, FileWriter } from "./file-system.js";
+import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
+import { acquireLocalLock } from "./local-lock.js";
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
@@ -79,6 +80,10 @@ export class LocalFileSystem implements FileSystem {
     // rename(2) replaces an empty target directory silently; refuse instead.
     if (await this.exists(to)) throw Object.assign(new Error(`cannot rename ${from}: ${to} exists`), { code: "EEXIST" });
     await fsp.rename(from, to);
+  }
+
+  async lock(path: string): Promise<FileLock> {
+    return acquireLocalLock(path);
   }
 
   async syncDirectory(path: string): Promise<void> {

@@ -5,7 +5,8 @@ import { ZipReader } from "../formats/zip/zip-reader.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
-import type { TensorDumper, TensorLoader } from "./tensor-io.js";
+import { DigestingSink } from "./digesting-sink.js";
+import type { FileDigest, TensorDumper, TensorLoader } from "./tensor-io.js";
 
 export interface TorchTensorLoaderOptions {
   fileSystem?: FileSystem;
@@ -69,7 +70,7 @@ export class TorchTensorDumper implements TensorDumper {
     this.writeOptions = writeOptions;
   }
 
-  async dump(state: StateValue, path: string): Promise<void> {
+  async dump(state: StateValue, path: string): Promise<FileDigest> {
     let writer;
     try {
       writer = await this.fileSystem.createWriter(path);
@@ -77,8 +78,10 @@ export class TorchTensorDumper implements TensorDumper {
       throw new TensorDumpError(path, `cannot create the file: ${(error as Error).message}`, { cause: error });
     }
     try {
-      await writeTorchArchive(state, writer, this.writeOptions);
+      const sink = new DigestingSink(writer);
+      await writeTorchArchive(state, sink, this.writeOptions);
       await writer.close();
+      return sink.digest;
     } catch (error) {
       await writer.abort().catch(() => undefined);
       throw new TensorDumpError(path, `cannot save the state: ${(error as Error).message}`, { cause: error });

@@ -1,0 +1,85 @@
+import { CheckpointError } from "../errors.js";
+import type { FileSystem } from "../fs/file-system.js";
+import { joinPath } from "../fs/paths.js";
+import {
+  MANIFEST_FILE,
+  REPLACED_SUFFIX,
+  SCORE_FILE,
+  isModelFile,
+  isRankFile,
+  parseLeftoverDirName,
+  parseStepDirName,
+  stepDirName,
+} from "./layout.js";
+import { decodeManifest, type Manifest } from "./manifest.js";
+import { parseScore } from "./score.js";
+
+/** What is known about one committed checkpoint without reading its tensors. */
+export interface CheckpointInfo {
+  stepNr: number;
+  /** The directory holding it (normally `step_<N>`). */
+  path: string;
+  /** Names of the files (and `cc/` subdirectories) in it. */
+  files: string[];
+  /** Written by this library; undefined for a checkpoint written by fairseq2. */
+  manifest: Manifest | undefined;
+  /** Only model files are left (retention with `preserveModel`): loadable as a model, not resumable. */
+  modelOnly: boolean;
+  /** Higher is better, as stored in score.txt; undefined without one. */
+  score: number | undefined;
+}
+
+/**
+ * Where committed step `N` lives: `step_N`, or `step_N.replaced` when a re-save of the same step
+ * was cut off after moving the old one aside (recovery moves it back).
+ */
+async function committedDirs(fileSystem: FileSystem, checkpointDir: string): Promise<Map<number, string>> {
+  const dirs = new Map<number, string>();
+  const replaced = new Map<number, string>();
+  for (const entry of await fileSystem.listDirectory(checkpointDir)) {
+    if (!entry.isDirectory) continue;
+    const stepNr = parseStepDirName(entry.name);
+    if (stepNr !== undefined) {
+      dirs.set(stepNr, joinPath(checkpointDir, entry.name));
+      continue;
+    }
+    const leftover = parseLeftoverDirName(entry.name);
+    if (leftover?.kind === "replaced") replaced.set(leftover.stepNr, joinPath(checkpointDir, entry.name));
+  }
+  for (const [stepNr, path] of replaced) if (!dirs.has(stepNr)) dirs.set(stepNr, path);
+  return dirs;
+}
+
+/** Every committed checkpoint, in ascending step order. */
+export async function listCheckpoints(fileSystem: FileSystem, checkpointDir: string): Promise<CheckpointInfo[]> {
+  const dirs = await committedDirs(fileSystem, checkpointDir);
+  const steps = [...dirs.keys()].sort((a, b) => a - b);
+  return Promise.all(steps.map((stepNr) => readInfo(fileSystem, stepNr, dirs.get(stepNr)!)));
+}
+
+/** One committed checkpoint, or undefined when there is none of that step. */
+export async function findCheckpoint(fileSystem: FileSystem, checkpointDir: string, stepNr: number): Promise<CheckpointInfo | undefined> {
+  for (const name of [stepDirName(stepNr), `${stepDirName(stepNr)}${REPLACED_SUFFIX}`]) {
+    const path = joinPath(checkpointDir, name);
+    if (await fileSystem.exists(path)) return readInfo(fileSystem, stepNr, path);
+  }
+  return undefined;
+}
+
+async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): Promise<CheckpointInfo> {
+  const files = (await fileSystem.listDirectory(path)).map((entry) => entry.name);
+  let manifest: Manifest | undefined;
+  if (files.includes(MANIFEST_FILE)) manifest = decodeManifest(await fileSystem.readFile(joinPath(path, MANIFEST_FILE)), stepNr);
+  let score: number | undefined;
+  if (files.includes(SCORE_FILE)) {
+    try {
+      score = parseScore(new TextDecoder().decode(await fileSystem.readFile(joinPath(path, SCORE_FILE))), stepNr);
+    } catch (error) {
+      if (error instanceof CheckpointError) throw error;
+      throw new CheckpointError(stepNr, `cannot read score.txt of step ${stepNr}`, { cause: error });
+    }
+  }
+  // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank files.
+  const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some(isRankFile));
+  return { stepNr, path, files, manifest, modelOnly, score };
+}

@@ -1,0 +1,79 @@
+import type { StateDict, StateValue } from "../values/py-values.js";
+import type { CheckpointInfo } from "./checkpoint-directory.js";
+
+export interface SaveStateOptions {
+  /** The state's key that holds the model (default "model"). */
+  modelKey?: string;
+  /**
+   * Keys whose values are equal on every data-parallel rank: written once, by dp rank 0, to
+   * `replicated.pt`. `"*"` means every key. Naming `modelKey` (or `"*"`) marks the model as
+   * replicated, so it goes to `model.pt` even with several data-parallel ranks.
+   */
+  replicatedKeys?: Iterable<string>;
+}
+
+export interface SaveScoreOptions {
+  /** The score is better when lower (a loss); it is stored negated. Default false. */
+  lowerBetter?: boolean;
+}
+
+export interface DeleteOptions {
+  /** Succeed when the checkpoint does not exist (default false: CheckpointNotFoundError). */
+  missingOk?: boolean;
+  /** Delete the training state but keep the model files (default false). */
+  preserveModel?: boolean;
+}
+
+export interface RetentionOptions {
+  /** Strip pruned checkpoints to their model files instead of deleting them (default false). */
+  preserveModel?: boolean;
+}
+
+export interface ListOptions {
+  /** Also count checkpoints pruned to their model files, which cannot be resumed (default false). */
+  includeModelOnly?: boolean;
+}
+
+/** What retention did: steps deleted whole, and steps stripped to their model files. */
+export interface RetentionResult {
+  deleted: number[];
+  stripped: number[];
+}
+
+export interface ModelMetadata {
+  /** The model family, e.g. "llama". */
+  family: string;
+  /** The model's configuration; any JSON-like value. */
+  config?: unknown;
+}
+
+/** Saves, loads and prunes the checkpoints of a training job (SPEC §5). */
+export interface CheckpointManager {
+  beginCheckpoint(stepNr: number): Promise<void>;
+  saveState(state: StateDict, options?: SaveStateOptions): Promise<void>;
+  saveMetadata(metadata: StateValue): Promise<void>;
+  saveScore(score: number, options?: SaveScoreOptions): Promise<void>;
+  saveConsolidatedFsdpModel(model: StateDict): Promise<void>;
+  commitCheckpoint(): Promise<void>;
+  abortCheckpoint(): Promise<void>;
+
+  loadCheckpoint(stepNr: number): Promise<StateDict>;
+  loadLastCheckpoint(): Promise<{ stepNr: number; state: StateDict }>;
+  loadMetadata(stepNr: number): Promise<StateValue | null>;
+  loadModel(stepNr?: number): Promise<StateDict>;
+
+  getStepNumbers(options?: ListOptions): Promise<number[]>;
+  hasCheckpoint(stepNr?: number, options?: ListOptions): Promise<boolean>;
+  getLastStepNumber(options?: ListOptions): Promise<number | undefined>;
+  getBestStepNumber(): Promise<number | undefined>;
+  getScores(): Promise<{ stepNr: number; score: number }[]>;
+  listCheckpoints(): Promise<CheckpointInfo[]>;
+
+  deleteCheckpoint(stepNr: number, options?: DeleteOptions): Promise<void>;
+  keepLastNCheckpoints(n: number, options?: RetentionOptions): Promise<RetentionResult>;
+  keepBestNCheckpoints(n: number, options?: RetentionOptions): Promise<RetentionResult>;
+
+  saveModelMetadata(metadata: ModelMetadata): Promise<void>;
+  /** Releases the directory lock. The manager can be used again afterwards (it re-locks). */
+  close(): Promise<void>;
+}

@@ -1,0 +1,645 @@
+import { crc32 } from "node:zlib";
+import { stringify as toYaml } from "yaml";
+import {
+  CheckpointDeleteError,
+  CheckpointError,
+  CheckpointLoadError,
+  CheckpointNotFoundError,
+  CheckpointSaveError,
+  InvalidArgumentError,
+} from "../errors.js";
+import { fakeGangs } from "../gang/fake-gang.js";
+import type { Gangs, JsonValue } from "../gang/gang.js";
+import type { FileLock, FileSystem } from "../fs/file-system.js";
+import { LocalFileSystem } from "../fs/local-file-system.js";
+import { joinPath } from "../fs/paths.js";
+import { digestFile } from "../io/file-digest.js";
+import type { TensorDumper, TensorLoader } from "../io/tensor-io.js";
+import { TorchTensorDumper, TorchTensorLoader } from "../io/torch-tensor-io.js";
+import type { StateDict, StateValue } from "../values/py-values.js";
+import { findCheckpoint, listCheckpoints, type CheckpointInfo } from "./checkpoint-directory.js";
+import type {
+  CheckpointManager,
+  DeleteOptions,
+  ListOptions,
+  ModelMetadata,
+  RetentionOptions,
+  RetentionResult,
+  SaveScoreOptions,
+  SaveStateOptions,
+} from "./checkpoint-manager.js";
+import { agree } from "./collective.js";
+import {
+  CARBON_COPY_DIR,
+  LOCK_FILE,
+  MANIFEST_FILE,
+  METADATA_FILE,
+  MODEL_CARD_FILE,
+  SCORE_FILE,
+  TMP_SUFFIX,
+  isModelFile,
+  isRankFile,
+  modelFileName,
+  rankFileName,
+  replicatedFileName,
+  stepDirName,
+} from "./layout.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, encodeManifest, manifestFile, type Manifest, type ManifestFile } from "./manifest.js";
+import { commitByRename, recoverLeftovers, removeCheckpointDirectory } from "./rename-commit.js";
+import { bestStep, keepBestN, keepLastN } from "./retention.js";
+import { formatScore } from "./score.js";
+import { mergeInto, splitState } from "./state-split.js";
+
+export interface FileCheckpointManagerOptions {
+  /** The checkpoint directory (created on first save). */
+  checkpointDir: string;
+  /** The job's gangs; default: a single process. */
+  gangs?: Gangs;
+  /** Default: the local disk. */
+  fileSystem?: FileSystem;
+  /** Default: PyTorch `.pt` files. */
+  tensorLoader?: TensorLoader;
+  tensorDumper?: TensorDumper;
+  /** Check each file read against the sizes and CRC-32s in `manifest.json` (default true). */
+  verifyChecksums?: boolean;
+}
+
+/** A checkpoint between beginCheckpoint and commit/abort. */
+interface OpenCheckpoint {
+  stepNr: number;
+  tmpDir: string;
+  /** The files this rank wrote, with their digests. */
+  files: Record<string, ManifestFile>;
+  stateSaved: boolean;
+}
+
+/**
+ * Saves, loads and prunes training checkpoints in a directory, in fairseq2's layout, as PyTorch
+ * `.pt` files. Saving is a transaction: files go to `step_<N>.tmp/`, and `commitCheckpoint`
+ * writes `manifest.json` and renames the directory into place. With several processes, every
+ * rank calls the same methods in the same order; an error on any rank is raised on all of them.
+ *
+ * @example
+ * const manager = new FileCheckpointManager({ checkpointDir: "checkpoints" });
+ * await manager.beginCheckpoint(1000);
+ * await manager.saveState({ model, optimizer, step_nr: 1000, epoch: 5 }, { replicatedKeys: ["epoch"] });
+ * await manager.saveScore(validLoss, { lowerBetter: true });
+ * await manager.commitCheckpoint();
+ * const { stepNr, state } = await manager.loadLastCheckpoint();
+ */
+export class FileCheckpointManager implements CheckpointManager {
+  readonly checkpointDir: string;
+  private readonly gangs: Gangs;
+  private readonly fileSystem: FileSystem;
+  private readonly loader: TensorLoader;
+  private readonly dumper: TensorDumper;
+  private readonly verifyChecksums: boolean;
+  private open: OpenCheckpoint | undefined;
+  private lock: FileLock | undefined;
+  private busy = false;
+
+  constructor(options: FileCheckpointManagerOptions) {
+    if (typeof options?.checkpointDir !== "string" || options.checkpointDir === "") {
+      throw new InvalidArgumentError("checkpointDir must be a non-empty path");
+    }
+    this.checkpointDir = options.checkpointDir;
+    this.gangs = options.gangs ?? fakeGangs();
+    const { root, dp, tp } = this.gangs;
+    if (root.size !== dp.size * tp.size) {
+      throw new InvalidArgumentError(`gangs do not fit together: root has ${root.size} ranks but dp × tp is ${dp.size} × ${tp.size}`);
+    }
+    this.fileSystem = options.fileSystem ?? new LocalFileSystem();
+    this.loader = options.tensorLoader ?? new TorchTensorLoader({ fileSystem: this.fileSystem });
+    this.dumper = options.tensorDumper ?? new TorchTensorDumper({ fileSystem: this.fileSystem });
+    this.verifyChecksums = options.verifyChecksums ?? true;
+  }
+
+  // ---------------------------------------------------------------- saving
+
+  /** Opens checkpoint `stepNr`. A committed checkpoint of that step stays until this one commits. */
+  async beginCheckpoint(stepNr: number): Promise<void> {
+    checkStepNr(stepNr);
+    await this.exclusive(async () => {
+      if (this.open !== undefined) {
+        throw new CheckpointSaveError(stepNr, `beginCheckpoint(${stepNr}) called while checkpoint ${this.open.stepNr} is open: call commitCheckpoint() or abortCheckpoint() first`);
+      }
+      const checkpoint: OpenCheckpoint = { stepNr, tmpDir: this.stepPath(`${stepDirName(stepNr)}${TMP_SUFFIX}`), files: {}, stateSaved: false };
+      this.open = checkpoint;
+      await this.saveStep(checkpoint, "beginCheckpoint", async () => {
+        if (!this.isRoot) return;
+        await this.ownDirectory();
+        await this.fileSystem.remove(checkpoint.tmpDir);
+        await this.fileSystem.makeDirectory(checkpoint.tmpDir);
+      });
+    });
+  }
+
+  /** Writes this rank's part of `state` (see SaveStateOptions for the split). */
+  async saveState(state: StateDict, options: SaveStateOptions = {}): Promise<void> {
+    const checkpoint = this.requireOpen("saveState");
+    if (checkpoint.stateSaved) {
+      throw new CheckpointSaveError(checkpoint.stepNr, `saveState was already called for checkpoint ${checkpoint.stepNr}: pass the whole state in one call`);
+    }
+    if (!isPlainDict(state)) throw new InvalidArgumentError("saveState needs a plain object mapping keys to state values");
+    const modelKey = options.modelKey ?? "model";
+    if (typeof modelKey !== "string" || modelKey === "") throw new InvalidArgumentError("modelKey must be a non-empty string");
+    const replicatedKeys = new Set(options.replicatedKeys ?? []);
+    for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
+
+    await this.exclusive(() =>
+      this.saveStep(checkpoint, "saveState", async () => {
+        const { dp, tp } = this.gangs;
+        const parts = splitState(state, modelKey, replicatedKeys, dp.size, dp.rank);
+        if (parts.model !== undefined) {
+          await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
+        }
+        if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
+        await this.writePart(checkpoint, rankFileName(dp.rank, tp.rank, tp.size), parts.rank);
+        checkpoint.stateSaved = true;
+      }),
+    );
+  }
+
+  /** Saves `metadata.pt` (any state value), written by rank 0. */
+  async saveMetadata(metadata: StateValue): Promise<void> {
+    const checkpoint = this.requireOpen("saveMetadata");
+    await this.exclusive(() =>
+      this.saveStep(checkpoint, "saveMetadata", async () => {
+        if (this.isRoot) await this.writePart(checkpoint, METADATA_FILE, metadata);
+      }),
+    );
+  }
+
+  /** Saves the checkpoint's score (`score.txt`); retention keeps the best ones. */
+  async saveScore(score: number, options: SaveScoreOptions = {}): Promise<void> {
+    const checkpoint = this.requireOpen("saveScore");
+    if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
+    await this.exclusive(() =>
+      this.saveStep(checkpoint, "saveScore", async () => {
+        if (this.isRoot) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
+      }),
+    );
+  }
+
+  /**
+   * Saves a full (unsharded) copy of a model whose state `saveState` keeps sharded across
+   * data-parallel ranks, as `model.pt`, so the checkpoint can be loaded as a model. Pass the
+   * consolidated state dict; dp rank 0 writes it.
+   */
+  async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
+    const checkpoint = this.requireOpen("saveConsolidatedFsdpModel");
+    if (!isPlainDict(model) && !((model as unknown) instanceof Map)) throw new InvalidArgumentError("saveConsolidatedFsdpModel needs the model's state dict");
+    await this.exclusive(() =>
+      this.saveStep(checkpoint, "saveConsolidatedFsdpModel", async () => {
+        const { dp, tp } = this.gangs;
+        const name = modelFileName(tp.rank, tp.size);
+        if (name in checkpoint.files) throw new Error(`${name} was already written by saveState (the model is replicated)`);
+        if (dp.rank === 0) await this.writePart(checkpoint, name, { model, model_key: "model" });
+      }),
+    );
+  }
+
+  /** Makes the checkpoint visible, atomically: the manifest is written, then the directory renamed. */
+  async commitCheckpoint(): Promise<void> {
+    const checkpoint = this.requireOpen("commitCheckpoint");
+    await this.exclusive(async () => {
+      let written: JsonValue[] = [];
+      await this.saveStep(checkpoint, "commitCheckpoint", async () => {
+        written = (await agree(this.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => checkpoint.files as unknown as JsonValue)).shared;
+        if (this.isRoot) await this.publish(checkpoint, written as unknown as Record<string, ManifestFile>[]);
+      });
+      this.open = undefined;
+    });
+  }
+
+  /** Drops the open checkpoint; the committed ones are untouched. Does nothing when none is open. */
+  async abortCheckpoint(): Promise<void> {
+    const checkpoint = this.open;
+    if (checkpoint === undefined) return;
+    await this.exclusive(async () => {
+      try {
+        await agree(this.gangs.root, "abortCheckpoint", checkpoint.stepNr, async () => undefined);
+      } finally {
+        await this.drop(checkpoint);
+      }
+    });
+  }
+
+  // ---------------------------------------------------------------- loading
+
+  /** The state saved at `stepNr`, merged back from the model, replicated and rank files. */
+  async loadCheckpoint(stepNr: number): Promise<StateDict> {
+    checkStepNr(stepNr);
+    const info = await this.requireCheckpoint(stepNr);
+    if (info.modelOnly) {
+      throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} keeps only its model (it was pruned with preserveModel): load it with loadModel(${stepNr})`);
+    }
+    this.checkLayout(info, true);
+    const { dp, tp } = this.gangs;
+    const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
+    if (!info.files.includes(rankFile)) {
+      throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${rankFile} for this rank (dp rank ${dp.rank}, tp rank ${tp.rank})`);
+    }
+    const state: StateDict = Object.create(Object.prototype) as StateDict;
+    for (const name of [modelFileName(tp.rank, tp.size), replicatedFileName(tp.rank, tp.size), rankFile]) {
+      if (!info.files.includes(name)) continue;
+      const part = await this.loadFile(info, name);
+      if (!isPlainDict(part)) throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} does not hold a dict of string keys`);
+      if (isModelFile(name)) {
+        const modelKey = typeof part.model_key === "string" ? part.model_key : "model";
+        const { model, model_key: _, ...rest } = part;
+        mergeInto(state, rest);
+        if (model !== undefined) state[modelKey] = model;
+      } else {
+        mergeInto(state, part);
+      }
+    }
+    return state;
+  }
+
+  /** The last resumable checkpoint; CheckpointNotFoundError (stepNr undefined) when there is none. */
+  async loadLastCheckpoint(): Promise<{ stepNr: number; state: StateDict }> {
+    const stepNr = await this.getLastStepNumber();
+    if (stepNr === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint to resume from in ${this.checkpointDir}`);
+    return { stepNr, state: await this.loadCheckpoint(stepNr) };
+  }
+
+  /** `metadata.pt` of a checkpoint, or null when it was saved without one. */
+  async loadMetadata(stepNr: number): Promise<StateValue | null> {
+    checkStepNr(stepNr);
+    const info = await this.requireCheckpoint(stepNr);
+    return info.files.includes(METADATA_FILE) ? this.loadFile(info, METADATA_FILE) : null;
+  }
+
+  /**
+   * The model's state dict from a checkpoint's model file only (never optimizer or rank state):
+   * the last checkpoint by default, model-only ones included.
+   */
+  async loadModel(stepNr?: number): Promise<StateDict> {
+    if (stepNr !== undefined) checkStepNr(stepNr);
+    const step = stepNr ?? (await this.getLastStepNumber({ includeModelOnly: true }));
+    if (step === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint in ${this.checkpointDir}`);
+    const info = await this.requireCheckpoint(step);
+    this.checkLayout(info, false);
+    const { tp } = this.gangs;
+    const name = modelFileName(tp.rank, tp.size);
+    if (!info.files.includes(name)) {
+      throw new CheckpointLoadError(step, `checkpoint ${step} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
+    }
+    const part = await this.loadFile(info, name);
+    const model = isPlainDict(part) ? part.model : undefined;
+    if (model === undefined || model === null || typeof model !== "object") {
+      throw new CheckpointLoadError(step, `${name} of checkpoint ${step} has no "model" entry`);
+    }
+    return model as StateDict;
+  }
+
+  // ---------------------------------------------------------------- queries
+
+  async listCheckpoints(): Promise<CheckpointInfo[]> {
+    return listCheckpoints(this.fileSystem, this.checkpointDir);
+  }
+
+  /** Committed step numbers, ascending; resumable ones only unless `includeModelOnly`. */
+  async getStepNumbers(options: ListOptions = {}): Promise<number[]> {
+    const all = await this.listCheckpoints();
+    return all.filter((c) => options.includeModelOnly === true || !c.modelOnly).map((c) => c.stepNr);
+  }
+
+  async hasCheckpoint(stepNr?: number, options: ListOptions = {}): Promise<boolean> {
+    if (stepNr !== undefined) checkStepNr(stepNr);
+    const steps = await this.getStepNumbers(options);
+    return stepNr === undefined ? steps.length > 0 : steps.includes(stepNr);
+  }
+
+  async getLastStepNumber(options: ListOptions = {}): Promise<number | undefined> {
+    return (await this.getStepNumbers(options)).at(-1);
+  }
+
+  /** The step with the best score (model-only checkpoints included), or undefined when none has one. */
+  async getBestStepNumber(): Promise<number | undefined> {
+    return bestStep(await this.listCheckpoints());
+  }
+
+  /** The scores of all scored checkpoints as stored (higher is better), by step. */
+  async getScores(): Promise<{ stepNr: number; score: number }[]> {
+    return (await this.listCheckpoints()).flatMap((c) => (c.score === undefined ? [] : [{ stepNr: c.stepNr, score: c.score }]));
+  }
+
+  // ---------------------------------------------------------------- retention
+
+  /** Deletes a committed checkpoint, or with `preserveModel` keeps only its model files. */
+  async deleteCheckpoint(stepNr: number, options: DeleteOptions = {}): Promise<void> {
+    checkStepNr(stepNr);
+    await this.exclusive(async () => {
+      const info = await findCheckpoint(this.fileSystem, this.checkpointDir, stepNr);
+      if (info === undefined) {
+        if (options.missingOk === true) return;
+        throw new CheckpointNotFoundError(stepNr, `there is no checkpoint ${stepNr} in ${this.checkpointDir}`);
+      }
+      await this.deleteStep("deleteCheckpoint", stepNr, async () => {
+        if (!this.isRoot) return;
+        await this.ownDirectory();
+        await this.prune(info, options.preserveModel ?? false);
+      });
+    });
+  }
+
+  /** Deletes all but the last `n` resumable checkpoints (or strips them to the model). */
+  async keepLastNCheckpoints(n: number, options: RetentionOptions = {}): Promise<RetentionResult> {
+    checkCount(n);
+    return this.retain("keepLastNCheckpoints", (all) => keepLastN(all, n), options);
+  }
+
+  /**
+   * Keeps the `n` best-scoring checkpoints and always the last resumable one; checkpoints without
+   * a score are never deleted by this rule.
+   */
+  async keepBestNCheckpoints(n: number, options: RetentionOptions = {}): Promise<RetentionResult> {
+    checkCount(n);
+    return this.retain("keepBestNCheckpoints", (all) => keepBestN(all, n), options);
+  }
+
+  /** Writes `model.yaml`, the model card: family, config, and the number of TP shards. */
+  async saveModelMetadata(metadata: ModelMetadata): Promise<void> {
+    if (typeof metadata?.family !== "string" || metadata.family === "") throw new InvalidArgumentError("saveModelMetadata needs a non-empty family");
+    await this.exclusive(async () => {
+      await this.deleteStep("saveModelMetadata", undefined, async () => {
+        if (!this.isRoot) return;
+        await this.ownDirectory();
+        const card: Record<string, unknown> = { model_family: metadata.family };
+        if (metadata.config !== undefined) card.model_config = metadata.config;
+        if (this.gangs.tp.size > 1) card.num_shards = this.gangs.tp.size;
+        await this.fileSystem.writeFile(this.stepPath(MODEL_CARD_FILE), new TextEncoder().encode(toYaml(card)));
+      });
+    });
+  }
+
+  async close(): Promise<void> {
+    const checkpoint = this.open;
+    if (checkpoint !== undefined) await this.drop(checkpoint);
+    const lock = this.lock;
+    this.lock = undefined;
+    await lock?.release();
+  }
+
+  // ---------------------------------------------------------------- internals
+
+  private get isRoot(): boolean {
+    return this.gangs.root.rank === 0;
+  }
+
+  private stepPath(...names: string[]): string {
+    return joinPath(this.checkpointDir, ...names);
+  }
+
+  private requireOpen(method: string): OpenCheckpoint {
+    if (this.open === undefined) throw new CheckpointSaveError(undefined, `${method}() needs an open checkpoint: call beginCheckpoint(stepNr) first`);
+    return this.open;
+  }
+
+  private async requireCheckpoint(stepNr: number): Promise<CheckpointInfo> {
+    let info: CheckpointInfo | undefined;
+    try {
+      info = await findCheckpoint(this.fileSystem, this.checkpointDir, stepNr);
+    } catch (error) {
+      if (error instanceof CheckpointError) throw error;
+      throw new CheckpointLoadError(stepNr, `cannot read checkpoint ${stepNr} in ${this.checkpointDir}`, { cause: error });
+    }
+    if (info === undefined) throw new CheckpointNotFoundError(stepNr, `there is no checkpoint ${stepNr} in ${this.checkpointDir}`);
+    return info;
+  }
+
+  /** One call at a time: interleaved calls on one manager would corrupt its transaction. */
+  private async exclusive<T>(work: () => Promise<T>): Promise<T> {
+    if (this.busy) throw new CheckpointError(undefined, "another call on this checkpoint manager is still running: await each call before making the next");
+    this.busy = true;
+    try {
+      return await work();
+    } finally {
+      this.busy = false;
+    }
+  }
+
+  /** Takes the directory's lock (rank 0, once) and cleans up what a crashed run left. */
+  private async ownDirectory(): Promise<void> {
+    if (this.lock !== undefined) return;
+    await this.fileSystem.makeDirectory(this.checkpointDir);
+    try {
+      this.lock = await this.fileSystem.lock(this.stepPath(LOCK_FILE));
+    } catch (error) {
+      throw new CheckpointError(undefined, `the checkpoint directory ${this.checkpointDir} is in use by another manager: ${(error as Error).message}`, { cause: error });
+    }
+    await recoverLeftovers(this.fileSystem, this.checkpointDir);
+  }
+
+  /** Runs one step of a save on every rank; if any rank fails, the checkpoint is dropped everywhere. */
+  private async saveStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>): Promise<void> {
+    try {
+      await agree(this.gangs.root, op, checkpoint.stepNr, action);
+    } catch (error) {
+      await this.drop(checkpoint);
+      if (error instanceof CheckpointError) throw error;
+      throw new CheckpointSaveError(checkpoint.stepNr, `${op} failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private async deleteStep(op: string, stepNr: number | undefined, action: () => Promise<void>): Promise<void> {
+    try {
+      await agree(this.gangs.root, op, stepNr, action);
+    } catch (error) {
+      if (error instanceof CheckpointError) throw error;
+      throw new CheckpointDeleteError(stepNr, `${op} failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  private async drop(checkpoint: OpenCheckpoint): Promise<void> {
+    if (this.open === checkpoint) this.open = undefined;
+    if (this.isRoot) await this.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
+  }
+
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue): Promise<void> {
+    const path = joinPath(checkpoint.tmpDir, name);
+    const digest = (await this.dumper.dump(value, path)) ?? (await digestFile(this.fileSystem, path));
+    checkpoint.files[name] = manifestFile(digest);
+  }
+
+  private async writeBytes(checkpoint: OpenCheckpoint, name: string, bytes: Uint8Array): Promise<void> {
+    await this.fileSystem.writeFile(joinPath(checkpoint.tmpDir, name), bytes);
+    checkpoint.files[name] = manifestFile({ size: bytes.byteLength, crc32: crc32(bytes) });
+  }
+
+  /**
+   * Rank 0's half of the commit: copy `cc/`, write the manifest of every file in the directory
+   * (digests from the ranks that wrote them; read back only for files no rank reported, as when
+   * FakeGangs play the other ranks), then rename the directory into place.
+   */
+  private async publish(checkpoint: OpenCheckpoint, reported: Record<string, ManifestFile>[]): Promise<void> {
+    const known = new Map<string, ManifestFile>();
+    for (const files of reported) for (const [name, file] of Object.entries(files)) known.set(name, file);
+    for (const name of await this.copyCarbonCopies(checkpoint)) known.set(name, checkpoint.files[name]!);
+
+    const files: Record<string, ManifestFile> = {};
+    for (const name of await this.listFilesRecursively(checkpoint.tmpDir)) {
+      files[name] = known.get(name) ?? manifestFile(await digestFile(this.fileSystem, joinPath(checkpoint.tmpDir, name)));
+    }
+    const missing = [...known.keys()].filter((name) => !(name in files));
+    if (missing.length > 0) throw new Error(`files reported written are missing from ${checkpoint.tmpDir}: ${missing.join(", ")}`);
+
+    const manifest: Manifest = {
+      format: MANIFEST_FORMAT,
+      version: MANIFEST_VERSION,
+      stepNr: checkpoint.stepNr,
+      createdAt: new Date().toISOString(),
+      dpSize: this.gangs.dp.size,
+      tpSize: this.gangs.tp.size,
+      modelOnly: false,
+      files,
+    };
+    await this.fileSystem.writeFile(joinPath(checkpoint.tmpDir, MANIFEST_FILE), encodeManifest(manifest));
+    await commitByRename(this.fileSystem, this.checkpointDir, checkpoint.stepNr);
+  }
+
+  /** Copies the files of `<checkpointDir>/cc/` into the checkpoint; returns their names. */
+  private async copyCarbonCopies(checkpoint: OpenCheckpoint): Promise<string[]> {
+    const source = this.stepPath(CARBON_COPY_DIR);
+    const names = await this.listFilesRecursively(source);
+    for (const name of names) {
+      if (name in checkpoint.files || name === MANIFEST_FILE) throw new Error(`cc/${name} would overwrite the checkpoint's own ${name}`);
+      const target = joinPath(checkpoint.tmpDir, name);
+      if (name.includes("/")) await this.fileSystem.makeDirectory(joinPath(target, ".."));
+      await this.writeBytes(checkpoint, name, await this.fileSystem.readFile(joinPath(source, name)));
+    }
+    return names;
+  }
+
+  private async listFilesRecursively(dir: string, prefix = ""): Promise<string[]> {
+    const names: string[] = [];
+    for (const entry of await this.fileSystem.listDirectory(dir)) {
+      const name = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
+      if (entry.isDirectory) names.push(...(await this.listFilesRecursively(joinPath(dir, entry.name), name)));
+      else names.push(name);
+    }
+    return names.sort();
+  }
+
+  /** Reads one file of a checkpoint after checking it against the manifest. */
+  private async loadFile(info: CheckpointInfo, name: string): Promise<StateValue> {
+    const path = joinPath(info.path, name);
+    if (info.manifest !== undefined) {
+      const expected = info.manifest.files[name];
+      if (expected === undefined) throw new CheckpointLoadError(info.stepNr, `${name} of checkpoint ${info.stepNr} is not in its manifest`);
+      if (this.verifyChecksums) {
+        let actual: ManifestFile;
+        try {
+          actual = manifestFile(await digestFile(this.fileSystem, path));
+        } catch (error) {
+          throw new CheckpointLoadError(info.stepNr, `cannot read ${name} of checkpoint ${info.stepNr}: ${(error as Error).message}`, { cause: error });
+        }
+        if (actual.size !== expected.size || actual.crc32 !== expected.crc32) {
+          throw new CheckpointLoadError(
+            info.stepNr,
+            `${name} of checkpoint ${info.stepNr} is corrupt: the manifest says ${expected.size} bytes with CRC-32 ${expected.crc32}, the file has ${actual.size} bytes with CRC-32 ${actual.crc32}`,
+          );
+        }
+      }
+    }
+    try {
+      return await this.loader.load(path);
+    } catch (error) {
+      throw new CheckpointLoadError(info.stepNr, `cannot load ${name} of checkpoint ${info.stepNr}: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /** Refuses a checkpoint saved with another dp/tp layout (only tp matters for the model alone). */
+  private checkLayout(info: CheckpointInfo, withDataParallel: boolean): void {
+    const { dp, tp } = this.gangs;
+    const saved = info.manifest !== undefined ? { dpSize: info.manifest.dpSize, tpSize: info.manifest.tpSize } : inferLayout(info.files);
+    if (saved === undefined) return;
+    const dpDiffers = withDataParallel && saved.dpSize !== undefined && saved.dpSize !== dp.size;
+    if (dpDiffers || saved.tpSize !== tp.size) {
+      throw new CheckpointLoadError(
+        info.stepNr,
+        `checkpoint ${info.stepNr} was saved with dp=${saved.dpSize ?? "?"}, tp=${saved.tpSize} but this job has dp=${dp.size}, tp=${tp.size}: load it with the same layout`,
+      );
+    }
+  }
+
+  private async retain(op: string, rule: (all: CheckpointInfo[]) => Set<number>, options: RetentionOptions): Promise<RetentionResult> {
+    return this.exclusive(async () => {
+      let result: RetentionResult = { deleted: [], stripped: [] };
+      await this.deleteStep(op, undefined, async () => {
+        if (!this.isRoot) return;
+        await this.ownDirectory();
+        const all = await this.listCheckpoints();
+        const keep = rule(all);
+        const preserveModel = options.preserveModel ?? false;
+        for (const info of all) {
+          if (keep.has(info.stepNr)) continue;
+          const outcome = await this.prune(info, preserveModel);
+          if (outcome !== "unchanged") result[outcome].push(info.stepNr);
+        }
+      });
+      // Rank 0 decided; the others learn what it did.
+      const { shared } = await agree(this.gangs.root, `${op}:result`, undefined, async () => undefined, () => result as unknown as JsonValue);
+      result = shared[0] as unknown as RetentionResult;
+      return result;
+    });
+  }
+
+  /**
+   * Deletes a checkpoint, or with `preserveModel` removes its training state (rank, replicated and
+   * metadata files) and keeps the model files, score and carbon copies. The manifest is rewritten
+   * first, so it never lists a file that is gone.
+   */
+  private async prune(info: CheckpointInfo, preserveModel: boolean): Promise<"deleted" | "stripped" | "unchanged"> {
+    if (!preserveModel || !info.files.some(isModelFile)) {
+      await removeCheckpointDirectory(this.fileSystem, this.checkpointDir, info.path, info.stepNr);
+      return "deleted";
+    }
+    const trainingState = info.files.filter((name) => isRankFile(name) || /^replicated(\.\d+)?\.pt$/.test(name) || name === METADATA_FILE);
+    if (trainingState.length === 0 && info.modelOnly) return "unchanged";
+    if (info.manifest !== undefined) {
+      const files = Object.fromEntries(Object.entries(info.manifest.files).filter(([name]) => !trainingState.includes(name)));
+      await this.fileSystem.writeFile(joinPath(info.path, MANIFEST_FILE), encodeManifest({ ...info.manifest, modelOnly: true, files }));
+    }
+    for (const name of trainingState) await this.fileSystem.remove(joinPath(info.path, name));
+    await this.fileSystem.syncDirectory(info.path);
+    return "stripped";
+  }
+}
+
+/** The dp/tp layout of a checkpoint without a manifest (fairseq2), from its file names. */
+function inferLayout(files: string[]): { dpSize: number | undefined; tpSize: number } | undefined {
+  let maxDp = -1;
+  let maxTp = -1;
+  let any = false;
+  for (const name of files) {
+    const rank = /^rank_(\d+)(?:\.(\d+))?\.pt$/.exec(name);
+    const shard = /^(?:model|replicated)(?:\.(\d+))?\.pt$/.exec(name);
+    if (rank !== null) {
+      any = true;
+      maxDp = Math.max(maxDp, Number(rank[1]));
+      if (rank[2] !== undefined) maxTp = Math.max(maxTp, Number(rank[2]));
+    } else if (shard !== null) {
+      any = true;
+      if (shard[1] !== undefined) maxTp = Math.max(maxTp, Number(shard[1]));
+    }
+  }
+  if (!any) return undefined;
+  return { dpSize: maxDp >= 0 ? maxDp + 1 : undefined, tpSize: maxTp >= 0 ? maxTp + 1 : 1 };
+}
+
+function checkStepNr(stepNr: number): void {
+  if (!Number.isSafeInteger(stepNr) || stepNr < 0) throw new InvalidArgumentError(`a step number must be a non-negative integer, got ${String(stepNr)}`);
+}
+
+function checkCount(n: number): void {
+  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`n must be a positive integer, got ${String(n)}`);
+}
+
+function isPlainDict(value: unknown): value is StateDict {
+  if (typeof value !== "object" || value === null) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return prototype === Object.prototype || prototype === null;
+}

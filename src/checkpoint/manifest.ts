@@ -1,0 +1,68 @@
+import { CheckpointLoadError } from "../errors.js";
+import type { FileDigest } from "../io/tensor-io.js";
+
+export const MANIFEST_FORMAT = "ckpt-manifest";
+export const MANIFEST_VERSION = 1;
+
+export interface ManifestFile {
+  size: number;
+  /** CRC-32 as 8 lowercase hex digits. */
+  crc32: string;
+}
+
+/**
+ * `manifest.json`, written last into a checkpoint: which files it holds with their sizes and
+ * checksums, and the job layout it was saved with.
+ */
+export interface Manifest {
+  format: typeof MANIFEST_FORMAT;
+  version: number;
+  stepNr: number;
+  createdAt: string;
+  dpSize: number;
+  tpSize: number;
+  /** True once retention kept only the model files (`preserveModel`): not resumable. */
+  modelOnly: boolean;
+  files: Record<string, ManifestFile>;
+}
+
+export function manifestFile(digest: FileDigest): ManifestFile {
+  return { size: digest.size, crc32: (digest.crc32 >>> 0).toString(16).padStart(8, "0") };
+}
+
+export function encodeManifest(manifest: Manifest): Uint8Array {
+  return new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`);
+}
+
+/** Parses and checks a manifest; anything malformed is a CheckpointLoadError naming the problem. */
+export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
+  const fail = (what: string): never => {
+    throw new CheckpointLoadError(stepNr, `manifest.json of step ${stepNr} is damaged: ${what}`);
+  };
+  let value: unknown;
+  try {
+    value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
+  } catch (error) {
+    throw new CheckpointLoadError(stepNr, `manifest.json of step ${stepNr} is not valid JSON`, { cause: error });
+  }
+  if (typeof value !== "object" || value === null) return fail("not an object");
+  const m = value as Record<string, unknown>;
+  if (m.format !== MANIFEST_FORMAT) fail(`format is ${JSON.stringify(m.format)}, expected "${MANIFEST_FORMAT}"`);
+  if (typeof m.version !== "number" || m.version > MANIFEST_VERSION) {
+    fail(`version ${String(m.version)} is newer than this library understands (${MANIFEST_VERSION}); upgrade ckpt`);
+  }
+  if (m.stepNr !== stepNr) fail(`it names step ${String(m.stepNr)}`);
+  for (const key of ["dpSize", "tpSize"] as const) {
+    if (!Number.isInteger(m[key]) || (m[key] as number) < 1) fail(`${key} is not a positive integer`);
+  }
+  if (typeof m.modelOnly !== "boolean") fail("modelOnly is not a boolean");
+  if (typeof m.files !== "object" || m.files === null) return fail("files is not an object");
+  for (const [name, file] of Object.entries(m.files as Record<string, unknown>)) {
+    const f = file as Record<string, unknown>;
+    if (name.startsWith("/") || name.split("/").some((part) => part === ".." || part === "." || part === "")) fail(`file name ${JSON.stringify(name)} is unsafe`);
+    if (!Number.isSafeInteger(f?.size) || (f.size as number) < 0 || typeof f.crc32 !== "string" || !/^[0-9a-f]{8}$/.test(f.crc32)) {
+      fail(`the entry for ${name} is malformed`);
+    }
+  }
+  return value as Manifest;
+}

@@ -1,0 +1,53 @@
+import type { FileSystem } from "../fs/file-system.js";
+import { joinPath } from "../fs/paths.js";
+import { DELETING_SUFFIX, REPLACED_SUFFIX, TMP_SUFFIX, parseLeftoverDirName, stepDirName } from "./layout.js";
+
+/**
+ * Atomic commit by directory rename, for file systems that have one. A checkpoint is written in
+ * `step_N.tmp`; renaming it to `step_N` is the commit. Re-saving a step moves the old directory
+ * to `step_N.replaced` first and removes it only after the new one is in place, so a committed
+ * checkpoint exists at every instant (listing reads `.replaced` when `step_N` is missing).
+ */
+export async function commitByRename(fileSystem: FileSystem, checkpointDir: string, stepNr: number): Promise<void> {
+  const tmp = joinPath(checkpointDir, `${stepDirName(stepNr)}${TMP_SUFFIX}`);
+  const target = joinPath(checkpointDir, stepDirName(stepNr));
+  const replaced = `${target}${REPLACED_SUFFIX}`;
+  await fileSystem.syncDirectory(tmp);
+  const replacing = await fileSystem.exists(target);
+  if (replacing) {
+    await fileSystem.remove(replaced); // a leftover of an earlier cut-off replace of this step
+    await fileSystem.renameDirectory(target, replaced);
+  }
+  await fileSystem.renameDirectory(tmp, target);
+  await fileSystem.syncDirectory(checkpointDir);
+  if (replacing) await fileSystem.remove(replaced);
+}
+
+/** Removes a committed checkpoint: renamed away first, so no listing ever sees it half deleted. */
+export async function removeCheckpointDirectory(fileSystem: FileSystem, checkpointDir: string, path: string, stepNr: number): Promise<void> {
+  const deleting = joinPath(checkpointDir, `${stepDirName(stepNr)}${DELETING_SUFFIX}`);
+  await fileSystem.remove(deleting);
+  await fileSystem.renameDirectory(path, deleting);
+  await fileSystem.syncDirectory(checkpointDir);
+  await fileSystem.remove(deleting);
+}
+
+/**
+ * Cleans up after a process that died mid-save, mid-replace or mid-delete: unfinished `.tmp`
+ * directories and half-deleted ones go; an old checkpoint moved aside for a replacement that never
+ * arrived goes back to its place. Only the owner of the directory (the lock holder) calls this.
+ */
+export async function recoverLeftovers(fileSystem: FileSystem, checkpointDir: string): Promise<void> {
+  for (const entry of await fileSystem.listDirectory(checkpointDir)) {
+    const leftover = parseLeftoverDirName(entry.name);
+    if (!entry.isDirectory || leftover === undefined) continue;
+    const path = joinPath(checkpointDir, entry.name);
+    const target = joinPath(checkpointDir, stepDirName(leftover.stepNr));
+    if (leftover.kind === "replaced" && !(await fileSystem.exists(target))) {
+      await fileSystem.renameDirectory(path, target);
+    } else {
+      await fileSystem.remove(path);
+    }
+  }
+  await fileSystem.syncDirectory(checkpointDir);
+}

@@ -1,0 +1,115 @@
+import { randomBytes } from "node:crypto";
+import { constants, promises as fsp } from "node:fs";
+import { hostname } from "node:os";
+import type { FileLock } from "./file-system.js";
+
+/** What a lock file says about its holder. */
+interface LockOwner {
+  pid: number;
+  host: string;
+  token: string;
+  since: string;
+}
+
+/** A holder on another host proves it is alive by touching the lock this often... */
+const HEARTBEAT_MS = 10_000;
+/** ...and is presumed dead after this long without a touch. */
+const STALE_AFTER_MS = 60_000;
+
+export class LockHeldError extends Error {
+  readonly code = "ELOCKED";
+}
+
+/**
+ * An exclusive lock file created with O_EXCL. A holder on this host is alive while its pid runs;
+ * a holder on another host (a shared file system) while it keeps touching the file. A dead
+ * holder's lock is moved aside atomically (rename), so of two processes taking over, one wins.
+ */
+export async function acquireLocalLock(path: string): Promise<FileLock> {
+  const owner: LockOwner = { pid: process.pid, host: hostname(), token: randomBytes(8).toString("hex"), since: new Date().toISOString() };
+  for (let attempt = 0; attempt < 5; attempt++) {
+    try {
+      const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+      try {
+        await handle.writeFile(JSON.stringify(owner));
+        await handle.sync();
+      } finally {
+        await handle.close();
+      }
+      return new LocalLock(path, owner);
+    } catch (error) {
+      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
+    }
+    const holder = await readOwner(path);
+    if (holder !== undefined && !(await isStale(path, holder))) {
+      throw new LockHeldError(`${path} is held by process ${holder.pid} on ${holder.host} since ${holder.since}`);
+    }
+    await breakStaleLock(path, holder);
+  }
+  throw new LockHeldError(`${path}: could not take the lock, other processes keep taking it`);
+}
+
+async function readOwner(path: string): Promise<LockOwner | undefined> {
+  try {
+    return JSON.parse(await fsp.readFile(path, "utf8")) as LockOwner;
+  } catch {
+    return undefined; // vanished, or written by a process that died before finishing: stale
+  }
+}
+
+async function isStale(path: string, holder: LockOwner): Promise<boolean> {
+  if (holder.host === hostname()) {
+    try {
+      process.kill(holder.pid, 0);
+      return false;
+    } catch (error) {
+      return (error as NodeJS.ErrnoException).code === "ESRCH";
+    }
+  }
+  try {
+    const { mtimeMs } = await fsp.stat(path);
+    return Date.now() - mtimeMs > STALE_AFTER_MS;
+  } catch {
+    return true;
+  }
+}
+
+async function breakStaleLock(path: string, seen: LockOwner | undefined): Promise<void> {
+  const aside = `${path}.stale-${randomBytes(4).toString("hex")}`;
+  try {
+    await fsp.rename(path, aside);
+  } catch (error) {
+    if ((error as NodeJS.ErrnoException).code === "ENOENT") return; // someone else broke it
+    throw error;
+  }
+  const moved = await readOwner(aside);
+  if (seen !== undefined && moved !== undefined && moved.token !== seen.token) {
+    // We moved a fresh lock that another process took meanwhile: put it back unless replaced.
+    await fsp.link(aside, path).catch(() => undefined);
+  }
+  await fsp.rm(aside, { force: true });
+}
+
+class LocalLock implements FileLock {
+  private readonly heartbeat: NodeJS.Timeout;
+  private released = false;
+
+  constructor(
+    private readonly path: string,
+    private readonly owner: LockOwner,
+  ) {
+    this.heartbeat = setInterval(() => {
+      const now = new Date();
+      fsp.utimes(this.path, now, now).catch(() => undefined);
+    }, HEARTBEAT_MS);
+    this.heartbeat.unref();
+  }
+
+  async release(): Promise<void> {
+    if (this.released) return;
+    this.released = true;
+    clearInterval(this.heartbeat);
+    const holder = await readOwner(this.path);
+    if (holder?.token === this.owner.token) await fsp.rm(this.path, { force: true });
+  }
+}

@@ -1,0 +1,21 @@
+import { crc32 } from "node:zlib";
+import type { ByteSink } from "../formats/byte-io.js";
+import type { FileDigest } from "./tensor-io.js";
+
+/** Passes bytes on to a sink while computing their size and CRC-32, so no second pass is needed. */
+export class DigestingSink implements ByteSink {
+  private size = 0;
+  private crc = 0;
+
+  constructor(private readonly sink: ByteSink) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    this.crc = crc32(chunk, this.crc);
+    this.size += chunk.byteLength;
+    await this.sink.write(chunk);
+  }
+
+  get digest(): FileDigest {
+    return { size: this.size, crc32: this.crc };
+  }
+}
