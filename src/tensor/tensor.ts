@@ -79,7 +79,8 @@ export class Tensor {
 
   /** A zero-filled contiguous tensor. */
   static zeros(shape: readonly number[], dtype: DType = "float32"): Tensor {
-    const numel = shapeNumel(shape);
+    if (!isDType(dtype)) throw new InvalidArgumentError(`unknown dtype ${JSON.stringify(dtype)}`);
+    const numel = checkShape(shape);
     const storage = new Storage(dtype, new Uint8Array(numel * DTYPES[dtype].itemSize));
     return new Tensor({ storage, shape });
   }
@@ -111,6 +112,8 @@ export class Tensor {
   /** The elements' bytes in row-major order: a view of the storage when contiguous, else a copy. */
   get bytes(): Uint8Array {
     const { itemSize } = DTYPES[this.dtype];
+    // An empty tensor may sit at any offset, even past its storage's end (PyTorch allows and saves it).
+    if (this.numel === 0) return new Uint8Array(0);
     if (this.isContiguous) {
       const start = this.storage.bytes.byteOffset + this.offset * itemSize;
       return new Uint8Array(this.storage.bytes.buffer, start, this.byteLength);
@@ -171,6 +174,17 @@ export class Tensor {
 export function shapeNumel(shape: readonly number[]): number {
   let numel = 1;
   for (const size of shape) numel *= size;
+  return numel;
+}
+
+/** The element count of `shape` after checking each size is a non-negative integer, before any allocation. */
+function checkShape(shape: readonly number[]): number {
+  for (let d = 0; d < shape.length; d++) {
+    const size = shape[d]!;
+    if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError(`shape [${shape.join(", ")}]: bad size in dimension ${d}`);
+  }
+  const numel = shapeNumel(shape);
+  if (!Number.isSafeInteger(numel)) throw new InvalidArgumentError(`shape [${shape.join(", ")}]: too many elements`);
   return numel;
 }
 
