@@ -95,8 +95,13 @@ export class Pickler {
     if (Array.isArray(value)) {
       const kind = tupleKind(value);
       if (kind === "tuple") this.tuple(value);
-      else if (kind === "torch.Size") this.reduce("torch", "Size", () => this.tuple(value.slice()), value);
-      else this.list(value);
+      else if (kind === "torch.Size") {
+        // torch.Size((2, 3)): the items are one tuple argument, as Python's __reduce__ writes them.
+        this.reduce("torch", "Size", () => {
+          this.tuple(value.slice());
+          this.byte(Op.TUPLE1);
+        }, value);
+      } else this.list(value);
     } else if (value instanceof Uint8Array) {
       this.reduce("_codecs", "encode", () => {
         this.string(Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1"), false);

@@ -86,7 +86,12 @@ class PickleReader {
   line(what: string): string {
     const end = this.bytes.indexOf(0x0a, this.pos);
     if (end < 0) throw new FormatError("PICKLE_TRUNCATED", `pickle ends inside ${what} at byte ${this.pos}`);
-    const text = utf8.decode(this.bytes.subarray(this.pos, end));
+    let text: string;
+    try {
+      text = utf8.decode(this.bytes.subarray(this.pos, end));
+    } catch (error) {
+      throw new FormatError("PICKLE_STRING", `${what} at byte ${this.pos} is not valid UTF-8`, { cause: error });
+    }
     this.pos = end + 1;
     return text;
   }
