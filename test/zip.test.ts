@@ -1,0 +1,241 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readdir, rm } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { after, before, describe, test } from "node:test";
+import { FormatError } from "../src/errors.js";
+import { MemoryReader, MemorySink } from "../src/formats/byte-io.js";
+import { ZipReader } from "../src/formats/zip/zip-reader.js";
+import { ZipWriter, type ZipWriterOptions } from "../src/formats/zip/zip-writer.js";
+import { LocalFileSystem } from "../src/fs/local-file-system.js";
+
+type Entries = [name: string, data: Uint8Array | Uint8Array[]][];
+
+async function writeZip(entries: Entries, options: ZipWriterOptions = {}): Promise<Uint8Array> {
+  const sink = new MemorySink();
+  const zip = new ZipWriter(sink, options);
+  for (const [name, data] of entries) await zip.addEntry(name, data);
+  await zip.finish();
+  return sink.toBytes();
+}
+
+async function openZip(bytes: Uint8Array): Promise<ZipReader> {
+  return ZipReader.open(new MemoryReader(bytes));
+}
+
+function concat(data: Uint8Array | Uint8Array[]): Uint8Array {
+  return data instanceof Uint8Array ? data : Buffer.concat(data);
+}
+
+/** Compares contents only: the reader may hand back a Buffer where a Uint8Array was written. */
+function assertBytes(actual: Uint8Array, expected: Uint8Array, message?: string): void {
+  assert.deepEqual(Uint8Array.from(actual), Uint8Array.from(expected), message);
+}
+
+function rejectsWith(code: string, message: RegExp): (error: unknown) => boolean {
+  return (error) => {
+    assert.ok(error instanceof FormatError, `expected a FormatError, got ${String(error)}`);
+    assert.equal(error.code, code);
+    assert.match(error.message, message);
+    return true;
+  };
+}
+
+const text = (s: string): Uint8Array => new TextEncoder().encode(s);
+
+const sample: Entries = [
+  ["archive/data.pkl", text("pickle bytes")],
+  ["archive/byteorder", text("little")],
+  ["archive/data/0", Uint8Array.from({ length: 1000 }, (_, i) => i & 0xff)],
+  ["archive/data/1", [text("in "), text("three "), text("chunks")]],
+  ["archive/data/ünïcode name", text("named in UTF-8")],
+  ["archive/version", text("3\n")],
+];
+
+describe("ZipWriter and ZipReader", () => {
+  test("every entry written is read back with its name, size and bytes, in order", async () => {
+    const zip = await openZip(await writeZip(sample));
+    assert.deepEqual([...zip.entries.keys()], sample.map(([name]) => name));
+    for (const [name, data] of sample) {
+      const expected = concat(data);
+      assert.equal(zip.entry(name).size, expected.length, name);
+      assertBytes(await zip.read(name), expected, name);
+    }
+  });
+
+  test("the same entries always give the same bytes, so identical states make identical files", async () => {
+    assert.deepEqual(await writeZip(sample), await writeZip(sample));
+  });
+
+  test("entry data starts at a multiple of 64 whatever the name length", async () => {
+    // Name lengths 1..130 hit every padding case, including the ones under the 4-byte field header.
+    const entries: Entries = [];
+    for (let length = 1; length <= 130; length++) entries.push([`${"n".repeat(length - 1)}${length % 10}`, randomBytes(length % 7)]);
+    const bytes = await writeZip(entries);
+    const zip = await openZip(bytes);
+    for (const [name, data] of entries) {
+      const entry = zip.entry(name);
+      const offset = await zip.dataOffset(entry);
+      assert.equal(offset % 64, 0, `${name.length}-byte name: data at ${offset}`);
+      assertBytes(await zip.read(name), concat(data));
+    }
+  });
+
+  test("another alignment is honoured, and alignment 1 writes no padding", async () => {
+    for (const alignment of [1, 8, 4096]) {
+      const zip = await openZip(await writeZip(sample, { alignment }));
+      for (const [name, data] of sample) {
+        assert.equal((await zip.dataOffset(zip.entry(name))) % alignment, 0, `${name} at alignment ${alignment}`);
+        assertBytes(await zip.read(name), concat(data));
+      }
+    }
+    const unpadded = await writeZip([["a", text("x")]], { alignment: 1 });
+    const zip = await openZip(unpadded);
+    assert.equal(await zip.dataOffset(zip.entry("a")), 30 + 1, "header and name only");
+  });
+
+  test("the padding is a well-formed extra field that a strict reader can skip", async () => {
+    const bytes = Buffer.from(await writeZip([["archive/data/0", text("abc")]]));
+    const nameLength = bytes.readUInt16LE(26);
+    const extraLength = bytes.readUInt16LE(28);
+    const extra = 30 + nameLength;
+    assert.equal(bytes.readUInt16LE(extra), 0x4246, "PyTorch's 'FB' padding id");
+    assert.equal(bytes.readUInt16LE(extra + 2), extraLength - 4);
+  });
+
+  test("a zip written with forced zip64 records reads back the same", async () => {
+    const bytes = Buffer.from(await writeZip(sample, { forceZip64: true }));
+    const end = bytes.length - 22;
+    assert.equal(bytes.readUInt32LE(end), 0x06054b50);
+    assert.equal(bytes.readUInt16LE(end + 10), 0xffff, "the entry count is saturated");
+    assert.equal(bytes.readUInt32LE(end + 12), 0xffffffff, "the directory size is saturated");
+    assert.equal(bytes.readUInt32LE(end + 16), 0xffffffff, "the directory offset is saturated");
+    assert.equal(bytes.readUInt32LE(end - 20), 0x07064b50, "a zip64 locator precedes the end record");
+
+    const zip = await openZip(bytes);
+    assert.deepEqual([...zip.entries.keys()], sample.map(([name]) => name));
+    for (const [name, data] of sample) {
+      assertBytes(await zip.read(name), concat(data), name);
+      assert.equal((await zip.dataOffset(zip.entry(name))) % 64, 0);
+    }
+  });
+
+  test("zero-length entries are written and read back, also with zip64", async () => {
+    for (const forceZip64 of [false, true]) {
+      const zip = await openZip(await writeZip([["empty", new Uint8Array(0)], ["no chunks", []], ["after", text("x")]], { forceZip64 }));
+      assert.equal(zip.entry("empty").size, 0);
+      assert.equal(zip.entry("empty").crc, 0);
+      assert.equal((await zip.read("empty")).length, 0);
+      assert.equal((await zip.read("no chunks")).length, 0);
+      assertBytes(await zip.read("after"), text("x"));
+    }
+  });
+
+  test("a zip with no entries is read as empty", async () => {
+    const bytes = await writeZip([]);
+    assert.equal(bytes.length, 22);
+    assert.equal((await openZip(bytes)).entries.size, 0);
+  });
+
+  test("a flipped byte in entry data fails the CRC-32 check, unless the check is turned off", async () => {
+    const bytes = await writeZip(sample);
+    const zip = await openZip(bytes);
+    const offset = await zip.dataOffset(zip.entry("archive/data/0"));
+    bytes[offset + 500]! ^= 0x01;
+    const damaged = await openZip(bytes);
+    await assert.rejects(damaged.read("archive/data/0"), rejectsWith("ZIP_CRC", /entry "archive\/data\/0" fails its CRC-32 check/));
+    const unchecked = await damaged.read("archive/data/0", { verifyCrc: false });
+    assert.equal(unchecked[500], (500 & 0xff) ^ 0x01);
+    assertBytes(await damaged.read("archive/data.pkl"), text("pickle bytes"), "other entries are still fine");
+  });
+
+  test("reading into a target buffer fills it in place and returns a view of it", async () => {
+    const zip = await openZip(await writeZip(sample));
+    const target = new Uint8Array(2000).fill(0xee);
+    const data = await zip.read("archive/data/0", { target });
+    assert.equal(data.buffer, target.buffer);
+    assert.equal(data.byteOffset, target.byteOffset);
+    assert.equal(data.length, 1000);
+    assertBytes(data, concat(sample[2]![1]));
+    assert.equal(target[1000], 0xee, "nothing past the entry is touched");
+  });
+
+  test("a target buffer smaller than the entry is refused before reading", async () => {
+    const zip = await openZip(await writeZip(sample));
+    await assert.rejects(zip.read("archive/data/0", { target: new Uint8Array(999) }), rejectsWith("ZIP_BOUNDS", /has 1000 bytes, more than the 999 given/));
+  });
+
+  test("asking for an entry that is not there names it", async () => {
+    const zip = await openZip(await writeZip(sample));
+    await assert.rejects(zip.read("archive/data/9"), rejectsWith("ZIP_MISSING", /no entry "archive\/data\/9"/));
+  });
+
+  test("the writer refuses an entry name written twice", async () => {
+    const zip = new ZipWriter(new MemorySink());
+    await zip.addEntry("a", text("1"));
+    await assert.rejects(zip.addEntry("a", text("2")), rejectsWith("ZIP_NAME", /"a" written twice/));
+  });
+
+  test("the writer refuses names that could escape a directory when extracted", async () => {
+    const zip = new ZipWriter(new MemorySink());
+    for (const name of ["", "/etc/passwd", "../x", "a/../../x", "a/./b", "a\\b", "a\0b"]) {
+      await assert.rejects(zip.addEntry(name, text("x")), rejectsWith("ZIP_NAME", /unsafe zip entry name/), JSON.stringify(name));
+    }
+  });
+});
+
+describe("zip files on the local disk", () => {
+  let dir = "";
+  before(async () => {
+    dir = await mkdtemp(join(tmpdir(), "ckpt-zip-"));
+  });
+  after(async () => {
+    await rm(dir, { recursive: true, force: true });
+  });
+
+  test("an entry larger than the write buffer goes through LocalFileSystem intact and aligned", async () => {
+    const fs = new LocalFileSystem();
+    const path = join(dir, "big.zip");
+    const big = randomBytes(9 << 20);
+    const small = randomBytes(1000);
+
+    const writer = await fs.createWriter(path);
+    const zip = new ZipWriter(writer);
+    await zip.addEntry("archive/small-before", small);
+    await zip.addEntry("archive/big", big);
+    await zip.addEntry("archive/big-in-chunks", [big.subarray(0, 3 << 20), big.subarray(3 << 20)]);
+    await zip.addEntry("archive/small-after", small);
+    await zip.finish();
+    await writer.close();
+    assert.deepEqual(await readdir(dir), ["big.zip"], "no partial file is left beside it");
+
+    const reader = await fs.openReader(path);
+    try {
+      const read = await ZipReader.open(reader);
+      for (const name of ["archive/small-before", "archive/big", "archive/big-in-chunks", "archive/small-after"]) {
+        assert.equal((await read.dataOffset(read.entry(name))) % 64, 0, name);
+      }
+      assert.equal(Buffer.compare(await read.read("archive/big"), big), 0, "archive/big");
+      assert.equal(Buffer.compare(await read.read("archive/big-in-chunks"), big), 0, "archive/big-in-chunks");
+      assert.equal(Buffer.compare(await read.read("archive/small-before"), small), 0, "archive/small-before");
+      assert.equal(Buffer.compare(await read.read("archive/small-after"), small), 0, "archive/small-after");
+      const target = Buffer.alloc(big.length);
+      await read.read("archive/big", { target });
+      assert.ok(target.equals(big));
+    } finally {
+      await reader.close();
+    }
+  });
+
+  test("a zip that is aborted instead of closed leaves nothing at its path", async () => {
+    const fs = new LocalFileSystem();
+    const path = join(dir, "aborted.zip");
+    const writer = await fs.createWriter(path);
+    const zip = new ZipWriter(writer);
+    await zip.addEntry("a", randomBytes(5 << 20));
+    await writer.abort();
+    assert.equal(await fs.exists(path), false);
+    assert.ok(!(await readdir(dir)).some((name) => name.includes("aborted")), "the partial file is removed too");
+  });
+});
