@@ -169,6 +169,21 @@ export class Tensor {
     [strides[a], strides[b]] = [strides[b]!, strides[a]!];
     return new Tensor({ storage: this.storage, shape, strides, offset: this.offset, requiresGrad: this.requiresGrad });
   }
+
+  /** A view with dimensions reordered (like `tensor.permute(...dims)`), sharing storage. */
+  permute(dims: readonly number[]): Tensor {
+    const n = this.shape.length;
+    if (dims.length !== n || new Set(dims).size !== n || dims.some((d) => !Number.isInteger(d) || d < 0 || d >= n)) {
+      throw new InvalidArgumentError(`permute([${dims.join(", ")}]) is not a permutation of the ${n} dimensions`);
+    }
+    return new Tensor({
+      storage: this.storage,
+      shape: dims.map((d) => this.shape[d]!),
+      strides: dims.map((d) => this.strides[d]!),
+      offset: this.offset,
+      requiresGrad: this.requiresGrad,
+    });
+  }
 }
 
 export function shapeNumel(shape: readonly number[]): number {

@@ -1,0 +1,122 @@
+// Trains a small TensorFlow.js model with checkpoints: run it, interrupt it (Ctrl-C), run it again.
+//
+//   npm start                                   # trains 300 steps, checkpoints every 25 in ./checkpoints
+//   npm start -- --dir /tmp/run --steps 600     # options: --dir --steps --checkpoint-every --keep-best --quiet
+import { parseArgs } from "node:util";
+import * as tf from "@tensorflow/tfjs";
+import { CheckpointNotFoundError, FileCheckpointManager, Tensor, type StateDict } from "ckpt";
+import { captureModelState, captureOptimizerState, restoreModelState, restoreOptimizerState } from "ckpt/tfjs";
+import { MODEL_CONFIG, MODEL_FAMILY, Random, buildModel, makeDataset } from "./model.js";
+
+const { values: options } = parseArgs({
+  options: {
+    dir: { type: "string", default: "checkpoints" },
+    steps: { type: "string", default: "300" },
+    "checkpoint-every": { type: "string", default: "25" },
+    "keep-best": { type: "string", default: "2" },
+    quiet: { type: "boolean", default: false },
+  },
+});
+const totalSteps = positiveInt(options.steps, "--steps");
+const checkpointEvery = positiveInt(options["checkpoint-every"], "--checkpoint-every");
+const keepBest = positiveInt(options["keep-best"], "--keep-best");
+const log = (line: string): void => {
+  if (!options.quiet) console.log(line);
+};
+
+const BATCH_SIZE = 32;
+const TRAIN_SIZE = 512;
+const VALID_SIZE = 128;
+
+await tf.setBackend("cpu"); // deterministic kernels: a resumed run matches an uninterrupted one bit for bit
+// Silence the CPU backend's one-time banner advising tfjs-node (a native build this project avoids).
+(tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
+const data = makeDataset(TRAIN_SIZE + VALID_SIZE, 1234);
+const features = MODEL_CONFIG.inputSize;
+const trainX = data.x.subarray(0, TRAIN_SIZE * features);
+const trainY = data.y.subarray(0, TRAIN_SIZE);
+const validX = tf.tensor2d(data.x.subarray(TRAIN_SIZE * features), [VALID_SIZE, features]);
+const validY = tf.tensor2d(data.y.subarray(TRAIN_SIZE), [VALID_SIZE, 1]);
+
+const model = buildModel();
+const optimizer = tf.train.adam(0.01);
+model.compile({ optimizer, loss: "meanSquaredError" });
+
+// The data order is part of the state: the shuffling RNG, the epoch's order and the position in it.
+const random = new Random(42);
+let epoch = 0;
+let order = random.permutation(TRAIN_SIZE);
+let cursor = 0;
+let stepNr = 0;
+
+const manager = new FileCheckpointManager({ checkpointDir: options.dir });
+try {
+  const { stepNr: resumedStep, state } = await manager.loadLastCheckpoint();
+  restoreModelState(model, state.model as StateDict);
+  await restoreOptimizerState(optimizer, model, state.optimizer as StateDict);
+  const progress = state.data as StateDict;
+  random.state = progress.rng_state as number;
+  epoch = progress.epoch as number;
+  cursor = progress.cursor as number;
+  order = Int32Array.from((progress.order as Tensor).data as Int32Array);
+  stepNr = resumedStep;
+  log(`resuming from step ${stepNr} (${options.dir}/step_${stepNr})`);
+} catch (error) {
+  if (!(error instanceof CheckpointNotFoundError)) throw error;
+  log(`no checkpoint in ${options.dir}: starting fresh`);
+  await manager.saveModelMetadata({ family: MODEL_FAMILY, config: MODEL_CONFIG });
+}
+
+while (stepNr < totalSteps) {
+  if (cursor + BATCH_SIZE > TRAIN_SIZE) {
+    epoch++;
+    order = random.permutation(TRAIN_SIZE);
+    cursor = 0;
+  }
+  const batch = order.subarray(cursor, cursor + BATCH_SIZE);
+  cursor += BATCH_SIZE;
+  const x = new Float32Array(BATCH_SIZE * features);
+  const y = new Float32Array(BATCH_SIZE);
+  batch.forEach((row, i) => {
+    x.set(trainX.subarray(row * features, (row + 1) * features), i * features);
+    y[i] = trainY[row]!;
+  });
+  const [xs, ys] = [tf.tensor2d(x, [BATCH_SIZE, features]), tf.tensor2d(y, [BATCH_SIZE, 1])];
+  const loss = (await model.trainOnBatch(xs, ys)) as number;
+  tf.dispose([xs, ys]);
+  stepNr++;
+  log(`step ${stepNr}/${totalSteps}  loss ${loss.toFixed(5)}`);
+
+  if (stepNr % checkpointEvery === 0 || stepNr === totalSteps) {
+    const validLoss = tf.tidy(() => tf.losses.meanSquaredError(validY, model.predict(validX) as tf.Tensor).dataSync()[0]!);
+    await manager.beginCheckpoint(stepNr);
+    await manager.saveState({
+      model: captureModelState(model),
+      optimizer: await captureOptimizerState(optimizer, model),
+      data: { epoch, cursor, rng_state: random.state, order: Tensor.from(Int32Array.from(order)) },
+      step_nr: stepNr,
+    });
+    await manager.saveScore(validLoss, { lowerBetter: true });
+    await manager.commitCheckpoint();
+    const { stripped } = await manager.keepBestNCheckpoints(keepBest, { preserveModel: true });
+    log(`checkpoint step_${stepNr}  validation loss ${validLoss.toFixed(5)}${stripped.length > 0 ? `  (kept only the model of step ${stripped.join(", ")})` : ""}`);
+  }
+}
+
+const best = await manager.getBestStepNumber();
+await manager.close();
+console.log(`
+Trained ${totalSteps} steps. Checkpoints are in ${options.dir}/ (best: step_${best}, last: step_${stepNr}).
+Next:
+  ls -R ${options.dir}                                   # what is on disk
+  /usr/bin/python3 examples/load_in_pytorch.py ${options.dir}   # the same network in PyTorch, from model.pt
+  npm start -- --dir ${options.dir} --steps ${totalSteps * 2}   # train further: resumes from step ${stepNr}`);
+
+function positiveInt(text: string, name: string): number {
+  const value = Number(text);
+  if (!Number.isSafeInteger(value) || value < 1) {
+    console.error(`${name} must be a positive integer, got ${JSON.stringify(text)}`);
+    process.exit(2);
+  }
+  return value;
+}
