@@ -937,8 +937,8 @@ describe("files that are not PyTorch zip archives", () => {
     return out;
   }
 
-  test("a legacy (pre-1.6) torch file is refused as not a zip", async () => {
-    await refused(await fileWith(legacyTorchFile()), { code: "ZIP_END", message: /no zip end record: the file is truncated or not a zip/ });
+  test("a legacy (pre-1.6) torch file is refused as not a zip, with advice to re-save it", async () => {
+    await refused(await fileWith(legacyTorchFile()), { code: "ZIP_END", message: /not a zip; it looks like the legacy format of torch\.save before PyTorch 1\.6/ });
   });
 
   test("random bytes are refused as not a zip", async () => {

@@ -2,6 +2,7 @@ import { TensorDumpError, TensorLoadError } from "../errors.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
+import type { RandomAccessReader } from "../formats/byte-io.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
@@ -42,7 +43,7 @@ export class TorchTensorLoader implements TensorLoader {
       const zip = await ZipReader.open(reader);
       return await readTorchArchive(zip, { verifyCrc: this.verifyCrc });
     } catch (error) {
-      throw new TensorLoadError(path, `not a valid PyTorch file: ${(error as Error).message}`, { cause: error });
+      throw new TensorLoadError(path, `not a valid PyTorch file: ${await explainNonZip(reader, error)}`, { cause: error });
     } finally {
       await reader.close();
     }
@@ -87,4 +88,15 @@ export class TorchTensorDumper implements TensorDumper {
       throw new TensorDumpError(path, `cannot save the state: ${(error as Error).message}`, { cause: error });
     }
   }
+}
+
+/** A file without a zip end record that starts like a pickle was written by torch.save before 1.6. */
+async function explainNonZip(reader: RandomAccessReader, error: unknown): Promise<string> {
+  const message = (error as Error).message;
+  if ((error as { code?: string }).code !== "ZIP_END" || reader.size < 2) return message;
+  const head = await reader.read(0, 2).catch(() => undefined);
+  if (head?.[0] === 0x80 && head[1]! <= 5) {
+    return `${message}; it looks like the legacy format of torch.save before PyTorch 1.6, which is not supported: re-save it with a current PyTorch`;
+  }
+  return message;
 }
