@@ -505,8 +505,11 @@ export class FileCheckpointManager implements CheckpointManager {
     const source = this.stepPath(CARBON_COPY_DIR);
     const names = await this.listFilesRecursively(source);
     for (const name of names) {
-      if (name in checkpoint.files || name === MANIFEST_FILE) throw new Error(`cc/${name} would overwrite the checkpoint's own ${name}`);
       const target = joinPath(checkpoint.tmpDir, name);
+      // Any rank may have written the file (rank_1.pt under dp=2), not only this one: look on disk.
+      if (name in checkpoint.files || name === MANIFEST_FILE || (await this.fileSystem.exists(target))) {
+        throw new Error(`cc/${name} would overwrite the checkpoint's own ${name}`);
+      }
       if (name.includes("/")) await this.fileSystem.makeDirectory(joinPath(target, ".."));
       await this.writeBytes(checkpoint, name, await this.fileSystem.readFile(joinPath(source, name)));
     }
