@@ -242,7 +242,7 @@ export class FileCheckpointManager implements CheckpointManager {
     }
     const state: StateDict = Object.create(Object.prototype) as StateDict;
     for (const name of [modelFileName(tp.rank, tp.size), replicatedFileName(tp.rank, tp.size), rankFile]) {
-      if (!info.files.includes(name)) continue;
+      if (!hasFile(info, name)) continue;
       const part = await this.loadFile(info, name);
       if (!isPlainDict(part)) throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} does not hold a dict of string keys`);
       if (isModelFile(name)) {
@@ -268,7 +268,7 @@ export class FileCheckpointManager implements CheckpointManager {
   async loadMetadata(stepNr: number): Promise<StateValue | null> {
     checkStepNr(stepNr);
     const info = await this.requireCheckpoint(stepNr);
-    return info.files.includes(METADATA_FILE) ? this.loadFile(info, METADATA_FILE) : null;
+    return hasFile(info, METADATA_FILE) ? this.loadFile(info, METADATA_FILE) : null;
   }
 
   /**
@@ -283,7 +283,7 @@ export class FileCheckpointManager implements CheckpointManager {
     this.checkLayout(info, false);
     const { tp } = this.gangs;
     const name = modelFileName(tp.rank, tp.size);
-    if (!info.files.includes(name)) {
+    if (!hasFile(info, name)) {
       throw new CheckpointLoadError(step, `checkpoint ${step} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
     }
     const part = await this.loadFile(info, name);
@@ -610,6 +610,14 @@ export class FileCheckpointManager implements CheckpointManager {
     await this.fileSystem.syncDirectory(info.path);
     return "stripped";
   }
+}
+
+/**
+ * Whether a checkpoint has a file: a file its manifest lists counts even when it is gone from the
+ * directory, so that loading it fails naming it instead of silently leaving its part out.
+ */
+function hasFile(info: CheckpointInfo, name: string): boolean {
+  return info.files.includes(name) || info.manifest?.files[name] !== undefined;
 }
 
 /** The dp/tp layout of a checkpoint without a manifest (fairseq2), from its file names. */
