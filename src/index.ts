@@ -51,7 +51,7 @@ export type { Gang, Gangs, JsonValue } from "./gang/gang.js";
 export { FakeGang, fakeGangs, type FakeGangsOptions } from "./gang/fake-gang.js";
 export { InProcessGang } from "./gang/in-process-gang.js";
 
-export type { FileDigest } from "./io/tensor-io.js";
+export type { FileDigest, TensorLoadOptions } from "./io/tensor-io.js";
 export type {
   CheckpointManager,
   SaveStateOptions,
@@ -59,6 +59,7 @@ export type {
   DeleteOptions,
   RetentionOptions,
   ListOptions,
+  LoadOptions,
   RetentionResult,
   ModelMetadata,
 } from "./checkpoint/checkpoint-manager.js";

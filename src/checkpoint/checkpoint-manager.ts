@@ -29,6 +29,17 @@ export interface RetentionOptions {
   preserveModel?: boolean;
 }
 
+export interface LoadOptions {
+  /**
+   * The state to load into, in place: each tensor of the checkpoint that has a contiguous tensor
+   * of the same dtype and shape at the same path here is read straight into it (no allocation),
+   * and the returned state holds that tensor. Typical use: the live model and optimizer state.
+   */
+  into?: StateDict;
+  /** Where `into` holds the model (default "model"), as given to saveState. */
+  modelKey?: string;
+}
+
 export interface ListOptions {
   /** Also count checkpoints pruned to their model files, which cannot be resumed (default false). */
   includeModelOnly?: boolean;
@@ -57,10 +68,11 @@ export interface CheckpointManager {
   commitCheckpoint(): Promise<void>;
   abortCheckpoint(): Promise<void>;
 
-  loadCheckpoint(stepNr: number): Promise<StateDict>;
-  loadLastCheckpoint(): Promise<{ stepNr: number; state: StateDict }>;
+  loadCheckpoint(stepNr: number, options?: LoadOptions): Promise<StateDict>;
+  loadLastCheckpoint(options?: LoadOptions): Promise<{ stepNr: number; state: StateDict }>;
   loadMetadata(stepNr: number): Promise<StateValue | null>;
-  loadModel(stepNr?: number): Promise<StateDict>;
+  /** With `into`, the model's tensors are read in place into that state dict's matching tensors. */
+  loadModel(stepNr?: number, options?: { into?: StateDict }): Promise<StateDict>;
 
   getStepNumbers(options?: ListOptions): Promise<number[]>;
   hasCheckpoint(stepNr?: number, options?: ListOptions): Promise<boolean>;

@@ -14,7 +14,7 @@ import type { FileLock, FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
-import type { TensorDumper, TensorLoader } from "../io/tensor-io.js";
+import type { FileDigest, TensorDumper, TensorLoadOptions, TensorLoader } from "../io/tensor-io.js";
 import { TorchTensorDumper, TorchTensorLoader } from "../io/torch-tensor-io.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import { findCheckpoint, listCheckpoints, type CheckpointInfo } from "./checkpoint-directory.js";
@@ -22,6 +22,7 @@ import type {
   CheckpointManager,
   DeleteOptions,
   ListOptions,
+  LoadOptions,
   ModelMetadata,
   RetentionOptions,
   RetentionResult,
@@ -228,7 +229,7 @@ export class FileCheckpointManager implements CheckpointManager {
   // ---------------------------------------------------------------- loading
 
   /** The state saved at `stepNr`, merged back from the model, replicated and rank files. */
-  async loadCheckpoint(stepNr: number): Promise<StateDict> {
+  async loadCheckpoint(stepNr: number, options: LoadOptions = {}): Promise<StateDict> {
     checkStepNr(stepNr);
     const info = await this.requireCheckpoint(stepNr);
     if (info.modelOnly) {
@@ -243,7 +244,8 @@ export class FileCheckpointManager implements CheckpointManager {
     const state: StateDict = Object.create(Object.prototype) as StateDict;
     for (const name of [modelFileName(tp.rank, tp.size), replicatedFileName(tp.rank, tp.size), rankFile]) {
       if (!hasFile(info, name)) continue;
-      const part = await this.loadFile(info, name);
+      const into = options.into === undefined ? undefined : isModelFile(name) ? { model: options.into[options.modelKey ?? "model"] ?? null } : options.into;
+      const part = await this.loadFile(info, name, into);
       if (!isPlainDict(part)) throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} does not hold a dict of string keys`);
       if (isModelFile(name)) {
         const modelKey = typeof part.model_key === "string" ? part.model_key : "model";
@@ -258,10 +260,10 @@ export class FileCheckpointManager implements CheckpointManager {
   }
 
   /** The last resumable checkpoint; CheckpointNotFoundError (stepNr undefined) when there is none. */
-  async loadLastCheckpoint(): Promise<{ stepNr: number; state: StateDict }> {
+  async loadLastCheckpoint(options: LoadOptions = {}): Promise<{ stepNr: number; state: StateDict }> {
     const stepNr = await this.getLastStepNumber();
     if (stepNr === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint to resume from in ${this.checkpointDir}`);
-    return { stepNr, state: await this.loadCheckpoint(stepNr) };
+    return { stepNr, state: await this.loadCheckpoint(stepNr, options) };
   }
 
   /** `metadata.pt` of a checkpoint, or null when it was saved without one. */
@@ -275,7 +277,7 @@ export class FileCheckpointManager implements CheckpointManager {
    * The model's state dict from a checkpoint's model file only (never optimizer or rank state):
    * the last checkpoint by default, model-only ones included.
    */
-  async loadModel(stepNr?: number): Promise<StateDict> {
+  async loadModel(stepNr?: number, options: { into?: StateDict } = {}): Promise<StateDict> {
     if (stepNr !== undefined) checkStepNr(stepNr);
     const step = stepNr ?? (await this.getLastStepNumber({ includeModelOnly: true }));
     if (step === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint in ${this.checkpointDir}`);
@@ -286,7 +288,7 @@ export class FileCheckpointManager implements CheckpointManager {
     if (!hasFile(info, name)) {
       throw new CheckpointLoadError(step, `checkpoint ${step} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
     }
-    const part = await this.loadFile(info, name);
+    const part = await this.loadFile(info, name, options.into === undefined ? undefined : { model: options.into });
     const model = isPlainDict(part) ? part.model : undefined;
     if (model === undefined || model === null || typeof model !== "object") {
       throw new CheckpointLoadError(step, `${name} of checkpoint ${step} has no "model" entry`);
@@ -526,31 +528,45 @@ export class FileCheckpointManager implements CheckpointManager {
     return names.sort();
   }
 
-  /** Reads one file of a checkpoint after checking it against the manifest. */
-  private async loadFile(info: CheckpointInfo, name: string): Promise<StateValue> {
+  /**
+   * Reads one file of a checkpoint, checked against the manifest: by the loader while it reads
+   * (one pass) when it can, else by reading the file once more first.
+   */
+  private async loadFile(info: CheckpointInfo, name: string, into?: StateValue): Promise<StateValue> {
     const path = joinPath(info.path, name);
+    const options: TensorLoadOptions = into === undefined ? {} : { into };
     if (info.manifest !== undefined) {
       const expected = info.manifest.files[name];
       if (expected === undefined) throw new CheckpointLoadError(info.stepNr, `${name} of checkpoint ${info.stepNr} is not in its manifest`);
       if (this.verifyChecksums) {
-        let actual: ManifestFile;
-        try {
-          actual = manifestFile(await digestFile(this.fileSystem, path));
-        } catch (error) {
-          throw new CheckpointLoadError(info.stepNr, `cannot read ${name} of checkpoint ${info.stepNr}: ${(error as Error).message}`, { cause: error });
-        }
-        if (actual.size !== expected.size || actual.crc32 !== expected.crc32) {
-          throw new CheckpointLoadError(
-            info.stepNr,
-            `${name} of checkpoint ${info.stepNr} is corrupt: the manifest says ${expected.size} bytes with CRC-32 ${expected.crc32}, the file has ${actual.size} bytes with CRC-32 ${actual.crc32}`,
-          );
-        }
+        const expectedDigest = { size: expected.size, crc32: Number.parseInt(expected.crc32, 16) };
+        if (this.loader.verifiesDigest === true) options.expectedDigest = expectedDigest;
+        else await this.checkDigest(info, name, expectedDigest);
       }
     }
     try {
-      return await this.loader.load(path);
+      return await this.loader.load(path, options);
     } catch (error) {
-      throw new CheckpointLoadError(info.stepNr, `cannot load ${name} of checkpoint ${info.stepNr}: ${(error as Error).message}`, { cause: error });
+      const corrupt = (error as { cause?: { code?: string } }).cause?.code === "DIGEST_MISMATCH";
+      const what = corrupt ? `is corrupt (${(error as Error).message})` : `cannot be loaded: ${(error as Error).message}`;
+      throw new CheckpointLoadError(info.stepNr, `${name} of checkpoint ${info.stepNr} ${what}`, { cause: error });
+    }
+  }
+
+  private async checkDigest(info: CheckpointInfo, name: string, expected: FileDigest): Promise<void> {
+    let actual: FileDigest;
+    try {
+      actual = await digestFile(this.fileSystem, joinPath(info.path, name));
+    } catch (error) {
+      throw new CheckpointLoadError(info.stepNr, `cannot read ${name} of checkpoint ${info.stepNr}: ${(error as Error).message}`, { cause: error });
+    }
+    if (actual.size !== expected.size || actual.crc32 >>> 0 !== expected.crc32 >>> 0) {
+      const { crc32: a } = manifestFile(actual);
+      const { crc32: e } = manifestFile(expected);
+      throw new CheckpointLoadError(
+        info.stepNr,
+        `${name} of checkpoint ${info.stepNr} is corrupt: the manifest says ${expected.size} bytes with CRC-32 ${e}, the file has ${actual.size} bytes with CRC-32 ${a}`,
+      );
     }
   }
 

@@ -6,7 +6,10 @@
 /** Reads any byte range of a file of known size (a positioned read, or an HTTP range request). */
 export interface RandomAccessReader {
   readonly size: number;
-  /** Reads `length` bytes at `position` into `target` (at its start), or into a new buffer. */
+  /**
+   * Reads `length` bytes at `position` into `target` (at its start), or else into a buffer of the
+   * reader's choosing, which may share memory with the reader (MemoryReader returns a view).
+   */
   read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array>;
 }
 
@@ -15,9 +18,9 @@ export interface ByteSink {
   write(chunk: Uint8Array): Promise<void>;
 }
 
-/** A RandomAccessReader over bytes already in memory (tests, small files). */
+/** A RandomAccessReader over bytes already in memory; reads without a target are views, not copies. */
 export class MemoryReader implements RandomAccessReader {
-  constructor(private readonly bytes: Uint8Array) {}
+  constructor(readonly bytes: Uint8Array) {}
 
   get size(): number {
     return this.bytes.length;
@@ -28,7 +31,7 @@ export class MemoryReader implements RandomAccessReader {
       throw new RangeError(`read of ${length} bytes at ${position} is outside ${this.bytes.length} bytes`);
     }
     const slice = this.bytes.subarray(position, position + length);
-    if (target === undefined) return slice.slice();
+    if (target === undefined) return slice;
     target.set(slice);
     return target.subarray(0, length);
   }

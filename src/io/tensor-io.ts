@@ -7,9 +7,28 @@ export interface FileDigest {
   crc32: number;
 }
 
+export interface TensorLoadOptions {
+  /**
+   * The file's size and CRC-32 as recorded when it was written (a checkpoint's manifest): checked
+   * while the file is read, and a mismatch is an error. Loaders that can do this say so with
+   * `verifiesDigest`; for others the caller checks the file itself.
+   */
+  expectedDigest?: FileDigest;
+  /**
+   * Existing tensors to load into, in place: a file tensor at the same path (keys and indices
+   * from the root) as a contiguous tensor of the same dtype and shape here is read straight into
+   * it, and that tensor is returned in its place. Others are loaded as usual.
+   */
+  into?: StateValue;
+  /** Called as bytes are read, with bytes done and bytes in all. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
 /** Reads a state from a tensor file (fairseq2's TensorLoader). */
 export interface TensorLoader {
-  load(path: string): Promise<StateValue>;
+  /** True when `load` checks `expectedDigest` itself. */
+  readonly verifiesDigest?: boolean;
+  load(path: string, options?: TensorLoadOptions): Promise<StateValue>;
 }
 
 /**

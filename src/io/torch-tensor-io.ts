@@ -1,13 +1,13 @@
-import { TensorDumpError, TensorLoadError } from "../errors.js";
+import { FormatError, TensorDumpError, TensorLoadError } from "../errors.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
-import type { RandomAccessReader } from "../formats/byte-io.js";
+import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
-import { DigestingSink } from "./digesting-sink.js";
-import type { FileDigest, TensorDumper, TensorLoader } from "./tensor-io.js";
+import type { FileDigest, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
+import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
 export interface TorchTensorLoaderOptions {
   fileSystem?: FileSystem;
@@ -32,7 +32,14 @@ export class TorchTensorLoader implements TensorLoader {
     this.verifyCrc = options.verifyCrc ?? true;
   }
 
-  async load(path: string): Promise<StateValue> {
+  /** Checks `options.expectedDigest` itself (see TensorLoadOptions). */
+  readonly verifiesDigest = true;
+
+  /**
+   * Loads a file. Files up to 2 GiB are read whole in large sequential pieces and the tensors are
+   * views into that one buffer (zero copies); with `into`, matching tensors are filled in place.
+   */
+  async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
     let reader;
     try {
       reader = await this.fileSystem.openReader(path);
@@ -40,13 +47,41 @@ export class TorchTensorLoader implements TensorLoader {
       throw new TensorLoadError(path, `cannot open the file: ${(error as Error).message}`, { cause: error });
     }
     try {
-      const zip = await ZipReader.open(reader);
-      return await readTorchArchive(zip, { verifyCrc: this.verifyCrc });
+      const expected = options.expectedDigest;
+      if (expected !== undefined && reader.size !== expected.size) {
+        throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: it should have ${expected.size} bytes but has ${reader.size}`);
+      }
+      let source: RandomAccessReader = reader;
+      // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
+      let verifyCrc = this.verifyCrc;
+      let wholeFile: { bytes: Uint8Array; crc32: number | undefined } | undefined;
+      if (options.into === undefined && reader.size <= WHOLE_FILE_MAX) {
+        wholeFile = await readWholeFile(reader, { crc: expected !== undefined || verifyCrc, onProgress: options.onProgress });
+        if (expected !== undefined) {
+          checkCrc(wholeFile.crc32!, expected.crc32);
+          verifyCrc = false;
+        }
+        source = new MemoryReader(wholeFile.bytes);
+      }
+      const zip = await ZipReader.open(source);
+      // The file's CRC, computed during the read, vouches for every entry at once when it matches
+      // what the entries' recorded CRCs add up to; if not, each entry is checked to name the bad one.
+      if (verifyCrc && wholeFile !== undefined && (await zip.expectedFileCrc(wholeFile.bytes)) === wholeFile.crc32) verifyCrc = false;
+      const onProgress = source === reader ? options.onProgress : undefined;
+      return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
     } catch (error) {
+      if (error instanceof FormatError && error.code === "DIGEST_MISMATCH") throw new TensorLoadError(path, error.message, { cause: error });
       throw new TensorLoadError(path, `not a valid PyTorch file: ${await explainNonZip(reader, error)}`, { cause: error });
     } finally {
       await reader.close();
     }
+  }
+}
+
+function checkCrc(actual: number, expected: number): void {
+  if (actual >>> 0 !== expected >>> 0) {
+    const hex = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0");
+    throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: its CRC-32 is ${hex(actual)}, it should be ${hex(expected)}`);
   }
 }
 
@@ -79,10 +114,9 @@ export class TorchTensorDumper implements TensorDumper {
       throw new TensorDumpError(path, `cannot create the file: ${(error as Error).message}`, { cause: error });
     }
     try {
-      const sink = new DigestingSink(writer);
-      await writeTorchArchive(state, sink, this.writeOptions);
+      const digest = await writeTorchArchive(state, writer, this.writeOptions);
       await writer.close();
-      return sink.digest;
+      return digest;
     } catch (error) {
       await writer.abort().catch(() => undefined);
       throw new TensorDumpError(path, `cannot save the state: ${(error as Error).message}`, { cause: error });

@@ -6,8 +6,8 @@ import { DTYPES, type DType } from "./dtype.js";
  */
 export class Storage {
   readonly dtype: DType;
-  /** The raw little-endian bytes; `numel * itemSize` long. Never copied by this class. */
-  readonly bytes: Uint8Array;
+  readonly numel: number;
+  private data: Uint8Array | undefined;
 
   constructor(dtype: DType, bytes: Uint8Array) {
     const { itemSize } = DTYPES[dtype];
@@ -15,10 +15,33 @@ export class Storage {
       throw new RangeError(`a ${dtype} storage needs a multiple of ${itemSize} bytes, got ${bytes.byteLength}`);
     }
     this.dtype = dtype;
-    this.bytes = bytes;
+    this.numel = bytes.byteLength / itemSize;
+    this.data = bytes;
   }
 
-  get numel(): number {
-    return this.bytes.byteLength / DTYPES[this.dtype].itemSize;
+  /**
+   * A storage whose size is known and whose bytes come later (`attach`): readers build the tensors
+   * of a file first, then read each storage straight to where it belongs.
+   */
+  static pending(dtype: DType, numel: number): Storage {
+    const storage = new Storage(dtype, new Uint8Array(0));
+    (storage as { numel: number }).numel = numel;
+    storage.data = undefined;
+    return storage;
+  }
+
+  /** The raw little-endian bytes; `numel * itemSize` long. Never copied by this class. */
+  get bytes(): Uint8Array {
+    if (this.data === undefined) throw new Error("the storage's bytes have not been read yet");
+    return this.data;
+  }
+
+  /** Gives a pending storage its bytes, once. */
+  attach(bytes: Uint8Array): void {
+    if (this.data !== undefined) throw new Error("the storage already has its bytes");
+    if (bytes.byteLength !== this.numel * DTYPES[this.dtype].itemSize) {
+      throw new RangeError(`a storage of ${this.numel} ${this.dtype} elements cannot take ${bytes.byteLength} bytes`);
+    }
+    this.data = bytes;
   }
 }

@@ -2,6 +2,7 @@ import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
 import { swapByteOrder } from "../../tensor/byte-order.js";
 import { Storage } from "../../tensor/storage.js";
+import { Tensor } from "../../tensor/tensor.js";
 import type { StateValue } from "../../values/py-values.js";
 import { unpickle } from "../pickle/unpickler.js";
 import type { ZipReader } from "../zip/zip-reader.js";
@@ -10,6 +11,14 @@ import { TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-glo
 export interface TorchReadOptions {
   /** Check each entry's CRC-32 (default true): PyTorch does not, so a flipped bit would pass. */
   verifyCrc?: boolean;
+  /**
+   * Existing tensors to read into: where the file has a tensor at the same path (same keys and
+   * indices from the root) as a contiguous tensor here of the same dtype and shape, its bytes are
+   * read straight into that tensor, which is returned in its place. Nothing new is allocated.
+   */
+  into?: StateValue;
+  /** Called after each storage is read, with bytes done and bytes in all. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
 /** Archive format versions PyTorch has written (1.6 through 2.x write 3). */
@@ -17,19 +26,15 @@ const MAX_ARCHIVE_VERSION = 10;
 
 /**
  * Reads the state in a PyTorch zip archive (`torch.save` since 1.6): `<root>/data.pkl` unpickled
- * against the allow-list, each `<root>/data/<key>` entry a storage.
+ * against the allow-list, each `<root>/data/<key>` entry a storage. The pickle is read first, so
+ * each storage can then be read straight to where it belongs.
  */
 export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions = {}): Promise<StateValue> {
   const verifyCrc = options.verifyCrc ?? true;
   const root = findRoot(zip);
   await checkVersion(zip, root, verifyCrc);
   const bigEndian = await readByteOrder(zip, root, verifyCrc);
-
-  const storageBytes = new Map<string, Uint8Array>();
   const dataPrefix = `${root}/data/`;
-  for (const name of zip.entries.keys()) {
-    if (name.startsWith(dataPrefix)) storageBytes.set(name.slice(dataPrefix.length), await zip.read(name, { verifyCrc }));
-  }
 
   const storages = new Map<string, Storage>();
   const persistentLoad = (pid: unknown): Storage => {
@@ -45,20 +50,102 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
       if (known.dtype !== type.dtype) throw new FormatError("TORCH_STORAGE", `storage "${key}" is used as both ${known.dtype} and ${type.dtype}`);
       return known;
     }
-    const bytes = storageBytes.get(key);
-    if (bytes === undefined) throw new FormatError("TORCH_STORAGE", `storage "${key}" has no entry ${dataPrefix}${key}`);
+    const entry = zip.entries.get(`${dataPrefix}${key}`);
+    if (entry === undefined) throw new FormatError("TORCH_STORAGE", `storage "${key}" has no entry ${dataPrefix}${key}`);
     const { itemSize } = DTYPES[type.dtype];
-    if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== bytes.length) {
-      throw new FormatError("TORCH_STORAGE", `storage "${key}" should hold ${numel} ${type.dtype} elements (${numel * itemSize} bytes) but its entry has ${bytes.length} bytes`);
+    if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== entry.size) {
+      throw new FormatError("TORCH_STORAGE", `storage "${key}" should hold ${numel} ${type.dtype} elements (${numel * itemSize} bytes) but its entry has ${entry.size} bytes`);
     }
-    if (bigEndian) swapByteOrder(bytes, type.dtype === "complex64" ? 4 : itemSize);
-    const storage = new Storage(type.dtype, bytes);
+    const storage = Storage.pending(type.dtype, numel);
     storages.set(key, storage);
     return storage;
   };
 
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
-  return unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject }) as StateValue;
+  const state = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject }) as StateValue;
+  const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
+
+  // Read in file order: sequential on a disk, and each storage once.
+  const order = [...storages].sort(([a], [b]) => zip.entry(`${dataPrefix}${a}`).headerOffset - zip.entry(`${dataPrefix}${b}`).headerOffset);
+  const total = order.reduce((sum, [, storage]) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
+  let done = 0;
+  for (const [key, storage] of order) {
+    const target = targets.get(storage);
+    const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
+    if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
+    storage.attach(bytes);
+    done += bytes.byteLength;
+    options.onProgress?.(done, total);
+  }
+  return result;
+}
+
+/**
+ * Pairs each file tensor that alone covers its storage with the tensor at the same path in
+ * `into` (contiguous, same dtype and shape), and puts the target in the result in its place.
+ * Walks both trees side by side without recursion.
+ */
+function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array> } {
+  const users = new Map<Storage, number>();
+  const countUsers = (value: unknown, seen: Set<unknown>): void => {
+    const pending = [value];
+    while (pending.length > 0) {
+      const item = pending.pop();
+      if (item instanceof Tensor) users.set(item.storage, (users.get(item.storage) ?? 0) + 1);
+      else if (typeof item === "object" && item !== null && !seen.has(item)) {
+        seen.add(item);
+        pending.push(...childrenOf(item).map(([, child]) => child));
+      }
+    }
+  };
+  countUsers(state, new Set());
+
+  const targets = new Map<Storage, Uint8Array>();
+  const replace = (file: Tensor, target: unknown): Tensor | undefined => {
+    if (!(target instanceof Tensor) || target.dtype !== file.dtype || !target.isContiguous || target.storage === file.storage) return undefined;
+    if (target.shape.length !== file.shape.length || target.shape.some((size, d) => size !== file.shape[d])) return undefined;
+    if (users.get(file.storage) !== 1 || file.offset !== 0 || !file.isContiguous || file.numel !== file.storage.numel || targets.has(file.storage)) return undefined;
+    targets.set(file.storage, target.bytes);
+    return target;
+  };
+  if (state instanceof Tensor) return { result: replace(state, into) ?? state, targets };
+
+  const pending: [unknown, unknown][] = [[state, into]];
+  const seen = new Set<unknown>();
+  while (pending.length > 0) {
+    const [file, target] = pending.pop()!;
+    if (typeof file !== "object" || file === null || seen.has(file) || typeof target !== "object" || target === null) continue;
+    seen.add(file);
+    for (const [key, child] of childrenOf(file)) {
+      const targetChild = childOf(target, key);
+      if (child instanceof Tensor) {
+        const replacement = replace(child, targetChild);
+        if (replacement !== undefined) setChild(file, key, replacement);
+      } else {
+        pending.push([child, targetChild]);
+      }
+    }
+  }
+  return { result: state, targets };
+}
+
+function childrenOf(container: object): [unknown, unknown][] {
+  if (container instanceof Tensor || ArrayBuffer.isView(container)) return [];
+  if (container instanceof Map) return [...container.entries()];
+  if (Array.isArray(container)) return container.map((item, i) => [i, item]);
+  return Object.entries(container);
+}
+
+function childOf(container: object, key: unknown): unknown {
+  if (container instanceof Map) return container.get(key);
+  if (Array.isArray(container)) return container[key as number];
+  if (container instanceof Tensor || ArrayBuffer.isView(container)) return undefined;
+  return Object.hasOwn(container, key as string) ? (container as Record<string, unknown>)[key as string] : undefined;
+}
+
+function setChild(container: object, key: unknown, value: unknown): void {
+  if (container instanceof Map) container.set(key, value);
+  else (container as Record<string | number, unknown>)[key as string | number] = value;
 }
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */

@@ -19,7 +19,7 @@ const utf8 = new TextEncoder();
  * Writes `state` as PyTorch's zip archive, in the order `torch.save` uses: the pickle, the byte
  * order, one entry per storage (each storage once, however many tensors view it), the version.
  */
-export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<void> {
+export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
   const root = options.root ?? "archive";
   const storageKeys = new Map<Storage, string>();
 
@@ -48,6 +48,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   for (const [storage, key] of storageKeys) await zip.addEntry(`${root}/data/${key}`, storage.bytes);
   await zip.addEntry(`${root}/version`, utf8.encode("3\n"));
   await zip.finish();
+  return zip.digest;
 }
 
 function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage, string>): void {

@@ -18,6 +18,7 @@ import {
   ZIP64_LOCATOR_SIGNATURE,
   ZIP64_LOCATOR_SIZE,
 } from "./zip-constants.js";
+import { crc32Combine } from "./crc32-combine.js";
 import { checkEntryName } from "./zip-writer.js";
 
 export interface ZipEntry {
@@ -66,6 +67,26 @@ export class ZipReader {
       throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" (${entry.size} bytes at ${start}) runs past the end of the entry data (${this.dataEnd})`);
     }
     return start;
+  }
+
+  /**
+   * The CRC-32 the whole file has if every entry's data matches its recorded CRC: the bytes
+   * between entries (headers, directory) are checksummed from `file`, the whole file in memory,
+   * and each entry contributes its recorded CRC. A reader that checksummed the file while reading
+   * it compares the two instead of checking each entry again.
+   */
+  async expectedFileCrc(file: Uint8Array): Promise<number> {
+    const entries = [...this.entries.values()].sort((a, b) => a.headerOffset - b.headerOffset);
+    let crc = 0;
+    let position = 0;
+    for (const entry of entries) {
+      const start = await this.dataOffset(entry);
+      if (start < position) throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" overlaps the entry before it`);
+      crc = crc32(file.subarray(position, start), crc);
+      crc = crc32Combine(crc, entry.crc, entry.size);
+      position = start + entry.size;
+    }
+    return crc32(file.subarray(position), crc);
   }
 
   /** Reads an entry's bytes (into `target` when given), checking its CRC-32 unless told not to. */

@@ -1,6 +1,7 @@
 import { crc32 } from "node:zlib";
 import { FormatError } from "../../errors.js";
 import type { ByteSink } from "../byte-io.js";
+import { crc32Combine } from "./crc32-combine.js";
 import {
   CENTRAL_HEADER_SIGNATURE,
   CENTRAL_HEADER_SIZE,
@@ -33,6 +34,11 @@ interface WrittenEntry {
   offset: number;
 }
 
+/** Entry data at least this long joins the file CRC by combining CRCs instead of a second pass. */
+const COMBINE_MIN_BYTES = 16 << 10;
+/** Queued bytes past which adding an entry waits for the sink (the bytes are the caller's, not copies). */
+const MAX_QUEUED_BYTES = 64 << 20;
+
 /** 1980-01-01 00:00, the earliest DOS date: a fixed time keeps identical states byte-identical. */
 const DOS_DATE = (0 << 9) | (1 << 5) | 1;
 const DOS_TIME = 0;
@@ -44,10 +50,14 @@ const utf8 = new TextEncoder();
 /**
  * Writes a zip of Stored entries straight to a sink, one entry after another: the CRC is computed
  * before the header is written, so no data descriptors and no seeking are needed, and entry data
- * is never copied into a file-sized buffer.
+ * is never copied into a file-sized buffer. Writes are queued, so the CRC of the next entry is
+ * computed while the sink writes the last one; the CRC of the whole file comes for free.
  */
 export class ZipWriter {
   private offset = 0;
+  private fileCrc = 0;
+  private queue: Promise<void> = Promise.resolve();
+  private pendingBytes = 0;
   private readonly entries: WrittenEntry[] = [];
   private readonly names = new Set<string>();
   private readonly alignment: number;
@@ -76,9 +86,20 @@ export class ZipWriter {
     const encodedName = utf8.encode(name);
     const header = this.localHeader(encodedName, crc, size);
     const entry = { name: encodedName, crc, size, offset: this.offset };
-    await this.emit(header);
-    for (const part of parts) if (part.byteLength > 0) await this.emit(part);
+    this.emit(header);
+    if (size >= COMBINE_MIN_BYTES) {
+      for (const part of parts) if (part.byteLength > 0) this.emit(part, false);
+      this.fileCrc = crc32Combine(this.fileCrc, crc, size);
+    } else {
+      for (const part of parts) if (part.byteLength > 0) this.emit(part);
+    }
     this.entries.push(entry);
+    await this.drainIfBehind();
+  }
+
+  /** Size and CRC-32 of everything written; complete once `finish()` has resolved. */
+  get digest(): { size: number; crc32: number } {
+    return { size: this.offset, crc32: this.fileCrc };
   }
 
   /** Writes the central directory and end records; the sink then holds a complete zip. */
@@ -86,17 +107,18 @@ export class ZipWriter {
     const directoryOffset = this.offset;
     const headers = this.entries.map((entry) => this.centralHeader(entry));
     const directorySize = headers.reduce((sum, header) => sum + header.length, 0);
-    await this.emit(Buffer.concat(headers));
+    this.emit(Buffer.concat(headers));
     const needZip64 =
       this.forceZip64 || this.entries.length >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
-    if (needZip64) await this.emit(this.zip64End(directoryOffset, directorySize));
+    if (needZip64) this.emit(this.zip64End(directoryOffset, directorySize));
     const end = Buffer.alloc(END_SIZE);
     end.writeUInt32LE(END_SIGNATURE, 0);
     end.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, 8);
     end.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, 10);
     end.writeUInt32LE(needZip64 ? UINT32_MAX : directorySize, 12);
     end.writeUInt32LE(needZip64 ? UINT32_MAX : directoryOffset, 16);
-    await this.emit(end);
+    this.emit(end);
+    await this.queue;
   }
 
   private entryNeedsZip64(size: number, offset: number): boolean {
@@ -193,9 +215,22 @@ export class ZipWriter {
     return out;
   }
 
-  private async emit(bytes: Uint8Array): Promise<void> {
-    await this.sink.write(bytes);
+  /** Queues bytes for the sink; `crc` false when the caller accounts for them in the file CRC. */
+  private emit(bytes: Uint8Array, crc = true): void {
+    if (crc) this.fileCrc = crc32(bytes, this.fileCrc);
     this.offset += bytes.byteLength;
+    this.pendingBytes += bytes.byteLength;
+    this.queue = this.queue.then(async () => {
+      await this.sink.write(bytes);
+      this.pendingBytes -= bytes.byteLength;
+    });
+    // The rejection is observed by finish() or drainIfBehind(); this only keeps Node from calling it unhandled.
+    this.queue.catch(() => undefined);
+  }
+
+  /** Lets at most one queued write stand ahead of the CRC work, so errors surface promptly. */
+  private async drainIfBehind(): Promise<void> {
+    if (this.pendingBytes > MAX_QUEUED_BYTES) await this.queue;
   }
 }
 

@@ -1,0 +1,115 @@
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
+import { tmpdir } from "node:os";
+import { join } from "node:path";
+import { crc32 } from "node:zlib";
+import { after, before, describe, it } from "node:test";
+import { Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, tuple, type StateDict } from "../src/index.js";
+import { crc32Combine } from "../src/formats/zip/crc32-combine.js";
+
+let dir: string;
+before(async () => {
+  dir = await mkdtemp(join(tmpdir(), "ckpt-fast-io-"));
+});
+after(async () => {
+  await rm(dir, { recursive: true, force: true });
+});
+
+function state(fill: number): StateDict {
+  return {
+    big: Tensor.from(new Float32Array(300_000).fill(fill), { shape: [600, 500] }),
+    small: Tensor.from(new Int32Array([fill, fill + 1, fill + 2])),
+    nested: { half: Tensor.from(new Uint16Array(40_000).fill(fill), { dtype: "bfloat16" }), pair: tuple(1, 2) },
+    shared: Tensor.from(new Float64Array(8).fill(fill)),
+  };
+}
+
+describe("CRC-32 of concatenations", () => {
+  it("crc32Combine gives the CRC of A followed by B for any lengths", () => {
+    for (let i = 0; i < 200; i++) {
+      const a = randomBytes(Math.floor(Math.random() * 3000));
+      const b = randomBytes(i === 0 ? 0 : Math.floor(Math.random() * 70_000));
+      assert.equal(crc32Combine(crc32(a), crc32(b), b.length), crc32(Buffer.concat([a, b])), `lengths ${a.length} + ${b.length}`);
+    }
+  });
+});
+
+describe("the digest a dump returns", () => {
+  it("is the size and CRC-32 of the file on disk, without reading it back", async () => {
+    const path = join(dir, "digest.pt");
+    const digest = await new TorchTensorDumper().dump(state(3), path);
+    const bytes = await readFile(path);
+    assert.deepEqual(digest, { size: bytes.length, crc32: crc32(bytes) });
+  });
+});
+
+describe("loading with an expected digest", () => {
+  it("loads when the digest matches and refuses a file whose bytes changed, naming the CRCs", async () => {
+    const path = join(dir, "expected.pt");
+    const digest = await new TorchTensorDumper().dump(state(5), path);
+    const loaded = (await new TorchTensorLoader().load(path, { expectedDigest: digest })) as StateDict;
+    assert.deepEqual(Array.from((loaded.small as Tensor).data), [5, 6, 7]);
+
+    const bytes = await readFile(path);
+    bytes[bytes.length - 100]! ^= 0x01; // in the central directory: entry CRCs still pass, the file CRC does not
+    await writeFile(path, bytes);
+    await assert.rejects(new TorchTensorLoader().load(path, { expectedDigest: digest }), (error: unknown) => {
+      assert.ok(error instanceof TensorLoadError);
+      assert.match(error.message, /corrupt: its CRC-32 is [0-9a-f]{8}, it should be [0-9a-f]{8}/);
+      return true;
+    });
+    await assert.rejects(new TorchTensorLoader().load(path, { expectedDigest: { ...digest, size: digest.size + 1 } }), /should have \d+ bytes/);
+  });
+
+  it("still names the damaged entry when no digest is given and a storage byte flips", async () => {
+    const path = join(dir, "flipped.pt");
+    await new TorchTensorDumper().dump(state(7), path);
+    const bytes = await readFile(path);
+    bytes[5000]! ^= 0x40; // inside the first storage's data
+    await writeFile(path, bytes);
+    await assert.rejects(new TorchTensorLoader().load(path), /entry "archive\/data\/0" fails its CRC-32 check/);
+  });
+});
+
+describe("loading into existing tensors", () => {
+  it("reads each matching tensor in place, returns those very tensors, and loads the rest as usual", async () => {
+    const path = join(dir, "into.pt");
+    await new TorchTensorDumper().dump(state(9), path);
+    const target = state(0);
+    const mismatched = Tensor.from(new Int32Array(4)); // another shape: not a target
+    target.small = mismatched;
+    const loaded = (await new TorchTensorLoader().load(path, { into: target })) as StateDict;
+
+    assert.equal(loaded.big, target.big, "the big tensor is the caller's own object");
+    assert.equal((loaded.nested as StateDict).half, (target.nested as StateDict).half);
+    assert.ok((target.big as Tensor).data.every((v) => v === 9), "filled in place");
+    assert.ok(((target.nested as StateDict).half as Tensor).data.every((v) => v === 9));
+    assert.notEqual(loaded.small, mismatched, "a shape mismatch is loaded fresh");
+    assert.deepEqual(Array.from((loaded.small as Tensor).data), [9, 10, 11]);
+    assert.deepEqual(Array.from(mismatched.data), [0, 0, 0, 0], "and the mismatched target is untouched");
+  });
+
+  it("checks entry CRCs when reading in place", async () => {
+    const path = join(dir, "into-flipped.pt");
+    await new TorchTensorDumper().dump(state(2), path);
+    const bytes = await readFile(path);
+    bytes[5000]! ^= 0x40;
+    await writeFile(path, bytes);
+    await assert.rejects(new TorchTensorLoader().load(path, { into: state(0) }), /fails its CRC-32 check/);
+  });
+
+  it("reports progress up to the total number of bytes", async () => {
+    const path = join(dir, "progress.pt");
+    await new TorchTensorDumper().dump(state(1), path);
+    const seen: [number, number][] = [];
+    await new TorchTensorLoader().load(path, { onProgress: (done, total) => seen.push([done, total]) });
+    assert.ok(seen.length > 0);
+    const [done, total] = seen.at(-1)!;
+    assert.equal(done, total);
+    const seenInto: [number, number][] = [];
+    await new TorchTensorLoader().load(path, { into: state(0), onProgress: (d, t) => seenInto.push([d, t]) });
+    assert.equal(seenInto.at(-1)![0], seenInto.at(-1)![1]);
+    assert.ok(seenInto.length >= 4, "one report per storage");
+  });
+});
