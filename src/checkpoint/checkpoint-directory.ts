@@ -3,13 +3,11 @@ import type { FileSystem } from "../fs/file-system.js";
 import { joinPath } from "../fs/paths.js";
 import {
   MANIFEST_FILE,
-  REPLACED_SUFFIX,
   SCORE_FILE,
   isModelFile,
   isRankFile,
   parseLeftoverDirName,
   parseStepDirName,
-  stepDirName,
 } from "./layout.js";
 import { decodeManifest, type Manifest } from "./manifest.js";
 import { parseScore } from "./score.js";
@@ -57,13 +55,13 @@ export async function listCheckpoints(fileSystem: FileSystem, checkpointDir: str
   return Promise.all(steps.map((stepNr) => readInfo(fileSystem, stepNr, dirs.get(stepNr)!)));
 }
 
-/** One committed checkpoint, or undefined when there is none of that step. */
+/**
+ * One committed checkpoint, or undefined when there is none of that step. Looked up as listing
+ * finds it, so a file named `step_N` is no checkpoint here either.
+ */
 export async function findCheckpoint(fileSystem: FileSystem, checkpointDir: string, stepNr: number): Promise<CheckpointInfo | undefined> {
-  for (const name of [stepDirName(stepNr), `${stepDirName(stepNr)}${REPLACED_SUFFIX}`]) {
-    const path = joinPath(checkpointDir, name);
-    if (await fileSystem.exists(path)) return readInfo(fileSystem, stepNr, path);
-  }
-  return undefined;
+  const path = (await committedDirs(fileSystem, checkpointDir)).get(stepNr);
+  return path === undefined ? undefined : readInfo(fileSystem, stepNr, path);
 }
 
 async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): Promise<CheckpointInfo> {

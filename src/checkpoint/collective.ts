@@ -11,6 +11,19 @@ interface Report {
 export class CollectiveError extends Error {}
 
 /**
+ * Errors `agree` raised: it raises on every rank or on none, so when one comes out of a nested
+ * `agree`, every rank has it at the same point and the enclosing `agree` rethrows it without
+ * another round (a rank in a one-round operation would not be there to answer it).
+ */
+const raisedOnEveryRank = new WeakSet<object>();
+
+function raise(error: unknown): never {
+  const raised = typeof error === "object" && error !== null ? error : new Error(String(error));
+  raisedOnEveryRank.add(raised);
+  throw raised;
+}
+
+/**
  * Runs `action` on this rank, then tells every rank how it went: if any rank failed, or ranks
  * are not in the same operation (they called the manager in different orders), every rank throws.
  * So an error on one rank reaches all of them at the same call, instead of leaving some waiting.
@@ -27,6 +40,7 @@ export async function agree<T>(
   try {
     result = await action();
   } catch (error) {
+    if (typeof error === "object" && error !== null && raisedOnEveryRank.has(error)) throw error;
     localError = error;
   }
   const mine: Report = {
@@ -44,7 +58,7 @@ export async function agree<T>(
       problems.push(`rank ${rank} failed: ${report.error}`);
     }
   });
-  if (localError !== undefined) throw localError;
-  if (problems.length > 0) throw new CollectiveError(problems.join("; "));
+  if (localError !== undefined) raise(localError);
+  if (problems.length > 0) raise(new CollectiveError(problems.join("; ")));
   return { result: result as T, shared: reports.map((report) => report.data) };
 }

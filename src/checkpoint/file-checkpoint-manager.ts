@@ -220,6 +220,8 @@ export class FileCheckpointManager implements CheckpointManager {
     await this.exclusive(async () => {
       try {
         await agree(this.gangs.root, "abortCheckpoint", checkpoint.stepNr, async () => undefined);
+      } catch (error) {
+        throw new CheckpointSaveError(checkpoint.stepNr, `abortCheckpoint failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
       } finally {
         await this.drop(checkpoint);
       }
@@ -334,16 +336,24 @@ export class FileCheckpointManager implements CheckpointManager {
   async deleteCheckpoint(stepNr: number, options: DeleteOptions = {}): Promise<void> {
     checkStepNr(stepNr);
     await this.exclusive(async () => {
-      const info = await findCheckpoint(this.fileSystem, this.checkpointDir, stepNr);
-      if (info === undefined) {
-        if (options.missingOk === true) return;
+      // Rank 0 alone looks for the checkpoint and tells the others: a rank that looked for itself
+      // could arrive after rank 0 deleted it, skip the collective and leave rank 0 waiting.
+      let found: boolean | null = null;
+      const shared = await this.deleteStep(
+        "deleteCheckpoint",
+        stepNr,
+        async () => {
+          if (!this.isRoot) return;
+          await this.ownDirectory();
+          const info = await findCheckpoint(this.fileSystem, this.checkpointDir, stepNr);
+          found = info !== undefined;
+          if (info !== undefined) await this.prune(info, options.preserveModel ?? false);
+        },
+        () => found,
+      );
+      if (shared[0] === false && options.missingOk !== true) {
         throw new CheckpointNotFoundError(stepNr, `there is no checkpoint ${stepNr} in ${this.checkpointDir}`);
       }
-      await this.deleteStep("deleteCheckpoint", stepNr, async () => {
-        if (!this.isRoot) return;
-        await this.ownDirectory();
-        await this.prune(info, options.preserveModel ?? false);
-      });
     });
   }
 
@@ -446,9 +456,9 @@ export class FileCheckpointManager implements CheckpointManager {
     }
   }
 
-  private async deleteStep(op: string, stepNr: number | undefined, action: () => Promise<void>): Promise<void> {
+  private async deleteStep(op: string, stepNr: number | undefined, action: () => Promise<void>, share?: () => JsonValue): Promise<JsonValue[]> {
     try {
-      await agree(this.gangs.root, op, stepNr, action);
+      return (await agree(this.gangs.root, op, stepNr, action, share)).shared;
     } catch (error) {
       if (error instanceof CheckpointError) throw error;
       throw new CheckpointDeleteError(stepNr, `${op} failed: ${(error as Error).message}`, { cause: error });

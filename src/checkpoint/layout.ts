@@ -16,8 +16,15 @@ export const REPLACED_SUFFIX = ".replaced";
 /** A checkpoint being deleted: renamed first, so it disappears from listings at once. */
 export const DELETING_SUFFIX = ".deleting";
 
-const STEP_DIR = /^step_(\d{1,15})$/;
-const LEFTOVER_DIR = /^step_(\d{1,15})\.(tmp|replaced|deleting)$/;
+// Step numbers as stepDirName writes them (no leading zeros), so each step has one name; up to
+// 16 digits, as every safe integer the manager accepts, checked with safeStepNr.
+const STEP_DIR = /^step_(0|[1-9]\d{0,15})$/;
+const LEFTOVER_DIR = /^step_(0|[1-9]\d{0,15})\.(tmp|replaced|deleting)$/;
+
+function safeStepNr(digits: string | undefined): number | undefined {
+  const stepNr = Number(digits);
+  return Number.isSafeInteger(stepNr) ? stepNr : undefined;
+}
 
 export function stepDirName(stepNr: number): string {
   return `step_${stepNr}`;
@@ -26,13 +33,14 @@ export function stepDirName(stepNr: number): string {
 /** The step number of a committed checkpoint's directory name, or undefined for anything else. */
 export function parseStepDirName(name: string): number | undefined {
   const match = STEP_DIR.exec(name);
-  return match === null ? undefined : Number(match[1]);
+  return match === null ? undefined : safeStepNr(match[1]);
 }
 
 /** A directory left by an unfinished save, replace or delete: `{ stepNr, kind }`, or undefined. */
 export function parseLeftoverDirName(name: string): { stepNr: number; kind: "tmp" | "replaced" | "deleting" } | undefined {
   const match = LEFTOVER_DIR.exec(name);
-  return match === null ? undefined : { stepNr: Number(match[1]), kind: match[2] as "tmp" | "replaced" | "deleting" };
+  const stepNr = match === null ? undefined : safeStepNr(match[1]);
+  return stepNr === undefined ? undefined : { stepNr, kind: match![2] as "tmp" | "replaced" | "deleting" };
 }
 
 /** `.<tp_rank>` when the model is split over tensor-parallel ranks, else nothing. */
