@@ -53,6 +53,7 @@ export { InProcessGang } from "./gang/in-process-gang.js";
 
 export type { FileDigest, TensorLoadOptions } from "./io/tensor-io.js";
 export type {
+  BeginOptions,
   CheckpointManager,
   SaveStateOptions,
   SaveScoreOptions,

@@ -49,7 +49,7 @@ describe("loading with an expected digest", () => {
     const path = join(dir, "expected.pt");
     const digest = await new TorchTensorDumper().dump(state(5), path);
     const loaded = (await new TorchTensorLoader().load(path, { expectedDigest: digest })) as StateDict;
-    assert.deepEqual(Array.from((loaded.small as Tensor).data), [5, 6, 7]);
+    assert.deepEqual(Array.from((loaded.small as Tensor).data as Int32Array), [5, 6, 7]);
 
     const bytes = await readFile(path);
     bytes[bytes.length - 100]! ^= 0x01; // in the central directory: entry CRCs still pass, the file CRC does not
@@ -86,8 +86,8 @@ describe("loading into existing tensors", () => {
     assert.ok((target.big as Tensor).data.every((v) => v === 9), "filled in place");
     assert.ok(((target.nested as StateDict).half as Tensor).data.every((v) => v === 9));
     assert.notEqual(loaded.small, mismatched, "a shape mismatch is loaded fresh");
-    assert.deepEqual(Array.from((loaded.small as Tensor).data), [9, 10, 11]);
-    assert.deepEqual(Array.from(mismatched.data), [0, 0, 0, 0], "and the mismatched target is untouched");
+    assert.deepEqual(Array.from((loaded.small as Tensor).data as Int32Array), [9, 10, 11]);
+    assert.deepEqual(Array.from(mismatched.data as Int32Array), [0, 0, 0, 0], "and the mismatched target is untouched");
   });
 
   it("checks entry CRCs when reading in place", async () => {

@@ -1,6 +1,21 @@
 import type { StateDict, StateValue } from "../values/py-values.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
 
+export interface BeginOptions {
+  /**
+   * Write this checkpoint in the background (default false). Each save call then returns once it
+   * has copied the tensors it was given (the caller may change them at once), and
+   * `commitCheckpoint` returns at once; files are written and committed behind the scenes. An
+   * error there is raised by `waitForPendingSave()` or else by the next call on the manager.
+   */
+  background?: boolean;
+  /**
+   * If a background checkpoint is still being written: "wait" for it (default) or "fail" with a
+   * CheckpointSaveError. At most one save is in flight.
+   */
+  whenBusy?: "wait" | "fail";
+}
+
 export interface SaveStateOptions {
   /** The state's key that holds the model (default "model"). */
   modelKey?: string;
@@ -60,13 +75,15 @@ export interface ModelMetadata {
 
 /** Saves, loads and prunes the checkpoints of a training job (SPEC §5). */
 export interface CheckpointManager {
-  beginCheckpoint(stepNr: number): Promise<void>;
+  beginCheckpoint(stepNr: number, options?: BeginOptions): Promise<void>;
   saveState(state: StateDict, options?: SaveStateOptions): Promise<void>;
   saveMetadata(metadata: StateValue): Promise<void>;
   saveScore(score: number, options?: SaveScoreOptions): Promise<void>;
   saveConsolidatedFsdpModel(model: StateDict): Promise<void>;
   commitCheckpoint(): Promise<void>;
   abortCheckpoint(): Promise<void>;
+  /** Resolves when a background checkpoint is committed; rejects with its error. */
+  waitForPendingSave(): Promise<void>;
 
   loadCheckpoint(stepNr: number, options?: LoadOptions): Promise<StateDict>;
   loadLastCheckpoint(options?: LoadOptions): Promise<{ stepNr: number; state: StateDict }>;

@@ -19,6 +19,7 @@ import { TorchTensorDumper, TorchTensorLoader } from "../io/torch-tensor-io.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import { findCheckpoint, listCheckpoints, type CheckpointInfo } from "./checkpoint-directory.js";
 import type {
+  BeginOptions,
   CheckpointManager,
   DeleteOptions,
   ListOptions,
@@ -49,6 +50,7 @@ import { MANIFEST_FORMAT, MANIFEST_VERSION, encodeManifest, manifestFile, type M
 import { commitByRename, recoverLeftovers, removeCheckpointDirectory } from "./rename-commit.js";
 import { bestStep, keepBestN, keepLastN } from "./retention.js";
 import { formatScore } from "./score.js";
+import { SnapshotArena, snapshotState } from "./snapshot.js";
 import { mergeInto, splitState } from "./state-split.js";
 
 export interface FileCheckpointManagerOptions {
@@ -68,6 +70,9 @@ export interface FileCheckpointManagerOptions {
 /** A checkpoint between beginCheckpoint and commit/abort. */
 interface OpenCheckpoint {
   stepNr: number;
+  /** Written in the background from snapshots: each step is queued on `chain`. */
+  background: boolean;
+  chain: Promise<void>;
   tmpDir: string;
   /** The files this rank wrote, with their digests. */
   files: Record<string, ManifestFile>;
@@ -96,6 +101,9 @@ export class FileCheckpointManager implements CheckpointManager {
   private readonly dumper: TensorDumper;
   private readonly verifyChecksums: boolean;
   private open: OpenCheckpoint | undefined;
+  /** The committed background checkpoint still being written, and how it ended. */
+  private inFlight: { stepNr: number; done: Promise<void>; settled: boolean; error: unknown } | undefined;
+  private readonly arena = new SnapshotArena();
   private lock: FileLock | undefined;
   private busy = false;
 
@@ -117,14 +125,30 @@ export class FileCheckpointManager implements CheckpointManager {
 
   // ---------------------------------------------------------------- saving
 
-  /** Opens checkpoint `stepNr`. A committed checkpoint of that step stays until this one commits. */
-  async beginCheckpoint(stepNr: number): Promise<void> {
+  /**
+   * Opens checkpoint `stepNr`. A committed checkpoint of that step stays until this one commits.
+   * With `background: true`, each save call returns once it has copied what it was given, and the
+   * files are written and committed in the background (see BeginOptions).
+   */
+  async beginCheckpoint(stepNr: number, options: BeginOptions = {}): Promise<void> {
     checkStepNr(stepNr);
     await this.exclusive(async () => {
       if (this.open !== undefined) {
         throw new CheckpointSaveError(stepNr, `beginCheckpoint(${stepNr}) called while checkpoint ${this.open.stepNr} is open: call commitCheckpoint() or abortCheckpoint() first`);
       }
-      const checkpoint: OpenCheckpoint = { stepNr, tmpDir: this.stepPath(`${stepDirName(stepNr)}${TMP_SUFFIX}`), files: {}, stateSaved: false };
+      if (options.whenBusy === "fail" && this.inFlight !== undefined && !this.inFlight.settled) {
+        throw new CheckpointSaveError(stepNr, `checkpoint ${this.inFlight.stepNr} is still being written in the background: await waitForPendingSave() first, or pass whenBusy: "wait"`);
+      }
+      await this.settleInFlight();
+      this.arena.reset(); // nothing is being written from it any more
+      const checkpoint: OpenCheckpoint = {
+        stepNr,
+        background: options.background ?? false,
+        chain: Promise.resolve(),
+        tmpDir: this.stepPath(`${stepDirName(stepNr)}${TMP_SUFFIX}`),
+        files: {},
+        stateSaved: false,
+      };
       this.open = checkpoint;
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
         if (!this.isRoot) return;
@@ -147,39 +171,35 @@ export class FileCheckpointManager implements CheckpointManager {
     const replicatedKeys = new Set(options.replicatedKeys ?? []);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
 
-    await this.exclusive(() =>
-      this.saveStep(checkpoint, "saveState", async () => {
+    const source = checkpoint.background ? snapshotState(state, this.arena) : state;
+    checkpoint.stateSaved = true;
+    await this.runStep(checkpoint, "saveState", async () => {
         const { dp, tp } = this.gangs;
-        const parts = splitState(state, modelKey, replicatedKeys, dp.size, dp.rank);
+        const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
         if (parts.model !== undefined) {
           await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
         }
         if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
         await this.writePart(checkpoint, rankFileName(dp.rank, tp.rank, tp.size), parts.rank);
-        checkpoint.stateSaved = true;
-      }),
-    );
+      });
   }
 
   /** Saves `metadata.pt` (any state value), written by rank 0. */
   async saveMetadata(metadata: StateValue): Promise<void> {
     const checkpoint = this.requireOpen("saveMetadata");
-    await this.exclusive(() =>
-      this.saveStep(checkpoint, "saveMetadata", async () => {
-        if (this.isRoot) await this.writePart(checkpoint, METADATA_FILE, metadata);
-      }),
-    );
+    const source = checkpoint.background ? snapshotState({ metadata }, this.arena).metadata! : metadata;
+    await this.runStep(checkpoint, "saveMetadata", async () => {
+      if (this.isRoot) await this.writePart(checkpoint, METADATA_FILE, source);
+    });
   }
 
   /** Saves the checkpoint's score (`score.txt`); retention keeps the best ones. */
   async saveScore(score: number, options: SaveScoreOptions = {}): Promise<void> {
     const checkpoint = this.requireOpen("saveScore");
     if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
-    await this.exclusive(() =>
-      this.saveStep(checkpoint, "saveScore", async () => {
-        if (this.isRoot) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
-      }),
-    );
+    await this.runStep(checkpoint, "saveScore", async () => {
+      if (this.isRoot) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
+    });
   }
 
   /**
@@ -190,27 +210,52 @@ export class FileCheckpointManager implements CheckpointManager {
   async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
     const checkpoint = this.requireOpen("saveConsolidatedFsdpModel");
     if (!isPlainDict(model) && !((model as unknown) instanceof Map)) throw new InvalidArgumentError("saveConsolidatedFsdpModel needs the model's state dict");
-    await this.exclusive(() =>
-      this.saveStep(checkpoint, "saveConsolidatedFsdpModel", async () => {
-        const { dp, tp } = this.gangs;
-        const name = modelFileName(tp.rank, tp.size);
-        if (name in checkpoint.files) throw new Error(`${name} was already written by saveState (the model is replicated)`);
-        if (dp.rank === 0) await this.writePart(checkpoint, name, { model, model_key: "model" });
-      }),
-    );
+    const source = checkpoint.background ? snapshotState({ model }, this.arena).model! : model;
+    await this.runStep(checkpoint, "saveConsolidatedFsdpModel", async () => {
+      const { dp, tp } = this.gangs;
+      const name = modelFileName(tp.rank, tp.size);
+      if (name in checkpoint.files) throw new Error(`${name} was already written by saveState (the model is replicated)`);
+      if (dp.rank === 0) await this.writePart(checkpoint, name, { model: source, model_key: "model" });
+    });
   }
 
-  /** Makes the checkpoint visible, atomically: the manifest is written, then the directory renamed. */
+  /**
+   * Makes the checkpoint visible, atomically: the manifest is written, then the directory renamed.
+   * For a background checkpoint this returns at once; `waitForPendingSave()` tells how it ended.
+   */
   async commitCheckpoint(): Promise<void> {
     const checkpoint = this.requireOpen("commitCheckpoint");
-    await this.exclusive(async () => {
-      let written: JsonValue[] = [];
-      await this.saveStep(checkpoint, "commitCheckpoint", async () => {
-        written = (await agree(this.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => checkpoint.files as unknown as JsonValue)).shared;
-        if (this.isRoot) await this.publish(checkpoint, written as unknown as Record<string, ManifestFile>[]);
-      });
+    const commit = async (): Promise<void> => {
+      const { shared } = await agree(this.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => checkpoint.files as unknown as JsonValue);
+      if (this.isRoot) await this.publish(checkpoint, shared as unknown as Record<string, ManifestFile>[]);
+    };
+    if (!checkpoint.background) {
+      await this.exclusive(() => this.saveStep(checkpoint, "commitCheckpoint", commit));
       this.open = undefined;
-    });
+      return;
+    }
+    await this.runStep(checkpoint, "commitCheckpoint", commit);
+    this.open = undefined;
+    const inFlight = { stepNr: checkpoint.stepNr, done: Promise.resolve(), settled: false, error: undefined as unknown };
+    // Settles, never rejects: the error is kept and raised by the next call or waitForPendingSave().
+    inFlight.done = checkpoint.chain.then(
+      () => void (inFlight.settled = true),
+      (error: unknown) => void Object.assign(inFlight, { settled: true, error }),
+    );
+    this.inFlight = inFlight;
+  }
+
+  /**
+   * Resolves when the checkpoint being written in the background is committed; rejects with its
+   * error if it failed (the error is then not raised again by the next call).
+   */
+  async waitForPendingSave(): Promise<void> {
+    await this.settleInFlight();
+  }
+
+  /** True while a committed background checkpoint is still being written. */
+  get hasPendingSave(): boolean {
+    return this.inFlight !== undefined && !this.inFlight.settled;
   }
 
   /** Drops the open checkpoint; the committed ones are untouched. Does nothing when none is open. */
@@ -218,6 +263,7 @@ export class FileCheckpointManager implements CheckpointManager {
     const checkpoint = this.open;
     if (checkpoint === undefined) return;
     await this.exclusive(async () => {
+      await checkpoint.chain.catch(() => undefined); // its queued steps finish (or fail) first
       try {
         await agree(this.gangs.root, "abortCheckpoint", checkpoint.stepNr, async () => undefined);
       } catch (error) {
@@ -233,6 +279,7 @@ export class FileCheckpointManager implements CheckpointManager {
   /** The state saved at `stepNr`, merged back from the model, replicated and rank files. */
   async loadCheckpoint(stepNr: number, options: LoadOptions = {}): Promise<StateDict> {
     checkStepNr(stepNr);
+    await this.raiseBackgroundFailure();
     const info = await this.requireCheckpoint(stepNr);
     if (info.modelOnly) {
       throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} keeps only its model (it was pruned with preserveModel): load it with loadModel(${stepNr})`);
@@ -301,6 +348,7 @@ export class FileCheckpointManager implements CheckpointManager {
   // ---------------------------------------------------------------- queries
 
   async listCheckpoints(): Promise<CheckpointInfo[]> {
+    await this.raiseBackgroundFailure();
     return listCheckpoints(this.fileSystem, this.checkpointDir);
   }
 
@@ -336,6 +384,7 @@ export class FileCheckpointManager implements CheckpointManager {
   async deleteCheckpoint(stepNr: number, options: DeleteOptions = {}): Promise<void> {
     checkStepNr(stepNr);
     await this.exclusive(async () => {
+      await this.settleInFlight();
       // Rank 0 alone looks for the checkpoint and tells the others: a rank that looked for itself
       // could arrive after rank 0 deleted it, skip the collective and leave rank 0 waiting.
       let found: boolean | null = null;
@@ -376,6 +425,7 @@ export class FileCheckpointManager implements CheckpointManager {
   async saveModelMetadata(metadata: ModelMetadata): Promise<void> {
     if (typeof metadata?.family !== "string" || metadata.family === "") throw new InvalidArgumentError("saveModelMetadata needs a non-empty family");
     await this.exclusive(async () => {
+      await this.settleInFlight();
       await this.deleteStep("saveModelMetadata", undefined, async () => {
         if (!this.isRoot) return;
         await this.ownDirectory();
@@ -387,12 +437,21 @@ export class FileCheckpointManager implements CheckpointManager {
     });
   }
 
+  /** Waits for a background save, drops an open checkpoint, releases the lock. */
   async close(): Promise<void> {
     const checkpoint = this.open;
-    if (checkpoint !== undefined) await this.drop(checkpoint);
-    const lock = this.lock;
-    this.lock = undefined;
-    await lock?.release();
+    if (checkpoint !== undefined) {
+      await checkpoint.chain.catch(() => undefined);
+      await this.drop(checkpoint, true);
+    }
+    try {
+      await this.settleInFlight();
+    } finally {
+      this.arena.clear();
+      const lock = this.lock;
+      this.lock = undefined;
+      await lock?.release();
+    }
   }
 
   // ---------------------------------------------------------------- internals
@@ -456,6 +515,37 @@ export class FileCheckpointManager implements CheckpointManager {
     }
   }
 
+  /**
+   * Runs a save step now, or for a background checkpoint queues it behind the earlier ones and
+   * returns (a failure skips the rest of the queue and is reported after commitCheckpoint).
+   */
+  private async runStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>): Promise<void> {
+    if (!checkpoint.background) {
+      await this.exclusive(() => this.saveStep(checkpoint, op, action));
+      return;
+    }
+    checkpoint.chain = checkpoint.chain.then(() => this.saveStep(checkpoint, op, action));
+    checkpoint.chain.catch(() => undefined); // observed later, by commit's bookkeeping or abort
+  }
+
+  /** Raises the error of a background save that has already failed; waits for nothing. */
+  private async raiseBackgroundFailure(): Promise<void> {
+    if (this.inFlight?.settled === true) await this.settleInFlight();
+  }
+
+  /** Waits for the background save, if any, and raises its error once. */
+  private async settleInFlight(): Promise<void> {
+    const inFlight = this.inFlight;
+    if (inFlight === undefined) return;
+    await inFlight.done;
+    this.inFlight = undefined;
+    if (inFlight.error !== undefined) {
+      const error = inFlight.error;
+      if (error instanceof CheckpointError) throw error;
+      throw new CheckpointSaveError(inFlight.stepNr, `the background save of checkpoint ${inFlight.stepNr} failed: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
   private async deleteStep(op: string, stepNr: number | undefined, action: () => Promise<void>, share?: () => JsonValue): Promise<JsonValue[]> {
     try {
       return (await agree(this.gangs.root, op, stepNr, action, share)).shared;
@@ -465,8 +555,12 @@ export class FileCheckpointManager implements CheckpointManager {
     }
   }
 
-  private async drop(checkpoint: OpenCheckpoint): Promise<void> {
-    if (this.open === checkpoint) this.open = undefined;
+  /**
+   * Forgets a failed or aborted checkpoint and removes its files. A background checkpoint stays
+   * open for the caller's remaining calls (which are then skipped) until commit or abort.
+   */
+  private async drop(checkpoint: OpenCheckpoint, force = false): Promise<void> {
+    if (this.open === checkpoint && (force || !checkpoint.background)) this.open = undefined;
     if (this.isRoot) await this.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
   }
 
@@ -596,6 +690,7 @@ export class FileCheckpointManager implements CheckpointManager {
 
   private async retain(op: string, rule: (all: CheckpointInfo[]) => Set<number>, options: RetentionOptions): Promise<RetentionResult> {
     return this.exclusive(async () => {
+      await this.settleInFlight();
       let result: RetentionResult = { deleted: [], stripped: [] };
       await this.deleteStep(op, undefined, async () => {
         if (!this.isRoot) return;

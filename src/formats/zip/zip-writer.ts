@@ -80,7 +80,7 @@ export class ZipWriter {
     let crc = 0;
     let size = 0;
     for (const part of parts) {
-      crc = crc32(part, crc);
+      crc = await crc32Yielding(part, crc);
       size += part.byteLength;
     }
     const encodedName = utf8.encode(name);
@@ -232,6 +232,17 @@ export class ZipWriter {
   private async drainIfBehind(): Promise<void> {
     if (this.pendingBytes > MAX_QUEUED_BYTES) await this.queue;
   }
+}
+
+/** CRC pieces between which the event loop may run: a background save must not freeze training. */
+const CRC_PIECE = 8 << 20;
+
+async function crc32Yielding(bytes: Uint8Array, crc: number): Promise<number> {
+  for (let offset = 0; offset < bytes.byteLength; offset += CRC_PIECE) {
+    if (offset > 0) await new Promise((resolve) => setImmediate(resolve));
+    crc = crc32(bytes.subarray(offset, offset + CRC_PIECE), crc);
+  }
+  return crc;
 }
 
 /** Entry names are relative paths without `..`: a reader that extracts them must stay inside. */

@@ -1,0 +1,148 @@
+import { DTYPES } from "../tensor/dtype.js";
+import { Storage } from "../tensor/storage.js";
+import { Tensor } from "../tensor/tensor.js";
+import {
+  getOrderedDictAttributes,
+  isFloatSlot,
+  isOrderedDict,
+  markFloatSlot,
+  markTuple,
+  orderedDict,
+  setOwn,
+  tupleKind,
+  type StateDict,
+  type StateValue,
+} from "../values/py-values.js";
+
+/** Storages start at multiples of this in the arena (as in a .pt file), so typed arrays fit. */
+const ALIGNMENT = 64;
+
+/**
+ * Reusable memory for snapshots. Copying into memory already in use runs many times faster than
+ * into fresh memory (whose first touch costs page faults), so the blocks of one checkpoint's
+ * snapshots are handed out again to the next checkpoint's (at most one save is in flight).
+ */
+export class SnapshotArena {
+  private readonly blocks: { buffer: ArrayBuffer; inUse: boolean }[] = [];
+
+  /** Makes every block available again: the checkpoint that used them is written. */
+  reset(): void {
+    for (const block of this.blocks) block.inUse = false;
+  }
+
+  /** Lets go of all memory (the manager is closed). */
+  clear(): void {
+    this.blocks.length = 0;
+  }
+
+  /** A block of at least `bytes`, reused when a free one is large enough. */
+  take(bytes: number): ArrayBuffer {
+    if (bytes === 0) return new ArrayBuffer(0);
+    let best: { buffer: ArrayBuffer; inUse: boolean } | undefined;
+    for (const block of this.blocks) {
+      if (!block.inUse && block.buffer.byteLength >= bytes && (best === undefined || block.buffer.byteLength < best.buffer.byteLength)) best = block;
+    }
+    if (best === undefined) {
+      best = { buffer: new ArrayBuffer(bytes), inUse: false };
+      this.blocks.push(best);
+    }
+    best.inUse = true;
+    return best.buffer;
+  }
+}
+
+/**
+ * A deep copy of a state whose tensors own copies of their data, so the caller may change its
+ * tensors as soon as this returns. Containers are copied with their Python marks (tuples,
+ * OrderedDicts, whole floats); storages shared by views stay shared; other values are immutable.
+ */
+export function snapshotState(state: StateDict, arena: SnapshotArena): StateDict {
+  const storages = new Map<Storage, Storage | undefined>();
+  collectStorages(state, storages);
+  let total = 0;
+  for (const storage of storages.keys()) total += align(storage.numel * DTYPES[storage.dtype].itemSize);
+  const memory = arena.take(total);
+  let offset = 0;
+  for (const storage of storages.keys()) {
+    const length = storage.numel * DTYPES[storage.dtype].itemSize;
+    const copy = new Uint8Array(memory, offset, length);
+    copy.set(storage.bytes);
+    storages.set(storage, new Storage(storage.dtype, copy));
+    offset += align(length);
+  }
+  return copyTree(state, storages) as StateDict;
+}
+
+function align(n: number): number {
+  return Math.ceil(n / ALIGNMENT) * ALIGNMENT;
+}
+
+function collectStorages(root: unknown, storages: Map<Storage, Storage | undefined>): void {
+  const seen = new Set<unknown>();
+  const pending: unknown[] = [root];
+  while (pending.length > 0) {
+    const value = pending.pop();
+    if (value instanceof Tensor) storages.set(value.storage, undefined);
+    else if (isContainer(value) && !seen.has(value)) {
+      seen.add(value);
+      if (value instanceof Map) for (const [key, item] of value) pending.push(key, item);
+      else if (Array.isArray(value)) pending.push(...value);
+      else pending.push(...Object.values(value));
+      const attributes = getOrderedDictAttributes(value);
+      if (attributes !== undefined) pending.push(attributes);
+    }
+  }
+}
+
+function isContainer(value: unknown): value is object {
+  if (typeof value !== "object" || value === null || ArrayBuffer.isView(value) || value instanceof Tensor) return false;
+  const prototype = Object.getPrototypeOf(value);
+  return value instanceof Map || Array.isArray(value) || prototype === Object.prototype || prototype === null;
+}
+
+/** Copies containers (keeping sharing and cycles) and re-points tensors at the copied storages. */
+function copyTree(root: unknown, storages: Map<Storage, Storage | undefined>): unknown {
+  const copies = new Map<unknown, unknown>();
+  const copyOf = (value: unknown): unknown => {
+    if (value instanceof Tensor) {
+      return new Tensor({
+        storage: storages.get(value.storage)!,
+        shape: value.shape,
+        strides: value.strides,
+        offset: value.offset,
+        requiresGrad: value.requiresGrad,
+        isParameter: value.isParameter,
+      });
+    }
+    if (!isContainer(value)) return value;
+    let copy = copies.get(value);
+    if (copy === undefined) {
+      copy = value instanceof Map ? new Map() : Array.isArray(value) ? [] : {};
+      copies.set(value, copy);
+      pending.push(value);
+    }
+    return copy;
+  };
+  const pending: object[] = [];
+  const result = copyOf(root);
+  while (pending.length > 0) {
+    const original = pending.pop()!;
+    const copy = copies.get(original) as object;
+    if (original instanceof Map) {
+      for (const [key, item] of original) (copy as Map<unknown, unknown>).set(copyOf(key), copyOf(item));
+    } else if (Array.isArray(original)) {
+      original.forEach((item, i) => ((copy as unknown[])[i] = copyOf(item)));
+      const kind = tupleKind(original);
+      if (kind !== undefined) markTuple(copy as unknown[], kind);
+    } else {
+      for (const key of Object.keys(original)) setOwn(copy as StateDict, key, copyOf((original as StateDict)[key]) as StateValue);
+    }
+    const keys: unknown[] = original instanceof Map ? [...original.keys()] : Array.isArray(original) ? original.map((_, i) => i) : Object.keys(original);
+    for (const key of keys) if (isFloatSlot(original, key)) markFloatSlot(copy, key);
+    if (isOrderedDict(original)) {
+      const attributes = getOrderedDictAttributes(original);
+      orderedDict(copy, attributes === undefined ? undefined : (copyOf(attributes) as StateDict));
+    }
+  }
+  return result;
+}
