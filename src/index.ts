@@ -51,7 +51,7 @@ export type { Gang, Gangs, JsonValue } from "./gang/gang.js";
 export { FakeGang, fakeGangs, type FakeGangsOptions } from "./gang/fake-gang.js";
 export { InProcessGang } from "./gang/in-process-gang.js";
 
-export type { FileDigest, TensorLoadOptions } from "./io/tensor-io.js";
+export type { FileDigest, TensorLoadOptions, TensorDumpOptions } from "./io/tensor-io.js";
 export type {
   BeginOptions,
   CheckpointManager,
@@ -66,5 +66,5 @@ export type {
 } from "./checkpoint/checkpoint-manager.js";
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
-export { FileCheckpointManager, type FileCheckpointManagerOptions } from "./checkpoint/file-checkpoint-manager.js";
+export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
 export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";

@@ -222,3 +222,28 @@ console.log("done");
     await manager.close();
   });
 });
+
+describe("progress", () => {
+  it("is reported per file while saving and loading, ending at the total", async () => {
+    const dir = await tempDir();
+    const events: { operation: string; stepNr: number; file: string; bytesDone: number; bytesTotal: number }[] = [];
+    const manager = new FileCheckpointManager({ checkpointDir: dir, onProgress: (event) => events.push(event) });
+    await manager.beginCheckpoint(7, { background: true });
+    await manager.saveState(trainingState(7, 1 << 20));
+    await manager.commitCheckpoint();
+    await manager.waitForPendingSave();
+    await manager.loadCheckpoint(7);
+    await manager.close();
+    for (const operation of ["save", "load"]) {
+      const forRank = events.filter((e) => e.operation === operation && e.file === "rank_0.pt");
+      assert.ok(forRank.length > 0, `${operation} reported rank_0.pt`);
+      const last = forRank.at(-1)!;
+      assert.equal(last.stepNr, 7);
+      assert.equal(last.bytesDone, last.bytesTotal);
+      assert.ok(last.bytesTotal > 0);
+      for (let i = 1; i < forRank.length; i++) assert.ok(forRank[i]!.bytesDone >= forRank[i - 1]!.bytesDone, "monotonic");
+    }
+    const modelSave = events.filter((e) => e.operation === "save" && e.file === "model.pt").at(-1)!;
+    assert.ok(modelSave.bytesTotal >= (1 << 20) * 4, "the model's 4 MiB are counted");
+  });
+});

@@ -65,6 +65,18 @@ export interface FileCheckpointManagerOptions {
   tensorDumper?: TensorDumper;
   /** Check each file read against the sizes and CRC-32s in `manifest.json` (default true). */
   verifyChecksums?: boolean;
+  /** Called as tensor files are written and read, e.g. to show a progress bar. */
+  onProgress?: (event: CheckpointProgress) => void;
+}
+
+/** How far the writing or reading of one file of a checkpoint has got. */
+export interface CheckpointProgress {
+  operation: "save" | "load";
+  stepNr: number;
+  /** The file's name within the checkpoint, e.g. `rank_0.pt`. */
+  file: string;
+  bytesDone: number;
+  bytesTotal: number;
 }
 
 /** A checkpoint between beginCheckpoint and commit/abort. */
@@ -100,6 +112,7 @@ export class FileCheckpointManager implements CheckpointManager {
   private readonly loader: TensorLoader;
   private readonly dumper: TensorDumper;
   private readonly verifyChecksums: boolean;
+  private readonly onProgress: ((event: CheckpointProgress) => void) | undefined;
   private open: OpenCheckpoint | undefined;
   /** The committed background checkpoint still being written, and how it ended. */
   private inFlight: { stepNr: number; done: Promise<void>; settled: boolean; error: unknown } | undefined;
@@ -121,6 +134,7 @@ export class FileCheckpointManager implements CheckpointManager {
     this.loader = options.tensorLoader ?? new TorchTensorLoader({ fileSystem: this.fileSystem });
     this.dumper = options.tensorDumper ?? new TorchTensorDumper({ fileSystem: this.fileSystem });
     this.verifyChecksums = options.verifyChecksums ?? true;
+    this.onProgress = options.onProgress;
   }
 
   // ---------------------------------------------------------------- saving
@@ -564,9 +578,17 @@ export class FileCheckpointManager implements CheckpointManager {
     if (this.isRoot) await this.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
   }
 
+  /** A per-file progress callback for the loader or dumper, when the caller asked for progress. */
+  private progress(operation: "save" | "load", stepNr: number, file: string): ((bytesDone: number, bytesTotal: number) => void) | undefined {
+    const listener = this.onProgress;
+    if (listener === undefined) return undefined;
+    return (bytesDone, bytesTotal) => listener({ operation, stepNr, file, bytesDone, bytesTotal });
+  }
+
   private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue): Promise<void> {
     const path = joinPath(checkpoint.tmpDir, name);
-    const digest = (await this.dumper.dump(value, path)) ?? (await digestFile(this.fileSystem, path));
+    const onProgress = this.progress("save", checkpoint.stepNr, name);
+    const digest = (await this.dumper.dump(value, path, onProgress === undefined ? {} : { onProgress })) ?? (await digestFile(this.fileSystem, path));
     checkpoint.files[name] = manifestFile(digest);
   }
 
@@ -639,6 +661,8 @@ export class FileCheckpointManager implements CheckpointManager {
   private async loadFile(info: CheckpointInfo, name: string, into?: StateValue): Promise<StateValue> {
     const path = joinPath(info.path, name);
     const options: TensorLoadOptions = into === undefined ? {} : { into };
+    const onProgress = this.progress("load", info.stepNr, name);
+    if (onProgress !== undefined) options.onProgress = onProgress;
     if (info.manifest !== undefined) {
       const expected = info.manifest.files[name];
       if (expected === undefined) throw new CheckpointLoadError(info.stepNr, `${name} of checkpoint ${info.stepNr} is not in its manifest`);

@@ -35,6 +35,11 @@ export interface TensorLoader {
  * Writes a state to a tensor file; the file appears whole or not at all (fairseq2's
  * TensorDumper). Returning the file's digest spares the manager reading the file back.
  */
+export interface TensorDumpOptions {
+  /** Called as bytes are written, with bytes done and (about) bytes in all. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+}
+
 export interface TensorDumper {
-  dump(state: StateValue, path: string): Promise<FileDigest | void>;
+  dump(state: StateValue, path: string, options?: TensorDumpOptions): Promise<FileDigest | void>;
 }

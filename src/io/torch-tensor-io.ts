@@ -6,7 +6,7 @@ import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
-import type { FileDigest, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
+import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
 export interface TorchTensorLoaderOptions {
@@ -106,7 +106,7 @@ export class TorchTensorDumper implements TensorDumper {
     this.writeOptions = writeOptions;
   }
 
-  async dump(state: StateValue, path: string): Promise<FileDigest> {
+  async dump(state: StateValue, path: string, options: TensorDumpOptions = {}): Promise<FileDigest> {
     let writer;
     try {
       writer = await this.fileSystem.createWriter(path);
@@ -114,7 +114,7 @@ export class TorchTensorDumper implements TensorDumper {
       throw new TensorDumpError(path, `cannot create the file: ${(error as Error).message}`, { cause: error });
     }
     try {
-      const digest = await writeTorchArchive(state, writer, this.writeOptions);
+      const digest = await writeTorchArchive(state, writer, { ...this.writeOptions, ...options });
       await writer.close();
       return digest;
     } catch (error) {

@@ -11,6 +11,8 @@ import { ZipWriter, type ZipWriterOptions } from "../zip/zip-writer.js";
 export interface TorchWriteOptions extends ZipWriterOptions {
   /** The archive's root folder (PyTorch 2.x writes "archive"). */
   root?: string;
+  /** Called as bytes reach the sink, with bytes done and (about) bytes in all. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
 const utf8 = new TextEncoder();
@@ -42,7 +44,21 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
     return false;
   });
 
-  const zip = new ZipWriter(sink, options);
+  let total = pickle.byteLength;
+  for (const storage of storageKeys.keys()) total += storage.bytes.byteLength;
+  const { onProgress } = options;
+  let done = 0;
+  const counted: ByteSink =
+    onProgress === undefined
+      ? sink
+      : {
+          write: async (chunk) => {
+            await sink.write(chunk);
+            done += chunk.byteLength;
+            onProgress(Math.min(done, total), total); // headers make the file a little longer than `total`
+          },
+        };
+  const zip = new ZipWriter(counted, options);
   await zip.addEntry(`${root}/data.pkl`, pickle);
   await zip.addEntry(`${root}/byteorder`, utf8.encode("little"));
   for (const [storage, key] of storageKeys) await zip.addEntry(`${root}/data/${key}`, storage.bytes);
