@@ -3,7 +3,7 @@ import { InvalidArgumentError } from "../errors.js";
 import { Tensor } from "../tensor/tensor.js";
 import { orderedDict, type StateDict } from "../values/py-values.js";
 import { fromTfjs, toTfjs } from "./tfjs-tensors.js";
-import { toTfjsLayout, toTorchLayout, weightLayout, type WeightLayout } from "./weight-layout.js";
+import { toTfjsLayout, toTorchLayout, torchShape, weightLayout, type WeightLayout } from "./weight-layout.js";
 
 /** One weight of a tfjs model with its PyTorch-style key and layout. */
 export interface ModelWeight {
@@ -49,22 +49,32 @@ export function captureModelState(model: tf.LayersModel): StateDict {
   return orderedDict(state);
 }
 
-/** Writes a state dict made by captureModelState back into the model; every key and shape must match. */
+/**
+ * Writes a state dict made by captureModelState back into the model; every key and shape must
+ * match. Everything is checked before anything is written, so a rejected state leaves the model
+ * as it was.
+ */
 export function restoreModelState(model: tf.LayersModel, state: StateDict): void {
   const weights = modelWeights(model);
   const expected = new Set(weights.map((w) => w.key));
   const unexpected = Object.keys(state).filter((key) => !expected.has(key));
   if (unexpected.length > 0) throw new InvalidArgumentError(`the state has keys the model lacks: ${unexpected.join(", ")}`);
-  for (const weight of weights) {
+  const values = weights.map((weight) => {
     const value = state[weight.key];
     if (!(value instanceof Tensor)) throw new InvalidArgumentError(`the state has no tensor for ${weight.key}`);
-    const restored = toTfjsLayout(value, weight.layout);
-    const shape = weight.variable.shape;
-    if (restored.shape.length !== shape.length || restored.shape.some((size, d) => size !== shape[d])) {
-      throw new InvalidArgumentError(`${weight.key} has shape [${value.shape.join(", ")}] in the state but the model needs [${shape.join(", ")}] (tfjs layout)`);
+    // Compared in PyTorch's layout, the one the state is in, before any permutation.
+    const needed = torchShape(weight.variable.shape, weight.layout);
+    if (value.shape.length !== needed.length || value.shape.some((size, d) => size !== needed[d])) {
+      throw new InvalidArgumentError(`${weight.key} has shape [${value.shape.join(", ")}] in the state but the model needs [${needed.join(", ")}]`);
     }
-    const tensor = toTfjs(restored, weight.key);
-    weight.variable.write(tensor);
-    tensor.dispose();
+    return value;
+  });
+  // Converted first too: a dtype tfjs cannot take is also refused before anything is written.
+  const tensors: tf.Tensor[] = [];
+  try {
+    weights.forEach((weight, i) => tensors.push(toTfjs(toTfjsLayout(values[i]!, weight.layout), weight.key)));
+    weights.forEach((weight, i) => weight.variable.write(tensors[i]!));
+  } finally {
+    for (const tensor of tensors) tensor.dispose();
   }
 }

@@ -1,10 +1,10 @@
 import * as tf from "@tensorflow/tfjs";
 import { InvalidArgumentError } from "../errors.js";
 import { Tensor } from "../tensor/tensor.js";
-import { PyFloat, tuple, type StateDict, type StateValue } from "../values/py-values.js";
+import { PyFloat, tuple, type StateDict, type StateKey, type StateValue } from "../values/py-values.js";
 import { modelWeights, type ModelWeight } from "./model-state.js";
 import { fromTfjs, toTfjs } from "./tfjs-tensors.js";
-import { toTfjsLayout, toTorchLayout } from "./weight-layout.js";
+import { toTfjsLayout, toTorchLayout, torchShape } from "./weight-layout.js";
 
 /** PyTorch's names for each tfjs optimizer's per-parameter slots, in tfjs's `getWeights` order. */
 const SLOT_NAMES: Record<string, string[]> = {
@@ -59,39 +59,56 @@ export async function captureOptimizerState(optimizer: tf.Optimizer, model: tf.L
   return { state, param_groups: [paramGroup(optimizer, params.length)], tfjs: tfjsExtra };
 }
 
-/** Restores a state made by captureOptimizerState, by parameter position, checking every shape. */
+/**
+ * Restores a state made by captureOptimizerState, by parameter position, checking every slot's
+ * presence and shape before the optimizer is touched.
+ */
 export async function restoreOptimizerState(optimizer: tf.Optimizer, model: tf.LayersModel, saved: StateDict): Promise<void> {
   const params = trainableWeights(model);
+  const className = optimizer.getClassName();
   const extra = saved.tfjs as StateDict | undefined;
-  if (extra?.class_name !== optimizer.getClassName()) {
-    throw new InvalidArgumentError(`the state is of a ${String(extra?.class_name)} optimizer, not ${optimizer.getClassName()}`);
+  if (extra?.class_name !== className) {
+    throw new InvalidArgumentError(`the state is of a ${String(extra?.class_name)} optimizer, not ${className}`);
   }
-  const state = saved.state;
-  if (!(state instanceof Map)) throw new InvalidArgumentError("the optimizer state has no `state` map");
+  const state = perParameterState(saved.state);
   const step = extra.iterations;
   if (typeof step !== "number") throw new InvalidArgumentError("the optimizer state has no iteration count");
+  if (state.size > 0 && state.size !== params.length) throw new InvalidArgumentError(`the optimizer state has ${state.size} parameters, the model ${params.length}`);
 
-  const names = state.size === 0 ? [] : slotNames(optimizer, (SLOT_NAMES[optimizer.getClassName()] ?? []).length);
+  const names = state.size === 0 ? [] : slotNamesOf(optimizer);
+  const slots = names.map((name) =>
+    params.map((param, i) => {
+      const entry = state.get(i);
+      const slot = typeof entry === "object" && entry !== null ? (entry as StateDict)[name] : undefined;
+      if (!(slot instanceof Tensor)) throw new InvalidArgumentError(`the ${className} state of parameter ${i} (${param.key}) has no ${name}`);
+      // Compared in PyTorch's layout, the one the state is in, before any permutation.
+      const needed = torchShape(param.variable.shape, param.layout);
+      if (slot.shape.length !== needed.length || slot.shape.some((size, d) => size !== needed[d])) {
+        throw new InvalidArgumentError(`the ${className} ${name} of parameter ${i} (${param.key}) has shape [${slot.shape.join(", ")}] but the model needs [${needed.join(", ")}]`);
+      }
+      return slot;
+    }),
+  );
+  // A slot this optimizer does not keep (a centered RMSProp's grad_avg given to one that is not)
+  // would shift every slot after it in tfjs's flat list.
+  state.forEach((entry, i) => {
+    const keys = typeof entry === "object" && entry !== null ? Object.keys(entry) : [];
+    const unknown = keys.filter((key) => key !== "step" && !names.includes(key));
+    if (unknown.length > 0) throw new InvalidArgumentError(`the ${className} state of parameter ${String(i)} has ${unknown.join(", ")}, which this ${className} optimizer does not keep`);
+  });
+
   const created: tf.Tensor[] = [];
   try {
     const iterations = tf.scalar(step, "int32");
     created.push(iterations);
     const weights: { name: string; tensor: tf.Tensor }[] = [{ name: "iter", tensor: iterations }];
-    if (state.size > 0) {
-      if (state.size !== params.length) throw new InvalidArgumentError(`the optimizer state has ${state.size} parameters, the model ${params.length}`);
-      const present = names.filter((name) => (state.get(0) as StateDict | undefined)?.[name] instanceof Tensor);
-      for (const name of present) {
-        params.forEach((param, i) => {
-          const slot = (state.get(i) as StateDict | undefined)?.[name];
-          if (!(slot instanceof Tensor)) throw new InvalidArgumentError(`parameter ${i} has no ${name} in the optimizer state`);
-          const restored = toTfjsLayout(slot, param.layout);
-          checkShape(restored.shape, param, `optimizer slot ${name} of parameter ${i} (${param.key})`);
-          const tensor = toTfjs(restored, `${name} of ${param.key}`);
-          created.push(tensor);
-          weights.push({ name: `${param.variable.name}/${name}`, tensor });
-        });
-      }
-    }
+    names.forEach((name, j) => {
+      params.forEach((param, i) => {
+        const tensor = toTfjs(toTfjsLayout(slots[j]![i]!, param.layout), `${name} of ${param.key}`);
+        created.push(tensor);
+        weights.push({ name: `${param.variable.name}/${name}`, tensor });
+      });
+    });
     await optimizer.setWeights(weights);
     const internals = optimizer as OptimizerInternals;
     for (const name of HIDDEN_SCALARS) {
@@ -106,6 +123,24 @@ export async function restoreOptimizerState(optimizer: tf.Optimizer, model: tf.L
   } finally {
     for (const tensor of created) tensor.dispose();
   }
+}
+
+/**
+ * The `state` of an optimizer state dict as a Map by parameter index. An empty dict read back from
+ * a file is a plain object (with no keys nothing says they would be ints): that is an empty state.
+ */
+function perParameterState(state: StateValue | undefined): Map<StateKey, StateValue> {
+  if (state instanceof Map) return state;
+  if (typeof state === "object" && state !== null && Object.getPrototypeOf(state) === Object.prototype && Object.keys(state).length === 0) return new Map();
+  throw new InvalidArgumentError("the optimizer state has no `state` map");
+}
+
+/** The slots this optimizer keeps per parameter, in PyTorch's names and tfjs's order. */
+function slotNamesOf(optimizer: tf.Optimizer): string[] {
+  const names = SLOT_NAMES[optimizer.getClassName()] ?? [];
+  // tfjs's RMSProp keeps the mean gradient (PyTorch's grad_avg) only when centered.
+  if (optimizer.getClassName() === "RMSProp" && (optimizer.getConfig() as { centered?: unknown }).centered !== true) return names.filter((name) => name !== "grad_avg");
+  return names;
 }
 
 function trainableWeights(model: tf.LayersModel): ModelWeight[] {

@@ -18,19 +18,23 @@ export function fromTfjs(value: tf.Tensor): Tensor {
   }
 }
 
-/** A new tfjs tensor with our tensor's values; the caller disposes it. */
+/**
+ * A new tfjs tensor with a copy of our tensor's values; the caller disposes it. A copy, because
+ * tfjs keeps the array it is given: a model restored from a state would otherwise change whenever
+ * the state's tensors do (a loader reusing them, a caller editing them).
+ */
 export function toTfjs(tensor: Tensor, what: string): tf.Tensor {
   const shape = [...tensor.shape];
   const contiguous = tensor.contiguous();
   switch (tensor.dtype) {
     case "float32":
-      return tf.tensor(contiguous.data as Float32Array, shape, "float32");
+      return tf.tensor(Float32Array.from(contiguous.data as Float32Array), shape, "float32");
     case "float64":
       return tf.tensor(Float32Array.from(contiguous.data as Float64Array), shape, "float32");
     case "int32":
-      return tf.tensor(contiguous.data as Int32Array, shape, "int32");
+      return tf.tensor(Int32Array.from(contiguous.data as Int32Array), shape, "int32");
     case "bool":
-      return tf.tensor(contiguous.data as Uint8Array, shape, "bool");
+      return tf.tensor(Uint8Array.from(contiguous.data as Uint8Array), shape, "bool");
     default:
       throw new InvalidArgumentError(`${what} is ${tensor.dtype}; tfjs weights need float32, float64, int32 or bool`);
   }

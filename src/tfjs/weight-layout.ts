@@ -31,6 +31,12 @@ export function weightLayout(layerClass: string, shortName: string, rank: number
   return { torchName, toTorch: undefined };
 }
 
+/** The shape a tfjs weight of shape `shape` has in PyTorch's layout. */
+export function torchShape<T extends number | null>(shape: readonly T[], layout: WeightLayout): T[] {
+  const toTorch = layout.toTorch;
+  return toTorch === undefined || toTorch.length !== shape.length ? [...shape] : toTorch.map((d) => shape[d]!);
+}
+
 export function toTorchLayout(tensor: Tensor, layout: WeightLayout): Tensor {
   return layout.toTorch === undefined ? tensor : tensor.permute(layout.toTorch).contiguous();
 }
