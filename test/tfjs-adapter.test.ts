@@ -403,7 +403,15 @@ describe("captureOptimizerState and restoreOptimizerState", () => {
       const tfjsSlots = (await model.optimizer.getWeights()).slice(1);
       for (const [i, entry] of entries) {
         assert.deepEqual(Object.keys(entry), ["step", ...optimizer.slots], `${optimizer.name} parameter ${i}`);
-        assert.equal(entry.step, STEPS_BEFORE);
+        if (optimizer.className === "Adam") {
+          // As PyTorch keeps it: a 0-dim float32 tensor.
+          const step = entry.step as Tensor;
+          assert.ok(step instanceof Tensor, "Adam's step is a tensor");
+          assert.deepEqual([step.dtype, step.shape], ["float32", []]);
+          assert.equal(step.data[0], STEPS_BEFORE);
+        } else {
+          assert.equal(entry.step, STEPS_BEFORE);
+        }
         optimizer.slots.forEach((name, j) => {
           const slot = entry[name] as Tensor;
           const tfjsSlot = tfjsSlots[j * params.length + i]!.tensor;
@@ -560,6 +568,13 @@ optimizer = torch.optim.Adam(params, lr=0.01)
 try:
     optimizer.load_state_dict(saved)
     report["load_state_dict"] = "ok"
+    # PyTorch can keep training from it: one step with a gradient moves every parameter.
+    before = [p.detach().clone() for p in params]
+    for p in params:
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    report["step_after_load"] = all(not torch.equal(a, p.detach()) for a, p in zip(before, params))
+    report["step_count"] = float(optimizer.state_dict()["state"][0]["step"])
 except Exception as error:
     report["load_state_dict"] = repr(error)
 print(json.dumps(report))
@@ -572,6 +587,8 @@ print(json.dumps(report))
       entries: { keys: string[]; step: number; exp_avg: number[]; exp_avg_sq: number[]; dtype: string }[];
       groups: { betas_type: string; betas: number[]; lr: number; lr_type: string; eps: number; params: number[] }[];
       load_state_dict: string;
+      step_after_load: boolean;
+      step_count: number;
     };
 
     assert.equal(report.outputs.length, BATCH);
@@ -600,6 +617,8 @@ print(json.dumps(report))
     assert.equal(typeof group.eps, "number");
     assert.deepEqual(group.params, [0, 1, 2, 3, 4, 5]);
     assert.equal(report.load_state_dict, "ok", "torch.optim.Adam.load_state_dict accepts the state");
+    assert.equal(report.step_after_load, true, "torch.optim.Adam takes a step from the loaded state");
+    assert.equal(report.step_count, 6, "and counts on from step 5");
 
     // The JavaScript view of the same file keeps the Python types too.
     const loaded = (await loader.load(optimizerPath)) as StateDict;

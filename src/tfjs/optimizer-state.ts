@@ -41,7 +41,8 @@ export async function captureOptimizerState(optimizer: tf.Optimizer, model: tf.L
   const state = new Map<number, StateValue>();
   if (perParam > 0) {
     params.forEach((param, i) => {
-      const entry: StateDict = { step };
+      // PyTorch keeps Adam's per-parameter step as a 0-dim float32 tensor; other optimizers have none.
+      const entry: StateDict = optimizer.getClassName() === "Adam" ? { step: Tensor.from(new Float32Array([step]), { shape: [] }) } : { step };
       names.forEach((name, j) => {
         const slot = slots[j * params.length + i]!.tensor;
         checkShape(slot.shape, param, `${optimizer.getClassName()} slot ${name}`);
@@ -180,6 +181,15 @@ function paramGroup(optimizer: tf.Optimizer, count: number): StateDict {
     const snake = key.replace(/[A-Z]/g, (c) => `_${c.toLowerCase()}`);
     if (typeof value === "number" || typeof value === "boolean" || typeof value === "string") group[snake] = value;
   }
+  // The rest of PyTorch's own keys, so torch.optim.Adam / SGD can keep training from this state.
+  const torchDefaults = TORCH_GROUP_DEFAULTS[optimizer.getClassName()];
+  if (torchDefaults !== undefined) for (const [key, value] of Object.entries(torchDefaults)) if (!(key in group)) group[key] = value;
   group.params = Array.from({ length: count }, (_, i) => i);
   return group;
 }
+
+/** The param_group keys PyTorch's matching optimizer has and tfjs's lacks, at PyTorch's defaults. */
+const TORCH_GROUP_DEFAULTS: Record<string, StateDict> = {
+  Adam: { weight_decay: 0, amsgrad: false, maximize: false, foreach: null, capturable: false, differentiable: false, fused: false },
+  Momentum: { dampening: 0, weight_decay: 0, nesterov: false, maximize: false, foreach: null, differentiable: false },
+};
