@@ -32,7 +32,7 @@ type OptimizerInternals = tf.Optimizer & Partial<Record<(typeof HIDDEN_SCALARS)[
  */
 export async function captureOptimizerState(optimizer: tf.Optimizer, model: tf.LayersModel): Promise<StateDict> {
   const params = trainableWeights(model);
-  const [iterations, ...slots] = await optimizer.getWeights();
+  const [iterations, ...slots] = await optimizerWeights(optimizer);
   if (iterations === undefined) throw new InvalidArgumentError(`${optimizer.getClassName()}.getWeights() returned nothing`);
   const step = Number(iterations.tensor.dataSync()[0]);
   const perParam = slotsPerParam(optimizer, slots.length, params.length);
@@ -142,6 +142,15 @@ function slotNamesOf(optimizer: tf.Optimizer): string[] {
   // tfjs's RMSProp keeps the mean gradient (PyTorch's grad_avg) only when centered.
   if (optimizer.getClassName() === "RMSProp" && (optimizer.getConfig() as { centered?: unknown }).centered !== true) return names.filter((name) => name !== "grad_avg");
   return names;
+}
+
+/** tfjs's getWeights, with its "not implemented" (Adamax) turned into our error type. */
+async function optimizerWeights(optimizer: tf.Optimizer): Promise<{ name: string; tensor: tf.Tensor }[]> {
+  try {
+    return await optimizer.getWeights();
+  } catch (error) {
+    throw new InvalidArgumentError(`${optimizer.getClassName()} cannot be checkpointed: tfjs does not give out its state (${(error as Error).message})`, { cause: error });
+  }
 }
 
 function trainableWeights(model: tf.LayersModel): ModelWeight[] {
