@@ -1,6 +1,7 @@
 import { randomBytes } from "node:crypto";
 import { constants, promises as fsp } from "node:fs";
 import { hostname } from "node:os";
+import * as nodePath from "node:path";
 import type { FileLock } from "./file-system.js";
 
 /** What a lock file says about its holder. */
@@ -36,6 +37,7 @@ export async function acquireLocalLock(path: string): Promise<FileLock> {
       } finally {
         await handle.close();
       }
+      await removeLeftAsides(path, owner.token).catch(() => undefined); // tidying: never fails the lock
       return new LocalLock(path, owner);
     } catch (error) {
       if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
@@ -88,6 +90,22 @@ async function breakStaleLock(path: string, seen: LockOwner | undefined): Promis
     await fsp.link(aside, path).catch(() => undefined);
   }
   await fsp.rm(aside, { force: true });
+}
+
+/**
+ * Removes the dead locks that breakers moved aside and then died before removing (a kill inside
+ * breakStaleLock), so crashes leave nothing behind. Only the new holder does this. A file with its
+ * own token is its lock, moved by a racing breaker who will put it back, and stays; any other a
+ * breaker could only put back where this lock now is, which fails anyway.
+ */
+async function removeLeftAsides(path: string, token: string): Promise<void> {
+  const dir = nodePath.dirname(path);
+  const prefix = `${nodePath.basename(path)}.stale-`;
+  for (const name of await fsp.readdir(dir)) {
+    if (!name.startsWith(prefix)) continue;
+    const aside = nodePath.join(dir, name);
+    if ((await readOwner(aside))?.token !== token) await fsp.rm(aside, { force: true });
+  }
 }
 
 class LocalLock implements FileLock {
