@@ -154,6 +154,25 @@ test("a lock file cut short by a crash while it was written does not block the n
   await manager.close();
 });
 
+test("half-written files of a dead writer, in the directory and inside committed checkpoints, are removed when a manager takes it", async () => {
+  const dir = await tempDir();
+  const first = new FileCheckpointManager({ checkpointDir: dir });
+  await saveStep(first, 1);
+  await first.close();
+  const dead = spawnSync(process.execPath, ["-e", ""]).pid!;
+  const leftovers = [join(dir, `.model.yaml.${dead}.0badf00d.partial`), join(dir, "step_1", `.manifest.json.${dead}.deadbeef.partial`)];
+  const live = join(dir, "step_1", `.manifest.json.${process.pid}.cafe0123.partial`); // a writer still running: kept
+  for (const path of [...leftovers, live]) await writeFile(path, "half");
+  await writeFile(join(dir, `.ckpt.lock.new-${"ab".repeat(8)}`), "{}"); // a lock side file of a dead taker
+
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  await saveStep(manager, 2);
+  assert.deepEqual(await entries(dir), [".ckpt.lock", "step_1", "step_2"]);
+  assert.deepEqual((await entries(join(dir, "step_1"))).filter((name) => name.endsWith(".partial")), [`.manifest.json.${process.pid}.cafe0123.partial`]);
+  assertSameState(await manager.loadCheckpoint(1), trainingState(1));
+  await manager.close();
+});
+
 // ------------------------------------------------------------------ leftovers of a crash
 
 /**

@@ -1,6 +1,6 @@
 import type { FileSystem } from "../fs/file-system.js";
 import { joinPath } from "../fs/paths.js";
-import { DELETING_SUFFIX, REPLACED_SUFFIX, TMP_SUFFIX, parseLeftoverDirName, stepDirName } from "./layout.js";
+import { DELETING_SUFFIX, REPLACED_SUFFIX, TMP_SUFFIX, parseLeftoverDirName, parseStepDirName, stepDirName } from "./layout.js";
 
 /**
  * Atomic commit by directory rename, for file systems that have one. A checkpoint is written in
@@ -38,7 +38,10 @@ export async function removeCheckpointDirectory(fileSystem: FileSystem, checkpoi
  * arrived goes back to its place. Only the owner of the directory (the lock holder) calls this.
  */
 export async function recoverLeftovers(fileSystem: FileSystem, checkpointDir: string): Promise<void> {
+  await fileSystem.removeAbandonedWrites(checkpointDir);
   for (const entry of await fileSystem.listDirectory(checkpointDir)) {
+    // A committed checkpoint may hold a half-written file of a writer that died (a manifest being rewritten).
+    if (entry.isDirectory && parseStepDirName(entry.name) !== undefined) await fileSystem.removeAbandonedWrites(joinPath(checkpointDir, entry.name));
     const leftover = parseLeftoverDirName(entry.name);
     if (!entry.isDirectory || leftover === undefined) continue;
     const path = joinPath(checkpointDir, entry.name);

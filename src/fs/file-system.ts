@@ -54,4 +54,9 @@ export interface FileSystem {
    * the holder. A lock whose holder has died is taken over, so a crash never blocks the next run.
    */
   lock(path: string): Promise<FileLock>;
+  /**
+   * Removes what writers that died left in `dir` (a local disk: half-written hidden files of
+   * processes that no longer run). Called by the owner of a directory when it takes it.
+   */
+  removeAbandonedWrites(dir: string): Promise<void>;
 }

@@ -5,6 +5,9 @@ import * as nodePath from "node:path";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
 import { acquireLocalLock } from "./local-lock.js";
 
+/** `.<name>.<pid>.<random>.partial`: a file being written by `createWriter`. */
+const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
+
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
 
@@ -80,6 +83,14 @@ export class LocalFileSystem implements FileSystem {
     // rename(2) replaces an empty target directory silently; refuse instead.
     if (await this.exists(to)) throw Object.assign(new Error(`cannot rename ${from}: ${to} exists`), { code: "EEXIST" });
     await fsp.rename(from, to);
+  }
+
+  async removeAbandonedWrites(dir: string): Promise<void> {
+    for (const entry of await this.listDirectory(dir)) {
+      const match = PARTIAL_FILE.exec(entry.name);
+      if (match === null || entry.isDirectory || isRunning(Number(match[1]))) continue;
+      await fsp.rm(nodePath.join(dir, entry.name), { force: true });
+    }
   }
 
   async lock(path: string): Promise<FileLock> {
@@ -192,6 +203,15 @@ async function syncDirectoryOf(path: string): Promise<void> {
     await handle.sync();
   } finally {
     await handle.close();
+  }
+}
+
+function isRunning(pid: number): boolean {
+  try {
+    process.kill(pid, 0);
+    return true;
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code !== "ESRCH";
   }
 }
 

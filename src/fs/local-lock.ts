@@ -22,25 +22,16 @@ export class LockHeldError extends Error {
 }
 
 /**
- * An exclusive lock file created with O_EXCL. A holder on this host is alive while its pid runs;
+ * An exclusive lock file, created whole by a hard link (which fails if the file exists). A holder on this host is alive while its pid runs;
  * a holder on another host (a shared file system) while it keeps touching the file. A dead
  * holder's lock is moved aside atomically (rename), so of two processes taking over, one wins.
  */
 export async function acquireLocalLock(path: string): Promise<FileLock> {
   const owner: LockOwner = { pid: process.pid, host: hostname(), token: randomBytes(8).toString("hex"), since: new Date().toISOString() };
   for (let attempt = 0; attempt < 5; attempt++) {
-    try {
-      const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-      try {
-        await handle.writeFile(JSON.stringify(owner));
-        await handle.sync();
-      } finally {
-        await handle.close();
-      }
+    if (await createWithContent(path, JSON.stringify(owner), owner.token)) {
       await removeLeftAsides(path, owner.token).catch(() => undefined); // tidying: never fails the lock
       return new LocalLock(path, owner);
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error;
     }
     const holder = await readOwner(path);
     if (holder !== undefined && !(await isStale(path, holder))) {
@@ -49,6 +40,32 @@ export async function acquireLocalLock(path: string): Promise<FileLock> {
     await breakStaleLock(path, holder);
   }
   throw new LockHeldError(`${path}: could not take the lock, other processes keep taking it`);
+}
+
+/**
+ * Creates `path` holding `content`, or returns false if it exists. The content is written to a
+ * side file first and hard-linked into place, so nobody ever reads a lock that is still empty
+ * (and takes it for the lock of a process that died while writing it).
+ */
+async function createWithContent(path: string, content: string, token: string): Promise<boolean> {
+  const side = `${path}.new-${token}`;
+  const handle = await fsp.open(side, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC, 0o644);
+  try {
+    await handle.writeFile(content);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+  try {
+    await fsp.link(side, path);
+    return true;
+  } catch (error) {
+    // ENOENT: a process that just took the lock tidied our side file away: the lock is taken.
+    if (["EEXIST", "ENOENT"].includes((error as NodeJS.ErrnoException).code ?? "")) return false;
+    throw error;
+  } finally {
+    await fsp.rm(side, { force: true });
+  }
 }
 
 async function readOwner(path: string): Promise<LockOwner | undefined> {
@@ -100,9 +117,14 @@ async function breakStaleLock(path: string, seen: LockOwner | undefined): Promis
  */
 async function removeLeftAsides(path: string, token: string): Promise<void> {
   const dir = nodePath.dirname(path);
-  const prefix = `${nodePath.basename(path)}.stale-`;
+  const stalePrefix = `${nodePath.basename(path)}.stale-`;
+  const newPrefix = `${nodePath.basename(path)}.new-`; // side files of processes that died before linking
   for (const name of await fsp.readdir(dir)) {
-    if (!name.startsWith(prefix)) continue;
+    if (name.startsWith(newPrefix) && !name.endsWith(token)) {
+      await fsp.rm(nodePath.join(dir, name), { force: true });
+      continue;
+    }
+    if (!name.startsWith(stalePrefix)) continue;
     const aside = nodePath.join(dir, name);
     if ((await readOwner(aside))?.token !== token) await fsp.rm(aside, { force: true });
   }

@@ -27,7 +27,8 @@ function say(line: string): void {
 function label(root: string, path: unknown): string {
   return (relative(root, resolve(String(path))) || ".")
     .replace(/\.\d+\.[0-9a-f]{8}\.partial$/, ".partial")
-    .replace(/\.stale-[0-9a-f]{8}$/, ".stale");
+    .replace(/\.stale-[0-9a-f]{8}$/, ".stale")
+    .replace(/\.new-[0-9a-f]{16}$/, ".new");
 }
 
 function exists(path: unknown): boolean {
