@@ -68,3 +68,44 @@ export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
 export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";
+
+// safetensors, reading either format, and the helpers behind the `ckpt` command line.
+export {
+  SafetensorsLoader,
+  SafetensorsDumper,
+  type SafetensorsLoaderOptions,
+  type SafetensorsDumperOptions,
+} from "./io/safetensors-io.js";
+export { STATE_LAYOUT_KEY } from "./io/safetensors-state.js";
+export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export {
+  readSafetensors,
+  readSafetensorsHeader,
+  MAX_HEADER_SIZE as SAFETENSORS_MAX_HEADER_SIZE,
+  type SafetensorsEntry,
+  type SafetensorsHeader,
+  type SafetensorsReadOptions,
+} from "./formats/safetensors/safetensors-reader.js";
+export { writeSafetensors } from "./formats/safetensors/safetensors-writer.js";
+export {
+  tensorStats,
+  tensorToNumbers,
+  tensorDifference,
+  float16ToNumber,
+  bfloat16ToNumber,
+  type TensorStats,
+  type TensorDifference,
+} from "./tensor/tensor-stats.js";
+export {
+  listCheckpointDirectory,
+  type CheckpointSummary,
+  type CheckpointDirectoryListing,
+} from "./checkpoint/checkpoint-listing.js";
+export { planRetention, type RetentionPlan, type RetentionPlanOptions } from "./checkpoint/retention-plan.js";
+export {
+  verifyCheckpoints,
+  type VerificationReport,
+  type CheckpointVerification,
+  type FileProblem,
+  type VerifyOptions,
+} from "./checkpoint/verify-checkpoints.js";

@@ -1,0 +1,161 @@
+import type { FileSystem } from "../fs/file-system.js";
+import { LocalFileSystem } from "../fs/local-file-system.js";
+import { joinPath } from "../fs/paths.js";
+import { findCheckpoint } from "./checkpoint-directory.js";
+import { CARBON_COPY_DIR, LOCK_FILE, MODEL_CARD_FILE, parseLeftoverDirName, parseStepDirName } from "./layout.js";
+import { bestStep } from "./retention.js";
+
+/** One directory of a checkpoint directory, as `ckpt ls` shows it. */
+export interface CheckpointSummary {
+  stepNr: number;
+  /** The directory's name: `step_1000`, `step_1000.tmp`, ... */
+  name: string;
+  path: string;
+  /**
+   * `committed`: a checkpoint; `unfinished`: a save in progress or cut off (`.tmp`), never loaded;
+   * `deleting`: a deletion in progress or cut off; `damaged`: committed but its manifest or score
+   * cannot be read (`problem` says why).
+   */
+  status: "committed" | "unfinished" | "deleting" | "damaged";
+  problem: string | undefined;
+  /** Higher is better, as stored in score.txt. */
+  score: number | undefined;
+  /** Bytes of all its files. */
+  size: number;
+  /** Its files, relative to it, sorted. */
+  files: string[];
+  /** The size of each file. */
+  fileSizes: Record<string, number>;
+  /** Written by this library (false for fairseq2's checkpoints and unfinished ones). */
+  hasManifest: boolean;
+  /** Only the model is left (pruned with preserveModel): loadable as a model, not resumable. */
+  modelOnly: boolean;
+  /** A committed checkpoint that training can resume from. */
+  resumable: boolean;
+  /** The checkpoint loadLastCheckpoint() would load. */
+  isLast: boolean;
+  /** The checkpoint with the best score. */
+  isBest: boolean;
+  dpSize: number | undefined;
+  tpSize: number | undefined;
+}
+
+export interface CheckpointDirectoryListing {
+  checkpointDir: string;
+  /** By step, committed ones before unfinished ones of the same step. */
+  checkpoints: CheckpointSummary[];
+  lastStepNr: number | undefined;
+  bestStepNr: number | undefined;
+  /** True when the directory has anything of a checkpoint directory (steps, model.yaml, cc/, the lock). */
+  looksLikeCheckpointDir: boolean;
+}
+
+const STATUS_ORDER = { committed: 0, damaged: 0, unfinished: 1, deleting: 2 } as const;
+
+/**
+ * Describes every checkpoint in a directory, committed or not, without reading tensors. Unlike
+ * the manager's listCheckpoints, a checkpoint whose manifest or score is damaged is listed (as
+ * `damaged`) instead of failing the whole listing.
+ *
+ * @example
+ * const { checkpoints, lastStepNr } = await listCheckpointDirectory("checkpoints");
+ */
+export async function listCheckpointDirectory(checkpointDir: string, options: { fileSystem?: FileSystem } = {}): Promise<CheckpointDirectoryListing> {
+  const fileSystem = options.fileSystem ?? new LocalFileSystem();
+  const entries = await fileSystem.listDirectory(checkpointDir);
+  const committed = new Map<number, string>();
+  const replaced = new Map<number, string>();
+  const others: { stepNr: number; name: string; status: "unfinished" | "deleting" }[] = [];
+  let looksLikeCheckpointDir = false;
+  for (const entry of entries) {
+    if ([MODEL_CARD_FILE, CARBON_COPY_DIR, LOCK_FILE].includes(entry.name)) looksLikeCheckpointDir = true;
+    if (!entry.isDirectory) continue;
+    const stepNr = parseStepDirName(entry.name);
+    const leftover = parseLeftoverDirName(entry.name);
+    if (stepNr !== undefined) committed.set(stepNr, entry.name);
+    else if (leftover?.kind === "replaced") replaced.set(leftover.stepNr, entry.name);
+    else if (leftover !== undefined) others.push({ stepNr: leftover.stepNr, name: entry.name, status: leftover.kind === "tmp" ? "unfinished" : "deleting" });
+  }
+  // A step moved aside while its re-save was renamed in is still that step (see checkpoint-directory).
+  for (const [stepNr, name] of replaced) if (!committed.has(stepNr)) committed.set(stepNr, name);
+
+  const summaries: CheckpointSummary[] = [];
+  for (const [stepNr, name] of committed) {
+    const path = joinPath(checkpointDir, name);
+    const { files, size, sizes } = await filesWithSizes(fileSystem, path);
+    const summary = blank(stepNr, name, path, "committed", files, size, sizes);
+    try {
+      const info = await findCheckpoint(fileSystem, checkpointDir, stepNr);
+      if (info !== undefined) {
+        Object.assign(summary, {
+          score: info.score,
+          hasManifest: info.manifest !== undefined,
+          modelOnly: info.modelOnly,
+          resumable: !info.modelOnly,
+          dpSize: info.manifest?.dpSize,
+          tpSize: info.manifest?.tpSize,
+        });
+      }
+    } catch (error) {
+      summary.status = "damaged";
+      summary.problem = (error as Error).message;
+    }
+    summaries.push(summary);
+  }
+  for (const { stepNr, name, status } of others) {
+    const path = joinPath(checkpointDir, name);
+    const { files, size, sizes } = await filesWithSizes(fileSystem, path);
+    summaries.push(blank(stepNr, name, path, status, files, size, sizes));
+  }
+  summaries.sort((a, b) => a.stepNr - b.stepNr || STATUS_ORDER[a.status] - STATUS_ORDER[b.status]);
+
+  const good = summaries.filter((s) => s.status === "committed");
+  const lastStepNr = good.filter((s) => s.resumable).at(-1)?.stepNr;
+  const bestStepNr = bestStep(good);
+  for (const s of good) {
+    s.isLast = s.stepNr === lastStepNr;
+    s.isBest = s.stepNr === bestStepNr;
+  }
+  return { checkpointDir, checkpoints: summaries, lastStepNr, bestStepNr, looksLikeCheckpointDir: looksLikeCheckpointDir || summaries.length > 0 };
+}
+
+function blank(
+  stepNr: number,
+  name: string,
+  path: string,
+  status: CheckpointSummary["status"],
+  files: string[],
+  size: number,
+  sizes: Map<string, number>,
+): CheckpointSummary {
+  return {
+    stepNr, name, path, status, problem: undefined, score: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
+    hasManifest: false, modelOnly: false, resumable: false, isLast: false, isBest: false, dpSize: undefined, tpSize: undefined,
+  };
+}
+
+/** Every file under `dir` (relative, sorted) and their total size. */
+export async function filesWithSizes(fileSystem: FileSystem, dir: string): Promise<{ files: string[]; size: number; sizes: Map<string, number> }> {
+  const sizes = new Map<string, number>();
+  const walk = async (path: string, prefix: string): Promise<void> => {
+    for (const entry of await fileSystem.listDirectory(path)) {
+      const name = prefix === "" ? entry.name : `${prefix}/${entry.name}`;
+      if (entry.isDirectory) {
+        await walk(joinPath(path, entry.name), name);
+        continue;
+      }
+      try {
+        const reader = await fileSystem.openReader(joinPath(path, entry.name));
+        sizes.set(name, reader.size);
+        await reader.close();
+      } catch {
+        sizes.set(name, 0); // vanished or unreadable since the listing: counted, with no bytes
+      }
+    }
+  };
+  await walk(dir, "");
+  const files = [...sizes.keys()].sort();
+  let size = 0;
+  for (const bytes of sizes.values()) size += bytes;
+  return { files, size, sizes };
+}

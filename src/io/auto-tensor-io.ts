@@ -1,0 +1,75 @@
+import { TensorLoadError } from "../errors.js";
+import type { RandomAccessReader } from "../formats/byte-io.js";
+import type { FileSystem } from "../fs/file-system.js";
+import { LocalFileSystem } from "../fs/local-file-system.js";
+import type { StateValue } from "../values/py-values.js";
+import { SafetensorsLoader } from "./safetensors-io.js";
+import type { TensorLoadOptions, TensorLoader } from "./tensor-io.js";
+import { TorchTensorLoader } from "./torch-tensor-io.js";
+
+export type TensorFileFormat = "pt" | "safetensors";
+
+/**
+ * Tells a file's format from its first bytes, not its name: a checkpoint saved with
+ * SafetensorsDumper keeps fairseq2's file names (`model.pt`). A zip is PyTorch's format; 8 bytes of
+ * plausible header length followed by "{" is safetensors; anything else is called "pt", so the
+ * PyTorch loader explains what is wrong with it (e.g. the legacy pre-1.6 format).
+ */
+export async function detectTensorFormat(reader: RandomAccessReader): Promise<TensorFileFormat> {
+  if (reader.size < 9) return "pt";
+  const head = await reader.read(0, 9);
+  if (head[0] === 0x50 && head[1] === 0x4b) return "pt"; // "PK"
+  const length = new DataView(head.buffer, head.byteOffset, 8).getBigUint64(0, true);
+  return head[8] === 0x7b && length <= BigInt(reader.size - 8) ? "safetensors" : "pt";
+}
+
+export interface AutoTensorLoaderOptions {
+  fileSystem?: FileSystem;
+}
+
+/**
+ * Loads a PyTorch `.pt` or a safetensors file, whichever it is (see detectTensorFormat). For tools
+ * that read checkpoints written with either format.
+ *
+ * @example
+ * const { format, state } = await new AutoTensorLoader().loadAny("step_1000/model.pt");
+ */
+export class AutoTensorLoader implements TensorLoader {
+  private readonly fileSystem: FileSystem;
+  private readonly torch: TorchTensorLoader;
+  private readonly safetensors: SafetensorsLoader;
+
+  constructor(options: AutoTensorLoaderOptions = {}) {
+    this.fileSystem = options.fileSystem ?? new LocalFileSystem();
+    this.torch = new TorchTensorLoader({ fileSystem: this.fileSystem });
+    this.safetensors = new SafetensorsLoader({ fileSystem: this.fileSystem });
+  }
+
+  readonly verifiesDigest = true;
+
+  async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
+    return (await this.loadAny(path, options)).state;
+  }
+
+  /** The state with the format it was read in, and the metadata of a safetensors file (else empty). */
+  async loadAny(path: string, options: TensorLoadOptions = {}): Promise<{ format: TensorFileFormat; state: StateValue; metadata: Map<string, string> }> {
+    const format = await this.detect(path);
+    if (format === "safetensors") return { format, ...(await this.safetensors.loadWithMetadata(path, options)) };
+    return { format, state: await this.torch.load(path, options), metadata: new Map() };
+  }
+
+  /** The format of the file at `path`. */
+  async detect(path: string): Promise<TensorFileFormat> {
+    let reader;
+    try {
+      reader = await this.fileSystem.openReader(path);
+    } catch (error) {
+      throw new TensorLoadError(path, `cannot open the file: ${(error as Error).message}`, { cause: error });
+    }
+    try {
+      return await detectTensorFormat(reader);
+    } finally {
+      await reader.close();
+    }
+  }
+}

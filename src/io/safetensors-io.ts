@@ -1,0 +1,212 @@
+import { crc32 } from "node:zlib";
+import { FormatError, InvalidArgumentError, TensorDumpError, TensorLoadError } from "../errors.js";
+import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
+import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry } from "../formats/safetensors/safetensors-reader.js";
+import { writeSafetensors } from "../formats/safetensors/safetensors-writer.js";
+import type { FileSystem } from "../fs/file-system.js";
+import { LocalFileSystem } from "../fs/local-file-system.js";
+import { Tensor } from "../tensor/tensor.js";
+import type { StateValue } from "../values/py-values.js";
+import { DigestingSink } from "./digesting-sink.js";
+import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
+import type { FileDigest, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
+import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
+
+export interface SafetensorsLoaderOptions {
+  fileSystem?: FileSystem;
+}
+
+/**
+ * Loads `.safetensors` files. A flat file (any safetensors file, e.g. from Hugging Face) loads as a
+ * dict of tensors in the file's order; a file this library wrote from a nested state loads as that
+ * state again (see SafetensorsDumper). Files up to 2 GiB are read whole and the tensors are views
+ * of that one buffer.
+ *
+ * @example
+ * const weights = (await new SafetensorsLoader().load("model.safetensors")) as StateDict;
+ */
+export class SafetensorsLoader implements TensorLoader {
+  private readonly fileSystem: FileSystem;
+
+  constructor(options: SafetensorsLoaderOptions = {}) {
+    this.fileSystem = options.fileSystem ?? new LocalFileSystem();
+  }
+
+  /** Checks `options.expectedDigest` itself, in the same pass as the read. */
+  readonly verifiesDigest = true;
+
+  async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
+    return (await this.loadWithMetadata(path, options)).state;
+  }
+
+  /** The state and the file's `__metadata__` (without the `ckpt.state` layout entry). */
+  async loadWithMetadata(path: string, options: TensorLoadOptions = {}): Promise<{ state: StateValue; metadata: Map<string, string> }> {
+    let reader;
+    try {
+      reader = await this.fileSystem.openReader(path);
+    } catch (error) {
+      throw new TensorLoadError(path, `cannot open the file: ${(error as Error).message}`, { cause: error });
+    }
+    try {
+      const expected = options.expectedDigest;
+      if (expected !== undefined && reader.size !== expected.size) {
+        throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: it should have ${expected.size} bytes but has ${reader.size}`);
+      }
+      const into = options.into;
+      let source: RandomAccessReader;
+      let sequential: SequentialCrcReader | undefined;
+      if (into === undefined && reader.size <= WHOLE_FILE_MAX) {
+        const whole = await readWholeFile(reader, { crc: expected !== undefined, onProgress: options.onProgress });
+        if (expected !== undefined) checkCrc(whole.crc32!, expected.crc32);
+        source = new MemoryReader(whole.bytes);
+      } else {
+        // The length, the header and the tensors tile the file, so reading them in order checksums it all.
+        source = sequential = new SequentialCrcReader(reader);
+      }
+
+      const header = await readSafetensorsHeader(source);
+      const metadata = new Map(header.metadata ?? []);
+      const layout = metadata.get(STATE_LAYOUT_KEY);
+      metadata.delete(STATE_LAYOUT_KEY);
+      const targets = new Map<string, Tensor>();
+      let paths: Map<string, string[]> | undefined;
+      const tensors = await readSafetensorsData(source, header, {
+        ...(into === undefined
+          ? {}
+          : {
+              target: (entry: SafetensorsEntry) => {
+                paths ??= layoutPaths(layout, header.entries.map((e) => e.name));
+                const found = tensorAt(into, paths.get(entry.name));
+                if (found === undefined || !found.isContiguous || found.dtype !== entry.dtype || !sameShape(found.shape, entry.shape)) return undefined;
+                targets.set(entry.name, found);
+                return found.bytes;
+              },
+            }),
+        ...(sequential === undefined || options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+      });
+      if (expected !== undefined && sequential !== undefined) checkCrc(await sequential.fileCrc(), expected.crc32);
+      // Tensors read into `into` are returned in place of the new ones.
+      const placed = tensors.map(([name, tensor]): [string, Tensor] => [name, targets.get(name) ?? tensor]);
+      return { state: unflattenState(placed, layout), metadata };
+    } catch (error) {
+      if (error instanceof FormatError && error.code === "DIGEST_MISMATCH") throw new TensorLoadError(path, error.message, { cause: error });
+      throw new TensorLoadError(path, `not a valid safetensors file: ${(error as Error).message}`, { cause: error });
+    } finally {
+      await reader.close();
+    }
+  }
+}
+
+function sameShape(a: readonly number[], b: readonly number[]): boolean {
+  return a.length === b.length && a.every((size, d) => size === b[d]);
+}
+
+/** The tensor at `path` (keys from the root) in a state, if there is one. */
+function tensorAt(state: StateValue, path: readonly string[] | undefined): Tensor | undefined {
+  if (path === undefined) return undefined;
+  let node: unknown = state;
+  for (const key of path) {
+    if (node instanceof Map) node = node.get(key);
+    else if (typeof node === "object" && node !== null && !(node instanceof Tensor) && Object.hasOwn(node, key)) node = (node as Record<string, unknown>)[key];
+    else return undefined;
+  }
+  return node instanceof Tensor ? node : undefined;
+}
+
+function checkCrc(actual: number, expected: number): void {
+  if (actual >>> 0 !== expected >>> 0) {
+    const hex = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0");
+    throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: its CRC-32 is ${hex(actual)}, it should be ${hex(expected)}`);
+  }
+}
+
+/**
+ * Passes reads through and checksums them while they come in file order; `fileCrc` finishes the
+ * file's CRC-32 (reading whatever was skipped, which for a valid file is nothing).
+ */
+class SequentialCrcReader implements RandomAccessReader {
+  private crc = 0;
+  private next = 0;
+
+  constructor(private readonly reader: RandomAccessReader) {}
+
+  get size(): number {
+    return this.reader.size;
+  }
+
+  async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
+    const bytes = await this.reader.read(position, length, target);
+    if (position === this.next) {
+      this.crc = crc32(bytes, this.crc);
+      this.next += bytes.byteLength;
+    }
+    return bytes;
+  }
+
+  async fileCrc(): Promise<number> {
+    const piece = 8 << 20;
+    while (this.next < this.size) await this.read(this.next, Math.min(piece, this.size - this.next));
+    return this.crc;
+  }
+}
+
+export interface SafetensorsDumperOptions {
+  fileSystem?: FileSystem;
+  /**
+   * String metadata for the header's `__metadata__` (default `{ format: "pt" }`, which Hugging Face
+   * libraries expect of PyTorch weights). `ckpt.state` is reserved.
+   */
+  metadata?: Readonly<Record<string, string>>;
+}
+
+/**
+ * Saves a state as a `.safetensors` file. A flat dict of tensors (a model's state dict) is written
+ * as it is. Nested dicts of string keys are flattened with "." and string values kept, with the
+ * tree recorded in the metadata (`ckpt.state`) so SafetensorsLoader gives it back; any other value
+ * (numbers, lists, int-keyed dicts: training state) is refused with a TensorDumpError naming it.
+ * So a FileCheckpointManager using this dumper saves model-only states:
+ * `saveState({ model })` works, `saveState({ model, optimizer, step_nr })` does not.
+ *
+ * @example
+ * await new SafetensorsDumper().dump({ "linear.weight": weight, "linear.bias": bias }, "model.safetensors");
+ */
+export class SafetensorsDumper implements TensorDumper {
+  private readonly fileSystem: FileSystem;
+  private readonly metadata: Map<string, string>;
+
+  constructor(options: SafetensorsDumperOptions = {}) {
+    this.fileSystem = options.fileSystem ?? new LocalFileSystem();
+    const metadata = options.metadata ?? { format: "pt" };
+    for (const [key, value] of Object.entries(metadata)) {
+      if (typeof value !== "string") throw new InvalidArgumentError(`safetensors metadata values must be strings; ${JSON.stringify(key)} is not`);
+      if (key === STATE_LAYOUT_KEY) throw new InvalidArgumentError(`the metadata key ${STATE_LAYOUT_KEY} is reserved`);
+    }
+    this.metadata = new Map(Object.entries(metadata));
+  }
+
+  async dump(state: StateValue, path: string): Promise<FileDigest> {
+    let flat;
+    try {
+      flat = flattenState(state);
+    } catch (error) {
+      throw new TensorDumpError(path, `cannot save the state as safetensors: ${(error as Error).message}`, { cause: error });
+    }
+    const metadata = new Map(this.metadata);
+    if (flat.layout !== undefined) metadata.set(STATE_LAYOUT_KEY, flat.layout);
+    let writer;
+    try {
+      writer = await this.fileSystem.createWriter(path);
+    } catch (error) {
+      throw new TensorDumpError(path, `cannot create the file: ${(error as Error).message}`, { cause: error });
+    }
+    try {
+      const sink = new DigestingSink(writer);
+      await writeSafetensors(flat.tensors, metadata.size > 0 ? metadata : undefined, sink);
+      await writer.close();
+      return sink.digest;
+    } catch (error) {
+      await writer.abort().catch(() => undefined);
+      throw new TensorDumpError(path, `cannot save the state: ${(error as Error).message}`, { cause: error });
+    }
+  }
+}
