@@ -1,0 +1,86 @@
+import type { Command } from "commander";
+import { stat } from "node:fs/promises";
+import { extname } from "node:path";
+import { SafetensorsDumper, Tensor, TorchTensorDumper, orderedDict, type StateValue } from "../../index.js";
+import { classify, isDict, loadCheckpointModel, loadFile, requireCheckpointDir, unwrapModel } from "../inputs.js";
+import { CliError, EXIT_OK, exitCodeOf, formatBytes, leaves, print, printJson } from "../output.js";
+import { progressBar } from "../progress.js";
+import { parseStepNr } from "./arguments.js";
+
+const OUTPUT_FORMATS: Record<string, "pt" | "safetensors"> = { ".pt": "pt", ".pth": "pt", ".safetensors": "safetensors" };
+
+export function convertCommand(program: Command): void {
+  program
+    .command("convert")
+    .description("convert a model state dict between .pt and .safetensors, or write a checkpoint's model as one file")
+    .argument("<in>", "a .pt or .safetensors file, a checkpoint step directory (step_<N>), or a checkpoint directory (its last checkpoint, or --step)")
+    .argument("<out>", "the file to write: its extension (.pt, .pth or .safetensors) decides the format")
+    .option("--step <n>", "with a checkpoint directory: the step to convert", parseStepNr)
+    .option("--force", "overwrite <out> if it exists")
+    .option("--json", "print JSON for scripts")
+    .addHelpText(
+      "after",
+      `
+A checkpoint's model file ({"model": ..., "model_key": ...}) is written as the bare model state
+dict, which model.load_state_dict(torch.load(OUT)) and safetensors readers take. safetensors holds
+tensors only: nested dicts are flattened with "." (the tree is kept in the metadata), and a file
+with other values (optimizer state, counters) cannot be converted to it. Tensors that share
+storage in a .pt file are written once each in safetensors, which has no shared storage.`,
+    )
+    .action(exitCodeOf(async (input: string, output: string, options: { step?: number; force?: boolean; json?: boolean }) => {
+      const format = OUTPUT_FORMATS[extname(output).toLowerCase()];
+      if (format === undefined) throw new CliError(`cannot tell the format to write from the name ${output}: end it in .pt or .safetensors`);
+      if (options.force !== true && (await exists(output))) throw new CliError(`${output} exists: pass --force to overwrite it`);
+
+      const target = await classify(input);
+      let state: StateValue;
+      let stepNr: number | undefined;
+      if (target.kind === "file") {
+        if (options.step !== undefined) throw new CliError("--step goes with a checkpoint directory, not a file");
+        const progress = progressBar(`reading ${input}`);
+        try {
+          state = unwrapModel((await loadFile(input, progress)).state);
+        } finally {
+          progress.stop();
+        }
+      } else {
+        let checkpointDir: string;
+        if (target.kind === "step") {
+          if (options.step !== undefined && options.step !== target.stepNr) throw new CliError(`${input} is step ${target.stepNr}, but --step ${options.step} was given`);
+          checkpointDir = target.checkpointDir;
+          stepNr = target.stepNr;
+        } else {
+          await requireCheckpointDir(input);
+          checkpointDir = input;
+          stepNr = options.step;
+        }
+        const loaded = await loadCheckpointModel(checkpointDir, stepNr);
+        stepNr = loaded.stepNr;
+        state = loaded.model;
+      }
+      if (state instanceof Tensor || !(isDict(state) || state instanceof Map)) throw new CliError(`${input} does not hold a state dict (a dict of tensors)`);
+      // torch's state_dict() is an OrderedDict; give PyTorch what it would have saved itself.
+      if (format === "pt" && isDict(state)) orderedDict(state);
+
+      const dumper = format === "pt" ? new TorchTensorDumper() : new SafetensorsDumper();
+      const digest = await dumper.dump(state, output);
+      const tensors = leaves(state).filter((leaf) => leaf.value instanceof Tensor);
+      const tensorBytes = tensors.reduce((sum, leaf) => sum + (leaf.value as Tensor).byteLength, 0);
+      if (options.json === true) {
+        printJson({ input, output, format, ...(stepNr === undefined ? {} : { stepNr }), tensors: tensors.length, tensorBytes, size: digest.size });
+      } else {
+        const from = stepNr === undefined ? input : `the model of checkpoint ${stepNr}`;
+        print(`wrote ${output} (${format === "pt" ? "PyTorch" : "safetensors"}, ${tensors.length} tensors, ${formatBytes(digest.size)}) from ${from}`);
+      }
+      return EXIT_OK;
+    }));
+}
+
+async function exists(path: string): Promise<boolean> {
+  try {
+    await stat(path);
+    return true;
+  } catch {
+    return false;
+  }
+}
