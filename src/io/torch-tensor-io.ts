@@ -51,23 +51,25 @@ export class TorchTensorLoader implements TensorLoader {
       if (expected !== undefined && reader.size !== expected.size) {
         throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: it should have ${expected.size} bytes but has ${reader.size}`);
       }
-      let source: RandomAccessReader = reader;
+      let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
-      let wholeFile: { bytes: Uint8Array; crc32: number | undefined } | undefined;
+      let inMemory = false;
       if (options.into === undefined && reader.size <= WHOLE_FILE_MAX) {
-        wholeFile = await readWholeFile(reader, { crc: expected !== undefined || verifyCrc, onProgress: options.onProgress });
+        // Without a digest to check, the file's CRC (taken while reading) can vouch for every entry at
+        // once, but only pays off for large entries; thousands of small ones are checked one by one.
+        const vouch = expected === undefined && verifyCrc && reader.size / Math.max(zip.entries.size, 1) >= VOUCH_MIN_ENTRY_BYTES;
+        const whole = await readWholeFile(reader, { crc: expected !== undefined || vouch, onProgress: options.onProgress });
+        zip = zip.withReader(new MemoryReader(whole.bytes));
+        inMemory = true;
         if (expected !== undefined) {
-          checkCrc(wholeFile.crc32!, expected.crc32);
+          checkCrc(whole.crc32!, expected.crc32);
           verifyCrc = false;
+        } else if (vouch && (await zip.expectedFileCrc(whole.bytes)) === whole.crc32) {
+          verifyCrc = false; // if not, each entry is checked below, which names the damaged one
         }
-        source = new MemoryReader(wholeFile.bytes);
       }
-      const zip = await ZipReader.open(source);
-      // The file's CRC, computed during the read, vouches for every entry at once when it matches
-      // what the entries' recorded CRCs add up to; if not, each entry is checked to name the bad one.
-      if (verifyCrc && wholeFile !== undefined && (await zip.expectedFileCrc(wholeFile.bytes)) === wholeFile.crc32) verifyCrc = false;
-      const onProgress = source === reader ? options.onProgress : undefined;
+      const onProgress = inMemory ? undefined : options.onProgress;
       return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
     } catch (error) {
       if (error instanceof FormatError && error.code === "DIGEST_MISMATCH") throw new TensorLoadError(path, error.message, { cause: error });
@@ -77,6 +79,9 @@ export class TorchTensorLoader implements TensorLoader {
     }
   }
 }
+
+/** Average entry size from which one whole-file CRC beats checking entries one by one. */
+const VOUCH_MIN_ENTRY_BYTES = 1 << 20;
 
 function checkCrc(actual: number, expected: number): void {
   if (actual >>> 0 !== expected >>> 0) {

@@ -21,7 +21,6 @@ const BATCH_SIZE = 1000;
 /** Strings up to this length are memoized by value, so repeated keys are written once. */
 const MEMO_STRING_LENGTH = 64;
 
-const utf8 = new TextEncoder();
 const BIG_INT32_MIN = -(2 ** 31);
 const BIG_INT32_MAX = 2 ** 31 - 1;
 
@@ -31,8 +30,8 @@ const BIG_INT32_MAX = 2 ** 31 - 1;
  * as `_codecs.encode(text, "latin1")` because protocol 2 has no bytes opcode.
  */
 export class Pickler {
-  private buffer = new Uint8Array(1 << 16);
-  private view = new DataView(this.buffer.buffer);
+  private buffer = Buffer.alloc(1 << 16);
+  private view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
   private length = 0;
   private readonly memo = new Map<unknown, number>();
   private readonly stringMemo = new Map<string, number>();
@@ -244,12 +243,13 @@ export class Pickler {
         return;
       }
     }
-    const encoded = utf8.encode(value);
+    // Encoded straight into the pickle: no intermediate buffer per string (states have thousands of keys).
+    const length = Buffer.byteLength(value, "utf8");
     this.byte(Op.BINUNICODE);
-    this.ensure(4);
-    this.view.setUint32(this.length, encoded.length, true);
+    this.ensure(4 + length);
+    this.view.setUint32(this.length, length, true);
     this.length += 4;
-    this.bytes(encoded);
+    this.length += this.buffer.write(value, this.length, length, "utf8");
     if (memoized) this.stringMemo.set(value, this.newMemoIndex());
   }
 
@@ -303,17 +303,18 @@ export class Pickler {
   }
 
   private ascii(text: string): void {
-    this.bytes(utf8.encode(text));
+    this.ensure(text.length);
+    this.length += this.buffer.write(text, this.length, "latin1");
   }
 
   private ensure(extra: number): void {
     if (this.length + extra <= this.buffer.length) return;
     let size = this.buffer.length * 2;
     while (size < this.length + extra) size *= 2;
-    const grown = new Uint8Array(size);
+    const grown = Buffer.alloc(size);
     grown.set(this.buffer.subarray(0, this.length));
     this.buffer = grown;
-    this.view = new DataView(grown.buffer);
+    this.view = new DataView(grown.buffer, grown.byteOffset, grown.byteLength);
   }
 }
 

@@ -1,8 +1,6 @@
 import { FormatError } from "../../errors.js";
 import {
   PyFloat,
-  getOrderedDictAttributes,
-  isOrderedDict,
   markFloatSlot,
   objectKeepsOrder,
   orderedDict,
@@ -12,11 +10,22 @@ import {
 import { markTuple } from "../../values/py-values.js";
 import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
 
+/**
+ * What the unpickler offers callables and BUILD: OrderedDict marks are kept here while reading
+ * and applied at the end only to dicts still in the result (most are empty backward-hook dicts of
+ * tensor rebuilds, gone by then; marking each would cost a WeakMap entry).
+ */
+export interface UnpickleContext {
+  markOrderedDict(dict: Map<unknown, unknown>): void;
+  isOrderedDict(dict: Map<unknown, unknown>): boolean;
+  setOrderedDictAttributes(dict: Map<unknown, unknown>, attributes: Map<unknown, unknown>): void;
+}
+
 /** A global the allow-list lets a pickle call (REDUCE, NEWOBJ). */
 export class PickleCallable {
   constructor(
     readonly qualifiedName: string,
-    readonly call: (args: unknown[]) => unknown,
+    readonly call: (args: unknown[], context: UnpickleContext) => unknown,
   ) {}
 }
 
@@ -29,7 +38,7 @@ export interface UnpickleOptions {
   /** Resolves a persistent id (PyTorch uses them for storages). */
   persistentLoad?(pid: unknown): unknown;
   /** Applies a BUILD (`__setstate__`) to an object made by a global; throws to refuse. */
-  build?(object: unknown, state: unknown): void;
+  build?(object: unknown, state: unknown, context: UnpickleContext): void;
 }
 
 /** Longest Python int accepted (LONG1/LONG4): 4 KiB is ~10,000 digits, far beyond any state. */
@@ -159,11 +168,25 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
     if (!(callable instanceof PickleCallable)) return fail("PICKLE_TYPE", `${opcode} on ${describe(callable)}, which cannot be called`);
     if (!Array.isArray(args)) return fail("PICKLE_TYPE", `${opcode} arguments must be a tuple, got ${describe(args)}`);
     try {
-      return callable.call(args);
+      return callable.call(args, context);
     } catch (error) {
       if (error instanceof FormatError) throw error;
       throw new FormatError("PICKLE_CALL", `${callable.qualifiedName}(...) refused its arguments: ${(error as Error).message}`, { cause: error });
     }
+  };
+
+  // Most tuples only carry arguments (of tensor rebuilds, persistent ids) and are gone by the end:
+  // only those still in the result get the (costlier, WeakMap) tuple mark, in finalize().
+  const tuples = new Set<unknown[]>();
+  const ordered = new Map<Map<unknown, unknown>, Map<unknown, unknown> | undefined>();
+  const context: UnpickleContext = {
+    markOrderedDict: (dict) => void ordered.set(dict, undefined),
+    isOrderedDict: (dict) => ordered.has(dict),
+    setOrderedDictAttributes: (dict, attributes) => void ordered.set(dict, attributes),
+  };
+  const newTuple = (items: unknown[]): unknown[] => {
+    tuples.add(items);
+    return items;
   };
 
   const first = r.u8("the protocol");
@@ -176,7 +199,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
     switch (op) {
       case Op.STOP: {
         if (marks.length > 0 || stack.length !== 1) fail("PICKLE_STACK", "STOP with an unbalanced stack");
-        return finalize(stack[0]);
+        return finalize(stack[0], tuples, ordered);
       }
       case Op.PROTO:
         r.u8("the protocol");
@@ -276,11 +299,11 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
         break;
       }
       case Op.EMPTY_TUPLE:
-        stack.push(markTuple([]));
+        stack.push(newTuple([]));
         break;
       case Op.TUPLE: {
         const items = popMark();
-        stack.push(markTuple(items));
+        stack.push(newTuple(items));
         break;
       }
       case Op.TUPLE1:
@@ -288,7 +311,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
       case Op.TUPLE3: {
         const n = op - Op.TUPLE1 + 1;
         if (stack.length < n) fail("PICKLE_STACK", "stack underflow");
-        stack.push(markTuple(stack.splice(stack.length - n, n)));
+        stack.push(newTuple(stack.splice(stack.length - n, n)));
         break;
       }
       case Op.EMPTY_DICT:
@@ -355,7 +378,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
         const state = pop();
         const object = top();
         if (options.build === undefined) fail("PICKLE_BUILD", `cannot set the state of ${describe(object)}`);
-        options.build!(object, state);
+        options.build!(object, state, context);
         break;
       }
       case Op.BINPERSID: {
@@ -400,7 +423,7 @@ function describe(value: unknown): string {
  * order an object keeps become plain objects, whole-valued floats become numbers with a mark on
  * their container. Iterative, and each container is visited once, so sharing and cycles survive.
  */
-function finalize(root: unknown): unknown {
+function finalize(root: unknown, tuples: ReadonlySet<unknown[]>, ordered: ReadonlyMap<Map<unknown, unknown>, Map<unknown, unknown> | undefined>): unknown {
   const replacement = new Map<Map<unknown, unknown>, StateDict>();
   const containers: (unknown[] | Map<unknown, unknown>)[] = [];
   const seen = new Set<unknown>();
@@ -416,13 +439,14 @@ function finalize(root: unknown): unknown {
       for (const [key, item] of value) {
         pending.push(key, item);
       }
-      if (isOrderedDict(value)) pending.push(getOrderedDictAttributes(value));
+      if (ordered.has(value)) pending.push(ordered.get(value));
       if (canBeObject(value)) replacement.set(value, Object.create(Object.prototype) as StateDict);
     }
   }
   const fix = (value: unknown): unknown => (value instanceof Map ? (replacement.get(value) ?? value) : value);
   for (const container of containers) {
     if (Array.isArray(container)) {
+      if (tuples.has(container)) markTuple(container);
       for (let i = 0; i < container.length; i++) {
         const item = container[i];
         if (item instanceof PyFloat) markFloatSlot(container, i);
@@ -438,8 +462,8 @@ function finalize(root: unknown): unknown {
       if (object !== undefined) setOwn(object, key as string, value as never);
       else container.set(key, value);
     }
-    if (isOrderedDict(container)) {
-      const attributes = getOrderedDictAttributes(container);
+    if (ordered.has(container)) {
+      const attributes = ordered.get(container);
       orderedDict(target, attributes === undefined ? undefined : (fix(attributes) as StateDict));
     }
   }

@@ -2,8 +2,8 @@ import { FormatError } from "../../errors.js";
 import { dtypeOfTorchStorage, type DType } from "../../tensor/dtype.js";
 import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
-import { PyDType, isOrderedDict, markTuple, orderedDict } from "../../values/py-values.js";
-import { PickleCallable } from "../pickle/unpickler.js";
+import { PyDType, markTuple } from "../../values/py-values.js";
+import { PickleCallable, type UnpickleContext } from "../pickle/unpickler.js";
 
 /** A storage class named in a pickle (`torch.FloatStorage`): it only says which dtype to read. */
 export class TorchStorageType {
@@ -16,8 +16,9 @@ const TORCH_DTYPE_NAMES = new Set([
   "complex64", "complex128", "float", "double", "half", "long", "int", "short",
 ]);
 
-const orderedDictType = new PickleCallable("collections.OrderedDict", (args) => {
-  const dict = orderedDict(new Map<unknown, unknown>());
+const orderedDictType = new PickleCallable("collections.OrderedDict", (args, context) => {
+  const dict = new Map<unknown, unknown>();
+  context.markOrderedDict(dict);
   if (args.length === 1 && Array.isArray(args[0])) {
     for (const pair of args[0]) {
       if (!Array.isArray(pair) || pair.length !== 2) throw new FormatError("TORCH_PICKLE", "OrderedDict items must be (key, value) pairs");
@@ -114,9 +115,9 @@ export function findTorchGlobal(module: string, name: string): unknown {
 }
 
 /** BUILD: OrderedDicts get their instance attributes (PyTorch's `_metadata`); nothing else has state. */
-export function buildTorchObject(object: unknown, state: unknown): void {
-  if (object instanceof Map && isOrderedDict(object) && state instanceof Map) {
-    orderedDict(object, state as never);
+export function buildTorchObject(object: unknown, state: unknown, context: UnpickleContext): void {
+  if (object instanceof Map && context.isOrderedDict(object) && state instanceof Map) {
+    context.setOrderedDictAttributes(object, state);
     return;
   }
   if (object instanceof Tensor && (state === null || (state instanceof Map && state.size === 0))) return;

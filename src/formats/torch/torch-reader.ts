@@ -66,10 +66,10 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
   const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.
-  const order = [...storages].sort(([a], [b]) => zip.entry(`${dataPrefix}${a}`).headerOffset - zip.entry(`${dataPrefix}${b}`).headerOffset);
-  const total = order.reduce((sum, [, storage]) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
+  const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
+  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
   let done = 0;
-  for (const [key, storage] of order) {
+  for (const { key, storage } of order) {
     const target = targets.get(storage);
     const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
     if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);

@@ -1,6 +1,6 @@
 import { crc32 } from "node:zlib";
 import { FormatError } from "../../errors.js";
-import type { RandomAccessReader } from "../byte-io.js";
+import { MemoryReader, type RandomAccessReader } from "../byte-io.js";
 import {
   CENTRAL_HEADER_SIGNATURE,
   CENTRAL_HEADER_SIZE,
@@ -50,6 +50,12 @@ export class ZipReader {
     return new ZipReader(reader, entries, directoryOffset);
   }
 
+  /** The same archive read from other bytes (the whole file, once read into memory). */
+  withReader(reader: RandomAccessReader): ZipReader {
+    if (reader.size !== this.reader.size) throw new FormatError("ZIP_BOUNDS", "the new bytes are not the same file");
+    return new ZipReader(reader, this.entries, this.dataEnd);
+  }
+
   entry(name: string): ZipEntry {
     const entry = this.entries.get(name);
     if (entry === undefined) throw new FormatError("ZIP_MISSING", `the zip has no entry "${name}"`);
@@ -58,8 +64,13 @@ export class ZipReader {
 
   /** Where an entry's data starts, read from its local header. */
   async dataOffset(entry: ZipEntry): Promise<number> {
-    const header = Buffer.from(await this.reader.read(entry.headerOffset, LOCAL_HEADER_SIZE));
-    if (header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) {
+    const header = this.reader instanceof MemoryReader ? this.reader.bytes.subarray(entry.headerOffset, entry.headerOffset + LOCAL_HEADER_SIZE) : await this.reader.read(entry.headerOffset, LOCAL_HEADER_SIZE);
+    return this.dataStart(entry, header);
+  }
+
+  private dataStart(entry: ZipEntry, headerBytes: Uint8Array): number {
+    const header = Buffer.from(headerBytes.buffer, headerBytes.byteOffset, headerBytes.byteLength);
+    if (header.length < LOCAL_HEADER_SIZE || header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) {
       throw new FormatError("ZIP_HEADER", `entry "${entry.name}" has no local header at offset ${entry.headerOffset}`);
     }
     const start = entry.headerOffset + LOCAL_HEADER_SIZE + header.readUInt16LE(26) + header.readUInt16LE(28);
@@ -96,7 +107,11 @@ export class ZipReader {
     if (options.target !== undefined && options.target.byteLength < entry.size) {
       throw new FormatError("ZIP_BOUNDS", `entry "${name}" has ${entry.size} bytes, more than the ${options.target.byteLength} given`);
     }
-    const data = await this.reader.read(start, entry.size, options.target);
+    // In memory: a view, or one copy into the target, without another promise per entry.
+    const data =
+      this.reader instanceof MemoryReader && options.target === undefined
+        ? this.reader.bytes.subarray(start, start + entry.size)
+        : await this.reader.read(start, entry.size, options.target);
     if ((options.verifyCrc ?? true) && crc32(data) !== entry.crc) {
       throw new FormatError("ZIP_CRC", `entry "${name}" fails its CRC-32 check: the file is corrupt`);
     }

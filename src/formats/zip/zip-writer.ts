@@ -36,6 +36,8 @@ interface WrittenEntry {
 
 /** Entry data at least this long joins the file CRC by combining CRCs instead of a second pass. */
 const COMBINE_MIN_BYTES = 16 << 10;
+/** Small pieces are gathered into writes of about this size. */
+const STAGE_BYTES = 1 << 20;
 /** Queued bytes past which adding an entry waits for the sink (the bytes are the caller's, not copies). */
 const MAX_QUEUED_BYTES = 64 << 20;
 
@@ -58,6 +60,8 @@ export class ZipWriter {
   private fileCrc = 0;
   private queue: Promise<void> = Promise.resolve();
   private pendingBytes = 0;
+  private staged: Uint8Array[] = [];
+  private stagedBytes = 0;
   private readonly entries: WrittenEntry[] = [];
   private readonly names = new Set<string>();
   private readonly alignment: number;
@@ -86,12 +90,14 @@ export class ZipWriter {
     const encodedName = utf8.encode(name);
     const header = this.localHeader(encodedName, crc, size);
     const entry = { name: encodedName, crc, size, offset: this.offset };
-    this.emit(header);
+    this.stage(header);
     if (size >= COMBINE_MIN_BYTES) {
-      for (const part of parts) if (part.byteLength > 0) this.emit(part, false);
+      // Large data goes to the sink as it is (no copy); its CRC joins the file's by combination.
+      this.flushStaged();
+      for (const part of parts) if (part.byteLength > 0) this.send(part);
       this.fileCrc = crc32Combine(this.fileCrc, crc, size);
     } else {
-      for (const part of parts) if (part.byteLength > 0) this.emit(part);
+      for (const part of parts) this.stage(part);
     }
     this.entries.push(entry);
     await this.drainIfBehind();
@@ -107,17 +113,18 @@ export class ZipWriter {
     const directoryOffset = this.offset;
     const headers = this.entries.map((entry) => this.centralHeader(entry));
     const directorySize = headers.reduce((sum, header) => sum + header.length, 0);
-    this.emit(Buffer.concat(headers));
+    for (const header of headers) this.stage(header);
     const needZip64 =
       this.forceZip64 || this.entries.length >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
-    if (needZip64) this.emit(this.zip64End(directoryOffset, directorySize));
+    if (needZip64) this.stage(this.zip64End(directoryOffset, directorySize));
     const end = Buffer.alloc(END_SIZE);
     end.writeUInt32LE(END_SIGNATURE, 0);
     end.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, 8);
     end.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, 10);
     end.writeUInt32LE(needZip64 ? UINT32_MAX : directorySize, 12);
     end.writeUInt32LE(needZip64 ? UINT32_MAX : directoryOffset, 16);
-    this.emit(end);
+    this.stage(end);
+    this.flushStaged();
     await this.queue;
   }
 
@@ -215,10 +222,34 @@ export class ZipWriter {
     return out;
   }
 
-  /** Queues bytes for the sink; `crc` false when the caller accounts for them in the file CRC. */
-  private emit(bytes: Uint8Array, crc = true): void {
-    if (crc) this.fileCrc = crc32(bytes, this.fileCrc);
+  /**
+   * Gathers small pieces (headers, small tensors) to send as one write of STAGE_BYTES: thousands
+   * of tiny writes would each cost a promise and a system call. The file CRC is taken per batch.
+   */
+  private stage(bytes: Uint8Array): void {
+    if (bytes.byteLength === 0) return;
     this.offset += bytes.byteLength;
+    this.staged.push(bytes);
+    this.stagedBytes += bytes.byteLength;
+    if (this.stagedBytes >= STAGE_BYTES) this.flushStaged();
+  }
+
+  private flushStaged(): void {
+    if (this.stagedBytes === 0) return;
+    const batch = this.staged.length === 1 ? this.staged[0]! : Buffer.concat(this.staged, this.stagedBytes);
+    this.staged = [];
+    this.stagedBytes = 0;
+    this.fileCrc = crc32(batch, this.fileCrc);
+    this.enqueue(batch);
+  }
+
+  /** Sends large data untouched; the caller accounts for it in the file CRC. */
+  private send(bytes: Uint8Array): void {
+    this.offset += bytes.byteLength;
+    this.enqueue(bytes);
+  }
+
+  private enqueue(bytes: Uint8Array): void {
     this.pendingBytes += bytes.byteLength;
     this.queue = this.queue.then(async () => {
       await this.sink.write(bytes);
@@ -247,8 +278,8 @@ async function crc32Yielding(bytes: Uint8Array, crc: number): Promise<number> {
 
 /** Entry names are relative paths without `..`: a reader that extracts them must stay inside. */
 export function checkEntryName(name: string): void {
-  const parts = name.split("/");
-  if (name.length === 0 || name.startsWith("/") || name.includes("\\") || name.includes("\0") || parts.includes("..") || parts.includes(".")) {
-    throw new FormatError("ZIP_NAME", `unsafe zip entry name ${JSON.stringify(name)}`);
-  }
+  if (UNSAFE_NAME.test(name)) throw new FormatError("ZIP_NAME", `unsafe zip entry name ${JSON.stringify(name)}`);
 }
+
+/** Empty, absolute, with a backslash or NUL, or with a "." or ".." segment. */
+const UNSAFE_NAME = /^$|^\/|[\\\0]|(^|\/)\.{1,2}(\/|$)/;
