@@ -1,0 +1,487 @@
+import { existsSync } from "node:fs";
+import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
+import { mkdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { before, describe, test } from "node:test";
+
+import { FileCheckpointManager, SafetensorsDumper, SafetensorsLoader, Tensor, TorchTensorDumper, type StateDict } from "../src/index.js";
+import { arange, assertSameState, entries, modelState, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { requireTorch, runPython } from "./helpers/torch-python.js";
+
+const tempDir = useTempDirs("cli");
+const ROOT = join(import.meta.dirname, "..");
+const CLI = join(ROOT, "dist", "cli", "main.js");
+
+interface Run {
+  status: number | null;
+  stdout: string;
+  stderr: string;
+}
+
+/** Runs the built `ckpt` as a process (stderr is a pipe, so no progress bars). */
+function ckpt(...args: string[]): Run {
+  const result = spawnSync(process.execPath, [CLI, ...args], { encoding: "utf8", env: { ...process.env, CKPT_DEBUG: "" } });
+  return { status: result.status, stdout: result.stdout, stderr: result.stderr };
+}
+
+function json<T = Record<string, unknown>>(run: Run): T {
+  assert.equal(run.stderr, "", "nothing on stderr");
+  return JSON.parse(run.stdout) as T;
+}
+
+/** Asserts one clear line on stderr (no stack trace), exit code 2, nothing on stdout. */
+function assertFails(run: Run, message: RegExp): void {
+  assert.equal(run.status, 2, `exit code 2, got ${run.status}: ${run.stderr}`);
+  assert.equal(run.stdout, "");
+  const lines = run.stderr.trimEnd().split("\n");
+  assert.equal(lines.length, 1, `one line on stderr, got:\n${run.stderr}`);
+  assert.match(lines[0]!, /^ckpt: /);
+  assert.match(lines[0]!, message);
+  assert.doesNotMatch(run.stderr, /\n\s+at /, "no stack trace");
+}
+
+before(() => {
+  // `npm test` builds dist/ before any test runs; building here would race with other test files that import it.
+  assert.ok(existsSync(join(ROOT, "dist", "cli", "main.js")), "dist/cli/main.js is missing: run `npm run build` (npm test does) first");
+});
+
+/**
+ * A directory made by the manager: steps 1000-4000 with losses (lower is better), 1000 pruned to
+ * its model, and an unfinished step_5000.tmp.
+ */
+async function managerDir(): Promise<string> {
+  const dir = await tempDir();
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  for (const [stepNr, loss] of [[1000, 2.5], [2000, 1.5], [3000, 1.75], [4000, 2]] as const) {
+    await saveStep(manager, stepNr, { score: loss, lowerBetter: true, ...(stepNr === 4000 ? { metadata: { tokenizer: "bpe" } } : {}) });
+  }
+  await manager.deleteCheckpoint(1000, { preserveModel: true });
+  await manager.close();
+  await mkdir(join(dir, "step_5000.tmp"));
+  await writeFile(join(dir, "step_5000.tmp", "rank_0.pt"), "half written");
+  return dir;
+}
+
+let shared: Promise<string> | undefined;
+/** One managerDir() for the tests that only read it. */
+function sharedManagerDir(): Promise<string> {
+  shared ??= managerDir();
+  return shared;
+}
+
+let sharedTorch: string | undefined;
+/** A directory written by PyTorch (TORCH_WRITER); `fresh` for a test that damages it. */
+async function torchDir(python: string, fresh = false): Promise<string> {
+  if (!fresh && sharedTorch !== undefined) return sharedTorch;
+  const dir = await tempDir();
+  runPython(python, TORCH_WRITER, [dir]);
+  if (!fresh) sharedTorch = dir;
+  return dir;
+}
+
+/** A directory in fairseq2's layout written by torch.save (no manifest.json). */
+const TORCH_WRITER = `
+import collections, os, sys, torch
+root = sys.argv[1]
+for n, score in [(100, "-0.5\\n"), (200, "-0.25\\n")]:
+    path = os.path.join(root, f"step_{n}")
+    os.makedirs(path)
+    model = collections.OrderedDict([
+        ("proj.weight", torch.arange(6, dtype=torch.float32).reshape(2, 3) * n),
+        ("proj.bias", torch.tensor([n, -n], dtype=torch.int64)),
+        ("norm.scale", torch.tensor([1.5, float("nan")], dtype=torch.bfloat16)),
+    ])
+    torch.save({"model": model, "model_key": "module"}, os.path.join(path, "model.pt"))
+    torch.save({"optimizer": {"state": {0: {"step": torch.tensor(float(n))}}, "param_groups": [{"lr": 0.001, "betas": (0.9, 0.98)}]},
+                "step_nr": n}, os.path.join(path, "rank_0.pt"))
+    with open(os.path.join(path, "score.txt"), "w") as f:
+        f.write(score)
+torch.save(model, os.path.join(root, "plain.pt"))
+`;
+
+// ------------------------------------------------------------------ help and usage
+
+describe("help and usage", () => {
+  test("every command has --help, exit code 0", () => {
+    for (const command of ["ls", "inspect", "verify", "prune", "convert", "diff"]) {
+      const run = ckpt(command, "--help");
+      assert.equal(run.status, 0, command);
+      assert.match(run.stdout, new RegExp(`^Usage: ckpt ${command} `), command);
+      assert.match(run.stdout, /--json/, `${command} has --json`);
+    }
+    const top = ckpt("--help");
+    assert.equal(top.status, 0);
+    assert.match(top.stdout, /Exit codes: 0 success; 1 verify found/);
+  });
+
+  test("an unknown option, command or missing argument is one line on stderr and exit code 2", () => {
+    assertFails(ckpt("ls", "--bogus", "x"), /unknown option '--bogus'/);
+    assertFails(ckpt("prune", "x", "--kep-last", "2"), /unknown option '--kep-last' \(Did you mean --keep-last\?\)/);
+    assertFails(ckpt("lss"), /unknown command 'lss'/);
+    assertFails(ckpt("inspect"), /missing required argument 'path'/);
+    assertFails(ckpt("prune", "x", "--keep-last", "0"), /'--keep-last <n>' argument '0' is invalid\. it must be a positive integer/);
+    const bare = ckpt();
+    assert.equal(bare.status, 2);
+    assert.match(bare.stderr, /Usage: ckpt/);
+  });
+});
+
+// ------------------------------------------------------------------ ls
+
+describe("ckpt ls", () => {
+  test("lists step, score, size, files, kind and status, marking the last and the best", async () => {
+    const dir = await sharedManagerDir();
+    const run = ckpt("ls", dir);
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(run.stderr, "");
+    const lines = run.stdout.split("\n");
+    assert.match(lines[0]!, /^STEP\s+SCORE\s+SIZE\s+FILES\s+KIND\s+STATUS$/);
+    assert.match(lines[1]!, /^1000\s+-2\.5\s+[\d.]+ KiB\s+3\s+model-only\s+committed$/);
+    assert.match(lines[2]!, /^2000\s+-1\.5\s+[\d.]+ KiB\s+5\s+resumable\s+committed\s+best$/);
+    assert.match(lines[3]!, /^3000\s+-1\.75\s+.*resumable\s+committed$/);
+    assert.match(lines[4]!, /^4000\s+-2\s+[\d.]+ KiB\s+6\s+resumable\s+committed\s+last$/);
+    assert.match(lines[5]!, /^5000\s+-\s+12 B\s+1\s+-\s+unfinished \(\.tmp\)$/);
+    assert.match(run.stdout, /4 committed \(3 resumable, 1 model-only\), 1 unfinished; .* last: 4000, best: 2000/);
+  });
+
+  test("--json gives every checkpoint with its files for scripts", async () => {
+    const dir = await sharedManagerDir();
+    const listing = json<{ lastStepNr: number; bestStepNr: number; checkpoints: Record<string, unknown>[] }>(ckpt("ls", dir, "--json"));
+    assert.equal(listing.lastStepNr, 4000);
+    assert.equal(listing.bestStepNr, 2000);
+    const byName = Object.fromEntries(listing.checkpoints.map((c) => [c.name, c]));
+    assert.deepEqual(Object.keys(byName), ["step_1000", "step_2000", "step_3000", "step_4000", "step_5000.tmp"]);
+    assert.equal(byName.step_1000!.modelOnly, true);
+    assert.equal(byName.step_2000!.isBest, true);
+    assert.equal(byName.step_4000!.isLast, true);
+    assert.deepEqual(byName.step_4000!.files, ["manifest.json", "metadata.pt", "model.pt", "rank_0.pt", "replicated.pt", "score.txt"]);
+    assert.equal(byName["step_5000.tmp"]!.status, "unfinished");
+  });
+
+  test("a directory written by PyTorch in fairseq2's layout lists, with its scores", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const dir = await torchDir(python);
+    const run = ckpt("ls", dir);
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /^100\s+-0\.5\s.*3\s+resumable\s+committed$/m);
+    assert.match(run.stdout, /^200\s+-0\.25\s.*resumable\s+committed\s+last, best$/m);
+  });
+
+  test("a missing directory, a step directory, a file or an unrelated directory is a one-line error", async () => {
+    const dir = await managerDir();
+    assertFails(ckpt("ls", join(dir, "nope")), /nope: no such file or directory/);
+    assertFails(ckpt("ls", join(dir, "step_2000")), /step_2000 is one checkpoint, not a checkpoint directory: give its parent/);
+    assertFails(ckpt("ls", join(dir, "step_2000", "model.pt")), /model\.pt is a file, not a checkpoint directory/);
+    assertFails(ckpt("ls", join(dir, "step_5000.tmp")), /is not a checkpoint directory: it has no step_<N> directories/);
+  });
+
+  test("a checkpoint with a damaged manifest is listed as damaged, not a failure of the listing", async () => {
+    const dir = await managerDir();
+    await writeFile(join(dir, "step_3000", "manifest.json"), "{ not json");
+    const run = ckpt("ls", dir);
+    assert.equal(run.status, 0);
+    assert.match(run.stdout, /^3000\s.*damaged$/m);
+    assert.match(run.stdout, /^step_3000: manifest\.json of step 3000 is not valid JSON$/m);
+  });
+});
+
+// ------------------------------------------------------------------ inspect
+
+describe("ckpt inspect", () => {
+  test("a step shows the tree of every file: tensors with dtype, shape and bytes, and the other values", async () => {
+    const dir = await sharedManagerDir();
+    const run = ckpt("inspect", join(dir, "step_4000"));
+    assert.equal(run.status, 0, run.stderr);
+    const out = run.stdout;
+    assert.match(out, /^model\.pt  \(PyTorch, [\d.]+ (B|KiB)\)$/m);
+    assert.match(out, /^  model\n    encoder\.weight\s+float32\s+\[2, 3\]\s+24 B$/m);
+    assert.match(out, /^    head\.weight\s+int64\s+\[3\]\s+24 B$/m);
+    assert.match(out, /^  model_key: "model"$/m);
+    assert.match(out, /^replicated\.pt  /m);
+    assert.match(out, /^  epoch: 3$/m);
+    assert.match(out, /^rank_0\.pt  /m);
+    assert.match(out, /^        betas: \(0\.9, 0\.999\)$/m);
+    assert.match(out, /^  lr_scale: 1\.0$/m, "a whole float shows as a float");
+    assert.match(out, /^  big: 1152921504606846976$/m);
+    assert.match(out, /^  dtype: torch\.float32$/m);
+    assert.match(out, /^  data_reader\n    position: 1234\n    shard: "train-00001"\n    exhausted: None$/m);
+    assert.match(out, /^metadata\.pt  /m);
+    assert.match(out, /^3 tensors, 64 B of tensor data$/m);
+  });
+
+  test("--json lists tensors and values with dotted keys", async () => {
+    const dir = await sharedManagerDir();
+    const result = json<{ files: { name: string; tensors: { key: string; dtype: string; shape: number[]; bytes: number }[]; values: { key: string; value: string }[] }[] }>(
+      ckpt("inspect", join(dir, "step_4000"), "--json"),
+    );
+    assert.deepEqual(result.files.map((f) => f.name), ["model.pt", "replicated.pt", "rank_0.pt", "metadata.pt"]);
+    assert.deepEqual(result.files[0]!.tensors[0], { key: "model.encoder.weight", dtype: "float32", shape: [2, 3], bytes: 24 });
+    assert.deepEqual(result.files[0]!.values, [{ key: "model_key", value: '"model"' }]);
+    const rank = result.files[2]!;
+    assert.ok(rank.tensors.some((t) => t.key === "optimizer.state.0.exp_avg" && t.dtype === "float32"));
+    assert.ok(rank.values.some((v) => v.key === "step_nr" && v.value === "4000"));
+  });
+
+  test("--tensor prints statistics matching numpy's, for a file written by PyTorch", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const dir = await torchDir(python);
+    const stats = json<{ file: string; key: string; dtype: string; stats: Record<string, number> }>(
+      ckpt("inspect", join(dir, "step_200"), "--tensor", "model.proj.weight", "--json"),
+    );
+    assert.equal(stats.file, "model.pt");
+    const expected = JSON.parse(runPython(python, `
+import json, sys, torch
+w = torch.load(sys.argv[1])["model"]["proj.weight"].double()
+print(json.dumps({"min": w.min().item(), "max": w.max().item(), "mean": w.mean().item(), "std": w.std(unbiased=False).item()}))
+`, [join(dir, "step_200", "model.pt")])) as Record<string, number>;
+    for (const key of ["min", "max", "mean", "std"]) assert.ok(Math.abs(stats.stats[key]! - expected[key]!) < 1e-9, key);
+
+    const text = ckpt("inspect", join(dir, "step_200", "model.pt"), "--tensor", "model.norm.scale");
+    assert.equal(text.status, 0, text.stderr);
+    assert.match(text.stdout, /^model\.norm\.scale  bfloat16  \[2\]  4 B/);
+    assert.match(text.stdout, /^min\s+1\.5$/m);
+    assert.match(text.stdout, /^nan\s+1$/m);
+    assert.match(text.stdout, /^inf\s+0$/m);
+  });
+
+  test("a safetensors file shows its tensors and metadata", async () => {
+    const dir = await tempDir();
+    const path = join(dir, "m.safetensors");
+    await new SafetensorsDumper().dump(modelState(2), path);
+    const run = ckpt("inspect", path);
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /\(safetensors, [\d.]+ B\)/);
+    assert.match(run.stdout, /^  encoder\.bias\s+float64\s+\[2\]\s+16 B$/m);
+    assert.match(run.stdout, /^  metadata: format=pt$/m);
+  });
+
+  test("a corrupt file, a missing key or a checkpoint directory is a one-line error", async () => {
+    const dir = await managerDir();
+    const bad = join(dir, "bad.pt");
+    await writeFile(bad, "this is not a checkpoint");
+    assertFails(ckpt("inspect", bad), /bad\.pt: not a valid PyTorch file: no zip end record/);
+    assertFails(ckpt("inspect", join(dir, "step_4000"), "--tensor", "model.nope"), /no tensor model\.nope in .*step_4000; .*model\.encoder\.weight/);
+    assertFails(ckpt("inspect", join(dir, "step_4000"), "--tensor", "step_nr"), /step_nr in rank_0\.pt is not a tensor: 4000/);
+    assertFails(ckpt("inspect", dir), /is a checkpoint directory: inspect one of its steps/);
+    const st = join(dir, "bad.safetensors");
+    await writeFile(st, Buffer.concat([Buffer.from([0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0x7f]), Buffer.from("{}")]));
+    assertFails(ckpt("inspect", st), /bad\.safetensors: not a valid PyTorch file/);
+  });
+});
+
+// ------------------------------------------------------------------ verify
+
+describe("ckpt verify", () => {
+  test("a sound directory verifies with exit code 0, unfinished saves listed and not checked", async () => {
+    const dir = await sharedManagerDir();
+    const run = ckpt("verify", dir);
+    assert.equal(run.status, 0, run.stdout + run.stderr);
+    assert.equal(run.stderr, "", "no progress bar when stderr is not a terminal");
+    assert.match(run.stdout, /^step_1000: sound \(2 files, .* checked\)$/m);
+    assert.match(run.stdout, /^step_4000: sound \(5 files, .* checked\)$/m);
+    assert.match(run.stdout, /^step_5000\.tmp: unfinished, not checked$/m);
+    assert.match(run.stdout, /^4 checkpoints verified: 4 sound, 0 damaged$/m);
+  });
+
+  test("a flipped byte, a truncated file, a missing file and an extra file are each named, with exit code 1", async () => {
+    const dir = await managerDir();
+    const flip = join(dir, "step_2000", "rank_0.pt");
+    const bytes = await readFile(flip);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0x10;
+    await writeFile(flip, bytes);
+    await truncate(join(dir, "step_3000", "model.pt"), 100);
+    await rm(join(dir, "step_4000", "replicated.pt"));
+    await writeFile(join(dir, "step_1000", "notes.txt"), "added later");
+
+    const run = ckpt("verify", dir);
+    assert.equal(run.status, 1, run.stdout + run.stderr);
+    assert.match(run.stdout, /^step_2000: DAMAGED\n  rank_0\.pt: corrupt: its CRC-32 is [0-9a-f]{8}, the manifest says [0-9a-f]{8}$/m);
+    assert.match(run.stdout, /^step_3000: DAMAGED\n  model\.pt: truncated: 100 bytes, the manifest says \d+$/m);
+    assert.match(run.stdout, /^step_4000: DAMAGED\n  replicated\.pt: missing: the manifest lists it with \d+ bytes$/m);
+    assert.match(run.stdout, /^step_1000: DAMAGED\n  notes\.txt: an extra file: not in the manifest/m);
+    assert.match(run.stdout, /^4 checkpoints verified: 0 sound, 4 damaged$/m);
+
+    // One step at a time, by --step or by giving the step's directory; --json for scripts.
+    assert.equal(ckpt("verify", dir, "--step", "2000").status, 1);
+    const report = json<{ sound: boolean; checkpoints: { name: string; problems: { file: string; problem: string }[] }[] }>(ckpt("verify", join(dir, "step_3000"), "--json"));
+    assert.equal(report.sound, false);
+    assert.deepEqual(report.checkpoints.map((c) => [c.name, c.problems.map((p) => p.file)]), [["step_3000", ["model.pt"]]]);
+  });
+
+  test("a flipped byte the manifest does not cover (a fairseq2 directory) is caught by parsing", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const dir = await torchDir(python, true);
+    const sound = ckpt("verify", dir);
+    assert.equal(sound.status, 0, sound.stdout);
+    assert.match(sound.stdout, /^step_100: sound \(3 files, .* checked, no manifest\)\n  note: no manifest\.json/m);
+
+    await truncate(join(dir, "step_200", "rank_0.pt"), 300);
+    const run = ckpt("verify", dir);
+    assert.equal(run.status, 1);
+    assert.match(run.stdout, /^step_200: DAMAGED\n  rank_0\.pt: not a valid PyTorch file: /m);
+  });
+
+  test("a damaged manifest or score is reported, and a missing step or directory is an error", async () => {
+    const dir = await managerDir();
+    await writeFile(join(dir, "step_3000", "manifest.json"), '{"format": "ckpt-manifest"');
+    await writeFile(join(dir, "step_2000", "score.txt"), "lots\n"); // as long as "-1.5\n"
+    const run = ckpt("verify", dir);
+    assert.equal(run.status, 1);
+    assert.match(run.stdout, /^step_3000: DAMAGED\n  manifest\.json: manifest\.json of step 3000 is not valid JSON; the other files are only parsed$/m);
+    assert.match(run.stdout, /^step_2000: DAMAGED\n  score\.txt: corrupt: its CRC-32 is [0-9a-f]{8}, the manifest says [0-9a-f]{8}\n  score\.txt: score\.txt of step 2000 does not hold a finite number: "lots"$/m);
+    assertFails(ckpt("verify", dir, "--step", "7"), /there is no checkpoint 7 in/);
+    assertFails(ckpt("verify", join(dir, "missing")), /missing: no such file or directory/);
+  });
+});
+
+// ------------------------------------------------------------------ prune
+
+describe("ckpt prune", () => {
+  test("--dry-run shows what would go and changes nothing; the real run does it", async () => {
+    const dir = await managerDir();
+    const before = await entries(dir);
+    const dry = ckpt("prune", dir, "--keep-best", "1", "--dry-run");
+    assert.equal(dry.status, 0, dry.stderr);
+    assert.equal(dry.stdout, "would delete: step_1000, step_3000\nwould keep: step_2000, step_4000\n" + dry.stdout.split("\n").at(-2) + "\n");
+    assert.match(dry.stdout, /^would free [\d.]+ KiB$/m);
+    assert.deepEqual(await entries(dir), before, "nothing changed");
+
+    const run = json<{ deleted: number[]; stripped: number[]; kept: number[]; freedBytes: number }>(ckpt("prune", dir, "--keep-best", "1", "--json"));
+    assert.deepEqual([run.deleted, run.stripped, run.kept], [[1000, 3000], [], [2000, 4000]]);
+    assert.ok(run.freedBytes > 0);
+    assert.deepEqual((await entries(dir)).filter((name) => name.startsWith("step_")), ["step_2000", "step_4000"], "the crashed save's .tmp went too");
+  });
+
+  test("--keep-last with --preserve-model keeps the models of the pruned checkpoints", async () => {
+    const dir = await managerDir();
+    const dry = json<{ deleted: number[]; stripped: number[]; kept: number[] }>(ckpt("prune", dir, "--keep-last", "1", "--preserve-model", "--dry-run", "--json"));
+    const run = ckpt("prune", dir, "--keep-last", "1", "--preserve-model");
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /^deleted: none\nkept only the model of: step_2000, step_3000\nkept: step_1000, step_4000\nfreed /);
+    assert.deepEqual([dry.deleted, dry.stripped, dry.kept], [[], [2000, 3000], [1000, 4000]], "the dry run predicted it");
+    const listing = json<{ checkpoints: { stepNr: number; modelOnly: boolean; status: string }[] }>(ckpt("ls", dir, "--json"));
+    assert.deepEqual(listing.checkpoints.map((c) => [c.stepNr, c.modelOnly]), [[1000, true], [2000, true], [3000, true], [4000, false]]);
+    assert.equal(ckpt("verify", dir).status, 0, "what is left is sound");
+  });
+
+  test("pruning a directory a running job owns is refused; bad arguments are one-line errors", async () => {
+    const dir = await managerDir();
+    const owner = new FileCheckpointManager({ checkpointDir: dir });
+    await saveStep(owner, 6000);
+    try {
+      assertFails(ckpt("prune", dir, "--keep-last", "1"), /is in use by another manager/);
+    } finally {
+      await owner.close();
+    }
+    assertFails(ckpt("prune", dir), /give exactly one of --keep-last <n> and --keep-best <n>/);
+    assertFails(ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1"), /give exactly one/);
+    assertFails(ckpt("prune", join(dir, "nothing-here"), "--keep-last", "1"), /no such file or directory/);
+  });
+});
+
+// ------------------------------------------------------------------ convert and diff
+
+describe("ckpt convert and ckpt diff", () => {
+  test("a PyTorch state dict converts to safetensors and back; PyTorch loads the result and numpy parses the safetensors", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const dir = await torchDir(python);
+    const st = join(dir, "plain.safetensors");
+    const back = join(dir, "back.pt");
+    const one = ckpt("convert", join(dir, "plain.pt"), st);
+    assert.equal(one.status, 0, one.stderr);
+    assert.match(one.stdout, /^wrote .*plain\.safetensors \(safetensors, 3 tensors, \d+ B\) from .*plain\.pt$/m);
+    assert.equal(ckpt("convert", st, back).status, 0);
+
+    const check = runPython(python, `
+import json, struct, sys, numpy as np, torch
+original, back = torch.load(sys.argv[1]), torch.load(sys.argv[2])
+assert type(back).__name__ == "OrderedDict" and list(back) == list(original)
+for k in original:
+    assert back[k].dtype == original[k].dtype and torch.equal(back[k].view(torch.int16) if back[k].dtype == torch.bfloat16 else back[k], original[k].view(torch.int16) if original[k].dtype == torch.bfloat16 else original[k]), k
+data = open(sys.argv[3], "rb").read()
+(n,) = struct.unpack("<Q", data[:8])
+header = json.loads(data[8:8 + n])
+begin, end = header["proj.weight"]["data_offsets"]
+w = np.frombuffer(data[8 + n + begin:8 + n + end], dtype="<f4").reshape(header["proj.weight"]["shape"])
+assert (w == original["proj.weight"].numpy()).all()
+print("ok")
+`, [join(dir, "plain.pt"), back, st]);
+    assert.equal(check.trim(), "ok");
+
+    const same = ckpt("diff", join(dir, "plain.pt"), st);
+    assert.equal(same.status, 0, same.stdout);
+    assert.equal(same.stdout, "identical: 3 entries\n");
+  });
+
+  test("a checkpoint step converts to one model file, which diffs equal to the step", async () => {
+    const dir = await managerDir();
+    const out = join(dir, "model.safetensors");
+    const run = ckpt("convert", join(dir, "step_3000"), out);
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /\(safetensors, 3 tensors, \d+ B\) from the model of checkpoint 3000$/m);
+    assertSameState(await new SafetensorsLoader().load(out), modelState(3000));
+    const byDir = json<{ stepNr: number; tensors: number }>(ckpt("convert", dir, join(dir, "last.pt"), "--json"));
+    assert.deepEqual([byDir.stepNr, byDir.tensors], [4000, 3]);
+    assert.equal(ckpt("diff", out, join(dir, "step_3000")).status, 0);
+    assertFails(ckpt("convert", join(dir, "step_3000"), out), /model\.safetensors exists: pass --force/);
+    assert.equal(ckpt("convert", join(dir, "step_2000"), out, "--force").status, 0);
+  });
+
+  test("converting training state to safetensors, or to an unknown extension, is a one-line error", async () => {
+    const dir = await managerDir();
+    assertFails(ckpt("convert", join(dir, "step_4000", "rank_0.pt"), join(dir, "r.safetensors")), /cannot save the state as safetensors: "optimizer\.state" is a dict with non-string keys/);
+    assertFails(ckpt("convert", join(dir, "step_4000"), join(dir, "x.txt")), /cannot tell the format to write from the name .*x\.txt/);
+    assertFails(ckpt("convert", join(dir, "step_77"), join(dir, "x.pt")), /step_77: no such file or directory/);
+  });
+
+  test("diff names missing keys, dtype and shape changes and the max absolute difference, exit code 1", async () => {
+    const dir = await tempDir();
+    const a: StateDict = { same: arange(0, [3]), moved: arange(0, [2, 2]), retyped: arange(0, [2]), reshaped: arange(0, [4]), gone: arange(0, [1]), lr: 0.5 };
+    const b: StateDict = {
+      same: arange(0, [3]),
+      moved: Tensor.from(new Float32Array([0, 1, 2.25, 3]), { shape: [2, 2] }),
+      retyped: Tensor.from(new Float64Array([0, 1])),
+      reshaped: arange(0, [2, 2]),
+      added: arange(0, [1]),
+      lr: 0.25,
+    };
+    await new TorchTensorDumper().dump(a, join(dir, "a.pt"));
+    await new SafetensorsDumper().dump(Object.fromEntries(Object.entries(b).filter(([, v]) => v instanceof Tensor)), join(dir, "b.safetensors"));
+    await new TorchTensorDumper().dump(b, join(dir, "b.pt"));
+
+    const run = ckpt("diff", join(dir, "a.pt"), join(dir, "b.pt"));
+    assert.equal(run.status, 1);
+    assert.equal(
+      run.stdout,
+      [
+        "differs:   moved  float32 [2, 2]  max |a-b| = 0.25  (1 of 4 elements)",
+        "changed:   retyped  float32 [2] -> float64 [2]",
+        "changed:   reshaped  float32 [4] -> float32 [2, 2]",
+        "only in A: gone  float32 [1]",
+        "differs:   lr  0.5 -> 0.25",
+        "only in B: added  float32 [1]",
+        "",
+        "6 differences, 1 entries equal",
+        "",
+      ].join("\n"),
+    );
+    const tolerant = json<{ identical: boolean; changes: { key: string }[] }>(ckpt("diff", join(dir, "a.pt"), join(dir, "b.pt"), "--atol", "0.5", "--json"));
+    assert.deepEqual(tolerant.changes.map((c) => c.key), ["retyped", "reshaped", "gone", "lr", "added"], "within --atol, moved counts as equal");
+    assert.equal(ckpt("diff", join(dir, "b.pt"), join(dir, "b.pt")).status, 0);
+    assertFails(ckpt("diff", join(dir, "a.pt"), join(dir, "nope.pt")), /nope\.pt: no such file or directory/);
+  });
+
+  test("two steps are compared file by file", async () => {
+    const dir = await sharedManagerDir();
+    const run = json<{ identical: boolean; changes: { key: string; change: string }[] }>(ckpt("diff", join(dir, "step_1000"), join(dir, "step_4000"), "--json"));
+    assert.equal(run.identical, false);
+    const keys = run.changes.map((c) => `${c.change} ${c.key}`);
+    assert.ok(keys.includes("values model.pt:encoder.weight"));
+    assert.ok(keys.includes("only-in-b rank_0.pt"), "step 1000 is model-only");
+  });
+});
