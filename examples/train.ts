@@ -108,7 +108,8 @@ await manager.close();
 console.log(`
 Trained ${totalSteps} steps. Checkpoints are in ${options.dir}/ (best: step_${best}, last: step_${stepNr}).
 Next:
-  ls -R ${options.dir}                                   # what is on disk
+  npx ckpt ls ${options.dir}                               # what is on disk: steps, scores, sizes
+  npx ckpt verify ${options.dir}                           # re-check every file against its manifest
   /usr/bin/python3 examples/load_in_pytorch.py ${options.dir}   # the same network in PyTorch, from model.pt
   npm start -- --dir ${options.dir} --steps ${totalSteps * 2}   # train further: resumes from step ${stepNr}`);
 
