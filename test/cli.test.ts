@@ -258,6 +258,14 @@ print(json.dumps({"min": w.min().item(), "max": w.max().item(), "mean": w.mean()
     assert.match(run.stdout, /^  metadata: format=pt$/m);
   });
 
+  test("FILE:KEY picks the file of a step that --tensor reads", async () => {
+    const dir = await sharedManagerDir();
+    const run = json<{ file: string; key: string; dtype: string; stats: { min: number; max: number } }>(
+      ckpt("inspect", join(dir, "step_4000"), "--tensor", "rank_0.pt:optimizer.state.1.exp_avg", "--json"),
+    );
+    assert.deepEqual([run.file, run.key, run.dtype, run.stats.min, run.stats.max], ["rank_0.pt", "optimizer.state.1.exp_avg", "int32", 7, 4000]);
+  });
+
   test("a corrupt file, a missing key or a checkpoint directory is a one-line error", async () => {
     const dir = await managerDir();
     const bad = join(dir, "bad.pt");
@@ -483,5 +491,32 @@ print("ok")
     const keys = run.changes.map((c) => `${c.change} ${c.key}`);
     assert.ok(keys.includes("values model.pt:encoder.weight"));
     assert.ok(keys.includes("only-in-b rank_0.pt"), "step 1000 is model-only");
+  });
+});
+
+describe("a checkpoint directory saved as safetensors", () => {
+  test("lists, inspects, verifies and converts, the format told from the content", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir, tensorLoader: new SafetensorsLoader(), tensorDumper: new SafetensorsDumper() });
+    await saveStep(manager, 7, { state: { model: modelState(7) }, score: 0.5 });
+    await manager.close();
+
+    assert.match(ckpt("ls", dir).stdout, /^7\s+0\.5\s.*resumable\s+committed\s+last, best$/m);
+    const inspect = ckpt("inspect", join(dir, "step_7"));
+    assert.equal(inspect.status, 0, inspect.stderr);
+    assert.match(inspect.stdout, /^model\.pt  \(safetensors, [\d.]+ (B|KiB)\)\n  model\n    encoder\.weight\s+float32\s+\[2, 3\]\s+24 B$/m);
+    assert.match(inspect.stdout, /^  metadata: format=pt$/m);
+    assert.equal(ckpt("verify", dir).status, 0);
+    const out = join(dir, "model.pt");
+    assert.equal(ckpt("convert", join(dir, "step_7"), out).status, 0);
+    assert.equal(ckpt("diff", out, join(dir, "step_7")).stdout, "identical: 3 entries\n");
+
+    const path = join(dir, "step_7", "model.pt");
+    const bytes = await readFile(path);
+    bytes[bytes.length - 3]! ^= 0x04;
+    await writeFile(path, bytes);
+    const damaged = ckpt("verify", dir);
+    assert.equal(damaged.status, 1);
+    assert.match(damaged.stdout, /^  model\.pt: corrupt: its CRC-32 is [0-9a-f]{8}, the manifest says [0-9a-f]{8}$/m);
   });
 });
