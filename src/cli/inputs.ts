@@ -89,7 +89,7 @@ export function isDict(value: unknown): value is StateDict {
  * The model of a committed checkpoint, through the manager (checksums checked against the
  * manifest). Tensor-parallel shards cannot be joined without knowing how each tensor was split.
  */
-export async function loadCheckpointModel(checkpointDir: string, stepNr: number | undefined): Promise<{ stepNr: number; model: StateDict }> {
+export async function loadCheckpointModel(checkpointDir: string, stepNr: number | undefined, progress?: Progress): Promise<{ stepNr: number; model: StateDict }> {
   const listing = await listCheckpointDirectory(checkpointDir);
   const committed = listing.checkpoints.filter((c) => c.status === "committed" || c.status === "damaged");
   const chosen = stepNr === undefined ? committed.at(-1) : committed.find((c) => c.stepNr === stepNr);
@@ -100,7 +100,11 @@ export async function loadCheckpointModel(checkpointDir: string, stepNr: number 
   if (shards.length > 0) {
     throw new CliError(`checkpoint ${chosen.stepNr} splits its model over ${shards.length} tensor-parallel files (${shards.join(", ")}); ckpt cannot join tensor-parallel shards`);
   }
-  const manager = new FileCheckpointManager({ checkpointDir, tensorLoader: new AutoTensorLoader() });
+  const manager = new FileCheckpointManager({
+    checkpointDir,
+    tensorLoader: new AutoTensorLoader(),
+    ...(progress === undefined ? {} : { onProgress: ({ bytesDone, bytesTotal }) => progress.update(bytesDone, bytesTotal) }),
+  });
   return { stepNr: chosen.stepNr, model: await manager.loadModel(chosen.stepNr) };
 }
 

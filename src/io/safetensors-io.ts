@@ -9,7 +9,7 @@ import { Tensor } from "../tensor/tensor.js";
 import type { StateValue } from "../values/py-values.js";
 import { DigestingSink } from "./digesting-sink.js";
 import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
-import type { FileDigest, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
+import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
 export interface SafetensorsLoaderOptions {
@@ -184,7 +184,7 @@ export class SafetensorsDumper implements TensorDumper {
     this.metadata = new Map(Object.entries(metadata));
   }
 
-  async dump(state: StateValue, path: string): Promise<FileDigest> {
+  async dump(state: StateValue, path: string, options: TensorDumpOptions = {}): Promise<FileDigest> {
     let flat;
     try {
       flat = flattenState(state);
@@ -201,7 +201,7 @@ export class SafetensorsDumper implements TensorDumper {
     }
     try {
       const sink = new DigestingSink(writer);
-      await writeSafetensors(flat.tensors, metadata.size > 0 ? metadata : undefined, sink);
+      await writeSafetensors(flat.tensors, metadata.size > 0 ? metadata : undefined, sink, { onProgress: options.onProgress });
       await writer.close();
       return sink.digest;
     } catch (error) {

@@ -54,7 +54,13 @@ storage in a .pt file are written once each in safetensors, which has no shared 
           checkpointDir = input;
           stepNr = options.step;
         }
-        const loaded = await loadCheckpointModel(checkpointDir, stepNr);
+        const progress = progressBar("reading the model");
+        let loaded;
+        try {
+          loaded = await loadCheckpointModel(checkpointDir, stepNr, progress);
+        } finally {
+          progress.stop();
+        }
         stepNr = loaded.stepNr;
         state = loaded.model;
       }
@@ -63,7 +69,13 @@ storage in a .pt file are written once each in safetensors, which has no shared 
       if (format === "pt" && isDict(state)) orderedDict(state);
 
       const dumper = format === "pt" ? new TorchTensorDumper() : new SafetensorsDumper();
-      const digest = await dumper.dump(state, output);
+      const writing = progressBar(`writing ${output}`);
+      let digest;
+      try {
+        digest = await dumper.dump(state, output, { onProgress: (done, total) => writing.update(done, total) });
+      } finally {
+        writing.stop();
+      }
       const tensors = leaves(state).filter((leaf) => leaf.value instanceof Tensor);
       const tensorBytes = tensors.reduce((sum, leaf) => sum + (leaf.value as Tensor).byteLength, 0);
       if (options.json === true) {

@@ -19,6 +19,7 @@ export async function writeSafetensors(
   tensors: Iterable<readonly [string, Tensor]>,
   metadata: ReadonlyMap<string, string> | undefined,
   sink: ByteSink,
+  options: { onProgress?: ((bytesDone: number, bytesTotal: number) => void) | undefined } = {},
 ): Promise<{ size: number }> {
   const list = [...tensors];
   const names = new Set<string>();
@@ -59,9 +60,14 @@ export async function writeSafetensors(
   new DataView(head.buffer).setBigUint64(0, BigInt(headerLength), true);
   head.set(json, LENGTH_PREFIX_SIZE);
   await sink.write(head);
+  const total = head.byteLength + position;
+  let done = head.byteLength;
   for (const { index } of order) {
     const tensor = list[index]![1];
-    if (tensor.numel > 0) await sink.write(tensor.bytes);
+    if (tensor.numel === 0) continue;
+    await sink.write(tensor.bytes);
+    done += tensor.byteLength;
+    options.onProgress?.(done, total);
   }
   return { size: head.byteLength + position };
 }
