@@ -23,6 +23,12 @@ export async function detectTensorFormat(reader: RandomAccessReader): Promise<Te
   return head[8] === 0x7b && length <= BigInt(reader.size - 8) ? "safetensors" : "pt";
 }
 
+async function startsLikeZip(reader: RandomAccessReader): Promise<boolean> {
+  if (reader.size < 2) return false;
+  const head = await reader.read(0, 2);
+  return head[0] === 0x50 && head[1] === 0x4b;
+}
+
 export interface AutoTensorLoaderOptions {
   fileSystem?: FileSystem;
 }
@@ -58,7 +64,7 @@ export class AutoTensorLoader implements TensorLoader {
     return { format, state: await this.torch.load(path, options), metadata: new Map() };
   }
 
-  /** The format of the file at `path`. */
+  /** The format of the file at `path`: from its content, or for a file that is neither, from its name. */
   async detect(path: string): Promise<TensorFileFormat> {
     let reader;
     try {
@@ -67,7 +73,10 @@ export class AutoTensorLoader implements TensorLoader {
       throw new TensorLoadError(path, `cannot open the file: ${(error as Error).message}`, { cause: error });
     }
     try {
-      return await detectTensorFormat(reader);
+      const format = await detectTensorFormat(reader);
+      // Not a zip, named .safetensors: a damaged safetensors file, whose loader says best what is wrong.
+      if (format === "pt" && path.endsWith(".safetensors") && !(await startsLikeZip(reader))) return "safetensors";
+      return format;
     } finally {
       await reader.close();
     }
