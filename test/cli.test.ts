@@ -5,7 +5,18 @@ import { mkdir, readFile, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { before, describe, test } from "node:test";
 
-import { FileCheckpointManager, SafetensorsDumper, SafetensorsLoader, Tensor, TorchTensorDumper, type StateDict } from "../src/index.js";
+import {
+  FileCheckpointManager,
+  SafetensorsDumper,
+  SafetensorsLoader,
+  Tensor,
+  TorchTensorDumper,
+  bfloat16ToNumber,
+  float16ToNumber,
+  tensorDifference,
+  tensorStats,
+  type StateDict,
+} from "../src/index.js";
 import { arange, assertSameState, entries, modelState, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
 
@@ -518,5 +529,27 @@ describe("a checkpoint directory saved as safetensors", () => {
     const damaged = ckpt("verify", dir);
     assert.equal(damaged.status, 1);
     assert.match(damaged.stdout, /^  model\.pt: corrupt: its CRC-32 is [0-9a-f]{8}, the manifest says [0-9a-f]{8}$/m);
+  });
+});
+
+describe("the numbers behind inspect and diff", () => {
+  test("16-bit floats decode exactly; statistics count NaN and Inf apart; differences honour the tolerance and NaN equals NaN", () => {
+    assert.deepEqual([0x3c00, 0xc000, 0x3555, 0x0001, 0x7bff, 0x7c00, 0xfc00].map(float16ToNumber), [1, -2, 0.333251953125, 2 ** -24, 65504, Infinity, -Infinity]);
+    assert.ok(Number.isNaN(float16ToNumber(0x7e00)));
+    assert.deepEqual([0x3f80, 0x4049, 0xc2c8].map(bfloat16ToNumber), [1, 3.140625, -100]);
+
+    const t = Tensor.from(new Float64Array([1, 2, 3, Number.NaN, Infinity, -Infinity]));
+    assert.deepEqual(tensorStats(t), { numel: 6, min: 1, max: 3, mean: 2, std: Math.sqrt(2 / 3), nanCount: 1, infCount: 2 });
+    assert.deepEqual(tensorStats(Tensor.from(BigInt64Array.from([-5n, 5n]))), { numel: 2, min: -5, max: 5, mean: 0, std: 5, nanCount: 0, infCount: 0 });
+    assert.equal(tensorStats(Tensor.zeros([0])).min, undefined);
+
+    const a = Tensor.from(new Float32Array([0, 1, Number.NaN, 4]));
+    const b = Tensor.from(new Float64Array([0, 1.5, Number.NaN, 3]));
+    assert.deepEqual(tensorDifference(a, b), { maxAbsDiff: 1, differing: 2 });
+    assert.deepEqual(tensorDifference(a, b, 0.5), { maxAbsDiff: 1, differing: 1 });
+    assert.deepEqual(tensorDifference(a, Tensor.from(new Float32Array([0, 1, 7, 4]))), { maxAbsDiff: 0, differing: 1 }, "NaN against a number differs");
+    // A transposed view is compared in row-major order, like its contiguous copy.
+    const m = arange(0, [2, 3]);
+    assert.deepEqual(tensorDifference(m.transpose(0, 1), m.transpose(0, 1).contiguous()), { maxAbsDiff: 0, differing: 0 });
   });
 });
