@@ -8,7 +8,7 @@ export const EXIT_ERROR = 2;
 /** An error the user can fix: printed as one line, exit code 2. */
 export class CliError extends Error {}
 
-/** Collects stdout text; printed at the end so a progress bar never interleaves with it. */
+/** Writes a line of results to stdout (progress bars are stopped before results are printed). */
 export function print(line = ""): void {
   process.stdout.write(`${line}\n`);
 }
