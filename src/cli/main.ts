@@ -61,4 +61,10 @@ async function main(argv: string[]): Promise<void> {
   }
 }
 
+// `ckpt inspect … | head`: the reader left; stop quietly, as command-line tools do.
+process.stdout.on("error", (error: NodeJS.ErrnoException) => {
+  if (error.code === "EPIPE") process.exit(0);
+  throw error;
+});
+
 await main(process.argv);
