@@ -553,16 +553,3 @@ describe("the numbers behind inspect and diff", () => {
     assert.deepEqual(tensorDifference(m.transpose(0, 1), m.transpose(0, 1).contiguous()), { maxAbsDiff: 0, differing: 0 });
   });
 });
-
-describe("ckpt in a pipeline", () => {
-  test("stops quietly when the reader goes away (ckpt … | head), with no stack trace", async () => {
-    const dir = await tempDir();
-    const state: StateDict = {};
-    for (let i = 0; i < 3000; i++) state[`layer.${i}.weight`] = arange(i, [2]);
-    await new TorchTensorDumper().dump(state, join(dir, "many.pt"));
-    const run = spawnSync("bash", ["-c", `set -o pipefail; "${process.execPath}" "${CLI}" inspect "${join(dir, "many.pt")}" | head -n 1`], { encoding: "utf8" });
-    assert.equal(run.status, 0, run.stderr);
-    assert.match(run.stdout, /many\.pt {2}\(PyTorch/);
-    assert.equal(run.stderr, "");
-  });
-});
