@@ -1,5 +1,5 @@
 import { crc32 } from "node:zlib";
-import { FormatError, InvalidArgumentError, TensorDumpError, TensorLoadError } from "../errors.js";
+import { InvalidArgumentError, TensorDumpError } from "../errors.js";
 import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
 import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry } from "../formats/safetensors/safetensors-reader.js";
 import { writeSafetensors } from "../formats/safetensors/safetensors-writer.js";
@@ -9,6 +9,7 @@ import { Tensor } from "../tensor/tensor.js";
 import type { StateValue } from "../values/py-values.js";
 import { DigestingSink } from "./digesting-sink.js";
 import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
+import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
@@ -41,23 +42,15 @@ export class SafetensorsLoader implements TensorLoader {
 
   /** The state and the file's `__metadata__` (without the `ckpt.state` layout entry). */
   async loadWithMetadata(path: string, options: TensorLoadOptions = {}): Promise<{ state: StateValue; metadata: Map<string, string> }> {
-    let reader;
-    try {
-      reader = await this.fileSystem.openReader(path);
-    } catch (error) {
-      throw new TensorLoadError(path, `cannot open the file: ${(error as Error).message}`, { cause: error });
-    }
-    try {
+    return readingFile(this.fileSystem, path, "safetensors", async (reader) => {
       const expected = options.expectedDigest;
-      if (expected !== undefined && reader.size !== expected.size) {
-        throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: it should have ${expected.size} bytes but has ${reader.size}`);
-      }
+      checkDigestSize(reader.size, expected);
       const into = options.into;
       let source: RandomAccessReader;
       let sequential: SequentialCrcReader | undefined;
       if (into === undefined && reader.size <= WHOLE_FILE_MAX) {
         const whole = await readWholeFile(reader, { crc: expected !== undefined, onProgress: options.onProgress });
-        if (expected !== undefined) checkCrc(whole.crc32!, expected.crc32);
+        if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
         source = new MemoryReader(whole.bytes);
       } else {
         // The length, the header and the tensors tile the file, so reading them in order checksums it all.
@@ -84,16 +77,11 @@ export class SafetensorsLoader implements TensorLoader {
             }),
         ...(sequential === undefined || options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       });
-      if (expected !== undefined && sequential !== undefined) checkCrc(await sequential.fileCrc(), expected.crc32);
+      if (expected !== undefined && sequential !== undefined) checkDigestCrc(await sequential.fileCrc(), expected.crc32);
       // Tensors read into `into` are returned in place of the new ones.
       const placed = tensors.map(([name, tensor]): [string, Tensor] => [name, targets.get(name) ?? tensor]);
       return { state: unflattenState(placed, layout), metadata };
-    } catch (error) {
-      if (error instanceof FormatError && error.code === "DIGEST_MISMATCH") throw new TensorLoadError(path, error.message, { cause: error });
-      throw new TensorLoadError(path, `not a valid safetensors file: ${(error as Error).message}`, { cause: error });
-    } finally {
-      await reader.close();
-    }
+    });
   }
 }
 
@@ -113,12 +101,6 @@ function tensorAt(state: StateValue, path: readonly string[] | undefined): Tenso
   return node instanceof Tensor ? node : undefined;
 }
 
-function checkCrc(actual: number, expected: number): void {
-  if (actual >>> 0 !== expected >>> 0) {
-    const hex = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0");
-    throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: its CRC-32 is ${hex(actual)}, it should be ${hex(expected)}`);
-  }
-}
 
 /**
  * Passes reads through and checksums them while they come in file order; `fileCrc` finishes the
@@ -193,20 +175,10 @@ export class SafetensorsDumper implements TensorDumper {
     }
     const metadata = new Map(this.metadata);
     if (flat.layout !== undefined) metadata.set(STATE_LAYOUT_KEY, flat.layout);
-    let writer;
-    try {
-      writer = await this.fileSystem.createWriter(path);
-    } catch (error) {
-      throw new TensorDumpError(path, `cannot create the file: ${(error as Error).message}`, { cause: error });
-    }
-    try {
+    return writingFile(this.fileSystem, path, async (writer) => {
       const sink = new DigestingSink(writer);
       await writeSafetensors(flat.tensors, metadata.size > 0 ? metadata : undefined, sink, { onProgress: options.onProgress });
-      await writer.close();
       return sink.digest;
-    } catch (error) {
-      await writer.abort().catch(() => undefined);
-      throw new TensorDumpError(path, `cannot save the state: ${(error as Error).message}`, { cause: error });
-    }
+    });
   }
 }

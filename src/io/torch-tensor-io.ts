@@ -1,4 +1,3 @@
-import { FormatError, TensorDumpError, TensorLoadError } from "../errors.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
@@ -6,6 +5,7 @@ import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
+import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
@@ -40,17 +40,9 @@ export class TorchTensorLoader implements TensorLoader {
    * views into that one buffer (zero copies); with `into`, matching tensors are filled in place.
    */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
-    let reader;
-    try {
-      reader = await this.fileSystem.openReader(path);
-    } catch (error) {
-      throw new TensorLoadError(path, `cannot open the file: ${(error as Error).message}`, { cause: error });
-    }
-    try {
+    return readingFile(this.fileSystem, path, "PyTorch", async (reader) => {
       const expected = options.expectedDigest;
-      if (expected !== undefined && reader.size !== expected.size) {
-        throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: it should have ${expected.size} bytes but has ${reader.size}`);
-      }
+      checkDigestSize(reader.size, expected);
       let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
@@ -63,7 +55,7 @@ export class TorchTensorLoader implements TensorLoader {
         zip = zip.withReader(new MemoryReader(whole.bytes));
         inMemory = true;
         if (expected !== undefined) {
-          checkCrc(whole.crc32!, expected.crc32);
+          checkDigestCrc(whole.crc32!, expected.crc32);
           verifyCrc = false;
         } else if (vouch && (await zip.expectedFileCrc(whole.bytes)) === whole.crc32) {
           verifyCrc = false; // if not, each entry is checked below, which names the damaged one
@@ -71,24 +63,13 @@ export class TorchTensorLoader implements TensorLoader {
       }
       const onProgress = inMemory ? undefined : options.onProgress;
       return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
-    } catch (error) {
-      if (error instanceof FormatError && error.code === "DIGEST_MISMATCH") throw new TensorLoadError(path, error.message, { cause: error });
-      throw new TensorLoadError(path, `not a valid PyTorch file: ${await explainNonZip(reader, error)}`, { cause: error });
-    } finally {
-      await reader.close();
-    }
+    }, explainNonZip);
   }
 }
 
 /** Average entry size from which one whole-file CRC beats checking entries one by one. */
 const VOUCH_MIN_ENTRY_BYTES = 1 << 20;
 
-function checkCrc(actual: number, expected: number): void {
-  if (actual >>> 0 !== expected >>> 0) {
-    const hex = (crc: number): string => (crc >>> 0).toString(16).padStart(8, "0");
-    throw new FormatError("DIGEST_MISMATCH", `the file is corrupt: its CRC-32 is ${hex(actual)}, it should be ${hex(expected)}`);
-  }
-}
 
 export interface TorchTensorDumperOptions extends TorchWriteOptions {
   fileSystem?: FileSystem;
@@ -112,20 +93,7 @@ export class TorchTensorDumper implements TensorDumper {
   }
 
   async dump(state: StateValue, path: string, options: TensorDumpOptions = {}): Promise<FileDigest> {
-    let writer;
-    try {
-      writer = await this.fileSystem.createWriter(path);
-    } catch (error) {
-      throw new TensorDumpError(path, `cannot create the file: ${(error as Error).message}`, { cause: error });
-    }
-    try {
-      const digest = await writeTorchArchive(state, writer, { ...this.writeOptions, ...options });
-      await writer.close();
-      return digest;
-    } catch (error) {
-      await writer.abort().catch(() => undefined);
-      throw new TensorDumpError(path, `cannot save the state: ${(error as Error).message}`, { cause: error });
-    }
+    return writingFile(this.fileSystem, path, (writer) => writeTorchArchive(state, writer, { ...this.writeOptions, ...options }));
   }
 }
 
