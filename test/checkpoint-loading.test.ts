@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { readFile, readdir, rm, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 
@@ -205,6 +205,28 @@ test("a damaged manifest.json is a CheckpointLoadError naming it", async () => {
   await writeFile(join(dir, "step_2", "manifest.json"), '{"format": "ckpt-manifest", "version": 1');
   const manager = new FileCheckpointManager({ checkpointDir: dir });
   await assertLoadFailsNaming(() => manager.loadCheckpoint(2), "manifest.json", /not valid JSON/);
+});
+
+test("a checkpoint whose manifest rotted is listed as damaged, never resumed from or pruned, and hides no other checkpoint", async () => {
+  const { dir, states } = await twoCheckpoints();
+  await writeFile(join(dir, "step_2", "manifest.json"), "\u0000garbage");
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  const listed = await manager.listCheckpoints();
+  assert.deepEqual(listed.map((c) => [c.stepNr, c.damaged === undefined ? "sound" : "damaged"]), [[1, "sound"], [2, "damaged"]]);
+  assert.match(listed[1]!.damaged!, /manifest\.json of step 2 is damaged|not valid JSON/);
+  assert.deepEqual(await manager.getStepNumbers(), [1]);
+  assert.equal(await manager.getBestStepNumber(), 1, "its score (3) is not trusted either");
+  const { stepNr, state } = await manager.loadLastCheckpoint();
+  assert.equal(stepNr, 1, "training resumes from the last sound checkpoint");
+  assertSameState(state, states[0]);
+  await assert.rejects(manager.loadCheckpoint(2), (error: unknown) => {
+    assert.ok(error instanceof CheckpointLoadError);
+    assert.match(error.message, /checkpoint 2 is damaged/);
+    return true;
+  });
+  assert.deepEqual(await manager.keepLastNCheckpoints(1), { deleted: [], stripped: [] }, "nothing to prune: the damaged one is left alone");
+  assert.ok((await readdir(dir)).includes("step_2"));
+  await manager.close();
 });
 
 test("loadMetadata returns what saveMetadata was given, or null when the checkpoint has none", async () => {

@@ -25,6 +25,11 @@ export interface CheckpointInfo {
   modelOnly: boolean;
   /** Higher is better, as stored in score.txt; undefined without one. */
   score: number | undefined;
+  /**
+   * Why the checkpoint cannot be trusted (its manifest or score cannot be read), or undefined.
+   * A damaged checkpoint is listed but never resumed from, loaded, counted or pruned by retention.
+   */
+  damaged: string | undefined;
 }
 
 /**
@@ -66,18 +71,25 @@ export async function findCheckpoint(fileSystem: FileSystem, checkpointDir: stri
 
 async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): Promise<CheckpointInfo> {
   const files = (await fileSystem.listDirectory(path)).map((entry) => entry.name);
+  // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
+  let damaged: string | undefined;
   let manifest: Manifest | undefined;
-  if (files.includes(MANIFEST_FILE)) manifest = decodeManifest(await fileSystem.readFile(joinPath(path, MANIFEST_FILE)), stepNr);
+  if (files.includes(MANIFEST_FILE)) {
+    try {
+      manifest = decodeManifest(await fileSystem.readFile(joinPath(path, MANIFEST_FILE)), stepNr);
+    } catch (error) {
+      damaged = (error as Error).message;
+    }
+  }
   let score: number | undefined;
   if (files.includes(SCORE_FILE)) {
     try {
       score = parseScore(new TextDecoder().decode(await fileSystem.readFile(joinPath(path, SCORE_FILE))), stepNr);
     } catch (error) {
-      if (error instanceof CheckpointError) throw error;
-      throw new CheckpointError(stepNr, `cannot read score.txt of step ${stepNr}`, { cause: error });
+      damaged ??= error instanceof CheckpointError ? error.message : `cannot read score.txt of step ${stepNr}: ${(error as Error).message}`;
     }
   }
   // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank files.
   const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some(isRankFile));
-  return { stepNr, path, files, manifest, modelOnly, score };
+  return { stepNr, path, files, manifest, modelOnly, score, damaged };
 }

@@ -86,7 +86,10 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
     const summary = blank(stepNr, name, path, "committed", files, size, sizes);
     try {
       const info = await findCheckpoint(fileSystem, checkpointDir, stepNr);
-      if (info !== undefined) {
+      if (info?.damaged !== undefined) {
+        summary.status = "damaged";
+        summary.problem = info.damaged;
+      } else if (info !== undefined) {
         Object.assign(summary, {
           score: info.score,
           hasManifest: info.manifest !== undefined,

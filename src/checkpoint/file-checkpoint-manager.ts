@@ -40,7 +40,6 @@ import {
   SCORE_FILE,
   TMP_SUFFIX,
   isModelFile,
-  isRankFile,
   modelFileName,
   rankFileName,
   replicatedFileName,
@@ -48,7 +47,8 @@ import {
 } from "./layout.js";
 import { MANIFEST_FORMAT, MANIFEST_VERSION, encodeManifest, manifestFile, type Manifest, type ManifestFile } from "./manifest.js";
 import { commitByRename, recoverLeftovers, removeCheckpointDirectory } from "./rename-commit.js";
-import { bestStep, keepBestN, keepLastN } from "./retention.js";
+import { bestStep } from "./retention.js";
+import { planRetention, pruneAction, trainingStateFiles, type RetentionPlanOptions } from "./retention-plan.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
 import { mergeInto, splitState } from "./state-split.js";
@@ -366,9 +366,12 @@ export class FileCheckpointManager implements CheckpointManager {
     return listCheckpoints(this.fileSystem, this.checkpointDir);
   }
 
-  /** Committed step numbers, ascending; resumable ones only unless `includeModelOnly`. */
+  /**
+   * Committed step numbers, ascending; resumable ones only unless `includeModelOnly`. Damaged
+   * checkpoints (unreadable manifest or score) are left out: `listCheckpoints()` shows them.
+   */
   async getStepNumbers(options: ListOptions = {}): Promise<number[]> {
-    const all = await this.listCheckpoints();
+    const all = await this.soundCheckpoints();
     return all.filter((c) => options.includeModelOnly === true || !c.modelOnly).map((c) => c.stepNr);
   }
 
@@ -384,12 +387,12 @@ export class FileCheckpointManager implements CheckpointManager {
 
   /** The step with the best score (model-only checkpoints included), or undefined when none has one. */
   async getBestStepNumber(): Promise<number | undefined> {
-    return bestStep(await this.listCheckpoints());
+    return bestStep(await this.soundCheckpoints());
   }
 
   /** The scores of all scored checkpoints as stored (higher is better), by step. */
   async getScores(): Promise<{ stepNr: number; score: number }[]> {
-    return (await this.listCheckpoints()).flatMap((c) => (c.score === undefined ? [] : [{ stepNr: c.stepNr, score: c.score }]));
+    return (await this.soundCheckpoints()).flatMap((c) => (c.score === undefined ? [] : [{ stepNr: c.stepNr, score: c.score }]));
   }
 
   // ---------------------------------------------------------------- retention
@@ -423,7 +426,7 @@ export class FileCheckpointManager implements CheckpointManager {
   /** Deletes all but the last `n` resumable checkpoints (or strips them to the model). */
   async keepLastNCheckpoints(n: number, options: RetentionOptions = {}): Promise<RetentionResult> {
     checkCount(n);
-    return this.retain("keepLastNCheckpoints", (all) => keepLastN(all, n), options);
+    return this.retain("keepLastNCheckpoints", { keepLast: n, preserveModel: options.preserveModel ?? false });
   }
 
   /**
@@ -432,7 +435,7 @@ export class FileCheckpointManager implements CheckpointManager {
    */
   async keepBestNCheckpoints(n: number, options: RetentionOptions = {}): Promise<RetentionResult> {
     checkCount(n);
-    return this.retain("keepBestNCheckpoints", (all) => keepBestN(all, n), options);
+    return this.retain("keepBestNCheckpoints", { keepBest: n, preserveModel: options.preserveModel ?? false });
   }
 
   /** Writes `model.yaml`, the model card: family, config, and the number of TP shards. */
@@ -492,7 +495,12 @@ export class FileCheckpointManager implements CheckpointManager {
       throw new CheckpointLoadError(stepNr, `cannot read checkpoint ${stepNr} in ${this.checkpointDir}`, { cause: error });
     }
     if (info === undefined) throw new CheckpointNotFoundError(stepNr, `there is no checkpoint ${stepNr} in ${this.checkpointDir}`);
+    if (info.damaged !== undefined) throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} is damaged: ${info.damaged}`);
     return info;
+  }
+
+  private async soundCheckpoints(): Promise<CheckpointInfo[]> {
+    return (await this.listCheckpoints()).filter((c) => c.damaged === undefined);
   }
 
   /** One call at a time: interleaved calls on one manager would corrupt its transaction. */
@@ -712,7 +720,7 @@ export class FileCheckpointManager implements CheckpointManager {
     }
   }
 
-  private async retain(op: string, rule: (all: CheckpointInfo[]) => Set<number>, options: RetentionOptions): Promise<RetentionResult> {
+  private async retain(op: string, rule: RetentionPlanOptions): Promise<RetentionResult> {
     return this.exclusive(async () => {
       await this.settleInFlight();
       let result: RetentionResult = { deleted: [], stripped: [] };
@@ -720,13 +728,12 @@ export class FileCheckpointManager implements CheckpointManager {
         if (!this.isRoot) return;
         await this.ownDirectory();
         const all = await this.listCheckpoints();
-        const keep = rule(all);
-        const preserveModel = options.preserveModel ?? false;
+        const { deleted, stripped } = planRetention(all, rule);
         for (const info of all) {
-          if (keep.has(info.stepNr)) continue;
-          const outcome = await this.prune(info, preserveModel);
-          if (outcome !== "unchanged") result[outcome].push(info.stepNr);
+          if (deleted.includes(info.stepNr)) await this.prune(info, false);
+          else if (stripped.includes(info.stepNr)) await this.prune(info, true);
         }
+        result = { deleted, stripped };
       });
       // Rank 0 decided; the others learn what it did.
       const { shared } = await agree(this.gangs.root, `${op}:result`, undefined, async () => undefined, () => result as unknown as JsonValue);
@@ -740,20 +747,20 @@ export class FileCheckpointManager implements CheckpointManager {
    * metadata files) and keeps the model files, score and carbon copies. The manifest is rewritten
    * first, so it never lists a file that is gone.
    */
-  private async prune(info: CheckpointInfo, preserveModel: boolean): Promise<"deleted" | "stripped" | "unchanged"> {
-    if (!preserveModel || !info.files.some(isModelFile)) {
+  private async prune(info: CheckpointInfo, preserveModel: boolean): Promise<void> {
+    const action = pruneAction(info, preserveModel);
+    if (action === "delete") {
       await removeCheckpointDirectory(this.fileSystem, this.checkpointDir, info.path, info.stepNr);
-      return "deleted";
+      return;
     }
-    const trainingState = info.files.filter((name) => isRankFile(name) || /^replicated(\.\d+)?\.pt$/.test(name) || name === METADATA_FILE);
-    if (trainingState.length === 0 && info.modelOnly) return "unchanged";
+    if (action === "keep") return;
+    const trainingState = trainingStateFiles(info);
     if (info.manifest !== undefined) {
       const files = Object.fromEntries(Object.entries(info.manifest.files).filter(([name]) => !trainingState.includes(name)));
       await this.fileSystem.writeFile(joinPath(info.path, MANIFEST_FILE), encodeManifest({ ...info.manifest, modelOnly: true, files }));
     }
     for (const name of trainingState) await this.fileSystem.remove(joinPath(info.path, name));
     await this.fileSystem.syncDirectory(info.path);
-    return "stripped";
   }
 }
 

@@ -67,6 +67,12 @@ export function isModelFile(name: string): boolean {
   return MODEL_FILE.test(name);
 }
 
+const REPLICATED_FILE = /^replicated(\.\d+)?\.pt$/;
+
+export function isReplicatedFile(name: string): boolean {
+  return REPLICATED_FILE.test(name);
+}
+
 export function isRankFile(name: string): boolean {
   return RANK_FILE.test(name);
 }

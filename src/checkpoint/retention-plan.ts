@@ -1,6 +1,6 @@
 import { InvalidArgumentError } from "../errors.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
-import { METADATA_FILE, isModelFile, isRankFile } from "./layout.js";
+import { METADATA_FILE, isModelFile, isRankFile, isReplicatedFile } from "./layout.js";
 import { keepBestN, keepLastN } from "./retention.js";
 
 export interface RetentionPlan {
@@ -34,15 +34,27 @@ export function planRetention(checkpoints: readonly CheckpointInfo[], options: R
   if ((keepLast === undefined) === (keepBest === undefined)) throw new InvalidArgumentError("planRetention needs exactly one of keepLast and keepBest");
   const n = (keepLast ?? keepBest)!;
   if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`n must be a positive integer, got ${String(n)}`);
-  const keep = keepLast !== undefined ? keepLastN(checkpoints, n) : keepBestN(checkpoints, n);
+  // A damaged checkpoint is neither counted nor pruned: nobody can tell what it holds.
+  const sound = checkpoints.filter((info) => info.damaged === undefined);
+  const keep = keepLast !== undefined ? keepLastN(sound, n) : keepBestN(sound, n);
   const plan: RetentionPlan = { deleted: [], stripped: [], kept: [] };
-  for (const info of checkpoints) {
-    if (keep.has(info.stepNr)) plan.kept.push(info.stepNr);
-    else if (options.preserveModel !== true || !info.files.some(isModelFile)) plan.deleted.push(info.stepNr);
-    else {
-      const trainingState = info.files.some((name) => isRankFile(name) || /^replicated(\.\d+)?\.pt$/.test(name) || name === METADATA_FILE);
-      (trainingState || !info.modelOnly ? plan.stripped : plan.kept).push(info.stepNr);
-    }
+  for (const info of sound) {
+    const action = keep.has(info.stepNr) ? "keep" : pruneAction(info, options.preserveModel ?? false);
+    (action === "delete" ? plan.deleted : action === "strip" ? plan.stripped : plan.kept).push(info.stepNr);
   }
   return plan;
+}
+
+/**
+ * What pruning does to one checkpoint: without `preserveModel`, or when it has no model file, it
+ * is deleted; with it, its training state goes (`strip`), unless only the model is left already.
+ */
+export function pruneAction(info: CheckpointInfo, preserveModel: boolean): "delete" | "strip" | "keep" {
+  if (!preserveModel || !info.files.some(isModelFile)) return "delete";
+  return trainingStateFiles(info).length > 0 || !info.modelOnly ? "strip" : "keep";
+}
+
+/** The files that `preserveModel` removes: rank, replicated and metadata files. */
+export function trainingStateFiles(info: CheckpointInfo): string[] {
+  return info.files.filter((name) => isRankFile(name) || isReplicatedFile(name) || name === METADATA_FILE);
 }
