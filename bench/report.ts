@@ -1,7 +1,8 @@
-// Turns the measurements into the table: medians, throughput, and ratios to the limit and the peer.
+// Turns the measurements into the tables: medians, throughput, ratios to the limit and the peer,
+// and the targets of issue 6 with whether this run met them.
 
-export type Kind = "save" | "load" | "copy" | "blocking";
-export type Role = "ours" | "limit" | "peer";
+export type Kind = "save" | "load" | "copy" | "checksum" | "blocking" | "total" | "delay";
+export type Role = "ours" | "limit" | "peer" | "diagnostic";
 
 export interface Variant {
   key: string;
@@ -16,7 +17,15 @@ export interface Variant {
 export interface Sample {
   seconds: number;
   peakBytes: number;
+  /** CPU time of the process (all threads) during the operation. */
+  cpuSeconds?: number;
   totalSeconds?: number;
+  totalCpuSeconds?: number;
+  totalPeakBytes?: number;
+  loopDelaySeconds?: number;
+  loopP99Seconds?: number;
+  loopTicks?: number;
+  idleLoopDelaySeconds?: number;
 }
 
 /** All runs of one variant in one scenario; `error` when a run failed. */
@@ -30,7 +39,10 @@ export interface ScenarioResult {
   id: string;
   title: string;
   bytes: number;
+  tensors: number;
   series: Series[];
+  /** Series the ratios may refer to without a row of their own here. */
+  references?: Series[];
   /** Instead of measurements: why the scenario is not measured. */
   notMeasured?: string;
 }
@@ -40,8 +52,15 @@ const COMPARED_WITH: Record<Kind, { limit?: string; peer?: string }> = {
   save: { limit: "write-plain", peer: "torch-save" },
   load: { limit: "read-plain", peer: "torch-load" },
   copy: {},
+  checksum: {},
   blocking: { limit: "copy-memory" },
+  total: { limit: "write-plain", peer: "torch-save" },
+  delay: {},
 };
+
+const MiB = 2 ** 20;
+/** The issue's memory budget: the state's size plus this. */
+export const PEAK_ALLOWANCE_BYTES = 128 * MiB;
 
 export function median(values: number[]): number {
   const sorted = [...values].sort((a, b) => a - b);
@@ -55,27 +74,52 @@ export function formatSeconds(seconds: number): string {
   return `${seconds.toPrecision(3)} s`;
 }
 
-function formatMiB(bytes: number): string {
-  return `${Math.round(Math.max(0, bytes) / 2 ** 20).toLocaleString("en-US")} MiB`;
+export function formatMiB(bytes: number): string {
+  return `${Math.round(Math.max(0, bytes) / MiB).toLocaleString("en-US")} MiB`;
 }
 
-const HEADER = ["", "Operation", "Median", "Range", "GB/s", "× limit", "× torch", "Peak memory"];
+function ok(series: Series | undefined): series is Series {
+  return series !== undefined && series.error === undefined && series.samples.length > 0;
+}
 
-/** One row per variant and one per unmeasured scenario; every row starts with its scenario's tag. */
-export function tableRows(results: ScenarioResult[]): string[][] {
+/** The median time of a variant in a result (its own rows or its references), if measured. */
+export function medianSeconds(result: ScenarioResult, key: string): number | undefined {
+  const series = [...result.series, ...(result.references ?? [])].find((s) => s.variant.key === key);
+  return ok(series) ? median(series.samples.map((x) => x.seconds)) : undefined;
+}
+
+export function medianPeak(result: ScenarioResult, key: string): number | undefined {
+  const series = result.series.find((s) => s.variant.key === key);
+  return ok(series) ? median(series.samples.map((x) => x.peakBytes)) : undefined;
+}
+
+export const HEADER = ["", "Operation", "Median", "Range", "CPU", "GB/s", "× limit", "× torch", "Peak memory"];
+export const DIAGNOSTIC_HEADER = ["", "Diagnostic", "Median", "Range", "CPU", "GB/s", "Per tensor", "× limit", "Peak memory"];
+
+/** The median CPU time of a series, formatted; empty when the runs did not report it. */
+function cpuCell(s: Series): string {
+  const cpu = s.samples.flatMap((x) => (x.cpuSeconds === undefined ? [] : [x.cpuSeconds]));
+  return cpu.length === 0 ? "" : formatSeconds(median(cpu));
+}
+
+/**
+ * One row per variant and one per unmeasured scenario; every row starts with its scenario's tag.
+ * `diagnostics` gives the diagnostics table instead (with the time per tensor, without × torch).
+ */
+export function tableRows(results: ScenarioResult[], options: { diagnostics?: boolean } = {}): string[][] {
+  const diagnostics = options.diagnostics ?? false;
   const rows: string[][] = [];
   for (const result of results) {
     const tag = `(${result.id})`;
     if (result.notMeasured !== undefined) {
-      rows.push([tag, `${result.title}: ${result.notMeasured}`, "", "", "", "", "", ""]);
+      if (!diagnostics) rows.push([tag, `${result.title}: ${result.notMeasured}`]);
       continue;
     }
-    const medians = new Map<string, number>();
-    for (const s of result.series) if (s.error === undefined && s.samples.length > 0) medians.set(s.variant.key, median(s.samples.map((x) => x.seconds)));
     for (const s of result.series) {
-      const own = medians.get(s.variant.key);
+      if ((s.variant.role === "diagnostic") !== diagnostics) continue;
+      const own = ok(s) ? median(s.samples.map((x) => x.seconds)) : undefined;
       if (own === undefined) {
-        rows.push([tag, s.variant.label, `failed: ${s.error ?? "no runs"}`, "", "", "", "", ""]);
+        rows.push([tag, s.variant.label, `failed: ${s.error ?? "no runs"}`]);
         continue;
       }
       const times = s.samples.map((x) => x.seconds);
@@ -83,32 +127,187 @@ export function tableRows(results: ScenarioResult[]): string[][] {
       // Ratios are speed ratios: above 1 is faster than what it is compared with.
       const ratio = (key: string | undefined): string => {
         if (key === undefined || key === s.variant.key) return "";
-        const other = medians.get(key);
+        const other = medianSeconds(result, key);
         return other === undefined ? "n/a" : `${(other / own).toFixed(2)}×`;
       };
-      let label = s.variant.label;
-      const totals = s.samples.flatMap((x) => (x.totalSeconds === undefined ? [] : [x.totalSeconds]));
-      if (totals.length > 0) label += ` (finished after ${formatSeconds(median(totals))})`;
-      rows.push([
-        tag,
-        label,
-        formatSeconds(own),
-        times.length > 1 ? `${formatSeconds(Math.min(...times))} – ${formatSeconds(Math.max(...times))}` : "",
-        (result.bytes / 1e9 / own).toFixed(2),
-        s.variant.role === "limit" ? "" : ratio(limit),
-        s.variant.role === "peer" ? "" : ratio(peer),
-        formatMiB(median(s.samples.map((x) => x.peakBytes))),
-      ]);
+      const isDelay = s.variant.kind === "delay";
+      const peaks = s.samples.map((x) => x.peakBytes).filter((p) => Number.isFinite(p));
+      const range = times.length > 1 ? `${formatSeconds(Math.min(...times))} – ${formatSeconds(Math.max(...times))}` : "";
+      const speed = isDelay ? "" : (result.bytes / 1e9 / own).toFixed(2);
+      const peak = peaks.length === 0 ? "" : formatMiB(median(peaks));
+      const limitRatio = s.variant.role === "limit" ? "" : ratio(limit);
+      const cpu = cpuCell(s);
+      if (diagnostics) {
+        rows.push([tag, s.variant.label, formatSeconds(own), range, cpu, speed, isDelay ? "" : formatSeconds(own / result.tensors), limitRatio, peak]);
+      } else {
+        rows.push([tag, s.variant.label, formatSeconds(own), range, cpu, speed, limitRatio, s.variant.role === "peer" ? "" : ratio(peer), peak]);
+      }
     }
   }
   return rows;
 }
 
-/** A Markdown table, padded so it also reads well in a terminal. */
-export function renderTable(rows: string[][]): string {
-  const all = [HEADER, ...rows];
-  const widths = HEADER.map((_, c) => Math.max(...all.map((row) => [...(row[c] ?? "")].length)));
-  const line = (row: string[]): string => `| ${row.map((cell, c) => cell.padEnd(widths[c]!)).join(" | ")} |`;
-  const rule = `|${widths.map((w, c) => (c >= 2 ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`;
-  return [line(HEADER), rule, ...rows.map(line)].join("\n");
+/** A Markdown table, padded so it also reads well in a terminal; columns from the third on are right-aligned. */
+export function renderTable(rows: string[][], header: string[] = HEADER, rightFrom = 2): string {
+  const all = [header, ...rows];
+  const widths = header.map((_, c) => Math.max(...all.map((row) => [...(row[c] ?? "")].length)));
+  const line = (row: string[]): string => `| ${header.map((_, c) => (row[c] ?? "").padEnd(widths[c]!)).join(" | ")} |`;
+  const rule = `|${widths.map((w, c) => (c >= rightFrom ? `${"-".repeat(w + 1)}:` : "-".repeat(w + 2))).join("|")}|`;
+  return [line(header), rule, ...rows.map(line)].join("\n");
+}
+
+/** Every run of every measured row, in run order: wall time, and CPU time where reported. */
+export function runRows(results: ScenarioResult[]): string[][] {
+  const rows: string[][] = [];
+  for (const result of results) {
+    for (const s of result.series) {
+      if (s.samples.length === 0) continue;
+      const runs = s.samples.map((x) => (x.cpuSeconds === undefined ? formatSeconds(x.seconds) : `${formatSeconds(x.seconds)} (${formatSeconds(x.cpuSeconds)})`));
+      rows.push([`(${result.id})`, s.variant.label, runs.join(", ")]);
+    }
+  }
+  return rows;
+}
+
+export const RUNS_HEADER = ["", "Operation", "Each run in order: time (CPU time)"];
+
+// ------------------------------------------------------------------ targets
+
+export interface TargetResult {
+  tag: string;
+  goal: string;
+  measured: string;
+  /** undefined: not measured (a run failed, or the peer is missing). */
+  met: boolean | undefined;
+}
+
+export const TARGET_HEADER = ["", "Target (issue 6)", "Measured in this run", "Result"];
+
+export function verdict(met: boolean | undefined): string {
+  return met === undefined ? "NOT MEASURED" : met ? "MET" : "NOT MET";
+}
+
+export function targetRows(targets: TargetResult[]): string[][] {
+  return targets.map((t) => [t.tag, t.goal, t.measured, verdict(t.met)]);
+}
+
+interface SpeedTarget {
+  keys: string[];
+  /** The variant compared with, its short name, and the least speed ratio (other / ours) allowed. */
+  against: string;
+  name: string;
+  atLeast: number;
+}
+
+function label(result: ScenarioResult, key: string): string {
+  return result.series.find((s) => s.variant.key === key)?.variant.label ?? key;
+}
+
+function speedTargets(result: ScenarioResult, targets: SpeedTarget[]): TargetResult[] {
+  const out: TargetResult[] = [];
+  for (const target of targets) {
+    for (const key of target.keys) {
+      const own = medianSeconds(result, key);
+      const other = medianSeconds(result, target.against);
+      const goal = `${label(result, key)}: ≥ ${target.atLeast}× the speed of ${target.name}`;
+      if (own === undefined || other === undefined) {
+        out.push({ tag: `(${result.id})`, goal, measured: own === undefined ? "not measured" : `${target.name} not measured`, met: undefined });
+        continue;
+      }
+      const ratio = other / own;
+      out.push({
+        tag: `(${result.id})`,
+        goal,
+        measured: `${ratio.toFixed(2)}× (${formatSeconds(own)} vs ${formatSeconds(other)})`,
+        // Compared as printed, so a ratio shown as 0.90× meets "≥ 0.9×".
+        met: Number(ratio.toFixed(2)) >= target.atLeast,
+      });
+    }
+  }
+  return out;
+}
+
+/** Peak memory of every save and load of ours in a result against the state's size + 128 MiB. */
+function memoryTarget(result: ScenarioResult, keys: string[], peakOf: (s: Series) => number | undefined = (s) => median(s.samples.map((x) => x.peakBytes))): TargetResult {
+  const budget = result.bytes + PEAK_ALLOWANCE_BYTES;
+  let worst: { key: string; peak: number } | undefined;
+  let missing = false;
+  for (const key of keys) {
+    const series = result.series.find((s) => s.variant.key === key);
+    const peak = ok(series) ? peakOf(series) : undefined;
+    if (peak === undefined) {
+      missing = true;
+      continue;
+    }
+    if (worst === undefined || peak > worst.peak) worst = { key, peak };
+  }
+  const goal = `peak memory of each of our saves and loads ≤ the state's size + 128 MiB = ${formatMiB(budget)}`;
+  if (worst === undefined) return { tag: `(${result.id})`, goal, measured: "not measured", met: undefined };
+  return {
+    tag: `(${result.id})`,
+    goal,
+    measured: `worst ${formatMiB(worst.peak)} (${label(result, worst.key)})${missing ? "; some not measured" : ""}`,
+    met: missing && worst.peak <= budget ? undefined : worst.peak <= budget,
+  };
+}
+
+/** The targets of issue 6, evaluated on the medians of this run. */
+export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
+  const targets: TargetResult[] = [];
+  const byId = new Map(results.map((r) => [r.id, r]));
+  const a = byId.get("a");
+  const b = byId.get("b");
+  const d = byId.get("d");
+  const saves = ["save-ours", "save-manager"];
+  const loads = ["load-ours", "load-manager"];
+  const loadsInto = ["load-into-ours", "load-into-manager"];
+  if (a !== undefined && a.notMeasured === undefined) {
+    targets.push(
+      ...speedTargets(a, [
+        { keys: saves, against: "write-plain", name: "the plain write", atLeast: 0.9 },
+        { keys: saves, against: "torch-save", name: "torch.save (never slower)", atLeast: 1 },
+        { keys: loads, against: "read-plain", name: "the plain read", atLeast: 0.9 },
+        { keys: loads, against: "torch-load", name: "torch.load (never slower)", atLeast: 1 },
+        { keys: loadsInto, against: "torch-load", name: "torch.load", atLeast: 2 },
+      ]),
+      memoryTarget(a, [...saves, ...loads, ...loadsInto]),
+    );
+  }
+  if (b !== undefined && b.notMeasured === undefined) {
+    targets.push(
+      ...speedTargets(b, [
+        { keys: saves, against: "write-plain", name: "the plain write", atLeast: 0.5 },
+        { keys: saves, against: "torch-save", name: "torch.save", atLeast: 3 },
+        { keys: [...loads, ...loadsInto], against: "read-plain", name: "the plain read", atLeast: 0.5 },
+        { keys: [...loads, ...loadsInto], against: "torch-load", name: "torch.load", atLeast: 3 },
+      ]),
+      memoryTarget(b, [...saves, ...loads, ...loadsInto]),
+    );
+  }
+  if (d !== undefined && d.notMeasured === undefined) {
+    const blocked = medianSeconds(d, "save-async");
+    const copy = medianSeconds(d, "copy-memory");
+    const goal = "time training is blocked by a background checkpoint ≤ 1.5× a memory copy of the state";
+    targets.push(
+      blocked === undefined || copy === undefined
+        ? { tag: "(d)", goal, measured: "not measured", met: undefined }
+        : {
+            tag: "(d)",
+            goal,
+            measured: `${(blocked / copy).toFixed(2)}× the copy's time (${formatSeconds(blocked)} vs ${formatSeconds(copy)})`,
+            met: Number((blocked / copy).toFixed(2)) <= 1.5,
+          },
+      // The background save's whole life, snapshot memory included, until waitForPendingSave.
+      { ...memoryTarget(d, ["save-async-total"]), goal: `peak memory of a background checkpoint (its snapshot included) ≤ the state's size + 128 MiB = ${formatMiB(d.bytes + PEAK_ALLOWANCE_BYTES)}` },
+    );
+    const delay = medianSeconds(d, "save-async-loop");
+    const delays = d.series.find((s) => s.variant.key === "save-async-loop")?.samples.map((x) => x.seconds) ?? [];
+    targets.push({
+      tag: "(d)",
+      goal: "the event loop stays responsive while the checkpoint is written (the issue sets no number: counted as met under 100 ms)",
+      measured: delay === undefined ? "not measured" : `worst delay of a 1 ms timer: median ${formatSeconds(delay)}, at most ${formatSeconds(Math.max(...delays))} over the runs`,
+      met: delay === undefined ? undefined : delay < 0.1,
+    });
+  }
+  return targets;
 }

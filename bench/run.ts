@@ -3,14 +3,27 @@
 //
 //   npm run bench [-- --runs N] [--quick] [--no-python] [--write-docs] [--label TEXT]
 import { spawnSync } from "node:child_process";
-import { mkdirSync, mkdtempSync, rmSync, statfsSync, writeFileSync } from "node:fs";
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, writeFileSync } from "node:fs";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { describeMachine, findTorch, finishLoad, machineLines, type Machine } from "./machine.js";
-import { renderTable, tableRows, type Sample, type ScenarioResult, type Series, type Variant } from "./report.js";
-import { formatBytes, scenarios, stateBytes, type ScenarioSpec } from "./scenarios.js";
-import { hasBackgroundSave } from "./worker.js";
+import {
+  DIAGNOSTIC_HEADER,
+  RUNS_HEADER,
+  TARGET_HEADER,
+  evaluateTargets,
+  renderTable,
+  runRows,
+  tableRows,
+  targetRows,
+  type Sample,
+  type ScenarioResult,
+  type Series,
+  type TargetResult,
+  type Variant,
+} from "./report.js";
+import { formatBytes, scenarios, stateBytes, tensorCount, type ScenarioSpec } from "./scenarios.js";
 
 const ROOT = join(import.meta.dirname, "..");
 const WORKER = join(import.meta.dirname, "worker.ts");
@@ -21,9 +34,11 @@ const WORKER_TIMEOUT_MS = 10 * 60_000;
 
 const USAGE = `usage: npm run bench -- [options]
   --runs N       measurements of each operation, interleaved (default 5; 3 with --quick)
-  --quick        small states (48 MiB and 2,000 tensors): a smoke run of well under a minute
+  --quick        small states (48 MiB and 2,000 tensors), the Node operations of a scenario in one
+                 process per round: a smoke run of the harness, not numbers
   --no-python    skip the PyTorch peer
-  --write-docs   also write the results to docs/benchmark.md
+  --write-docs   also write the results to docs/benchmark.md (between its bench:begin/end markers;
+                 the rest of the file is kept)
   --label TEXT   a line saying what the run is (e.g. "after streaming writes"), shown in the docs`;
 
 const VARIANTS: Variant[] = [
@@ -31,15 +46,27 @@ const VARIANTS: Variant[] = [
   { key: "save-manager", label: "save: FileCheckpointManager begin/saveState/commit", runner: "node", op: "save-manager", kind: "save", role: "ours" },
   { key: "load-ours", label: "load: TorchTensorLoader.load", runner: "node", op: "load-ours", kind: "load", role: "ours" },
   { key: "load-manager", label: "load: FileCheckpointManager.loadCheckpoint", runner: "node", op: "load-manager", kind: "load", role: "ours" },
+  { key: "load-into-ours", label: "load-into: TorchTensorLoader.load(path, { into })", runner: "node", op: "load-into-ours", kind: "load", role: "ours" },
+  { key: "load-into-manager", label: "load-into: FileCheckpointManager.loadCheckpoint(step, { into })", runner: "node", op: "load-into-manager", kind: "load", role: "ours" },
   { key: "write-plain", label: "limit: plain write of the tensors' bytes + fsync", runner: "node", op: "write-plain", kind: "save", role: "limit" },
   { key: "read-plain", label: "limit: plain read of that file into fresh memory", runner: "node", op: "read-plain", kind: "load", role: "limit" },
   { key: "copy-memory", label: "limit: memory copy of the state (reused buffers)", runner: "node", op: "copy-memory", kind: "copy", role: "limit" },
   { key: "torch-save", label: "peer: torch.save + fsync", runner: "python", op: "save", kind: "save", role: "peer" },
   { key: "torch-load", label: "peer: torch.load", runner: "python", op: "load", kind: "load", role: "peer" },
 ];
+/** Measurements that explain the others: where the time goes, and what bounds it on this machine. */
+const DIAGNOSTICS: Variant[] = [
+  { key: "crc-memory", label: "zlib crc32 of the state's bytes in memory (one pass)", runner: "node", op: "crc-memory", kind: "checksum", role: "diagnostic" },
+  { key: "write-plain-crc", label: "plain write + fsync, a CRC-32 pass overlapped with it", runner: "node", op: "write-plain-crc", kind: "save", role: "diagnostic" },
+  { key: "read-plain-crc", label: "plain read, a CRC-32 pass overlapped with it", runner: "node", op: "read-plain-crc", kind: "load", role: "diagnostic" },
+  { key: "dump-discard", label: "TorchTensorDumper.dump to a writer that discards (no I/O)", runner: "node", op: "dump-discard", kind: "save", role: "diagnostic" },
+  { key: "load-ours-nocrc", label: "TorchTensorLoader.load, verifyCrc: false", runner: "node", op: "load-ours-nocrc", kind: "load", role: "diagnostic" },
+  { key: "load-into-nocrc", label: "TorchTensorLoader.load(path, { into }), verifyCrc: false", runner: "node", op: "load-into-nocrc", kind: "load", role: "diagnostic" },
+];
+/** (d): one measurement gives three rows (see backgroundRows). */
 const ASYNC_VARIANT: Variant = {
   key: "save-async",
-  label: "blocked by a background save: begin/saveState/commit",
+  label: "blocked: beginCheckpoint(…, { background: true }) → saveState → commitCheckpoint returned",
   runner: "node",
   op: "save-async",
   kind: "blocking",
@@ -47,7 +74,6 @@ const ASYNC_VARIANT: Variant = {
 };
 
 const NO_GANG = "not measured: no multi-process gang yet";
-const NO_ASYNC = "not measured: no asynchronous save yet";
 
 interface Options {
   runs: number;
@@ -82,24 +108,44 @@ function progress(message: string): void {
   process.stderr.write(`${message}\n`);
 }
 
-/** Runs one worker (or the Python peer) to the end and returns its last line of JSON. */
-function runChild(command: string, args: string[]): { ok: true; value: Sample } | { ok: false; error: string } {
+/**
+ * Runs one worker (or the Python peer) to the end. Each line of JSON it printed is one measurement
+ * (tagged with its op when the worker ran several); `error` says why the rest are missing.
+ */
+function runChild(command: string, args: string[]): { samples: (Sample & { op?: string })[]; error?: string } {
   const result = spawnSync(command, args, { cwd: ROOT, encoding: "utf8", timeout: WORKER_TIMEOUT_MS, maxBuffer: 16 << 20 });
-  const lastLine = result.stdout?.trim().split("\n").at(-1) ?? "";
-  if (result.status !== 0 || lastLine === "") {
+  const samples = (result.stdout ?? "")
+    .split("\n")
+    .filter((line) => line.startsWith("{"))
+    .map((line) => JSON.parse(line) as Sample & { op?: string });
+  if (result.status !== 0 || samples.length === 0) {
     const why = result.error?.message ?? (result.signal !== null ? `killed by ${result.signal}` : `exit code ${result.status}`);
     const stderr = (result.stderr ?? "").trim().split("\n").filter((l) => /error|Error/.test(l)).at(0) ?? (result.stderr ?? "").trim().split("\n").at(-1) ?? "";
-    return { ok: false, error: `${why}${stderr === "" ? "" : `: ${stderr.trim().slice(0, 200)}`}` };
+    return { samples, error: `${why}${stderr === "" ? "" : `: ${stderr.trim().slice(0, 200)}`}` };
   }
-  return { ok: true, value: JSON.parse(lastLine) as Sample };
+  return { samples };
 }
 
 function nodeArgs(op: string, specPath: string, dir: string): string[] {
   return ["--expose-gc", "--import", "tsx", WORKER, op, specPath, dir];
 }
 
-function runVariant(variant: Variant, specPath: string, dir: string, python: string | undefined) {
-  return variant.runner === "node" ? runChild(process.execPath, nodeArgs(variant.op, specPath, dir)) : runChild(python!, [PEER, variant.op, specPath, dir]);
+/**
+ * Runs variants of one runner in one process (the worker runs them one after the other; the
+ * harness gives it several only in --quick runs) and files each measurement, or the failure.
+ */
+function runVariants(variants: Variant[], p: Prepared, python: string | undefined, round: string): void {
+  const ops = variants.map((v) => v.op).join(",");
+  const outcome = variants[0]!.runner === "node" ? runChild(process.execPath, nodeArgs(ops, p.specPath, p.dir)) : runChild(python!, [PEER, ops, p.specPath, p.dir]);
+  for (const variant of variants) {
+    const series = p.series.get(variant.key)!;
+    // The peer prints one untagged line.
+    const sample = outcome.samples.find((x) => x.op === variant.op) ?? (variants.length === 1 && outcome.error === undefined ? outcome.samples[0] : undefined);
+    if (sample !== undefined) series.samples.push(sample);
+    else series.error = outcome.error ?? "no measurement printed";
+    const shown = sample !== undefined ? `${sample.seconds.toFixed(3)} s` : `FAILED ${series.error}`;
+    progress(`${round} (${p.spec.id}) ${variant.key}: ${shown}`);
+  }
 }
 
 /** The n-th rotation of `items`, so each variant takes each place in the order across runs. */
@@ -124,19 +170,20 @@ function prepare(spec: ScenarioSpec, root: string, variants: Variant[], python: 
   const series = new Map<string, Series>(variants.map((v) => [v.key, { variant: v, samples: [] }]));
   progress(`(${spec.id}) ${spec.title}: writing the files the loads read`);
   const prepared = runChild(process.execPath, nodeArgs("prepare", specPath, dir));
-  if (!prepared.ok) {
+  if (prepared.error !== undefined) {
     for (const s of series.values()) if (s.variant.runner === "node" && s.variant.kind === "load") s.error = `prepare failed: ${prepared.error}`;
   }
   if (python !== undefined) {
     const torchPrepared = runChild(python, [PEER, "prepare", specPath, dir]);
-    if (!torchPrepared.ok) series.get("torch-load")!.error = `prepare failed: ${torchPrepared.error}`;
+    if (torchPrepared.error !== undefined) series.get("torch-load")!.error = `prepare failed: ${torchPrepared.error}`;
   }
   return { spec, specPath, dir, variants, series };
 }
 
 function checkFreeSpace(dir: string, specs: ScenarioSpec[]): void {
-  // Prepared files (ours, the checkpoint, plain, torch) of every scenario, plus one being written.
-  const needed = specs.reduce((sum, s) => sum + 4.2 * stateBytes(s), 0) + 1.2 * Math.max(...specs.map(stateBytes));
+  // Prepared files (ours, the checkpoint, plain, torch) of every scenario, plus what one operation
+  // writes (the background save: two checkpoints).
+  const needed = specs.reduce((sum, s) => sum + 4.2 * stateBytes(s), 0) + 2.2 * Math.max(...specs.map(stateBytes));
   const stats = statfsSync(dir);
   const free = stats.bavail * stats.bsize;
   if (free < needed) throw new Error(`the benchmark needs about ${formatBytes(needed)} free in ${dir}, which has ${formatBytes(free)}`);
@@ -148,47 +195,127 @@ function quoteArg(arg: string): string {
 
 function notes(options: Options, specs: ScenarioSpec[], pythonNote: string | undefined): string[] {
   const lines = [
-    `Each operation runs ${options.runs} times in a fresh process, interleaved (the order rotates each round), and the median is shown; Range is the fastest and slowest run.`,
-    "GB/s is 10⁹ bytes of tensor data per second. × limit and × torch are speed ratios, median against median: above 1 is faster than the limit (plain write for saves, plain read for loads, memory copy for blocking time) or than PyTorch.",
+    options.quick
+      ? `Each operation runs ${options.runs} times; in each round the Node operations of a scenario share one process (--quick), in an order that rotates each round; the median is shown; Range is the fastest and slowest run.`
+      : `Each operation runs ${options.runs} times in a fresh process, interleaved (the order rotates each round), and the median is shown; Range is the fastest and slowest run.`,
+    "GB/s is 10⁹ bytes of tensor data per second. × limit and × torch are speed ratios, median against median: above 1 is faster than the limit (plain write for saves and for the whole background checkpoint, plain read for loads, memory copy for blocking time) or than PyTorch.",
+    "CPU is the process's CPU time during the operation (user + system, every thread: the main thread and libuv's pool, which does the file system calls): CPU above the time means two cores worked at once, CPU near the time that one did at a time.",
     "Peak memory is the process's peak resident memory during the operation above its resident memory just before (the peak mark is reset there); loads count the memory of what they return, the memory copy its destination buffers.",
     "Saves write a new file and fsync it, so they reach the disk. Loads read files written moments before: they come from the page cache, not the disk (dropping the cache needs root), so load times measure parsing, checksums and memory, and the plain read is a memory-bandwidth limit.",
     "Each process warms up on a tiny state and builds its state with every buffer already touched, so saves do not pay first touch of fresh memory; loads do pay for allocating what they return, as the plain read into fresh memory does.",
+    "load-into: the process first builds the state it loads into and overwrites every byte of it (so its memory is touched, as a training process's live model and optimizer are), then times the load; the harness checks that every tensor was filled in place and returned, none allocated anew. Peak memory is only what the load adds.",
+    "(d) is a training loop's checkpoint after the first: the manager keeps the snapshot memory of the last background checkpoint and copies into it, so each run first makes one background checkpoint (untimed) and waits for it, then times beginCheckpoint(step, { background: true }) → saveState → commitCheckpoint returning (the time training is blocked). \"Until waitForPendingSave()\" is from the same beginCheckpoint until the checkpoint is written, fsynced and committed. The event loop's delay is the worst lateness of a setInterval(…, 1) timer between commitCheckpoint returning and waitForPendingSave resolving. Peak memory of (d) counts from before the first checkpoint, so it includes the snapshot memory: at commit's return on the blocked row, at the end on the row after it.",
     `The peer builds the same structure (model + Adam's state_dict) with tensors of the same sizes in Python and times torch.save (given the path, then fsync) and torch.load with time.perf_counter.${pythonNote === undefined ? "" : ` ${pythonNote}`}`,
   ];
   if (options.quick) lines.unshift(`QUICK RUN: small states (${specs.map((s) => formatBytes(stateBytes(s))).join(", ")}), for checking the harness, not for numbers.`);
   return lines;
 }
 
-function renderDocs(options: Options, machine: Machine, command: string, table: string, noteLines: string[], legend: string[]): string {
+const DIAGNOSTIC_NOTES = [
+  "Diagnostics run like the operations above (same runs, same processes, same state) and are there to explain them; Per tensor is the median divided by the number of tensors.",
+  "zlib crc32: Node's zlib.crc32 over every tensor's bytes, in memory: the speed of the CRC-32 that zip entries (and so .pt files) carry, on this CPU.",
+  "plain write + CRC-32: the plain write, with each batch's CRC-32 computed on the main thread while the previous batch is written: what a save that checksums every byte once can reach here, the checksum and the kernel's copy into the page cache sharing the cores.",
+  "plain read + CRC-32: the plain read in 16 MiB pieces, each piece's CRC-32 computed on the main thread while the next is read (as the loader reads a whole file): what a load that checks every byte once can reach here.",
+  "dump to a writer that discards: TorchTensorDumper.dump with a file system whose writer throws the bytes away: pickling, zip headers, CRC-32 and batching, no system calls.",
+  "verifyCrc: false: the same loads without checking the CRC-32 of the entries (a loader option; the manager always checks), to show what the checksum costs.",
+  "(d) event loop: from the same runs as (d) above; the idle row runs the same 1 ms timer right after the checkpoint is written, for as long as the write took (at most 5 s), with nothing else to do: the delay that the machine itself (other processes on its cores) adds.",
+];
+
+/** Markers around what --write-docs writes in docs/benchmark.md; the rest of the file is kept. */
+const DOCS_BEGIN = "<!-- bench:begin — written by `npm run bench -- --write-docs`; edit outside these markers -->";
+const DOCS_END = "<!-- bench:end -->";
+
+interface Rendered {
+  machine: Machine;
+  legend: string[];
+  table: string;
+  targets: string;
+  diagnostics: string;
+  runs: string;
+  noteLines: string[];
+}
+
+function renderDocs(options: Options, command: string, r: Rendered): string {
   return [
-    "# Benchmark",
+    DOCS_BEGIN,
     "",
     options.label === undefined ? "" : `**${options.label}.**\n`,
-    `Produced by \`${command}\` on ${machine.date}; regenerate with the same command. These machines are noisy: compare rows of one run, not against numbers from another run or machine.`,
+    `Produced by \`${command}\` on ${r.machine.date}; regenerate with the same command. These machines are noisy: compare rows of one run, not against numbers from another run or machine.`,
     "",
     "## Machine",
     "",
-    ...machineLines(machine).map((l) => `    ${l}`),
+    ...machineLines(r.machine).map((l) => `    ${l}`),
     "",
     "## Results",
     "",
-    ...legend.map((l) => `- ${l}`),
+    ...r.legend.map((l) => `- ${l}`),
     "",
-    table,
+    r.table,
+    "",
+    "## Targets",
+    "",
+    "The targets of issue 6, as speed ratios (the other's median time over ours) and peak memory from the table above.",
+    "",
+    r.targets,
+    "",
+    "## Diagnostics",
+    "",
+    r.diagnostics,
+    "",
+    ...DIAGNOSTIC_NOTES.map((l) => `- ${l}`),
+    "",
+    "<details><summary>Every run</summary>",
+    "",
+    r.runs,
+    "",
+    "</details>",
     "",
     "## How it is measured",
     "",
-    ...noteLines.map((l) => `- ${l}`),
+    ...r.noteLines.map((l) => `- ${l}`),
     "- The harness is `bench/run.ts`; each measurement is `bench/worker.ts` (Node) or `bench/torch_peer.py` (PyTorch) in its own process.",
     "",
-    "## Targets (issue 6)",
-    "",
-    "- (a) save ≥ 0.9× the plain write and load ≥ 0.9× the plain read, and never slower than torch.",
-    "- (b) ≥ 0.5× the plain write, and ≥ 3× faster than torch.save / torch.load.",
-    "- Peak memory while saving or loading at most the state's size plus 128 MiB.",
-    "- (d) blocking time of an asynchronous save ≤ 1.5× a memory copy of the state (× limit ≥ 0.67).",
-    "",
+    DOCS_END,
   ].join("\n");
+}
+
+/** Puts the generated part between the markers of docs/benchmark.md, keeping what is outside them. */
+function writeDocs(generated: string): void {
+  const old = existsSync(DOCS) ? readFileSync(DOCS, "utf8") : "";
+  const begin = old.indexOf(DOCS_BEGIN);
+  const end = old.indexOf(DOCS_END);
+  const text = begin >= 0 && end > begin ? `${old.slice(0, begin)}${generated}${old.slice(end + DOCS_END.length)}` : `# Benchmark\n\n${generated}\n`;
+  writeFileSync(DOCS, text);
+}
+
+/** (d) from the save-async measurements of (a): blocked time, time to finish, event-loop delay. */
+function backgroundRows(a: Prepared): ScenarioResult {
+  const measured = a.series.get(ASYNC_VARIANT.key)!;
+  const derived = (key: string, label: string, kind: Variant["kind"], pick: (x: Sample) => Sample | undefined, role: Variant["role"] = "ours"): Series => {
+    const samples = measured.samples.map(pick).filter((x): x is Sample => x !== undefined);
+    const series: Series = { variant: { ...ASYNC_VARIANT, key, label, kind, role }, samples };
+    if (measured.error !== undefined) series.error = measured.error;
+    else if (samples.length < measured.samples.length) series.error = "the worker did not report it";
+    return series;
+  };
+  const total = derived("save-async-total", "until waitForPendingSave() resolved: written, fsynced, committed", "total", (x) =>
+    x.totalSeconds === undefined ? undefined : { seconds: x.totalSeconds, peakBytes: x.totalPeakBytes ?? Number.NaN, ...(x.totalCpuSeconds === undefined ? {} : { cpuSeconds: x.totalCpuSeconds }) },
+  );
+  const loop = derived("save-async-loop", "event loop's worst delay while it is written (1 ms timer)", "delay", (x) =>
+    x.loopDelaySeconds === undefined ? undefined : { seconds: x.loopDelaySeconds, peakBytes: Number.NaN },
+  );
+  const loopP99 = derived("save-async-loop-p99", "event loop: 99th percentile of that timer's delay while it is written", "delay", (x) =>
+    x.loopP99Seconds === undefined ? undefined : { seconds: x.loopP99Seconds, peakBytes: Number.NaN }, "diagnostic");
+  const idle = derived("save-async-loop-idle", "event loop: the same timer's worst delay for as long with nothing written", "delay", (x) =>
+    x.idleLoopDelaySeconds === undefined ? undefined : { seconds: x.idleLoopDelaySeconds, peakBytes: Number.NaN }, "diagnostic");
+  return {
+    id: "d",
+    title: "background checkpoint of state (a)",
+    bytes: stateBytes(a.spec),
+    tensors: tensorCount(a.spec),
+    series: [measured, total, loop, a.series.get("copy-memory")!, loopP99, idle],
+    references: ["write-plain", "torch-save"].flatMap((key) => a.series.get(key) ?? []),
+  };
 }
 
 function main(): void {
@@ -197,7 +324,6 @@ function main(): void {
   const specs = scenarios(options.quick);
   const torch = options.python ? findTorch() : null;
   const pythonNote = !options.python ? "skipped: --no-python" : torch === null ? "skipped: PyTorch not found (set CKPT_PYTHON or apt-get install python3-torch)" : undefined;
-  const asyncSave = hasBackgroundSave();
 
   const tmpRoot = tmpdir();
   checkFreeSpace(tmpRoot, specs);
@@ -214,32 +340,33 @@ function main(): void {
   let results: ScenarioResult[];
   try {
     const prepared = specs.map((spec) => {
-      let variants = VARIANTS.filter((v) => v.runner === "node" || torch !== null);
-      if (spec.id === "a" && asyncSave) variants = [...variants, ASYNC_VARIANT];
+      let variants = [...VARIANTS.filter((v) => v.runner === "node" || torch !== null), ...DIAGNOSTICS];
+      if (spec.id === "a") variants = [...variants, ASYNC_VARIANT];
       return prepare(spec, root, variants, torch?.python);
     });
     for (let run = 0; run < options.runs; run++) {
+      const round = `run ${run + 1}/${options.runs}`;
       for (const p of prepared) {
-        for (const variant of rotate(p.variants, run)) {
-          const series = p.series.get(variant.key)!;
-          if (series.error !== undefined) continue;
-          const outcome = runVariant(variant, p.specPath, p.dir, torch?.python);
-          if (outcome.ok) series.samples.push(outcome.value);
-          else series.error = outcome.error;
-          const shown = outcome.ok ? `${outcome.value.seconds.toFixed(3)} s` : `FAILED ${outcome.error}`;
-          progress(`run ${run + 1}/${options.runs} (${p.spec.id}) ${variant.key}: ${shown}`);
+        const order = rotate(p.variants, run).filter((v) => p.series.get(v.key)!.error === undefined);
+        if (options.quick) {
+          // A smoke run: the Node operations of a scenario in one process (process start-up dominates).
+          const node = order.filter((v) => v.runner === "node");
+          if (node.length > 0) runVariants(node, p, torch?.python, round);
+          for (const v of order.filter((v) => v.runner === "python")) runVariants([v], p, torch?.python, round);
+        } else {
+          for (const v of order) runVariants([v], p, torch?.python, round);
         }
       }
     }
-    results = prepared.map((p) => ({ id: p.spec.id, title: p.spec.title, bytes: stateBytes(p.spec), series: [...p.series.values()].filter((s) => s.variant.kind !== "blocking") }));
-    const a = prepared.find((p) => p.spec.id === "a")!;
-    results.push({ id: "c", title: "save, 4 ranks × 256 MiB at once, one process each", bytes: 0, series: [], notMeasured: NO_GANG });
-    const blocking = a.series.get(ASYNC_VARIANT.key);
-    results.push(
-      blocking === undefined
-        ? { id: "d", title: `asynchronous save of state (a): time training is blocked`, bytes: 0, series: [], notMeasured: NO_ASYNC }
-        : { id: "d", title: "asynchronous save of state (a)", bytes: stateBytes(a.spec), series: [blocking, a.series.get("copy-memory")!] },
-    );
+    results = prepared.map((p) => ({
+      id: p.spec.id,
+      title: p.spec.title,
+      bytes: stateBytes(p.spec),
+      tensors: tensorCount(p.spec),
+      series: [...p.series.values()].filter((s) => s.variant.key !== ASYNC_VARIANT.key),
+    }));
+    results.push({ id: "c", title: "save, 4 ranks × 256 MiB at once, one process each", bytes: 0, tensors: 0, series: [], notMeasured: NO_GANG });
+    results.push(backgroundRows(prepared.find((p) => p.spec.id === "a")!));
   } finally {
     cleanUp();
   }
@@ -248,16 +375,44 @@ function main(): void {
   const legend = [
     ...specs.map((s) => `(${s.id}) ${s.title}`),
     `(c) ${results.find((r) => r.id === "c")!.title}`,
-    `(d) asynchronous save of state (a): how long training is blocked`,
+    `(d) ${results.find((r) => r.id === "d")!.title}: how long training is blocked, how long until it is written, how late the event loop runs meanwhile`,
   ];
-  const table = renderTable(tableRows(results));
-  const noteLines = notes(options, specs, pythonNote);
-  console.log(["", ...machineLines(machine), "", ...legend, "", table, "", ...noteLines.map((l) => `* ${l}`), ""].join("\n"));
+  const targets: TargetResult[] = evaluateTargets(results);
+  const rendered: Rendered = {
+    machine,
+    legend,
+    table: renderTable(tableRows(results)),
+    targets: renderTable(targetRows(targets), TARGET_HEADER, 3),
+    diagnostics: renderTable(tableRows(results, { diagnostics: true }), DIAGNOSTIC_HEADER),
+    runs: renderTable(runRows(results), RUNS_HEADER, 3),
+    noteLines: notes(options, specs, pythonNote),
+  };
+  console.log(
+    [
+      "",
+      ...machineLines(machine),
+      "",
+      ...legend,
+      "",
+      rendered.table,
+      "",
+      "Targets (issue 6):",
+      "",
+      rendered.targets,
+      "",
+      "Diagnostics:",
+      "",
+      rendered.diagnostics,
+      "",
+      ...[...rendered.noteLines, ...DIAGNOSTIC_NOTES].map((l) => `* ${l}`),
+      "",
+    ].join("\n"),
+  );
 
   if (options.writeDocs) {
     const args = process.argv.slice(2);
     const command = args.length === 0 ? "npm run bench" : ["npm run bench --", ...args.map(quoteArg)].join(" ");
-    writeFileSync(DOCS, renderDocs(options, machine, command, table, noteLines, legend));
+    writeDocs(renderDocs(options, command, rendered));
     progress(`wrote ${DOCS}`);
   }
   progress(`benchmark finished in ${((performance.now() - started) / 1000).toFixed(0)} s`);

@@ -108,6 +108,22 @@ export function buildState(spec: ScenarioSpec): BuiltState {
   return { state, buffers };
 }
 
+/** Every tensor in a state, each once, in no particular order. */
+export function collectTensors(value: StateValue): Set<Tensor> {
+  const tensors = new Set<Tensor>();
+  const seen = new Set<unknown>();
+  const pending: unknown[] = [value];
+  while (pending.length > 0) {
+    const item = pending.pop();
+    if (item instanceof Tensor) tensors.add(item);
+    else if (typeof item === "object" && item !== null && !ArrayBuffer.isView(item) && !seen.has(item)) {
+      seen.add(item);
+      pending.push(...(item instanceof Map ? item.values() : Array.isArray(item) ? item : Object.values(item)));
+    }
+  }
+  return tensors;
+}
+
 /** Tensor bytes in a loaded state, to check a load really produced all of it. */
 export function countTensorBytes(value: StateValue): number {
   if (value instanceof Tensor) return value.byteLength;

@@ -1,26 +1,71 @@
 // One measured operation in a fresh process, so that its peak memory is its own.
 //
-//   node --expose-gc --import tsx bench/worker.ts <op> <spec.json> <work dir>
+//   node --expose-gc --import tsx bench/worker.ts <op>[,<op>…] <spec.json> <work dir>
 //
-// Prints one line of JSON: { seconds, peakBytes, baselineBytes, totalSeconds? }. `prepare` writes
-// the files the loads read (ours.pt, ckpt/, plain.bin) into the work dir and prints nothing useful.
+// Prints one line of JSON per operation: { op, seconds, peakBytes, baselineBytes, … }. Several
+// operations in one process (the harness does that only for --quick) run one after the other.
+// `prepare` writes the files the loads read (ours.pt, ckpt/, plain.bin) into the work dir.
 import { constants, promises as fsp, readFileSync, writeFileSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
-import { FileCheckpointManager, TorchTensorDumper, TorchTensorLoader, type StateValue } from "../src/index.js";
-import { buildState, countTensorBytes, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
+import { crc32 } from "node:zlib";
+import {
+  FileCheckpointManager,
+  LocalFileSystem,
+  TorchTensorDumper,
+  TorchTensorLoader,
+  type FileSystem,
+  type FileWriter,
+  type StateDict,
+  type StateValue,
+  type Tensor,
+} from "../src/index.js";
+import { buildState, collectTensors, countTensorBytes, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
 
-export const NODE_OPS = ["save-ours", "load-ours", "save-manager", "load-manager", "save-async", "write-plain", "read-plain", "copy-memory"] as const;
+export const NODE_OPS = [
+  "save-ours",
+  "load-ours",
+  "load-into-ours",
+  "save-manager",
+  "load-manager",
+  "load-into-manager",
+  "save-async",
+  "write-plain",
+  "read-plain",
+  "copy-memory",
+  // Diagnostics: measurements that explain where the time of the operations above goes.
+  "crc-memory",
+  "write-plain-crc",
+  "read-plain-crc",
+  "dump-discard",
+  "load-ours-nocrc",
+  "load-into-nocrc",
+] as const;
 export type NodeOp = (typeof NODE_OPS)[number];
 
 export interface Measurement {
+  op?: string;
   /** For save-async, the time training is blocked; otherwise the whole operation. */
   seconds: number;
   /** Peak resident memory during the operation above the resident memory just before it. */
   peakBytes: number;
   baselineBytes: number;
-  /** save-async only: until the background save finished. */
+  /** CPU time of the whole process (every thread: user + system) during the operation. */
+  cpuSeconds: number;
+  /** save-async only: from beginCheckpoint until waitForPendingSave resolved. */
   totalSeconds?: number;
+  /** save-async only: CPU time until waitForPendingSave resolved. */
+  totalCpuSeconds?: number;
+  /** save-async only: peak memory until waitForPendingSave resolved (peakBytes is at commit's return). */
+  totalPeakBytes?: number;
+  /** save-async only: the worst lateness of a 1 ms interval timer while the checkpoint was written. */
+  loopDelaySeconds?: number;
+  /** save-async only: the 99th percentile of that lateness. */
+  loopP99Seconds?: number;
+  /** save-async only: how many times that timer fired while the checkpoint was written. */
+  loopTicks?: number;
+  /** save-async only: the worst lateness of the same timer afterwards, as long, with nothing to do. */
+  idleLoopDelaySeconds?: number;
 }
 
 /** Where `prepare` puts the files that the loads read. */
@@ -28,16 +73,6 @@ export const OURS_FILE = "ours.pt";
 export const CHECKPOINT_DIR = "ckpt";
 export const PLAIN_FILE = "plain.bin";
 const STEP = 1;
-
-/** The asynchronous-save API that issue 6 asks for; measured only once the manager has it. */
-interface BackgroundSaving {
-  beginCheckpoint(stepNr: number, options: { background: boolean }): Promise<void>;
-  waitForPendingSave(): Promise<void>;
-}
-
-export function hasBackgroundSave(): boolean {
-  return typeof (FileCheckpointManager.prototype as unknown as Partial<BackgroundSaving>).waitForPendingSave === "function";
-}
 
 /** Buffers per writev call: IOV_MAX on Linux. */
 const IOV_MAX = 1024;
@@ -95,6 +130,146 @@ function copyInto(targets: Uint8Array[], sources: Uint8Array[]): void {
   sources.forEach((source, i) => targets[i]!.set(source));
 }
 
+/** A diagnostic: zlib's CRC-32 (what our files carry) of the state's bytes in one pass, in memory. */
+function crcAll(buffers: Uint8Array[]): number {
+  let crc = 0;
+  for (const buffer of buffers) crc = crc32(buffer, crc);
+  return crc;
+}
+
+/** Batches for the checksummed plain write: up to IOV_MAX buffers or CRC_BATCH_BYTES each. */
+const CRC_BATCH_BYTES = 8 << 20;
+
+/**
+ * A diagnostic: the plain write, with one CRC-32 pass over every byte on the main thread while the
+ * previous batch is being written (as our writer does): the most a save that checksums its data
+ * once can reach here, with the checksum and the kernel's copy into the page cache sharing the cores.
+ */
+async function plainWriteWithCrc(buffers: Uint8Array[], path: string): Promise<number> {
+  const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
+  try {
+    let crc = 0;
+    let writing: Promise<void> = Promise.resolve();
+    let batch: Uint8Array[] = [];
+    let batchBytes = 0;
+    const send = async (): Promise<void> => {
+      const ready = batch;
+      batch = [];
+      batchBytes = 0;
+      const previous = writing;
+      writing = previous.then(() => writeAll(handle, ready));
+      writing.catch(() => undefined);
+      // Let the finished write start the next one while the next batch is checksummed.
+      await new Promise((resolve) => setImmediate(resolve));
+    };
+    for (const buffer of buffers) {
+      crc = crc32(buffer, crc);
+      batch.push(buffer);
+      batchBytes += buffer.byteLength;
+      if (batch.length >= IOV_MAX || batchBytes >= CRC_BATCH_BYTES) await send();
+    }
+    if (batch.length > 0) await send();
+    await writing;
+    await handle.sync();
+    return crc;
+  } finally {
+    await handle.close();
+  }
+}
+
+/** Pieces of the checksummed plain read, as the loader's whole-file read uses. */
+const READ_PIECE_BYTES = 16 << 20;
+
+/**
+ * A diagnostic: the plain read into fresh memory in pieces, the CRC-32 of each piece computed on
+ * the main thread while the next one is read (as the loader's whole-file read does): the most a
+ * load that checks the CRC of every byte once can reach here.
+ */
+async function plainReadWithCrc(path: string): Promise<{ bytes: Uint8Array; crc: number }> {
+  const handle = await fsp.open(path, constants.O_RDONLY);
+  try {
+    const { size } = await handle.stat();
+    const bytes = Buffer.allocUnsafeSlow(size);
+    const readPiece = async (position: number): Promise<Uint8Array> => {
+      const length = Math.min(READ_PIECE_BYTES, size - position);
+      let done = 0;
+      while (done < length) {
+        const { bytesRead } = await handle.read(bytes, position + done, length - done, position + done);
+        if (bytesRead === 0) throw new Error(`${path} ended at ${position + done} of ${size} bytes`);
+        done += bytesRead;
+      }
+      return bytes.subarray(position, position + length);
+    };
+    let crc = 0;
+    let next = size > 0 ? readPiece(0) : undefined;
+    for (let position = 0; next !== undefined; ) {
+      const piece = await next;
+      position += piece.byteLength;
+      next = position < size ? readPiece(position) : undefined;
+      crc = crc32(piece, crc);
+    }
+    return { bytes, crc };
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Runs a 1 ms interval timer until `work` resolves: the worst and the 99th-percentile lateness of
+ * its callbacks (time between two callbacks beyond the 1 ms asked for, and from the last one to the end).
+ */
+async function timerLateness(work: () => Promise<unknown>): Promise<{ seconds: number; worst: number; p99: number; ticks: number }> {
+  const start = performance.now();
+  let last = start;
+  const late: number[] = [];
+  const timer = setInterval(() => {
+    const now = performance.now();
+    late.push(Math.max(0, now - last - 1));
+    last = now;
+  }, 1);
+  try {
+    await work();
+  } finally {
+    clearInterval(timer);
+  }
+  const end = performance.now();
+  const ticks = late.length;
+  late.push(Math.max(0, end - last - 1));
+  late.sort((a, b) => a - b);
+  const p99 = late[Math.min(late.length - 1, Math.floor(0.99 * late.length))]!;
+  return { seconds: (end - start) / 1000, worst: late.at(-1)! / 1000, p99: p99 / 1000, ticks };
+}
+
+/** A file system whose files are thrown away as they are written: a save's work without its I/O. */
+function discardingFileSystem(): FileSystem {
+  const local = new LocalFileSystem();
+  const writer: FileWriter = { write: async () => undefined, close: async () => undefined, abort: async () => undefined };
+  return Object.assign(Object.create(local) as FileSystem, { createWriter: async () => writer });
+}
+
+/**
+ * The state a training process that resumes already has: built, then every byte overwritten, so
+ * its memory is touched (warm) and a load that fills it in place is visible.
+ */
+function liveState(spec: ScenarioSpec): { state: StateDict; tensors: Set<Tensor>; buffers: Uint8Array[]; expected: number[] } {
+  const { state, buffers } = buildState(spec);
+  const expected = buffers.map((b) => new Float32Array(b.buffer, b.byteOffset, 1)[0]!);
+  for (const buffer of buffers) buffer.fill(0);
+  return { state, tensors: collectTensors(state), buffers, expected };
+}
+
+/** Checks that a load into `live` filled every one of its tensors in place and returned them. */
+function checkLoadedInto(spec: ScenarioSpec, live: ReturnType<typeof liveState>, loaded: StateValue, what: string): void {
+  checkLoaded(spec, loaded, what);
+  const returned = collectTensors(loaded);
+  const inPlace = [...live.tensors].filter((t) => returned.has(t)).length;
+  if (inPlace !== live.tensors.size) throw new Error(`${what} returned ${inPlace} of the ${live.tensors.size} existing tensors: the others were allocated anew`);
+  live.buffers.forEach((buffer, i) => {
+    const floats = new Float32Array(buffer.buffer, buffer.byteOffset, buffer.byteLength / 4);
+    if (floats[0] !== live.expected[i] || floats[floats.length - 1] !== live.expected[i]) throw new Error(`${what} did not fill tensor ${i} in place`);
+  });
+}
+
 async function saveWithManager(state: BuiltState["state"], checkpointDir: string): Promise<void> {
   const manager = new FileCheckpointManager({ checkpointDir });
   try {
@@ -138,6 +313,12 @@ function resetPeakMemory(): void {
   }
 }
 
+/** User + system CPU time of every thread of this process since `start`. */
+function cpuSecondsSince(start: NodeJS.CpuUsage): number {
+  const { user, system } = process.cpuUsage(start);
+  return (user + system) / 1e6;
+}
+
 const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => undefined);
 
 /**
@@ -145,14 +326,16 @@ const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => undefine
  * `dir` holds the prepared files; `out` is a scratch directory for what saves write.
  */
 async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string): Promise<Measurement> {
-  const built = op.startsWith("save") || op === "write-plain" || op === "copy-memory" ? buildState(spec) : undefined;
+  const needsState = ["save-ours", "save-manager", "save-async", "write-plain", "write-plain-crc", "copy-memory", "crc-memory", "dump-discard"];
+  const built = needsState.includes(op) ? buildState(spec) : undefined;
+  const live = op.startsWith("load-into") ? liveState(spec) : undefined;
   const targetPath = join(out, op === "save-manager" || op === "save-async" ? "ckpt" : "out.bin");
   let timed: () => Promise<void>;
   let check: () => Promise<void> = async () => undefined;
   /** Untimed work after the baseline (its memory counts in the peak). */
-  let before: () => void = () => undefined;
-  /** Untimed work after the timed part (its memory counts in the peak). */
-  let after: (() => Promise<number>) | undefined;
+  let before: () => void | Promise<void> = () => undefined;
+  /** Untimed work after the timed part (its memory counts in the peak); adds to the measurement. */
+  let after: ((result: Measurement) => Promise<void>) | undefined;
 
   switch (op) {
     case "save-ours":
@@ -164,22 +347,38 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string)
       check = () => checkWritten(spec, join(targetPath, `step_${STEP}`));
       break;
     case "save-async": {
-      if (!hasBackgroundSave()) throw new Error("the checkpoint manager has no asynchronous save (waitForPendingSave)");
+      // A training loop's second and later checkpoints: the manager keeps the snapshot memory of
+      // the last one and copies into it, so one background checkpoint (untimed, but after the
+      // baseline: its memory counts in the peak) comes first.
       const manager = new FileCheckpointManager({ checkpointDir: targetPath });
-      const background = manager as unknown as BackgroundSaving;
+      const step = STEP + 1;
+      before = async () => {
+        await manager.beginCheckpoint(STEP, { background: true });
+        await manager.saveState(built!.state);
+        await manager.commitCheckpoint();
+        await manager.waitForPendingSave();
+      };
+      // Training is blocked from beginCheckpoint until commitCheckpoint returns.
       timed = async () => {
-        await background.beginCheckpoint(STEP, { background: true });
+        await manager.beginCheckpoint(step, { background: true });
         await manager.saveState(built!.state);
         await manager.commitCheckpoint();
       };
-      after = async () => {
-        const start = performance.now();
-        await background.waitForPendingSave();
-        const waited = (performance.now() - start) / 1000;
+      after = async (result) => {
+        // While the checkpoint is written, a 1 ms timer shows how late the event loop runs callbacks.
+        const writing = await timerLateness(() => manager.waitForPendingSave());
+        result.totalSeconds = result.seconds + writing.seconds;
+        result.totalCpuSeconds = cpuSecondsSince(cpuStart);
+        result.totalPeakBytes = process.resourceUsage().maxRSS * 1024 - result.baselineBytes;
+        result.loopDelaySeconds = writing.worst;
+        result.loopP99Seconds = writing.p99;
+        result.loopTicks = writing.ticks;
         await manager.close();
-        return waited;
+        // The same timer for as long with nothing to do: what the machine (other processes) adds.
+        const idle = await timerLateness(() => new Promise((resolve) => setTimeout(resolve, Math.min(writing.seconds, 5) * 1000)));
+        result.idleLoopDelaySeconds = idle.worst;
       };
-      check = () => checkWritten(spec, join(targetPath, `step_${STEP}`));
+      check = () => checkWritten(spec, join(targetPath, `step_${step}`));
       break;
     }
     case "write-plain":
@@ -200,6 +399,59 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string)
         await manager.close();
       };
       check = async () => checkLoaded(spec, loaded, "loadCheckpoint");
+      break;
+    }
+    case "load-into-ours":
+    case "load-into-nocrc": {
+      let loaded: StateValue = null;
+      const loader = new TorchTensorLoader({ verifyCrc: op === "load-into-ours" });
+      timed = async () => void (loaded = await loader.load(join(dir, OURS_FILE), { into: live!.state }));
+      check = async () => checkLoadedInto(spec, live!, loaded, "TorchTensorLoader.load({ into })");
+      break;
+    }
+    case "load-into-manager": {
+      let loaded: StateValue = null;
+      timed = async () => {
+        const manager = new FileCheckpointManager({ checkpointDir: join(dir, CHECKPOINT_DIR) });
+        loaded = await manager.loadCheckpoint(STEP, { into: live!.state });
+        await manager.close();
+      };
+      check = async () => checkLoadedInto(spec, live!, loaded, "loadCheckpoint({ into })");
+      break;
+    }
+    case "load-ours-nocrc": {
+      let loaded: StateValue = null;
+      timed = async () => void (loaded = await new TorchTensorLoader({ verifyCrc: false }).load(join(dir, OURS_FILE)));
+      check = async () => checkLoaded(spec, loaded, "TorchTensorLoader.load");
+      break;
+    }
+    case "crc-memory": {
+      let crc = 0;
+      timed = async () => void (crc = crcAll(built!.buffers));
+      check = async () => {
+        if (!Number.isInteger(crc)) throw new Error("no CRC");
+      };
+      break;
+    }
+    case "write-plain-crc":
+      timed = async () => void (await plainWriteWithCrc(built!.buffers, targetPath));
+      check = () => checkWritten(spec, targetPath);
+      break;
+    case "read-plain-crc": {
+      let read: Uint8Array = new Uint8Array(0);
+      const path = join(dir, PLAIN_FILE);
+      timed = async () => void ({ bytes: read } = await plainReadWithCrc(path));
+      check = async () => {
+        if (read.byteLength !== stateBytes(spec)) throw new Error(`read ${read.byteLength} bytes of ${path}, expected ${stateBytes(spec)}`);
+      };
+      break;
+    }
+    case "dump-discard": {
+      let digest: { size: number } | void = undefined;
+      timed = async () => void (digest = await new TorchTensorDumper({ fileSystem: discardingFileSystem() }).dump(built!.state, targetPath));
+      check = async () => {
+        if (digest === undefined || digest.size < stateBytes(spec)) throw new Error(`the discarded file had ${digest?.size} bytes, less than the state's ${stateBytes(spec)}`);
+      };
       break;
     }
     case "read-plain": {
@@ -232,47 +484,50 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string)
   collectGarbage();
   resetPeakMemory();
   const baselineBytes = process.memoryUsage().rss;
-  before();
+  await before();
+  const cpuStart = process.cpuUsage();
   const start = performance.now();
   await timed();
   const seconds = (performance.now() - start) / 1000;
-  const waited = after === undefined ? undefined : await after();
+  const cpuSeconds = cpuSecondsSince(cpuStart);
   const peakBytes = process.resourceUsage().maxRSS * 1024 - baselineBytes;
+  const result: Measurement = { seconds, peakBytes, baselineBytes, cpuSeconds };
+  await after?.(result);
   await check();
-  const result: Measurement = { seconds, peakBytes, baselineBytes };
-  if (waited !== undefined) result.totalSeconds = seconds + waited;
   return result;
 }
 
 async function main(): Promise<void> {
-  const [op, specPath, dir] = process.argv.slice(2);
-  if (op === undefined || specPath === undefined || dir === undefined) {
-    throw new Error("usage: worker.ts <op> <spec.json> <work dir>");
+  const [ops, specPath, dir] = process.argv.slice(2);
+  if (ops === undefined || specPath === undefined || dir === undefined) {
+    throw new Error("usage: worker.ts <op>[,<op>…] <spec.json> <work dir>");
   }
   const spec = JSON.parse(readFileSync(specPath, "utf8")) as ScenarioSpec;
-  if (op === "prepare") {
+  if (ops === "prepare") {
     await prepare(spec, dir);
     console.log(JSON.stringify({ prepared: true }));
     return;
   }
-  if (!(NODE_OPS as readonly string[]).includes(op)) throw new Error(`unknown operation ${op}; known: prepare, ${NODE_OPS.join(", ")}`);
-  const nodeOp = op as NodeOp;
+  for (const op of ops.split(",")) {
+    if (!(NODE_OPS as readonly string[]).includes(op)) throw new Error(`unknown operation ${op}; known: prepare, ${NODE_OPS.join(", ")}`);
+  }
+  for (const op of ops.split(",") as NodeOp[]) {
+    // Warm-up: the same operation on a tiny state, so code is loaded and compiled before timing.
+    const warmDir = await fsp.mkdtemp(join(dir, `warm-${op}-`));
+    const out = await fsp.mkdtemp(join(dir, `out-${op}-`));
+    try {
+      const warmSpec = warmUpSpec();
+      if (op.startsWith("load") || op.startsWith("read-plain")) await prepare(warmSpec, warmDir);
+      const warmOut = await fsp.mkdtemp(join(warmDir, "out-"));
+      await measure(op, warmSpec, warmDir, warmOut);
+      await fsp.rm(warmDir, { recursive: true, force: true });
 
-  // Warm-up: the same operation on a tiny state, so code is loaded and compiled before timing.
-  const warmDir = await fsp.mkdtemp(join(dir, `warm-${nodeOp}-`));
-  const out = await fsp.mkdtemp(join(dir, `out-${nodeOp}-`));
-  try {
-    const warmSpec = warmUpSpec();
-    if (nodeOp.startsWith("load") || nodeOp === "read-plain") await prepare(warmSpec, warmDir);
-    const warmOut = await fsp.mkdtemp(join(warmDir, "out-"));
-    await measure(nodeOp, warmSpec, warmDir, warmOut);
-    await fsp.rm(warmDir, { recursive: true, force: true });
-
-    const result = await measure(nodeOp, spec, dir, out);
-    console.log(JSON.stringify(result));
-  } finally {
-    await fsp.rm(warmDir, { recursive: true, force: true });
-    await fsp.rm(out, { recursive: true, force: true });
+      const result = await measure(op, spec, dir, out);
+      console.log(JSON.stringify({ op, ...result }));
+    } finally {
+      await fsp.rm(warmDir, { recursive: true, force: true });
+      await fsp.rm(out, { recursive: true, force: true });
+    }
   }
 }
 

@@ -7,7 +7,7 @@ const ROOT = join(import.meta.dirname, "..");
 
 // The benchmark is not part of the tests (its numbers are noisy); this only keeps it from rotting.
 describe("the benchmark harness", () => {
-  it("runs a quick pass and prints a table with a row for every operation of every scenario", () => {
+  it("runs a quick pass and prints a table with a row for every operation of every scenario, the targets and the diagnostics", () => {
     const result = spawnSync(process.execPath, ["--import", "tsx", join(ROOT, "bench", "run.ts"), "--quick", "--runs", "1", "--no-python"], {
       cwd: ROOT,
       encoding: "utf8",
@@ -23,6 +23,8 @@ describe("the benchmark harness", () => {
         "save: FileCheckpointManager",
         "load: TorchTensorLoader.load",
         "load: FileCheckpointManager.loadCheckpoint",
+        "load-into: TorchTensorLoader.load(path, { into })",
+        "load-into: FileCheckpointManager.loadCheckpoint(step, { into })",
         "limit: plain write",
         "limit: plain read",
         "limit: memory copy",
@@ -32,9 +34,36 @@ describe("the benchmark harness", () => {
         assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
       }
     }
-    assert.ok(row("c", ""), `no row for (c) in:\n${result.stdout}`);
-    assert.ok(row("d", ""), `no row for (d) in:\n${result.stdout}`);
+    assert.match(row("c", "") ?? "", /not measured: no multi-process gang yet/, `no row for (c) in:\n${result.stdout}`);
+    // (d): the real background save, its time to finish and the event loop's delay, each with a time.
+    for (const operation of ["blocked: beginCheckpoint", "until waitForPendingSave() resolved", "event loop's worst delay", "limit: memory copy"]) {
+      const line = row("d", operation);
+      assert.ok(line, `no row for (d) ${operation} in:\n${result.stdout}`);
+      assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
+    }
+    assert.match(row("d", "blocked: beginCheckpoint") ?? "", /\d\.\d\d× /, "the blocked time has no ratio to the memory copy");
+
+    // The targets: each with a verdict (without the peer, its comparisons are NOT MEASURED).
+    const targets = result.stdout.slice(result.stdout.indexOf("Targets (issue 6):"), result.stdout.indexOf("Diagnostics:"));
+    const verdicts = targets.split("\n").filter((line) => /^\| \([a-d]\)/.test(line));
+    for (const goal of ["the plain write", "the plain read", "torch.load", "peak memory", "blocked by a background checkpoint", "event loop"]) {
+      assert.ok(verdicts.some((line) => line.includes(goal)), `no target about ${goal} in:\n${targets}`);
+    }
+    for (const line of verdicts) assert.match(line, /\| (MET|NOT MET|NOT MEASURED) +\|$/, `no verdict in: ${line}`);
+    assert.ok(verdicts.some((line) => /\| (MET|NOT MET) +\|$/.test(line)), "no target was judged");
+
+    // The diagnostics that back the reasons for targets not met.
+    const diagnostics = result.stdout.slice(result.stdout.indexOf("Diagnostics:"));
+    for (const tag of ["a", "b"]) {
+      for (const diagnostic of ["zlib crc32", "plain write + fsync, a CRC-32 pass", "writer that discards", "load, verifyCrc: false", "{ into }), verifyCrc: false"]) {
+        assert.ok(
+          diagnostics.split("\n").some((line) => line.startsWith(`| (${tag})`) && line.includes(diagnostic) && / (s|ms|µs) /.test(line)),
+          `no diagnostic (${tag}) ${diagnostic} in:\n${diagnostics}`,
+        );
+      }
+    }
     assert.match(result.stdout, /page cache/);
     assert.match(result.stdout, /CPU: .*cores/);
+    assert.match(result.stdout, /Load: .*load average/);
   });
 });
