@@ -47,10 +47,13 @@ export class TorchTensorLoader implements TensorLoader {
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
       let inMemory = false;
-      if (options.into === undefined && reader.size <= WHOLE_FILE_MAX) {
+      const largeEntries = reader.size / Math.max(zip.entries.size, 1) >= LARGE_ENTRY_BYTES;
+      // In place, large tensors are read straight into their targets; small ones are cheaper to read
+      // with the whole file and copy (one read instead of one per tensor).
+      if ((options.into === undefined || !largeEntries) && reader.size <= WHOLE_FILE_MAX) {
         // Without a digest to check, the file's CRC (taken while reading) can vouch for every entry at
         // once, but only pays off for large entries; thousands of small ones are checked one by one.
-        const vouch = expected === undefined && verifyCrc && reader.size / Math.max(zip.entries.size, 1) >= VOUCH_MIN_ENTRY_BYTES;
+        const vouch = expected === undefined && verifyCrc && largeEntries;
         const whole = await readWholeFile(reader, { crc: expected !== undefined || vouch, onProgress: options.onProgress });
         zip = zip.withReader(new MemoryReader(whole.bytes));
         inMemory = true;
@@ -61,14 +64,22 @@ export class TorchTensorLoader implements TensorLoader {
           verifyCrc = false; // if not, each entry is checked below, which names the damaged one
         }
       }
+      if (!inMemory && expected !== undefined) {
+        // Read piecewise, the file's CRC is what its checked entries and the bytes between them add up to.
+        verifyCrc = true;
+        checkDigestCrc(await zip.expectedFileCrc(), expected.crc32);
+      }
       const onProgress = inMemory ? undefined : options.onProgress;
       return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
     }, explainNonZip);
   }
 }
 
-/** Average entry size from which one whole-file CRC beats checking entries one by one. */
-const VOUCH_MIN_ENTRY_BYTES = 1 << 20;
+/**
+ * Average entry size from which entries count as large: a whole-file CRC then beats checking
+ * them one by one, and reading them straight into targets beats reading the whole file.
+ */
+const LARGE_ENTRY_BYTES = 1 << 20;
 
 
 export interface TorchTensorDumperOptions extends TorchWriteOptions {

@@ -86,18 +86,21 @@ export class ZipReader {
    * and each entry contributes its recorded CRC. A reader that checksummed the file while reading
    * it compares the two instead of checking each entry again.
    */
-  async expectedFileCrc(file: Uint8Array): Promise<number> {
+  async expectedFileCrc(file?: Uint8Array): Promise<number> {
+    // Without the file in memory, the bytes between entries (headers, directory: small) are read.
+    const bytesBetween = (from: number, to: number): Promise<Uint8Array> | Uint8Array =>
+      file !== undefined ? file.subarray(from, to) : this.reader.read(from, to - from);
     const entries = [...this.entries.values()].sort((a, b) => a.headerOffset - b.headerOffset);
     let crc = 0;
     let position = 0;
     for (const entry of entries) {
       const start = await this.dataOffset(entry);
       if (start < position) throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" overlaps the entry before it`);
-      crc = crc32(file.subarray(position, start), crc);
+      crc = crc32(await bytesBetween(position, start), crc);
       crc = crc32Combine(crc, entry.crc, entry.size);
       position = start + entry.size;
     }
-    return crc32(file.subarray(position), crc);
+    return crc32(await bytesBetween(position, this.reader.size), crc);
   }
 
   /** Reads an entry's bytes (into `target` when given), checking its CRC-32 unless told not to. */
