@@ -1,6 +1,8 @@
 // Turns the measurements into the tables: medians, throughput, ratios to the limit and the peer,
 // and the targets of issue 6 with whether this run met them.
 
+import type { Measurement } from "./worker.js";
+
 export type Kind = "save" | "load" | "copy" | "checksum" | "blocking" | "total" | "delay";
 export type Role = "ours" | "limit" | "peer" | "diagnostic";
 
@@ -14,19 +16,8 @@ export interface Variant {
   role: Role;
 }
 
-export interface Sample {
-  seconds: number;
-  peakBytes: number;
-  /** CPU time of the process (all threads) during the operation. */
-  cpuSeconds?: number;
-  totalSeconds?: number;
-  totalCpuSeconds?: number;
-  totalPeakBytes?: number;
-  loopDelaySeconds?: number;
-  loopP99Seconds?: number;
-  loopTicks?: number;
-  idleLoopDelaySeconds?: number;
-}
+/** One run of one variant: a worker's measurement (Python's reports the same fields, some left out). */
+export type Sample = Omit<Measurement, "op" | "baselineBytes" | "cpuSeconds"> & { cpuSeconds?: number };
 
 /** All runs of one variant in one scenario; `error` when a run failed. */
 export interface Series {
