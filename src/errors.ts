@@ -91,3 +91,16 @@ export class CheckpointDeleteError extends CheckpointError {
 export function isCkptError(error: unknown): error is CkptError {
   return error instanceof CkptError;
 }
+
+/**
+ * A collective among the ranks of a job failed: a rank died, exited or reported an error, or a
+ * round timed out. `rank` names the rank at fault when it is known.
+ */
+export class GangError extends CkptError {
+  readonly rank: number | undefined;
+
+  constructor(message: string, options: ErrorOptions & { rank?: number; code?: string } = {}) {
+    super(options.code ?? "GANG", message, "cause" in options ? { cause: options.cause } : {});
+    this.rank = options.rank;
+  }
+}

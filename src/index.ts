@@ -10,6 +10,7 @@ export {
   CheckpointSaveError,
   CheckpointLoadError,
   CheckpointDeleteError,
+  GangError,
   isCkptError,
 } from "./errors.js";
 
