@@ -124,13 +124,14 @@ export class FileCheckpointManager implements CheckpointManager {
     if (typeof options?.checkpointDir !== "string" || options.checkpointDir === "") {
       throw new InvalidArgumentError("checkpointDir must be a non-empty path");
     }
-    this.checkpointDir = options.checkpointDir;
     this.gangs = options.gangs ?? fakeGangs();
     const { root, dp, tp } = this.gangs;
     if (root.size !== dp.size * tp.size) {
       throw new InvalidArgumentError(`gangs do not fit together: root has ${root.size} ranks but dp × tp is ${dp.size} × ${tp.size}`);
     }
     this.fileSystem = options.fileSystem ?? new LocalFileSystem();
+    // Once, here: a relative path read again at each call would move with process.chdir().
+    this.checkpointDir = this.fileSystem.resolvePath?.(options.checkpointDir) ?? options.checkpointDir;
     this.loader = options.tensorLoader ?? new TorchTensorLoader({ fileSystem: this.fileSystem });
     this.dumper = options.tensorDumper ?? new TorchTensorDumper({ fileSystem: this.fileSystem });
     this.verifyChecksums = options.verifyChecksums ?? true;
@@ -410,7 +411,10 @@ export class FileCheckpointManager implements CheckpointManager {
         stepNr,
         async () => {
           if (!this.isRoot) return;
-          await this.ownDirectory();
+          if (!(await this.ownDirectory({ create: false }))) {
+            found = false;
+            return;
+          }
           const info = await findCheckpoint(this.fileSystem, this.checkpointDir, stepNr);
           found = info !== undefined;
           if (info !== undefined) await this.prune(info, options.preserveModel ?? false);
@@ -514,16 +518,21 @@ export class FileCheckpointManager implements CheckpointManager {
     }
   }
 
-  /** Takes the directory's lock (rank 0, once) and cleans up what a crashed run left. */
-  private async ownDirectory(): Promise<void> {
-    if (this.lock !== undefined) return;
-    await this.fileSystem.makeDirectory(this.checkpointDir);
+  /**
+   * Takes the directory's lock (rank 0, once) and cleans up what a crashed run left. Without
+   * `create`, a directory that does not exist is left so (false: there is nothing to own).
+   */
+  private async ownDirectory(options: { create: boolean } = { create: true }): Promise<boolean> {
+    if (this.lock !== undefined) return true;
+    if (!options.create && !(await this.fileSystem.exists(this.checkpointDir))) return false;
     try {
+      await this.fileSystem.makeDirectory(this.checkpointDir);
       this.lock = await this.fileSystem.lock(this.stepPath(LOCK_FILE));
     } catch (error) {
-      throw new CheckpointError(undefined, `the checkpoint directory ${this.checkpointDir} is in use by another manager: ${(error as Error).message}`, { cause: error });
+      throw new CheckpointError(undefined, `the checkpoint directory ${this.checkpointDir} ${whyNotOwned(error)}: ${(error as Error).message}`, { cause: error });
     }
     await recoverLeftovers(this.fileSystem, this.checkpointDir);
+    return true;
   }
 
   /** Runs one step of a save on every rank; if any rank fails, the checkpoint is dropped everywhere. */
@@ -583,7 +592,8 @@ export class FileCheckpointManager implements CheckpointManager {
    */
   private async drop(checkpoint: OpenCheckpoint, force = false): Promise<void> {
     if (this.open === checkpoint && (force || !checkpoint.background)) this.open = undefined;
-    if (this.isRoot) await this.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
+    // Only the lock holder's: without the lock, a step_N.tmp there is another manager's save.
+    if (this.isRoot && this.lock !== undefined) await this.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
   }
 
   /** A per-file progress callback for the loader or dumper, when the caller asked for progress. */
@@ -725,8 +735,7 @@ export class FileCheckpointManager implements CheckpointManager {
       await this.settleInFlight();
       let result: RetentionResult = { deleted: [], stripped: [] };
       await this.deleteStep(op, undefined, async () => {
-        if (!this.isRoot) return;
-        await this.ownDirectory();
+        if (!this.isRoot || !(await this.ownDirectory({ create: false }))) return;
         const all = await this.listCheckpoints();
         const { deleted, stripped } = planRetention(all, rule);
         for (const info of all) {
@@ -791,6 +800,14 @@ function inferLayout(files: string[]): { dpSize: number | undefined; tpSize: num
   }
   if (!any) return undefined;
   return { dpSize: maxDp >= 0 ? maxDp + 1 : undefined, tpSize: maxTp >= 0 ? maxTp + 1 : 1 };
+}
+
+/** Why the directory could not be taken, from the error of making it or locking it. */
+function whyNotOwned(error: unknown): string {
+  const code = (error as { code?: unknown }).code;
+  if (code === "ELOCKED") return "is in use by another manager";
+  if (code === "EACCES" || code === "EPERM" || code === "EROFS") return "cannot be written";
+  return "cannot be taken for saving";
 }
 
 function checkStepNr(stepNr: number): void {

@@ -33,6 +33,8 @@ export interface DirectoryEntry {
 export interface FileSystem {
   /** Whether `renameDirectory` is atomic here (a local disk: yes; object storage: no). */
   readonly supportsRename: boolean;
+  /** The absolute form of `path` (a local disk resolves it against the working directory). */
+  resolvePath?(path: string): string;
   openReader(path: string): Promise<FileReader>;
   createWriter(path: string): Promise<FileWriter>;
   readFile(path: string): Promise<Uint8Array>;

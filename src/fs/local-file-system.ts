@@ -18,6 +18,10 @@ const WRITE_BUFFER_SIZE = 4 << 20;
 export class LocalFileSystem implements FileSystem {
   readonly supportsRename = true;
 
+  resolvePath(path: string): string {
+    return nodePath.resolve(path);
+  }
+
   async openReader(path: string): Promise<FileReader> {
     const handle = await fsp.open(path, constants.O_RDONLY);
     try {
