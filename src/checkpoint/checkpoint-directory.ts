@@ -30,6 +30,8 @@ export interface CheckpointInfo {
    * A damaged checkpoint is listed but never resumed from, loaded, counted or pruned by retention.
    */
   damaged: string | undefined;
+  /** A problem that leaves the checkpoint usable, e.g. a score.txt that holds no number (unscored). */
+  warning: string | undefined;
 }
 
 /**
@@ -70,7 +72,14 @@ export async function findCheckpoint(fileSystem: FileSystem, checkpointDir: stri
 }
 
 async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): Promise<CheckpointInfo> {
-  const files = (await fileSystem.listDirectory(path)).map((entry) => entry.name);
+  let files: string[];
+  try {
+    files = (await fileSystem.listDirectory(path)).map((entry) => entry.name);
+  } catch (error) {
+    // One unreadable step (permissions, I/O error) must not hide the others.
+    const damaged = `step ${stepNr} cannot be read: ${(error as Error).message}`;
+    return { stepNr, path, files: [], manifest: undefined, modelOnly: false, score: undefined, damaged, warning: undefined };
+  }
   // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
   let damaged: string | undefined;
   let manifest: Manifest | undefined;
@@ -81,15 +90,18 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
       damaged = (error as Error).message;
     }
   }
+  // A bad score makes the step unscored, never unresumable: fairseq2 writes "nan" for a NaN loss.
   let score: number | undefined;
+  let warning: string | undefined;
   if (files.includes(SCORE_FILE)) {
     try {
       score = parseScore(new TextDecoder().decode(await fileSystem.readFile(joinPath(path, SCORE_FILE))), stepNr);
     } catch (error) {
-      damaged ??= error instanceof CheckpointError ? error.message : `cannot read score.txt of step ${stepNr}: ${(error as Error).message}`;
+      const why = error instanceof CheckpointError ? error.message : `cannot read score.txt of step ${stepNr}: ${(error as Error).message}`;
+      warning = `${why}; step ${stepNr} is treated as unscored`;
     }
   }
   // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank files.
   const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some(isRankFile));
-  return { stepNr, path, files, manifest, modelOnly, score, damaged };
+  return { stepNr, path, files, manifest, modelOnly, score, damaged, warning };
 }

@@ -18,6 +18,8 @@ export interface CheckpointSummary {
    */
   status: "committed" | "unfinished" | "deleting" | "damaged";
   problem: string | undefined;
+  /** A problem that leaves it usable, e.g. a score.txt without a number (the step is unscored). */
+  warning: string | undefined;
   /** Higher is better, as stored in score.txt. */
   score: number | undefined;
   /** Bytes of all its files. */
@@ -82,7 +84,8 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
   const summaries: CheckpointSummary[] = [];
   for (const [stepNr, name] of committed) {
     const path = joinPath(checkpointDir, name);
-    const { files, size, sizes } = await filesWithSizes(fileSystem, path);
+    // An unreadable step is listed (as damaged, below) with no files rather than failing the listing.
+    const { files, size, sizes } = await filesWithSizes(fileSystem, path).catch(() => ({ files: [], size: 0, sizes: new Map<string, number>() }));
     const summary = blank(stepNr, name, path, "committed", files, size, sizes);
     try {
       const info = await findCheckpoint(fileSystem, checkpointDir, stepNr);
@@ -91,6 +94,7 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
         summary.problem = info.damaged;
       } else if (info !== undefined) {
         Object.assign(summary, {
+          warning: info.warning,
           score: info.score,
           hasManifest: info.manifest !== undefined,
           modelOnly: info.modelOnly,
@@ -132,7 +136,7 @@ function blank(
   sizes: Map<string, number>,
 ): CheckpointSummary {
   return {
-    stepNr, name, path, status, problem: undefined, score: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
+    stepNr, name, path, status, problem: undefined, warning: undefined, score: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
     hasManifest: false, modelOnly: false, resumable: false, isLast: false, isBest: false, dpSize: undefined, tpSize: undefined,
   };
 }

@@ -67,6 +67,11 @@ export interface FileCheckpointManagerOptions {
   verifyChecksums?: boolean;
   /** Called as tensor files are written and read, e.g. to show a progress bar. */
   onProgress?: (event: CheckpointProgress) => void;
+  /**
+   * Told once per checkpoint of a problem that leaves it usable (a score.txt holding no number:
+   * that step is unscored). Default: `process.emitWarning`.
+   */
+  onWarning?: (message: string) => void;
 }
 
 /** How far the writing or reading of one file of a checkpoint has got. */
@@ -113,6 +118,8 @@ export class FileCheckpointManager implements CheckpointManager {
   private readonly dumper: TensorDumper;
   private readonly verifyChecksums: boolean;
   private readonly onProgress: ((event: CheckpointProgress) => void) | undefined;
+  private readonly onWarning: (message: string) => void;
+  private readonly warned = new Set<string>();
   private open: OpenCheckpoint | undefined;
   /** The committed background checkpoint still being written, and how it ended. */
   private inFlight: { stepNr: number; done: Promise<void>; settled: boolean; error: unknown } | undefined;
@@ -136,6 +143,7 @@ export class FileCheckpointManager implements CheckpointManager {
     this.dumper = options.tensorDumper ?? new TorchTensorDumper({ fileSystem: this.fileSystem });
     this.verifyChecksums = options.verifyChecksums ?? true;
     this.onProgress = options.onProgress;
+    this.onWarning = options.onWarning ?? ((message) => process.emitWarning(message, "CheckpointWarning"));
   }
 
   // ---------------------------------------------------------------- saving
@@ -364,7 +372,13 @@ export class FileCheckpointManager implements CheckpointManager {
 
   async listCheckpoints(): Promise<CheckpointInfo[]> {
     await this.raiseBackgroundFailure();
-    return listCheckpoints(this.fileSystem, this.checkpointDir);
+    const all = await listCheckpoints(this.fileSystem, this.checkpointDir);
+    for (const { warning } of all) {
+      if (warning === undefined || this.warned.has(warning)) continue;
+      this.warned.add(warning);
+      this.onWarning(warning);
+    }
+    return all;
   }
 
   /**

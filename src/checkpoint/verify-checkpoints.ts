@@ -111,8 +111,15 @@ async function verifyOne(
   result: CheckpointVerification,
   progress: (done: number) => void,
 ): Promise<void> {
-  const { files, sizes } = await filesWithSizes(fileSystem, dir);
   const problem = (file: string, what: string): void => void result.problems.push({ file, problem: what });
+  let listed: Awaited<ReturnType<typeof filesWithSizes>>;
+  try {
+    listed = await filesWithSizes(fileSystem, dir);
+  } catch (error) {
+    problem(".", `the checkpoint's directory cannot be read: ${(error as Error).message}`);
+    return;
+  }
+  const { files, sizes } = listed;
   let manifest: Manifest | undefined;
   if (sizes.has(MANIFEST_FILE)) {
     result.hasManifest = true;

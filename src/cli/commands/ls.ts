@@ -37,6 +37,7 @@ negated), SIZE and FILES of the step directory, KIND resumable or model-only (pr
       }
       for (const line of table(rows)) print(line);
       for (const c of checkpoints) if (c.status === "damaged") print(`${c.name}: ${c.problem}`);
+      for (const c of checkpoints) if (c.warning !== undefined) print(`${c.name}: warning: ${c.warning}`);
 
       const committed = checkpoints.filter((c) => c.status === "committed");
       const modelOnly = committed.filter((c) => c.modelOnly).length;
