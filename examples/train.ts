@@ -1,27 +1,37 @@
 // Trains a small TensorFlow.js model with checkpoints: run it, interrupt it (Ctrl-C), run it again.
 //
 //   npm start                                   # trains 300 steps, checkpoints every 25 in ./checkpoints
-//   npm start -- --dir /tmp/run --steps 600     # options: --dir --steps --checkpoint-every --keep-best --quiet
+//   npm start -- --dir /tmp/run --steps 600     # see `npm start -- --help` for every option
 import { parseArgs } from "node:util";
 import * as tf from "@tensorflow/tfjs";
+import cliProgress from "cli-progress";
 import { CheckpointNotFoundError, FileCheckpointManager, Tensor, type StateDict } from "ckpt";
 import { captureModelState, captureOptimizerState, restoreModelState, restoreOptimizerState } from "ckpt/tfjs";
 import { MODEL_CONFIG, MODEL_FAMILY, Random, buildModel, makeDataset } from "./model.js";
 
-const { values: options } = parseArgs({
-  options: {
-    dir: { type: "string", default: "checkpoints" },
-    steps: { type: "string", default: "300" },
-    "checkpoint-every": { type: "string", default: "25" },
-    "keep-best": { type: "string", default: "2" },
-    quiet: { type: "boolean", default: false },
-  },
-});
+const USAGE = `Usage: npm start -- [options]
+
+Trains a small TensorFlow.js network with checkpoints. Interrupt it and run it again: it resumes
+from the last checkpoint and ends with the same weights as a run that was never interrupted.
+
+Options:
+  --dir DIR                 checkpoint directory (default: checkpoints)
+  --steps N                 train until step N (default: 300)
+  --checkpoint-every N      checkpoint every N steps (default: 25)
+  --keep-best N             keep the N best checkpoints whole, and the last; the others keep only their model (default: 2)
+  --log-every N             print a progress line every N steps instead of a progress bar (default: a bar on a
+                            terminal, a line every 25 steps otherwise)
+  --quiet                   print only the summary at the end
+  -h, --help                show this help`;
+
+const options = parseOptions();
 const totalSteps = positiveInt(options.steps, "--steps");
 const checkpointEvery = positiveInt(options["checkpoint-every"], "--checkpoint-every");
 const keepBest = positiveInt(options["keep-best"], "--keep-best");
+const logEvery = options["log-every"] === undefined ? undefined : positiveInt(options["log-every"], "--log-every");
+const progress = progressReporter();
 const log = (line: string): void => {
-  if (!options.quiet) console.log(line);
+  if (!options.quiet) progress.log(line);
 };
 
 const BATCH_SIZE = 32;
@@ -85,7 +95,7 @@ while (stepNr < totalSteps) {
   const loss = (await model.trainOnBatch(xs, ys)) as number;
   tf.dispose([xs, ys]);
   stepNr++;
-  log(`step ${stepNr}/${totalSteps}  loss ${loss.toFixed(5)}`);
+  progress.step(stepNr, loss);
 
   if (stepNr % checkpointEvery === 0 || stepNr === totalSteps) {
     const validLoss = tf.tidy(() => tf.losses.meanSquaredError(validY, model.predict(validX) as tf.Tensor).dataSync()[0]!);
@@ -103,6 +113,7 @@ while (stepNr < totalSteps) {
   }
 }
 
+progress.stop();
 const best = await manager.getBestStepNumber();
 await manager.close();
 console.log(`
@@ -113,11 +124,67 @@ Next:
   /usr/bin/python3 examples/load_in_pytorch.py ${options.dir}   # the same network in PyTorch, from model.pt
   npm start -- --dir ${options.dir} --steps ${totalSteps * 2}   # train further: resumes from step ${stepNr}`);
 
+function parseOptions() {
+  try {
+    const { values } = parseArgs({
+      options: {
+        dir: { type: "string", default: "checkpoints" },
+        steps: { type: "string", default: "300" },
+        "checkpoint-every": { type: "string", default: "25" },
+        "keep-best": { type: "string", default: "2" },
+        "log-every": { type: "string" },
+        quiet: { type: "boolean", default: false },
+        help: { type: "boolean", short: "h", default: false },
+      },
+    });
+    if (values.help) {
+      console.log(USAGE);
+      process.exit(0);
+    }
+    return values;
+  } catch (error) {
+    fail(`${(error as Error).message.split("\n")[0]} (see --help)`);
+  }
+}
+
 function positiveInt(text: string, name: string): number {
   const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < 1) {
-    console.error(`${name} must be a positive integer, got ${JSON.stringify(text)}`);
-    process.exit(2);
-  }
+  if (!Number.isSafeInteger(value) || value < 1) fail(`${name} must be a positive integer, got ${JSON.stringify(text)}`);
   return value;
+}
+
+function fail(message: string): never {
+  console.error(`train: ${message}`);
+  process.exit(2);
+}
+
+/**
+ * Training progress: a bar on a terminal, else (or with --log-every) a line every N steps, so a
+ * log is not one line per step. Other messages go above the bar.
+ */
+function progressReporter() {
+  const useBar = logEvery === undefined && process.stdout.isTTY === true && !options.quiet;
+  const every = logEvery ?? 25;
+  const bar = useBar ? new cliProgress.SingleBar({ format: "step {value}/{total} [{bar}] loss {loss}", hideCursor: true, barsize: 30 }, cliProgress.Presets.shades_classic) : undefined;
+  let started = false;
+  return {
+    log(line: string): void {
+      if (started) process.stdout.write("\r\x1b[K"); // clear the bar's line, print, draw it again below
+      console.log(line);
+      if (started) bar?.render();
+    },
+    step(step: number, loss: number): void {
+      if (options.quiet) return;
+      if (bar === undefined) {
+        if (step % every === 0 || step === totalSteps) console.log(`step ${step}/${totalSteps}  loss ${loss.toFixed(5)}`);
+        return;
+      }
+      if (!started) bar.start(totalSteps, step, { loss: loss.toFixed(5) });
+      started = true;
+      bar.update(step, { loss: loss.toFixed(5) });
+    },
+    stop(): void {
+      bar?.stop();
+    },
+  };
 }

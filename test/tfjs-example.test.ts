@@ -14,7 +14,7 @@ const TRAIN = join(import.meta.dirname, "..", "examples", "train.ts");
 const LOAD_IN_PYTORCH = join(import.meta.dirname, "..", "examples", "load_in_pytorch.py");
 const STEPS = 120;
 const EVERY = 10;
-const args = (dir: string): string[] => ["--import", "tsx", TRAIN, "--dir", dir, "--steps", String(STEPS), "--checkpoint-every", String(EVERY)];
+const args = (dir: string): string[] => ["--import", "tsx", TRAIN, "--dir", dir, "--steps", String(STEPS), "--checkpoint-every", String(EVERY), "--log-every", "1"];
 
 let root: string;
 before(async () => {
