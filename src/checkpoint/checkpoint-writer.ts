@@ -1,0 +1,218 @@
+import { crc32 } from "node:zlib";
+import { CheckpointError, CheckpointSaveError, InvalidArgumentError } from "../errors.js";
+import type { JsonValue } from "../gang/gang.js";
+import { joinPath } from "../fs/paths.js";
+import { digestFile } from "../io/file-digest.js";
+import type { StateDict, StateValue } from "../values/py-values.js";
+import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
+import { agree } from "./collective.js";
+import { METADATA_FILE, SCORE_FILE, TMP_SUFFIX, modelFileName, rankFileName, replicatedFileName, stepDirName } from "./layout.js";
+import { fileProgress, isPlainDict, isRoot, type ManagerContext } from "./manager-context.js";
+import { manifestFile, type ManifestFile } from "./manifest.js";
+import { PendingSave } from "./pending-save.js";
+import { publishCheckpoint } from "./publish-checkpoint.js";
+import { formatScore } from "./score.js";
+import { SnapshotArena, snapshotState } from "./snapshot.js";
+import { splitState } from "./state-split.js";
+
+/** A checkpoint between beginCheckpoint and commit/abort. */
+interface OpenCheckpoint {
+  stepNr: number;
+  /** Written in the background from snapshots: each step is queued on `chain`. */
+  background: boolean;
+  chain: Promise<void>;
+  tmpDir: string;
+  /** The files this rank wrote, with their digests. */
+  files: Record<string, ManifestFile>;
+  stateSaved: boolean;
+}
+
+/**
+ * The saving transaction of a manager: files go to `step_<N>.tmp/`, every step of a save is agreed
+ * on by all ranks (a failure anywhere drops the checkpoint everywhere), and the commit publishes
+ * it. A background checkpoint copies what it is given and writes it behind the caller's back.
+ */
+export class CheckpointWriter {
+  private open: OpenCheckpoint | undefined;
+  readonly pending = new PendingSave();
+  private readonly arena = new SnapshotArena();
+
+  constructor(private readonly context: ManagerContext) {}
+
+  async begin(stepNr: number, options: BeginOptions): Promise<void> {
+    await this.context.exclusive(async () => {
+      if (this.open !== undefined) {
+        throw new CheckpointSaveError(stepNr, `beginCheckpoint(${stepNr}) called while checkpoint ${this.open.stepNr} is open: call commitCheckpoint() or abortCheckpoint() first`);
+      }
+      if (options.whenBusy === "fail" && this.pending.busy) {
+        throw new CheckpointSaveError(stepNr, `checkpoint ${this.pending.stepNr} is still being written in the background: await waitForPendingSave() first, or pass whenBusy: "wait"`);
+      }
+      await this.pending.settle();
+      this.arena.reset(); // nothing is being written from it any more
+      const checkpoint: OpenCheckpoint = {
+        stepNr,
+        background: options.background ?? false,
+        chain: Promise.resolve(),
+        tmpDir: joinPath(this.context.checkpointDir, `${stepDirName(stepNr)}${TMP_SUFFIX}`),
+        files: {},
+        stateSaved: false,
+      };
+      this.open = checkpoint;
+      await this.saveStep(checkpoint, "beginCheckpoint", async () => {
+        if (!isRoot(this.context)) return;
+        await this.context.owner.own();
+        await this.context.fileSystem.remove(checkpoint.tmpDir);
+        await this.context.fileSystem.makeDirectory(checkpoint.tmpDir);
+      });
+    });
+  }
+
+  async saveState(state: StateDict, options: SaveStateOptions): Promise<void> {
+    const checkpoint = this.requireOpen("saveState");
+    if (checkpoint.stateSaved) {
+      throw new CheckpointSaveError(checkpoint.stepNr, `saveState was already called for checkpoint ${checkpoint.stepNr}: pass the whole state in one call`);
+    }
+    if (!isPlainDict(state)) throw new InvalidArgumentError("saveState needs a plain object mapping keys to state values");
+    const modelKey = options.modelKey ?? "model";
+    if (typeof modelKey !== "string" || modelKey === "") throw new InvalidArgumentError("modelKey must be a non-empty string");
+    const replicatedKeys = new Set(options.replicatedKeys ?? []);
+    for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
+
+    const source = checkpoint.background ? snapshotState(state, this.arena) : state;
+    checkpoint.stateSaved = true;
+    await this.runStep(checkpoint, "saveState", async () => {
+      const { dp, tp } = this.context.gangs;
+      const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
+      if (parts.model !== undefined) {
+        await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
+      }
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
+      await this.writePart(checkpoint, rankFileName(dp.rank, tp.rank, tp.size), parts.rank);
+    });
+  }
+
+  async saveMetadata(metadata: StateValue): Promise<void> {
+    const checkpoint = this.requireOpen("saveMetadata");
+    const source = checkpoint.background ? snapshotState({ metadata }, this.arena).metadata! : metadata;
+    await this.runStep(checkpoint, "saveMetadata", async () => {
+      if (isRoot(this.context)) await this.writePart(checkpoint, METADATA_FILE, source);
+    });
+  }
+
+  async saveScore(score: number, options: SaveScoreOptions): Promise<void> {
+    const checkpoint = this.requireOpen("saveScore");
+    if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
+    await this.runStep(checkpoint, "saveScore", async () => {
+      if (isRoot(this.context)) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
+    });
+  }
+
+  async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
+    const checkpoint = this.requireOpen("saveConsolidatedFsdpModel");
+    if (!isPlainDict(model) && !((model as unknown) instanceof Map)) throw new InvalidArgumentError("saveConsolidatedFsdpModel needs the model's state dict");
+    const source = checkpoint.background ? snapshotState({ model }, this.arena).model! : model;
+    await this.runStep(checkpoint, "saveConsolidatedFsdpModel", async () => {
+      const { dp, tp } = this.context.gangs;
+      const name = modelFileName(tp.rank, tp.size);
+      if (name in checkpoint.files) throw new Error(`${name} was already written by saveState (the model is replicated)`);
+      if (dp.rank === 0) await this.writePart(checkpoint, name, { model: source, model_key: "model" });
+    });
+  }
+
+  async commit(): Promise<void> {
+    const checkpoint = this.requireOpen("commitCheckpoint");
+    const commit = async (): Promise<void> => {
+      const { shared } = await agree(this.context.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => checkpoint.files as unknown as JsonValue);
+      if (!isRoot(this.context)) return;
+      await publishCheckpoint(this.context, { stepNr: checkpoint.stepNr, tmpDir: checkpoint.tmpDir, reported: shared as unknown as Record<string, ManifestFile>[] });
+    };
+    if (!checkpoint.background) {
+      await this.context.exclusive(() => this.saveStep(checkpoint, "commitCheckpoint", commit));
+      this.open = undefined;
+      return;
+    }
+    await this.runStep(checkpoint, "commitCheckpoint", commit);
+    this.open = undefined;
+    this.pending.track(checkpoint.stepNr, checkpoint.chain);
+  }
+
+  async abort(): Promise<void> {
+    const checkpoint = this.open;
+    if (checkpoint === undefined) return;
+    await this.context.exclusive(async () => {
+      await checkpoint.chain.catch(() => undefined); // its queued steps finish (or fail) first
+      try {
+        await agree(this.context.gangs.root, "abortCheckpoint", checkpoint.stepNr, async () => undefined);
+      } catch (error) {
+        throw new CheckpointSaveError(checkpoint.stepNr, `abortCheckpoint failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
+      } finally {
+        await this.drop(checkpoint);
+      }
+    });
+  }
+
+  /** Drops an open checkpoint (after its queued steps) and waits for a background one to finish. */
+  async close(): Promise<void> {
+    const checkpoint = this.open;
+    if (checkpoint !== undefined) {
+      await checkpoint.chain.catch(() => undefined);
+      await this.drop(checkpoint, true);
+    }
+    try {
+      await this.pending.settle();
+    } finally {
+      this.arena.clear();
+    }
+  }
+
+  private requireOpen(method: string): OpenCheckpoint {
+    if (this.open === undefined) throw new CheckpointSaveError(undefined, `${method}() needs an open checkpoint: call beginCheckpoint(stepNr) first`);
+    return this.open;
+  }
+
+  /** Runs one step of a save on every rank; if any rank fails, the checkpoint is dropped everywhere. */
+  private async saveStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>): Promise<void> {
+    try {
+      await agree(this.context.gangs.root, op, checkpoint.stepNr, action);
+    } catch (error) {
+      await this.drop(checkpoint);
+      if (error instanceof CheckpointError) throw error;
+      throw new CheckpointSaveError(checkpoint.stepNr, `${op} failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
+    }
+  }
+
+  /**
+   * Runs a save step now, or for a background checkpoint queues it behind the earlier ones and
+   * returns (a failure skips the rest of the queue and is reported after commitCheckpoint).
+   */
+  private async runStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>): Promise<void> {
+    if (!checkpoint.background) {
+      await this.context.exclusive(() => this.saveStep(checkpoint, op, action));
+      return;
+    }
+    checkpoint.chain = checkpoint.chain.then(() => this.saveStep(checkpoint, op, action));
+    checkpoint.chain.catch(() => undefined); // observed later, by commit's bookkeeping or abort
+  }
+
+  /**
+   * Forgets a failed or aborted checkpoint and removes its files. A background checkpoint stays
+   * open for the caller's remaining calls (which are then skipped) until commit or abort.
+   */
+  private async drop(checkpoint: OpenCheckpoint, force = false): Promise<void> {
+    if (this.open === checkpoint && (force || !checkpoint.background)) this.open = undefined;
+    // Only the lock holder's: without the lock, a step_N.tmp there is another manager's save.
+    if (isRoot(this.context) && this.context.owner.holdsLock) await this.context.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
+  }
+
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue): Promise<void> {
+    const path = joinPath(checkpoint.tmpDir, name);
+    const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
+    const digest = (await this.context.dumper.dump(value, path, onProgress === undefined ? {} : { onProgress })) ?? (await digestFile(this.context.fileSystem, path));
+    checkpoint.files[name] = manifestFile(digest);
+  }
+
+  private async writeBytes(checkpoint: OpenCheckpoint, name: string, bytes: Uint8Array): Promise<void> {
+    await this.context.fileSystem.writeFile(joinPath(checkpoint.tmpDir, name), bytes);
+    checkpoint.files[name] = manifestFile({ size: bytes.byteLength, crc32: crc32(bytes) });
+  }
+}
