@@ -17,6 +17,7 @@ export {
 export { DTYPES, isDType, type DType, type DTypeInfo, type TypedArray } from "./tensor/dtype.js";
 export { Storage } from "./tensor/storage.js";
 export { Tensor, type TensorOptions, type TensorViewParts } from "./tensor/tensor.js";
+export { ShardedTensor } from "./tensor/sharded-tensor.js";
 
 export {
   PyFloat,

@@ -3,12 +3,14 @@ import { CheckpointError, CheckpointSaveError, InvalidArgumentError } from "../e
 import type { JsonValue } from "../gang/gang.js";
 import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
+import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
 import { METADATA_FILE, SCORE_FILE, TMP_SUFFIX, modelFileName, rankFileName, replicatedFileName, stepDirName } from "./layout.js";
 import { fileProgress, isPlainDict, isRoot, type ManagerContext } from "./manager-context.js";
-import { manifestFile, type ManifestFile } from "./manifest.js";
+import { assembleModel, describeShards, findShardedTensors, mergeShardDescriptions } from "./fsdp-consolidation.js";
+import { manifestFile, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
 import { PendingSave } from "./pending-save.js";
 import { publishCheckpoint } from "./publish-checkpoint.js";
 import { formatScore } from "./score.js";
@@ -24,7 +26,15 @@ interface OpenCheckpoint {
   tmpDir: string;
   /** The files this rank wrote, with their digests. */
   files: Record<string, ManifestFile>;
+  /** The sharded tensors in this rank's files, for the manifest. */
+  sharded: ManifestShardedTensor[];
   stateSaved: boolean;
+}
+
+/** What each rank reports at commit. */
+interface CommitReport {
+  files: Record<string, ManifestFile>;
+  sharded: ManifestShardedTensor[];
 }
 
 /**
@@ -36,6 +46,8 @@ export class CheckpointWriter {
   private open: OpenCheckpoint | undefined;
   readonly pending = new PendingSave();
   private readonly arena = new SnapshotArena();
+  /** Digests of scratch files written for consolidation, until they are shared. */
+  private readonly scratchDigests = new Map<string, ManifestFile>();
 
   constructor(private readonly context: ManagerContext) {}
 
@@ -55,6 +67,7 @@ export class CheckpointWriter {
         chain: Promise.resolve(),
         tmpDir: joinPath(this.context.checkpointDir, `${stepDirName(stepNr)}${TMP_SUFFIX}`),
         files: {},
+        sharded: [],
         stateSaved: false,
       };
       this.open = checkpoint;
@@ -87,7 +100,9 @@ export class CheckpointWriter {
         await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
       }
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
-      await this.writePart(checkpoint, rankFileName(dp.rank, tp.rank, tp.size), parts.rank);
+      const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
+      await this.writePart(checkpoint, rankFile, parts.rank);
+      checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
 
@@ -107,24 +122,52 @@ export class CheckpointWriter {
     });
   }
 
+  /**
+   * Writes one full `model.pt` (per tp rank) from every data-parallel rank's `model`. Sharded
+   * tensors are assembled through the storage: each rank writes its shards to a scratch file in the
+   * checkpoint, dp rank 0 reads them all, copies them into full tensors, writes the model file and
+   * removes the scratch files. A model without ShardedTensors is written as it is by dp rank 0.
+   */
   async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
     const checkpoint = this.requireOpen("saveConsolidatedFsdpModel");
     if (!isPlainDict(model) && !((model as unknown) instanceof Map)) throw new InvalidArgumentError("saveConsolidatedFsdpModel needs the model's state dict");
     const source = checkpoint.background ? snapshotState({ model }, this.arena).model! : model;
-    await this.runStep(checkpoint, "saveConsolidatedFsdpModel", async () => {
-      const { dp, tp } = this.context.gangs;
-      const name = modelFileName(tp.rank, tp.size);
+    const { dp, tp } = this.context.gangs;
+    const name = modelFileName(tp.rank, tp.size);
+    const scratch = (dpRank: number): string => `.fsdp-shards.${dpRank}.${tp.rank}.pt`;
+    const reportedShards: (ManifestFile | null)[] = [];
+    await this.runStep(checkpoint, "saveConsolidatedFsdpModel:shards", async () => {
       if (name in checkpoint.files) throw new Error(`${name} was already written by saveState (the model is replicated)`);
-      if (dp.rank === 0) await this.writePart(checkpoint, name, { model: source, model_key: "model" });
+      const shards = findShardedTensors(source).map((entry) => entry.tensor);
+      if (shards.length > 0 && dp.rank !== 0) await this.writePart(checkpoint, scratch(dp.rank), shards, false);
+    }, (shared) => void reportedShards.push(...(shared as unknown as (ManifestFile | null)[])), () => this.scratchDigest(checkpoint, scratch(dp.rank)));
+    await this.runStep(checkpoint, "saveConsolidatedFsdpModel", async () => {
+      if (dp.rank !== 0) return;
+      const own = findShardedTensors(source).map((entry) => entry.tensor);
+      let full: StateValue = source;
+      if (own.length > 0) {
+        const shardsByRank: ShardedTensor[][] = [own];
+        for (let rank = 1; rank < dp.size; rank++) shardsByRank.push(await this.readScratch(checkpoint, scratch(rank), reportedShards[rank * tp.size + tp.rank]));
+        full = assembleModel(source, shardsByRank);
+        for (let rank = 1; rank < dp.size; rank++) await this.context.fileSystem.remove(joinPath(checkpoint.tmpDir, scratch(rank)));
+      }
+      await this.writePart(checkpoint, name, { model: full, model_key: "model" });
     });
   }
 
   async commit(): Promise<void> {
     const checkpoint = this.requireOpen("commitCheckpoint");
     const commit = async (): Promise<void> => {
-      const { shared } = await agree(this.context.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => checkpoint.files as unknown as JsonValue);
+      const report: CommitReport = { files: checkpoint.files, sharded: checkpoint.sharded };
+      const { shared } = await agree(this.context.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => report as unknown as JsonValue);
       if (!isRoot(this.context)) return;
-      await publishCheckpoint(this.context, { stepNr: checkpoint.stepNr, tmpDir: checkpoint.tmpDir, reported: shared as unknown as Record<string, ManifestFile>[] });
+      const reports = shared as unknown as CommitReport[];
+      await publishCheckpoint(this.context, {
+        stepNr: checkpoint.stepNr,
+        tmpDir: checkpoint.tmpDir,
+        reported: reports.map((r) => r.files),
+        sharded: mergeShardDescriptions(reports.map((r) => r.sharded)),
+      });
     };
     if (!checkpoint.background) {
       await this.context.exclusive(() => this.saveStep(checkpoint, "commitCheckpoint", commit));
@@ -171,9 +214,10 @@ export class CheckpointWriter {
   }
 
   /** Runs one step of a save on every rank; if any rank fails, the checkpoint is dropped everywhere. */
-  private async saveStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>): Promise<void> {
+  private async saveStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>, onShared?: (shared: JsonValue[]) => void, share?: () => JsonValue): Promise<void> {
     try {
-      await agree(this.context.gangs.root, op, checkpoint.stepNr, action);
+      const { shared } = await agree(this.context.gangs.root, op, checkpoint.stepNr, action, share);
+      onShared?.(shared);
     } catch (error) {
       await this.drop(checkpoint);
       if (error instanceof CheckpointError) throw error;
@@ -185,12 +229,12 @@ export class CheckpointWriter {
    * Runs a save step now, or for a background checkpoint queues it behind the earlier ones and
    * returns (a failure skips the rest of the queue and is reported after commitCheckpoint).
    */
-  private async runStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>): Promise<void> {
+  private async runStep(checkpoint: OpenCheckpoint, op: string, action: () => Promise<void>, onShared?: (shared: JsonValue[]) => void, share?: () => JsonValue): Promise<void> {
     if (!checkpoint.background) {
-      await this.context.exclusive(() => this.saveStep(checkpoint, op, action));
+      await this.context.exclusive(() => this.saveStep(checkpoint, op, action, onShared, share));
       return;
     }
-    checkpoint.chain = checkpoint.chain.then(() => this.saveStep(checkpoint, op, action));
+    checkpoint.chain = checkpoint.chain.then(() => this.saveStep(checkpoint, op, action, onShared, share));
     checkpoint.chain.catch(() => undefined); // observed later, by commit's bookkeeping or abort
   }
 
@@ -204,11 +248,29 @@ export class CheckpointWriter {
     if (isRoot(this.context) && this.context.owner.holdsLock) await this.context.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
   }
 
-  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue): Promise<void> {
+  /** Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not). */
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true): Promise<void> {
     const path = joinPath(checkpoint.tmpDir, name);
     const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
     const digest = (await this.context.dumper.dump(value, path, onProgress === undefined ? {} : { onProgress })) ?? (await digestFile(this.context.fileSystem, path));
-    checkpoint.files[name] = manifestFile(digest);
+    if (listed) checkpoint.files[name] = manifestFile(digest);
+    else this.scratchDigests.set(name, manifestFile(digest));
+  }
+
+  /** The digest of a scratch file this rank wrote, shared with dp rank 0, which reads it. */
+  private scratchDigest(_checkpoint: OpenCheckpoint, name: string): JsonValue {
+    const digest = this.scratchDigests.get(name);
+    this.scratchDigests.delete(name);
+    return digest === undefined ? null : (digest as unknown as JsonValue);
+  }
+
+  /** Reads another rank's scratch file of shards, checked against the digest it reported. */
+  private async readScratch(checkpoint: OpenCheckpoint, name: string, digest: ManifestFile | null | undefined): Promise<ShardedTensor[]> {
+    if (digest === undefined || digest === null) throw new Error(`no rank reported writing ${name}`);
+    const expectedDigest = { size: digest.size, crc32: Number.parseInt(digest.crc32, 16) };
+    const shards = await this.context.loader.load(joinPath(checkpoint.tmpDir, name), this.context.loader.verifiesDigest === true ? { expectedDigest } : {});
+    if (!Array.isArray(shards) || !shards.every((shard) => shard instanceof ShardedTensor)) throw new Error(`${name} does not hold a list of sharded tensors`);
+    return shards as ShardedTensor[];
   }
 
   private async writeBytes(checkpoint: OpenCheckpoint, name: string, bytes: Uint8Array): Promise<void> {

@@ -24,6 +24,21 @@ export interface Manifest {
   /** True once retention kept only the model files (`preserveModel`): not resumable. */
   modelOnly: boolean;
   files: Record<string, ManifestFile>;
+  /**
+   * The sharded tensors (ShardedTensor) in the rank files: each one's full shape and where every
+   * rank's shard lies in it, for consolidation and later resharding. Absent when there are none.
+   */
+  sharded?: ManifestShardedTensor[];
+}
+
+/** One sharded tensor of a checkpoint: the same key path in the rank files of one tp rank. */
+export interface ManifestShardedTensor {
+  /** The key path in the rank files' state, e.g. `["model", "0.weight"]`. */
+  path: (string | number)[];
+  tpRank: number;
+  dtype: string;
+  globalShape: number[];
+  shards: { file: string; offsets: number[]; shape: number[] }[];
 }
 
 export function manifestFile(digest: FileDigest): ManifestFile {
@@ -64,5 +79,6 @@ export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
       fail(`the entry for ${name} is malformed`);
     }
   }
+  if (m.sharded !== undefined && !Array.isArray(m.sharded)) fail("sharded is not a list");
   return value as Manifest;
 }

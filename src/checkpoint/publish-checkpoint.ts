@@ -4,7 +4,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { CARBON_COPY_DIR, MANIFEST_FILE } from "./layout.js";
 import type { ManagerContext } from "./manager-context.js";
-import { MANIFEST_FORMAT, MANIFEST_VERSION, encodeManifest, manifestFile, type Manifest, type ManifestFile } from "./manifest.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, encodeManifest, manifestFile, type Manifest, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
 import { commitByRename } from "./rename-commit.js";
 
 /** What rank 0 needs to know to publish a checkpoint every rank has written its files for. */
@@ -13,6 +13,8 @@ export interface Publication {
   tmpDir: string;
   /** What each rank reported writing, with digests computed while writing. */
   reported: Record<string, ManifestFile>[];
+  /** The sharded tensors in the rank files, merged across ranks. */
+  sharded: ManifestShardedTensor[];
 }
 
 /**
@@ -43,6 +45,7 @@ export async function publishCheckpoint(context: ManagerContext, publication: Pu
     tpSize: gangs.tp.size,
     modelOnly: false,
     files,
+    ...(publication.sharded.length > 0 ? { sharded: publication.sharded } : {}),
   };
   await fileSystem.writeFile(joinPath(tmpDir, MANIFEST_FILE), encodeManifest(manifest));
   await commitByRename(fileSystem, checkpointDir, stepNr);

@@ -1,5 +1,6 @@
 import { DTYPES } from "../tensor/dtype.js";
 import { Storage } from "../tensor/storage.js";
+import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import { Tensor } from "../tensor/tensor.js";
 import {
   getOrderedDictAttributes,
@@ -70,7 +71,18 @@ export function snapshotState(state: StateDict, arena: SnapshotArena): StateDict
     storages.set(storage, new Storage(storage.dtype, copy));
     offset += align(length);
   }
-  return copyTree(state, storages) as StateDict;
+  return mapTree(state, (leaf) => {
+    const shard = leaf instanceof ShardedTensor ? leaf.shard : leaf;
+    const copy = new Tensor({
+      storage: storages.get(shard.storage)!,
+      shape: shard.shape,
+      strides: shard.strides,
+      offset: shard.offset,
+      requiresGrad: shard.requiresGrad,
+      isParameter: shard.isParameter,
+    });
+    return leaf instanceof ShardedTensor ? new ShardedTensor(copy, leaf) : copy;
+  }) as StateDict;
 }
 
 function align(n: number): number {
@@ -83,6 +95,7 @@ function collectStorages(root: unknown, storages: Map<Storage, Storage | undefin
   while (pending.length > 0) {
     const value = pending.pop();
     if (value instanceof Tensor) storages.set(value.storage, undefined);
+    else if (value instanceof ShardedTensor) storages.set(value.shard.storage, undefined);
     else if (isContainer(value) && !seen.has(value)) {
       seen.add(value);
       if (value instanceof Map) for (const [key, item] of value) pending.push(key, item);
@@ -100,20 +113,14 @@ function isContainer(value: unknown): value is object {
   return value instanceof Map || Array.isArray(value) || prototype === Object.prototype || prototype === null;
 }
 
-/** Copies containers (keeping sharing and cycles) and re-points tensors at the copied storages. */
-function copyTree(root: unknown, storages: Map<Storage, Storage | undefined>): unknown {
+/**
+ * Copies the containers of a state (keeping sharing, cycles and Python marks) and puts
+ * `mapLeaf(tensor)` in place of each tensor and sharded tensor.
+ */
+export function mapTree(root: unknown, mapLeaf: (leaf: Tensor | ShardedTensor) => unknown): unknown {
   const copies = new Map<unknown, unknown>();
   const copyOf = (value: unknown): unknown => {
-    if (value instanceof Tensor) {
-      return new Tensor({
-        storage: storages.get(value.storage)!,
-        shape: value.shape,
-        strides: value.strides,
-        offset: value.offset,
-        requiresGrad: value.requiresGrad,
-        isParameter: value.isParameter,
-      });
-    }
+    if (value instanceof Tensor || value instanceof ShardedTensor) return mapLeaf(value);
     if (!isContainer(value)) return value;
     let copy = copies.get(value);
     if (copy === undefined) {

@@ -1,4 +1,4 @@
-import { PyDType, PyFloat, Tensor, isFloatSlot, isTuple, type StateValue } from "../index.js";
+import { PyDType, PyFloat, ShardedTensor, Tensor, isFloatSlot, isTuple, type StateValue } from "../index.js";
 
 /** Exit codes: 0 all well; 1 the answer is "no" (verify found damage, diff found differences); 2 an error. */
 export const EXIT_OK = 0;
@@ -73,6 +73,7 @@ function render(value: StateValue, container?: object, key?: unknown): string {
   if (value instanceof PyFloat) return Number.isInteger(value.value) ? `${value.value}.0` : String(value.value);
   if (value instanceof PyDType) return `torch.${value.name}`;
   if (value instanceof Tensor) return `tensor(${value.dtype}, ${shapeText(value.shape)})`;
+  if (value instanceof ShardedTensor) return `shard(${value.shard.dtype}, ${shapeText(value.shard.shape)} of ${shapeText(value.globalShape)} at ${shapeText(value.offsets)})`;
   if (value instanceof Uint8Array) return `bytes(${value.byteLength})`;
   if (Array.isArray(value)) {
     const items = value.map((item, i) => render(item, value, i));
@@ -84,7 +85,7 @@ function render(value: StateValue, container?: object, key?: unknown): string {
 
 /** The children of a container value, with display keys; undefined for leaves. */
 export function childrenOf(value: StateValue): [string, StateValue, unknown][] | undefined {
-  if (value instanceof Tensor || value instanceof Uint8Array || value instanceof PyFloat || value instanceof PyDType) return undefined;
+  if (value instanceof Tensor || value instanceof ShardedTensor || value instanceof Uint8Array || value instanceof PyFloat || value instanceof PyDType) return undefined;
   if (value instanceof Map) return [...value].map(([k, v]) => [String(k), v, k]);
   if (Array.isArray(value)) return value.map((v, i) => [String(i), v, i]);
   if (typeof value === "object" && value !== null) return Object.keys(value).map((k) => [k, value[k]!, k]);

@@ -1,3 +1,4 @@
+import type { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { Tensor } from "../tensor/tensor.js";
 
 /**
@@ -26,6 +27,7 @@ import type { Tensor } from "../tensor/tensor.js";
  */
 export type StateValue =
   | Tensor
+  | ShardedTensor
   | number
   | bigint
   | string

@@ -3,6 +3,7 @@ import { DTYPES } from "../../tensor/dtype.js";
 import { swapByteOrder } from "../../tensor/byte-order.js";
 import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
+import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import type { StateValue } from "../../values/py-values.js";
 import { unpickle } from "../pickle/unpickler.js";
 import type { ZipReader } from "../zip/zip-reader.js";
@@ -62,7 +63,8 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
   };
 
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
-  const state = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject }) as StateValue;
+  const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject });
+  const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
   const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.

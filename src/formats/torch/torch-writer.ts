@@ -1,7 +1,9 @@
 import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
 import type { Storage } from "../../tensor/storage.js";
+import { ShardedTensor } from "../../tensor/sharded-tensor.js";
 import { Tensor } from "../../tensor/tensor.js";
+import { shardedRecord } from "./sharded-record.js";
 import { PyDType, type StateValue } from "../../values/py-values.js";
 import type { ByteSink } from "../byte-io.js";
 import { Op } from "../pickle/opcodes.js";
@@ -32,6 +34,10 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
     }
     if (value instanceof StorageClass) {
       pickler.global("torch", DTYPES[value.storage.dtype].torchStorage);
+      return true;
+    }
+    if (value instanceof ShardedTensor) {
+      pickler.value(shardedRecord(value));
       return true;
     }
     if (value instanceof PyDType) {
