@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { constants, promises as fsp } from "node:fs";
+import { constants, promises as fsp, type Stats } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import * as nodePath from "node:path";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
@@ -18,12 +18,15 @@ const WRITE_BUFFER_SIZE = 4 << 20;
 export class LocalFileSystem implements FileSystem {
   readonly supportsRename = true;
 
+  /** Opens regular files only, without blocking: a FIFO, device or directory is an error naming it. */
   async openReader(path: string): Promise<FileReader> {
-    const handle = await fsp.open(path, constants.O_RDONLY);
+    // O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer (on a regular file it
+    // changes nothing); fstat then refuses whatever was opened that is not a regular file.
+    const handle = await fsp.open(path, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
       const stat = await handle.stat();
-      if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EISDIR" });
-      return new LocalFileReader(handle, stat.size);
+      if (!stat.isFile()) throw notRegularFile(path, stat);
+      return new LocalFileReader(handle, path, stat.size);
     } catch (error) {
       await handle.close();
       throw error;
@@ -36,8 +39,14 @@ export class LocalFileSystem implements FileSystem {
     return new LocalFileWriter(handle, partial, path);
   }
 
+  /** Reads a regular file whole, never blocking on a FIFO (see openReader). */
   async readFile(path: string): Promise<Uint8Array> {
-    return fsp.readFile(path);
+    const reader = await this.openReader(path);
+    try {
+      return await reader.read(0, reader.size);
+    } finally {
+      await reader.close();
+    }
   }
 
   async writeFile(path: string, data: Uint8Array): Promise<void> {
@@ -107,21 +116,36 @@ export class LocalFileSystem implements FileSystem {
   }
 }
 
+/** The error for a path that is not a regular file; a directory keeps the code EISDIR. */
+function notRegularFile(path: string, stat: Stats): Error {
+  return Object.assign(new Error(`${path} is not a regular file (${fileKind(stat)})`), { code: stat.isDirectory() ? "EISDIR" : "EFTYPE" });
+}
+
+function fileKind(stat: Stats): string {
+  if (stat.isDirectory()) return "a directory";
+  if (stat.isFIFO()) return "a FIFO";
+  if (stat.isSocket()) return "a socket";
+  if (stat.isCharacterDevice()) return "a character device";
+  if (stat.isBlockDevice()) return "a block device";
+  return "not a file";
+}
+
 class LocalFileReader implements FileReader {
   constructor(
     private readonly handle: FileHandle,
+    private readonly path: string,
     readonly size: number,
   ) {}
 
   async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
     if (position < 0 || length < 0 || position + length > this.size) {
-      throw new RangeError(`read of ${length} bytes at ${position} is outside the file's ${this.size} bytes`);
+      throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
     }
     const buffer = target ?? Buffer.allocUnsafeSlow(length);
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.handle.read(buffer, done, length - done, position + done);
-      if (bytesRead === 0) throw new Error(`the file ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
+      if (bytesRead === 0) throw new Error(`${this.path} ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
       done += bytesRead;
     }
     return buffer.subarray(0, length);
