@@ -2,6 +2,7 @@ import { randomBytes } from "node:crypto";
 import { constants, promises as fsp, type Stats } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import * as nodePath from "node:path";
+import { MAX_BUFFER_BYTES } from "../formats/byte-io.js";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
 import { acquireLocalLock } from "./local-lock.js";
 
@@ -10,6 +11,13 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
+
+/**
+ * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
+ * that `write` throws and `read` aborts the process) and Linux moves at most 0x7ffff000; 1 GiB
+ * pieces stay below both and are as fast as any.
+ */
+export const MAX_IO_BYTES = 1 << 30;
 
 /**
  * The local disk. Files are written to a hidden sibling, fsynced, renamed into place and the
@@ -39,7 +47,7 @@ export class LocalFileSystem implements FileSystem {
     return new LocalFileWriter(handle, partial, path);
   }
 
-  /** Reads a regular file whole, never blocking on a FIFO (see openReader). */
+  /** Reads a regular file whole (up to MAX_BUFFER_BYTES), never blocking on a FIFO (see openReader). */
   async readFile(path: string): Promise<Uint8Array> {
     const reader = await this.openReader(path);
     try {
@@ -141,10 +149,13 @@ class LocalFileReader implements FileReader {
     if (position < 0 || length < 0 || position + length > this.size) {
       throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
     }
+    if (target === undefined && length > MAX_BUFFER_BYTES) {
+      throw new RangeError(`cannot read ${length} bytes of ${this.path} at once: a Node.js buffer holds at most ${MAX_BUFFER_BYTES}`);
+    }
     const buffer = target ?? Buffer.allocUnsafeSlow(length);
     let done = 0;
     while (done < length) {
-      const { bytesRead } = await this.handle.read(buffer, done, length - done, position + done);
+      const { bytesRead } = await this.handle.read(buffer, done, Math.min(length - done, MAX_IO_BYTES), position + done);
       if (bytesRead === 0) throw new Error(`${this.path} ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
       done += bytesRead;
     }
@@ -216,7 +227,7 @@ class LocalFileWriter implements FileWriter {
 async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.byteLength) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done);
+    const { bytesWritten } = await handle.write(bytes, done, Math.min(bytes.byteLength - done, MAX_IO_BYTES));
     done += bytesWritten;
   }
 }
