@@ -37,7 +37,9 @@ export class TorchTensorLoader implements TensorLoader {
 
   /**
    * Loads a file. Files up to 2 GiB are read whole in large sequential pieces and the tensors are
-   * views into that one buffer (zero copies); with `into`, matching tensors are filled in place.
+   * views into that one buffer (zero copies); larger files storage by storage, each in its own
+   * buffer (one storage can have up to 4 GiB, Node 20's largest buffer). With `into`, matching
+   * tensors are filled in place.
    */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
     return readingFile(this.fileSystem, path, "PyTorch", async (reader) => {

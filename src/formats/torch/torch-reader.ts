@@ -5,6 +5,7 @@ import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import type { StateValue } from "../../values/py-values.js";
+import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
 import type { ZipReader } from "../zip/zip-reader.js";
 import { TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
@@ -56,6 +57,9 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
     const { itemSize } = DTYPES[type.dtype];
     if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== entry.size) {
       throw new FormatError("TORCH_STORAGE", `storage "${key}" should hold ${numel} ${type.dtype} elements (${numel * itemSize} bytes) but its entry has ${entry.size} bytes`);
+    }
+    if (entry.size > MAX_BUFFER_BYTES) {
+      throw new FormatError("TORCH_STORAGE", `storage "${key}" has ${entry.size} bytes, more than the ${MAX_BUFFER_BYTES} one Node.js buffer can hold`);
     }
     const storage = Storage.pending(type.dtype, numel);
     storages.set(key, storage);
