@@ -63,6 +63,9 @@ interface Worker {
  */
 export function launchWorkers(options: LaunchOptions): Launch {
   if (options.command.length === 0 || options.command[0] === "") throw new InvalidArgumentError("the worker command is missing: give it after --, e.g. -- node train.js");
+  // spawn throws on these at once; refused before the first worker starts, none is left running.
+  const bad = options.command.find((part) => part.includes("\0"));
+  if (bad !== undefined) throw new InvalidArgumentError(`the worker command must not contain NUL characters: ${JSON.stringify(bad)}`);
   return new Launch(options);
 }
 
