@@ -26,6 +26,19 @@ test("every line a worker writes comes out on the same stream prefixed with its 
   assert.ok(run.stdout.endsWith("\n"));
 });
 
+test("a process a worker started that still holds its output pipes does not keep the launch waiting", SLOW, async () => {
+  const run = await runLaunch(["--nproc", "1", ...worker("grandchild")]);
+  const grandchildren = [...markers(run.stdout, "GRANDCHILD").values()].flat().map(Number);
+  try {
+    assert.equal(run.status, 0, run.stderr);
+    assert.equal(grandchildren.length, 1);
+    assertProcessesGone([run.launcherPid, ...workerPids(run.stdout)]);
+  } finally {
+    // Not the launcher's to stop (it was never a worker): the test started it, the test ends it.
+    for (const pid of grandchildren) process.kill(pid, "SIGKILL");
+  }
+});
+
 test("SIGTERM to the launcher is forwarded to every worker, and the launch exits 143 saying so", SLOW, async () => {
   let signalled = false;
   const run = await runLaunch(["--nproc", "3", ...worker("wait-for-sigterm")], {

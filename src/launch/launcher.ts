@@ -159,9 +159,6 @@ export class Launch {
     if (!worker.ok) this.workerFailed(worker);
     else if (this.failure?.rank === worker.rank) this.failure.status ??= worker.status;
     this.relay?.memberLeft(worker.rank);
-    // A process the worker started may still hold its pipes: they must not keep the launcher alive.
-    worker.child.stdout?.destroy();
-    worker.child.stderr?.destroy();
     // Every worker is in the list before any event: spawn reports even its failures later.
     if (this.workers.every((w) => w.ended)) void this.finish();
   }
@@ -198,11 +195,27 @@ export class Launch {
   private async finish(): Promise<void> {
     for (const timer of this.timers) clearTimeout(timer);
     this.timers.clear();
-    await Promise.all(this.workers.flatMap((w) => w.output));
+    // Normally every pipe has ended by now. One still open is held by a process a worker started
+    // (destroyed: it must not keep the launcher alive), or paused because our own output is slow
+    // (waited for: its lines are not lost).
+    const outputs = Promise.all(this.workers.flatMap((w) => w.output));
+    while (!(await settlesWithin(outputs, EXIT_SETTLE_MS))) {
+      for (const pipe of this.workers.flatMap((w) => [w.child.stdout, w.child.stderr])) {
+        if (pipe !== null && !pipe.destroyed && pipe.readableFlowing !== false) pipe.destroy();
+      }
+    }
     if (this.failure !== undefined) this.resolveResult({ outcome: "failed", failure: this.failure, message: describeFailure(this.failure) });
     else if (this.signal !== undefined) this.resolveResult({ outcome: "stopped", signal: this.signal, message: `stopped by ${this.signal}` });
     else this.resolveResult({ outcome: "succeeded" });
   }
+}
+
+async function settlesWithin(promise: Promise<unknown>, ms: number): Promise<boolean> {
+  let timer: NodeJS.Timeout | undefined;
+  const timeout = new Promise<false>((resolve) => (timer = setTimeout(() => resolve(false), ms)));
+  const settled = await Promise.race([promise.then(() => true), timeout]);
+  clearTimeout(timer);
+  return settled;
 }
 
 /** "rank 2 (pid 4242) was killed by SIGKILL"; "rank 1 (pid 4241) failed: Error: boom; it exited with code 1". */

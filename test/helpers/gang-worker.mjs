@@ -118,6 +118,14 @@ switch (scenario) {
     await sleep(120_000);
     break;
   }
+  case "grandchild": {
+    // A process the worker starts inherits its stdout and outlives it.
+    const { spawn } = await import("node:child_process");
+    const child = spawn(process.execPath, ["-e", "setTimeout(() => {}, 120000)"], { stdio: ["ignore", "inherit", "inherit"] });
+    child.unref();
+    print(`GRANDCHILD ${child.pid}`);
+    break;
+  }
   case "output": {
     process.stdout.write("first line\nsecond ");
     await sleep(20);
