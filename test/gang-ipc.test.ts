@@ -36,6 +36,7 @@ interface CollectivesReport {
   dpSum: number[];
   tpSum: number[];
   again: JsonValue[][];
+  secondInit: string;
 }
 
 test("four workers over the launcher's IPC channel gather, reduce and meet in barriers within their dp and tp groups (dp=2 × tp=2)", SLOW, async () => {
@@ -62,6 +63,7 @@ test("four workers over the launcher's IPC channel gather, reduce and meet in ba
     assert.deepEqual(r.dpSum, [dpMembers[0]! + dpMembers[1]!]);
     assert.deepEqual(r.tpSum, [tpMembers[0]! + tpMembers[1]!, -(tpMembers[0]! + tpMembers[1]!)]);
     assert.deepEqual(r.again, [tpMembers, dpMembers], "each gang counts its own rounds, whatever order ranks call them in");
+    assert.match(r.secondInit, /^InvalidArgumentError: initGangs was already called in this process/);
   }
 });
 

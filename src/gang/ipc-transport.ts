@@ -1,4 +1,4 @@
-import { GangError } from "../errors.js";
+import { GangError, InvalidArgumentError } from "../errors.js";
 import type { JsonValue } from "./gang.js";
 import { isCkptMessage, parseLauncherMessage, type LauncherMessage, type WorkerMessage } from "./ipc-messages.js";
 import { GANG_ABORTED, GANG_MEMBER_LEFT, GANG_TIMEOUT, type Transport } from "./transport.js";
@@ -25,10 +25,15 @@ export class IpcTransport implements Transport {
   private readonly onDisconnect = (): void =>
     this.fail(new GangError(`rank ${this.rank} lost its IPC channel to ckpt launch (did the launcher exit?)`, { code: GANG_ABORTED }));
 
+  /** One per process: two would both answer the launcher's messages, and closing one closes the channel. */
+  private static opened = false;
+
   constructor(
     readonly rank: number,
     readonly worldSize: number,
   ) {
+    if (IpcTransport.opened) throw new InvalidArgumentError("initGangs was already called in this process: under ckpt launch it connects once per process");
+    IpcTransport.opened = true;
     process.on("message", this.onMessage);
     process.on("disconnect", this.onDisconnect);
     process.channel?.unref();

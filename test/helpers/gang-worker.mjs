@@ -47,6 +47,7 @@ switch (scenario) {
       const [dp, tp] = await Promise.all([gangs.dp.allGather(rank), gangs.tp.allGather(rank)]);
       result.again = [tp, dp];
     }
+    result.secondInit = await initGangs().then(() => "accepted", (error) => `${error.name}: ${error.message}`);
     print(`RESULT ${JSON.stringify(result)}`);
     await closeGangs(gangs);
     break;
