@@ -93,7 +93,8 @@ export class IpcTransport implements Transport {
         const key = roundKey(message.group, message.seq);
         const pending = this.pending.get(key);
         this.settle(key);
-        pending?.reject(new GangError(message.reason, { code: GANG_MEMBER_LEFT, ...(message.rank !== null ? { rank: message.rank } : {}) }));
+        // With a rank, a member left; without one, the members disagree on the group (a bug in the script).
+        pending?.reject(new GangError(message.reason, message.rank !== null ? { code: GANG_MEMBER_LEFT, rank: message.rank } : {}));
         return;
       }
       case "abort":
