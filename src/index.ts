@@ -52,6 +52,12 @@ export {
 export type { Gang, Gangs, JsonValue } from "./gang/gang.js";
 export { FakeGang, fakeGangs, type FakeGangsOptions } from "./gang/fake-gang.js";
 export { InProcessGang } from "./gang/in-process-gang.js";
+export { MAX_ALL_REDUCE_ELEMENTS } from "./gang/all-reduce.js";
+export { GANG_ABORTED, GANG_MEMBER_LEFT, GANG_TIMEOUT, type Transport } from "./gang/transport.js";
+export { TransportGang, DEFAULT_COLLECTIVE_TIMEOUT_MS, type TransportGangOptions } from "./gang/transport-gang.js";
+export { initGangs, closeGangs, type InitGangsOptions } from "./gang/init-gangs.js";
+export { planLaunch, DEFAULT_GRACE_PERIOD_MS, type LaunchFlags, type LaunchPlan } from "./launch/launch-plan.js";
+export { launchWorkers, Launch, type LaunchOptions, type LaunchResult, type WorkerFailure } from "./launch/launcher.js";
 
 export type { FileDigest, TensorLoadOptions, TensorDumpOptions } from "./io/tensor-io.js";
 export type {

@@ -4,6 +4,7 @@ import { createRequire } from "node:module";
 import { convertCommand } from "./commands/convert.js";
 import { diffCommand } from "./commands/diff.js";
 import { inspectCommand } from "./commands/inspect.js";
+import { launchCommand } from "./commands/launch.js";
 import { lsCommand } from "./commands/ls.js";
 import { pruneCommand } from "./commands/prune.js";
 import { verifyCommand } from "./commands/verify.js";
@@ -15,7 +16,7 @@ import { EXIT_ERROR } from "./output.js";
  */
 function buildProgram(): Command {
   const program = new Command("ckpt")
-    .description("look at, check, prune and convert training checkpoints (PyTorch .pt and safetensors)")
+    .description("look at, check, prune and convert training checkpoints (PyTorch .pt and safetensors); launch training workers")
     .version(packageVersion(), "-V, --version")
     .showSuggestionAfterError(true)
     .exitOverride()
@@ -29,7 +30,7 @@ function buildProgram(): Command {
 Exit codes: 0 success; 1 verify found a damaged checkpoint or diff found differences; 2 bad input
 or an error. Progress bars appear on stderr only when it is a terminal.`,
     );
-  for (const add of [lsCommand, inspectCommand, verifyCommand, pruneCommand, convertCommand, diffCommand]) add(program);
+  for (const add of [lsCommand, inspectCommand, verifyCommand, pruneCommand, convertCommand, diffCommand, launchCommand]) add(program);
   return program;
 }
 
