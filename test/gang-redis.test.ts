@@ -233,6 +233,15 @@ describe("the Redis transport", () => {
     await Promise.all(transports.map((t) => t.close()));
   });
 
+  redisTest("ranks started with different world sizes are told so instead of waiting", async () => {
+    const results = await Promise.allSettled([connect(server, "sizes", 0, 2), connect(server, "sizes", 1, 3)]);
+    for (const result of results) {
+      assert.equal(result.status, "rejected");
+      assert.ok(result.reason instanceof GangError);
+      assert.match(result.reason.message, /^rank [01] \(pid \d+ on .+\) of job sizes was started with world size [23], rank [01] with [23]: every node must be launched with the same --nnodes and --nproc$/);
+    }
+  });
+
   redisTest("a second launch with the job id of a running job is refused", async () => {
     const running = await connectAll(server, "in-use", 2);
     await assert.rejects(connect(server, "in-use", 0, 2), (error: unknown) => {
@@ -266,6 +275,29 @@ describe("the Redis transport", () => {
       }
     } finally {
       await client.quit();
+    }
+  });
+});
+
+describe("the Redis transport with a password", () => {
+  redisTest("a password in the URL is used, and never shown in an error", async () => {
+    const server = await RedisServer.start(["--requirepass", "s3cret-word"]);
+    try {
+      const url = (password: string): string => `redis://:${password}@127.0.0.1:${server.port}`;
+      const transports = await Promise.all([0, 1].map((rank) => connectRedisTransport({ url: url("s3cret-word"), jobId: "secret", rank, worldSize: 2 })));
+      assert.deepEqual(await exchangeAll(transports, "world", 0, (rank) => rank), [
+        [0, 1],
+        [0, 1],
+      ]);
+      await Promise.all(transports.map((t) => t.close()));
+      await assert.rejects(connectRedisTransport({ url: url("wrong-word"), jobId: "secret", rank: 0, worldSize: 1, connectTimeoutMs: 300 }), (error: unknown) => {
+        assert.ok(error instanceof GangError);
+        assert.match(error.message, /^the rendezvous server redis:\/\/:\*\*\*@127\.0\.0\.1:\d+\/? refused the connection: WRONGPASS/);
+        assert.doesNotMatch(error.message, /wrong-word/);
+        return true;
+      });
+    } finally {
+      await server.stop();
     }
   });
 });

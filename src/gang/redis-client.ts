@@ -92,6 +92,10 @@ export async function openConnection(
       return client;
     } catch (error) {
       dropConnection(client);
+      // The server answered (a wrong password, say): trying again will not help.
+      if (isReplyError(why)) {
+        throw new GangError(`the rendezvous server ${describeRedisUrl(url)} refused the connection: ${why.message}`, { cause: why, code: "GANG_REDIS" });
+      }
       if (Date.now() + delayMs >= deadline) throw unreachable(describeRedisUrl(url), why ?? error);
       await new Promise((resolve) => setTimeout(resolve, delayMs));
       delayMs = Math.min(delayMs * 2, 1000);
@@ -111,10 +115,15 @@ export function unreachable(where: string, cause: unknown): GangError {
  */
 export function commandFailure(where: string, cause: unknown): GangError {
   if (cause instanceof GangError) return cause;
-  if (cause instanceof Error && cause.name === "ReplyError") {
+  if (isReplyError(cause)) {
     return new GangError(`the rendezvous server ${where} refused a command: ${cause.message}`, { cause, code: "GANG_REDIS" });
   }
   return unreachable(where, cause);
+}
+
+/** An error reply from the server (ioredis's ReplyError), as opposed to a connection failure. */
+function isReplyError(error: unknown): error is Error {
+  return error instanceof Error && error.name === "ReplyError";
 }
 
 /** Closes a connection politely when it is up, at once otherwise; never throws. */

@@ -41,9 +41,28 @@ export interface JoinedRun {
   self: string;
 }
 
-/** Identifies one process joining one run: where it runs, plus a nonce (pids repeat). */
-function memberRecord(): string {
-  return JSON.stringify({ host: hostname(), pid: process.pid, nonce: randomBytes(8).toString("hex") });
+/**
+ * Identifies one process joining one run: where it runs, plus a nonce (pids repeat); and the world
+ * size it was started with, so that launches that disagree are told at once.
+ */
+function memberRecord(worldSize: number): string {
+  return JSON.stringify({ host: hostname(), pid: process.pid, worldSize, nonce: randomBytes(8).toString("hex") });
+}
+
+/** A GangError when `record` (of `rank`) was started with another world size than this process. */
+function worldSizeMismatch(options: JoinOptions, rank: number, record: string | undefined | null): GangError | undefined {
+  if (record === undefined || record === null) return undefined;
+  let theirs: unknown;
+  try {
+    theirs = (JSON.parse(record) as { worldSize?: unknown }).worldSize;
+  } catch {
+    return undefined;
+  }
+  if (theirs === options.worldSize) return undefined;
+  return new GangError(
+    `rank ${rank} (${describeMember(record)}) of job ${options.keys.jobId} was started with world size ${String(theirs)}, rank ${options.rank} with ${options.worldSize}: every node must be launched with the same --nnodes and --nproc`,
+    { code: "GANG_WORLD_SIZE" },
+  );
 }
 
 /** "pid 123 on node-a", for messages; the record as is when it is not one of ours. */
@@ -67,7 +86,7 @@ export async function joinRun(options: JoinOptions): Promise<JoinedRun> {
   try {
     await sub.subscribe(keys.joinChannel);
     const deadline = Date.now() + options.joinTimeoutMs;
-    const self = memberRecord();
+    const self = memberRecord(options.worldSize);
     const run = options.rank === 0 ? await lead(options, self, wakeup, deadline) : await follow(options, self, wakeup, deadline);
     await sub.unsubscribe(keys.joinChannel);
     return run;
@@ -103,6 +122,10 @@ async function lead(options: JoinOptions, self: string, wakeup: Wakeup, deadline
         `another run of job ${keys.jobId} started at ${options.where} while this one was gathering its ranks (are two launches using the same --job-id?)`,
         { code: "GANG_JOB_IN_USE" },
       );
+    }
+    for (const [rank, record] of Object.entries(joined)) {
+      const mismatch = worldSizeMismatch(options, Number(rank), record);
+      if (mismatch) throw mismatch;
     }
     const members = Array.from({ length: worldSize }, (_, rank) => joined[String(rank)]);
     const missing = ranksWhere(members, (member) => member === undefined);
@@ -189,9 +212,15 @@ async function follow(options: JoinOptions, self: string, wakeup: Wakeup, deadli
           .hset(generation.joined, String(rank), self)
           .pexpire(generation.joined, RUN_RECORD_TTL_MS)
           .set(generation.alive(rank), self, "PX", deadAfterMs)
-          .hkeys(generation.joined);
+          .hkeys(generation.joined)
+          .hget(generation.joined, "0")
+          .get(generation.alive(0));
         if (joinedId !== id) transaction.publish(keys.joinChannel, `joined ${rank}`);
         const replies = await execTransaction(transaction);
+        // Only a live rank 0 speaks for this run: that of an unfinished earlier run may differ.
+        const leaderAlive = typeof replies[5] === "string" && !replies[5].startsWith(CLOSED_MARK);
+        const mismatch = leaderAlive ? worldSizeMismatch(options, 0, replies[4] as string | null) : undefined;
+        if (mismatch) throw mismatch;
         if (joinedId !== id) options.onJoin(generation, self);
         joinedId = id;
         const present = new Set((replies[3] as string[]).map(Number));

@@ -84,6 +84,12 @@ export class RedisRun implements Transport {
     if (members.length === 1) return Promise.resolve([JSON.parse(JSON.stringify(value)) as JsonValue]);
     const key = this.generation.round(group, seq);
     if (this.pending.has(key)) return Promise.reject(new InvalidArgumentError(`exchange "${group}" round ${seq} is already pending on rank ${this.rank}`));
+    let payload: string;
+    try {
+      payload = JSON.stringify(value);
+    } catch (error) {
+      return Promise.reject(new InvalidArgumentError(`exchange "${group}" round ${seq}: the value is not JSON (${(error as Error).message})`, { cause: error }));
+    }
     return new Promise<JsonValue[]>((resolve, reject) => {
       const timer = setTimeout(() => void this.timeOut(key, timeoutMs), timeoutMs);
       const round: PendingRound = { group, seq, members, resolve, reject, timer, taking: true, noticed: false };
@@ -91,7 +97,7 @@ export class RedisRun implements Transport {
       this.startChecks();
       const ttl = timeoutMs + ROUND_TTL_MARGIN_MS;
       const keys = [key, this.generation.readers(group, seq)];
-      const args = [this.rank, members.length, ttl, JSON.stringify(value), this.generation.inboxPrefix, ...members];
+      const args = [this.rank, members.length, ttl, payload, this.generation.inboxPrefix, ...members];
       this.cmd.eval(WRITE_ROUND_SCRIPT, 2, ...keys, ...args).then(
         (reply) => this.received(key, round, reply),
         (error: unknown) => this.fail(commandFailure(this.where, error)),
@@ -273,15 +279,18 @@ export class RedisRun implements Transport {
 }
 
 /** The values of a complete round in member order, from the flat HGETALL reply. */
-function parseRound(reply: unknown, round: PendingRound, where: string): JsonValue[] {
+function parseRound(reply: unknown, round: PendingRound, server: string): JsonValue[] {
   const fields = reply as string[];
   const byRank = new Map<string, string>();
   for (let index = 0; index + 1 < fields.length; index += 2) byRank.set(fields[index]!, fields[index + 1]!);
   return round.members.map((member) => {
     const value = byRank.get(String(member));
-    if (value === undefined) {
-      throw new GangError(`exchange "${round.group}" round ${round.seq} at ${where} has no value from rank ${member}`, { code: "GANG_REDIS" });
+    const where = `exchange "${round.group}" round ${round.seq} at ${server}`;
+    if (value === undefined) throw new GangError(`${where} has no value from rank ${member}`, { code: "GANG_REDIS" });
+    try {
+      return JSON.parse(value) as JsonValue;
+    } catch (error) {
+      throw new GangError(`${where} holds a damaged value from rank ${member}`, { cause: error, code: "GANG_REDIS" });
     }
-    return JSON.parse(value) as JsonValue;
   });
 }

@@ -49,12 +49,13 @@ export class RedisServer {
     return this.child.pid!;
   }
 
-  static async start(): Promise<RedisServer> {
+  /** Starts a server; `extraArgs` are added to its command line (e.g. `--requirepass`). */
+  static async start(extraArgs: string[] = []): Promise<RedisServer> {
     let lastError: unknown;
     for (let attempt = 0; attempt < PORT_ATTEMPTS; attempt++) {
       const port = await freePort();
       const dir = mkdtempSync(join(tmpdir(), "ckpt-redis-"));
-      const child = spawn(REDIS_SERVER, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir], {
+      const child = spawn(REDIS_SERVER, ["--port", String(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir, ...extraArgs], {
         stdio: ["ignore", "pipe", "pipe"],
       });
       let output = "";
@@ -105,7 +106,8 @@ async function waitForPong(port: number, exited: () => boolean): Promise<void> {
     if (exited()) throw new Error("redis-server exited");
     try {
       const reply = await ping(port);
-      if (reply.startsWith("+PONG")) return;
+      // A server with a password answers NOAUTH: it is up all the same.
+      if (reply.startsWith("+PONG") || reply.startsWith("-NOAUTH")) return;
     } catch {
       // not listening yet
     }
