@@ -28,13 +28,13 @@ export interface RedisTransportOptions {
   rank: number;
   worldSize: number;
   /** A rank whose heartbeat is this old counts as dead. Default 5000 ms; at least 2 × `heartbeatMs`. */
-  deadAfterMs?: number;
+  deadAfterMs?: number | undefined;
   /** How often a rank refreshes its heartbeat and, while it waits, checks its peers. Default 1000 ms. */
-  heartbeatMs?: number;
+  heartbeatMs?: number | undefined;
   /** How long the ranks may take to all arrive at the rendezvous. Default 10 minutes. */
-  joinTimeoutMs?: number;
+  joinTimeoutMs?: number | undefined;
   /** How long to keep trying to reach the server at start. Default 10 s. */
-  connectTimeoutMs?: number;
+  connectTimeoutMs?: number | undefined;
 }
 
 const DEFAULT_HEARTBEAT_MS = 1000;
