@@ -12,6 +12,7 @@
  * - `fsdp <step>`: saves FSDP-style shards and a consolidated model.
  * - `kill-in-save <step>`: rank 1 SIGKILLs itself while writing its rank file.
  * - `throw-in-save <step>`: rank 2 passes a value that cannot be saved.
+ * - `slow-save <step>`: begins the checkpoint, prints `began`, waits 1.5 s, then saves and commits.
  * - `kill-in-barrier`: rank 3 SIGKILLs itself while the others wait in a barrier.
  * - `resume 0 [keys]`: loads the last checkpoint and reports its step and whether it matches what
  *   `save` (or, with keys "epoch,model", `replicated`) saved at that step.
@@ -95,6 +96,14 @@ try {
     await killer.beginCheckpoint(stepNr);
     await killer.saveState(state, { replicatedKeys: ["epoch"] });
     await killer.commitCheckpoint();
+    result = { rank: root.rank, committed: true };
+  } else if (scenario === "slow-save") {
+    // Opens the checkpoint, says so, and saves a little later: a test stops the rendezvous meanwhile.
+    await manager.beginCheckpoint(stepNr);
+    say("began");
+    await new Promise((resolve) => setTimeout(resolve, 1500));
+    await manager.saveState(stateFor(gangs, stepNr, ["epoch"]), { replicatedKeys: ["epoch"] });
+    await manager.commitCheckpoint();
     result = { rank: root.rank, committed: true };
   } else if (scenario === "kill-in-barrier") {
     if (root.rank === 3) {
