@@ -11,7 +11,7 @@ import { join } from "node:path";
 import { before, describe, test } from "node:test";
 import { crc32 } from "node:zlib";
 
-import { FileCheckpointManager, Tensor, TorchTensorDumper, tensorStats as tensorStatsOf } from "../src/index.js";
+import { FileCheckpointManager, ShardedTensor, Tensor, TorchTensorDumper, tensorStats as tensorStatsOf } from "../src/index.js";
 import { floatRepr, pathText, treeKeyText } from "../src/cli/key-path.js";
 import { MemorySink } from "../src/formats/byte-io.js";
 import { Op } from "../src/formats/pickle/opcodes.js";
@@ -174,6 +174,19 @@ describe("diff compares places by their key paths", () => {
     const typed = ckpt("diff", join(dir, "int.pt"), join(dir, "str.pt"));
     assertOk(typed, 1);
     assert.match(typed.stdout, /^only in A: 0  1\nonly in B: \["0"\]  1\n/);
+  });
+
+  test("diff compares the data of FSDP shards, not only their place in the full tensor", async () => {
+    const dir = await tempDir();
+    const shard = (first: number): { w: ShardedTensor } => ({
+      w: new ShardedTensor(Tensor.from(new Float32Array([first, 2, 3]), { shape: [1, 3] }), { globalShape: [2, 3], offsets: [1, 0] }),
+    });
+    await new TorchTensorDumper().dump(shard(1), join(dir, "a.pt"));
+    await new TorchTensorDumper().dump(shard(5), join(dir, "b.pt"));
+    const run = ckpt("diff", join(dir, "a.pt"), join(dir, "b.pt"));
+    assertOk(run, 1);
+    assert.match(run.stdout, /^differs: {3}w  float32 \[1, 3\]  max \|a-b\| = 4  \(1 of 3 elements\)$/m);
+    assertOk(ckpt("diff", join(dir, "a.pt"), join(dir, "a.pt")));
   });
 
   test("inspect shows the places apart: a key holding a dot in brackets, a str that reads as an int quoted", async () => {
