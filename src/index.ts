@@ -87,6 +87,13 @@ export {
 export { STATE_LAYOUT_KEY } from "./io/safetensors-state.js";
 export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type TensorFileFormat } from "./io/auto-tensor-io.js";
 export {
+  readTensorFileOutline,
+  checkTensorFile,
+  type TensorFileOutline,
+  type TensorFileOutlineOptions,
+  type TensorFileCheckOptions,
+} from "./io/tensor-file-outline.js";
+export {
   readSafetensors,
   readSafetensorsHeader,
   MAX_HEADER_SIZE as SAFETENSORS_MAX_HEADER_SIZE,
@@ -101,6 +108,7 @@ export {
   tensorDifference,
   float16ToNumber,
   bfloat16ToNumber,
+  MAX_READS_PER_STORED_ELEMENT,
   type TensorStats,
   type TensorDifference,
 } from "./tensor/tensor-stats.js";

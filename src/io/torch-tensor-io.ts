@@ -111,7 +111,7 @@ export class TorchTensorDumper implements TensorDumper {
 }
 
 /** A file without a zip end record that starts like a pickle was written by torch.save before 1.6. */
-async function explainNonZip(reader: RandomAccessReader, error: unknown): Promise<string> {
+export async function explainNonZip(reader: RandomAccessReader, error: unknown): Promise<string> {
   const message = (error as Error).message;
   if ((error as { code?: string }).code !== "ZIP_END" || reader.size < 2) return message;
   const head = await reader.read(0, 2).catch(() => undefined);

@@ -33,6 +33,42 @@ const MAX_ARCHIVE_VERSION = 10;
  */
 export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions = {}): Promise<StateValue> {
   const verifyCrc = options.verifyCrc ?? true;
+  const { state, storages, dataPrefix, bigEndian } = await readTorchStructure(zip, { verifyCrc });
+  const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
+
+  // Read in file order: sequential on a disk, and each storage once.
+  const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
+  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
+  let done = 0;
+  for (const { key, storage } of order) {
+    const target = targets.get(storage);
+    const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
+    if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
+    storage.attach(bytes);
+    done += bytes.byteLength;
+    options.onProgress?.(done, total);
+  }
+  return result;
+}
+
+/** What a PyTorch archive holds, before its storages' bytes are read. */
+export interface TorchStructure {
+  /** The unpickled state; its tensors' storages are pending (`Storage.pending`) until read. */
+  state: StateValue;
+  /** Each storage by its key; its bytes are in the entry `${dataPrefix}${key}`. */
+  storages: Map<string, Storage>;
+  dataPrefix: string;
+  /** The storages' bytes are big-endian (`byteorder` says "big") and must be swapped once read. */
+  bigEndian: boolean;
+}
+
+/**
+ * Reads the small entries of a PyTorch archive (version, byte order, `data.pkl`) and builds its
+ * state with every storage pending, checking each storage's size against its entry: everything
+ * but the tensors' bytes, which `readTorchArchive` reads next (or a caller reads on demand).
+ */
+export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: boolean } = {}): Promise<TorchStructure> {
+  const verifyCrc = options.verifyCrc ?? true;
   const root = findRoot(zip);
   await checkVersion(zip, root, verifyCrc);
   const bigEndian = await readByteOrder(zip, root, verifyCrc);
@@ -69,21 +105,7 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
   const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
-  const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
-
-  // Read in file order: sequential on a disk, and each storage once.
-  const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
-  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
-  let done = 0;
-  for (const { key, storage } of order) {
-    const target = targets.get(storage);
-    const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
-    if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
-    storage.attach(bytes);
-    done += bytes.byteLength;
-    options.onProgress?.(done, total);
-  }
-  return result;
+  return { state, storages, dataPrefix, bigEndian };
 }
 
 /**
