@@ -166,7 +166,14 @@ async function verifyOne(
         const actual = await digestFile(fileSystem, path);
         if (actual.crc32 >>> 0 !== want.crc32 >>> 0) problem(name, `corrupt: its CRC-32 is ${hex(actual.crc32)}, the manifest says ${hex(want.crc32)}`);
       }
-      if (name === SCORE_FILE) parseScore(new TextDecoder().decode(await fileSystem.readFile(path)), stepNr);
+      if (name === SCORE_FILE) {
+        // A score that is no number leaves the step usable, unscored (as the manager treats it).
+        try {
+          parseScore(new TextDecoder().decode(await fileSystem.readFile(path)), stepNr);
+        } catch (error) {
+          result.notes.push(`${(error as Error).message}: the step is treated as unscored`);
+        }
+      }
       if (isTensorFile || want !== undefined || name === SCORE_FILE) {
         result.filesChecked++;
         result.bytesChecked += size;
