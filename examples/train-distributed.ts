@@ -7,10 +7,10 @@
 // file); gradients are averaged across ranks through the gang (allReduceSum, fine for a model this
 // small), so every rank holds the same weights. Kill any rank: the launch stops; run it again and
 // it resumes, ending with the same weights, bit for bit, as a run that was never interrupted.
-import { parseArgs } from "node:util";
 import * as tf from "@tensorflow/tfjs";
 import { CheckpointNotFoundError, FileCheckpointManager, Tensor, closeGangs, initGangs, type StateDict } from "ckpt";
 import { captureModelState, captureOptimizerState, restoreModelState, restoreOptimizerState } from "ckpt/tfjs";
+import { parseCommandLine } from "./command-line.js";
 import { MODEL_CONFIG, MODEL_FAMILY, Random, buildModel, makeDataset } from "./model.js";
 
 const USAGE = `Usage: ckpt launch --nproc N -- npx tsx examples/train-distributed.ts [options]
@@ -22,10 +22,16 @@ Options:
   --log-every N           print a line every N steps (default: 25)
   -h, --help              show this help`;
 
-const options = parseOptions();
-const totalSteps = positiveInt(options.steps, "--steps");
-const checkpointEvery = positiveInt(options["checkpoint-every"], "--checkpoint-every");
-const logEvery = positiveInt(options["log-every"], "--log-every");
+const commandLine = parseCommandLine("train-distributed", USAGE, {
+  dir: { type: "string", default: "checkpoints-distributed" },
+  steps: { type: "string", default: "200" },
+  "checkpoint-every": { type: "string", default: "25" },
+  "log-every": { type: "string", default: "25" },
+});
+const options = commandLine.values;
+const totalSteps = commandLine.positiveInt("steps");
+const checkpointEvery = commandLine.positiveInt("checkpoint-every");
+const logEvery = commandLine.positiveInt("log-every");
 
 /** The global batch: each of the dp ranks takes BATCH_SIZE / dp of it. */
 const BATCH_SIZE = 32;
@@ -35,7 +41,7 @@ await tf.setBackend("cpu"); // deterministic kernels
 (tf.backend() as unknown as { firstUse: boolean }).firstUse = false;
 const gangs = await initGangs();
 const { dp } = gangs;
-if (BATCH_SIZE % dp.size !== 0) fail(`the batch of ${BATCH_SIZE} does not split over ${dp.size} data-parallel ranks`);
+if (BATCH_SIZE % dp.size !== 0) commandLine.fail(`the batch of ${BATCH_SIZE} does not split over ${dp.size} data-parallel ranks`);
 const localBatch = BATCH_SIZE / dp.size;
 const log = (line: string): void => {
   if (dp.rank === 0) console.log(line);
@@ -143,36 +149,4 @@ async function trainStep(x: Float32Array, y: Float32Array): Promise<number> {
   optimizer.applyGradients(averaged);
   tf.dispose(averaged.map((g) => g.tensor));
   return sum[at]! / dp.size;
-}
-
-function parseOptions() {
-  try {
-    const { values } = parseArgs({
-      options: {
-        dir: { type: "string", default: "checkpoints-distributed" },
-        steps: { type: "string", default: "200" },
-        "checkpoint-every": { type: "string", default: "25" },
-        "log-every": { type: "string", default: "25" },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-    if (values.help) {
-      console.log(USAGE);
-      process.exit(0);
-    }
-    return values;
-  } catch (error) {
-    fail(`${(error as Error).message.split("\n")[0]} (see --help)`);
-  }
-}
-
-function positiveInt(text: string, name: string): number {
-  const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < 1) fail(`${name} must be a positive integer, got ${JSON.stringify(text)}`);
-  return value;
-}
-
-function fail(message: string): never {
-  console.error(`train-distributed: ${message}`);
-  process.exit(2);
 }

@@ -2,11 +2,11 @@
 //
 //   npm start                                   # trains 300 steps, checkpoints every 25 in ./checkpoints
 //   npm start -- --dir /tmp/run --steps 600     # see `npm start -- --help` for every option
-import { parseArgs } from "node:util";
 import * as tf from "@tensorflow/tfjs";
 import cliProgress from "cli-progress";
 import { CheckpointNotFoundError, FileCheckpointManager, Tensor, type StateDict } from "ckpt";
 import { captureModelState, captureOptimizerState, restoreModelState, restoreOptimizerState } from "ckpt/tfjs";
+import { parseCommandLine } from "./command-line.js";
 import { MODEL_CONFIG, MODEL_FAMILY, Random, buildModel, makeDataset } from "./model.js";
 
 const USAGE = `Usage: npm start -- [options]
@@ -24,11 +24,19 @@ Options:
   --quiet                   print only the summary at the end
   -h, --help                show this help`;
 
-const options = parseOptions();
-const totalSteps = positiveInt(options.steps, "--steps");
-const checkpointEvery = positiveInt(options["checkpoint-every"], "--checkpoint-every");
-const keepBest = positiveInt(options["keep-best"], "--keep-best");
-const logEvery = options["log-every"] === undefined ? undefined : positiveInt(options["log-every"], "--log-every");
+const commandLine = parseCommandLine("train", USAGE, {
+  dir: { type: "string", default: "checkpoints" },
+  steps: { type: "string", default: "300" },
+  "checkpoint-every": { type: "string", default: "25" },
+  "keep-best": { type: "string", default: "2" },
+  "log-every": { type: "string" },
+  quiet: { type: "boolean", default: false },
+});
+const options = commandLine.values;
+const totalSteps = commandLine.positiveInt("steps");
+const checkpointEvery = commandLine.positiveInt("checkpoint-every");
+const keepBest = commandLine.positiveInt("keep-best");
+const logEvery = options["log-every"] === undefined ? undefined : commandLine.positiveInt("log-every");
 const progress = progressReporter();
 const log = (line: string): void => {
   if (!options.quiet) progress.log(line);
@@ -123,40 +131,6 @@ Next:
   npx ckpt verify ${options.dir}                           # re-check every file against its manifest
   /usr/bin/python3 examples/load_in_pytorch.py ${options.dir}   # the same network in PyTorch, from model.pt
   npm start -- --dir ${options.dir} --steps ${totalSteps * 2}   # train further: resumes from step ${stepNr}`);
-
-function parseOptions() {
-  try {
-    const { values } = parseArgs({
-      options: {
-        dir: { type: "string", default: "checkpoints" },
-        steps: { type: "string", default: "300" },
-        "checkpoint-every": { type: "string", default: "25" },
-        "keep-best": { type: "string", default: "2" },
-        "log-every": { type: "string" },
-        quiet: { type: "boolean", default: false },
-        help: { type: "boolean", short: "h", default: false },
-      },
-    });
-    if (values.help) {
-      console.log(USAGE);
-      process.exit(0);
-    }
-    return values;
-  } catch (error) {
-    fail(`${(error as Error).message.split("\n")[0]} (see --help)`);
-  }
-}
-
-function positiveInt(text: string, name: string): number {
-  const value = Number(text);
-  if (!Number.isSafeInteger(value) || value < 1) fail(`${name} must be a positive integer, got ${JSON.stringify(text)}`);
-  return value;
-}
-
-function fail(message: string): never {
-  console.error(`train: ${message}`);
-  process.exit(2);
-}
 
 /**
  * Training progress: a bar on a terminal, else (or with --log-every) a line every N steps, so a
