@@ -150,6 +150,21 @@ describe("background checkpoints", () => {
     await manager.close();
   });
 
+  it("abortCheckpoint drops a background checkpoint, and the next beginCheckpoint works", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await manager.beginCheckpoint(1, { background: true });
+    await manager.saveState(trainingState(1));
+    await manager.abortCheckpoint();
+    assert.deepEqual(await readdir(dir), [".ckpt.lock"], "nothing of it is left");
+    await manager.beginCheckpoint(2, { background: true });
+    await manager.saveState(trainingState(2));
+    await manager.commitCheckpoint();
+    await manager.waitForPendingSave();
+    assert.deepEqual(await manager.getStepNumbers(), [2]);
+    await manager.close();
+  });
+
   it("reuse snapshot memory across checkpoints and keep every checkpoint's own values", async () => {
     const dir = await tempDir();
     const manager = new FileCheckpointManager({ checkpointDir: dir });

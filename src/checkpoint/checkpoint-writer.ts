@@ -189,7 +189,7 @@ export class CheckpointWriter {
       } catch (error) {
         throw new CheckpointSaveError(checkpoint.stepNr, `abortCheckpoint failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
       } finally {
-        await this.drop(checkpoint);
+        await this.drop(checkpoint, true); // closed, background or not: the next begin may start
       }
     });
   }
