@@ -60,6 +60,15 @@ export class PyDType {
   constructor(readonly name: string) {}
 }
 
+/**
+ * The `torch.<name>` dtype objects a state may hold as values: the names the reader accepts and
+ * the writer may write (any other name would be a global `torch.load` cannot find).
+ */
+export const PY_DTYPE_NAMES: ReadonlySet<string> = new Set([
+  "float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool",
+  "complex64", "complex128", "float", "double", "half", "long", "int", "short",
+]);
+
 export type TupleKind = "tuple" | "torch.Size";
 
 const tupleKinds = new WeakMap<unknown[], TupleKind>();
