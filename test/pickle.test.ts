@@ -95,13 +95,24 @@ describe("numbers", () => {
   });
 
   test("ints beyond 2^53 come back as bigints with their exact value", () => {
-    assert.equal(load(Pickler.dump(2 ** 53)), 2n ** 53n);
     assert.equal(load(Pickler.dump(2n ** 53n)), 2n ** 53n);
     assert.equal(load(Pickler.dump(2n ** 64n)), 2n ** 64n);
     assert.equal(load(Pickler.dump(2n ** 64n - 1n)), 2n ** 64n - 1n);
     assert.equal(load(Pickler.dump(-(2n ** 70n))), -(2n ** 70n));
     assert.equal(load(Pickler.dump(-(2n ** 63n))), -(2n ** 63n));
     assert.equal(load(Pickler.dump(2n ** 2000n)), 2n ** 2000n);
+  });
+
+  test("whole numbers that are not safe integers are written as floats, so they come back as numbers", () => {
+    for (const value of [2 ** 53, -(2 ** 53), 2 ** 53 + 2, 1e300, -1e300, Number.MAX_VALUE]) {
+      const bytes = Pickler.dump([value]);
+      assert.equal(bytes[6], Op.BINFLOAT, `${value} is written as a float`); // after PROTO 2, EMPTY_LIST, BINPUT 0, MARK
+      const loaded = load(bytes) as unknown[];
+      assert.equal(typeof loaded[0], "number", String(value));
+      assert.equal(loaded[0], value);
+      assert.equal(isFloatSlot(loaded, 0), true, "and is saved back as a float");
+    }
+    assert.equal(Pickler.dump([Number.MAX_SAFE_INTEGER])[6], Op.LONG1, "the largest safe integer is still an int");
   });
 
   test("bigints that fit in a double come back as numbers", () => {

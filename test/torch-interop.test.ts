@@ -163,7 +163,7 @@ function weightsOnlyState(): StateDict {
     integer_like_object: { "10": "ten", "2": "two", name: "n" },
     mixed_keys: new Map<StateKey, StateValue>([[1, "one"], ["b", 2], [null, "none"], [false, "false"], [-5, "neg"], [2 ** 40, "big"]]),
     proto_keys: JSON.parse('{"__proto__": 1, "constructor": 2, "toString": 3}') as StateDict,
-    big_ints: [2 ** 53, 2n ** 53n + 1n, -(2n ** 53n) - 1n, 2n ** 63n, -(2n ** 63n) - 1n, 2n ** 64n + 1n, -(2n ** 70n), 10n ** 40n],
+    big_ints: [2n ** 53n, 2n ** 53n + 1n, -(2n ** 53n) - 1n, 2n ** 63n, -(2n ** 63n) - 1n, 2n ** 64n + 1n, -(2n ** 70n), 10n ** 40n],
     big_int_keys: new Map<StateKey, StateValue>([[2n ** 70n, "big"], [-(2n ** 64n), "negative"]]),
     dtype: new PyDType("float16"),
     size: markTuple([2, 3], "torch.Size"),
@@ -184,6 +184,8 @@ function fullState(): StateDict {
   return {
     ...state,
     floats: [0.5, -0, 0.1, 1e16, 1e15, 1e-5, 1e-4, 1.5e300, 5e-324, NaN, Infinity, -Infinity, new PyFloat(1), new PyFloat(-2), new PyFloat(2 ** 53)],
+    // Whole numbers beyond 2^53 are floats (they are what a program computed, not exact ints).
+    unsafe_whole_numbers: [2 ** 53, -(2 ** 53), 1e300, -1e300, Number.MAX_VALUE],
     whole_float: new PyFloat(3),
     float_keys: new Map<StateKey, StateValue>([[2.5, "float"], [-0.125, "negative"]]),
     bytes: Uint8Array.from([0, 255, 114, 97, 119, 128]),

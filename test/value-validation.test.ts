@@ -19,6 +19,7 @@ import {
   orderedDict,
   tuple,
   type StateDict,
+  type StateKey,
   type StateValue,
 } from "../src/index.js";
 import { checkStateValue } from "../src/values/state-check.js";
@@ -34,6 +35,7 @@ import {
   trainingState,
   useTempDirs,
 } from "./helpers/checkpoint-helpers.js";
+import { requireTorch, runPython } from "./helpers/torch-python.js";
 
 const tempDir = useTempDirs("values");
 
@@ -128,6 +130,48 @@ describe("Map keys", () => {
     }
     // Keys that only look alike are different Python keys.
     checkStateValue({ table: new Map<unknown, StateValue>([[1, "int"], ["1", "str"], [1.5, "float"], [null, "none"], [tuple(1), "tuple"], [2n, "two"], [Number.NaN, "nan"]]) } as never);
+  });
+
+  test("the keys that are allowed come back here as the same keys", async () => {
+    const path = join(await tempDir(), "keys.pt");
+    const keys: StateKey[] = ["name", "", 0, -7, 2 ** 40, 2.5, -0.125, 2 ** 60, 5n, 2n ** 70n, true, null];
+    const table = new Map<unknown, StateValue>(keys.map((key, i) => [key, i]));
+    const pairKey = tuple<StateValue>(1, "a", tuple(null, 2n ** 64n));
+    table.set(pairKey, "tuple");
+    await new TorchTensorDumper().dump({ table: table as never }, path);
+    const loaded = ((await new TorchTensorLoader().load(path)) as StateDict).table as Map<unknown, StateValue>;
+    const expected = keys.map((key) => (key === 5n ? 5 : key)); // Python ints come back as numbers when they are safe integers
+    assert.deepEqual([...loaded.keys()].slice(0, keys.length), expected);
+    const loadedTuple = [...loaded.keys()][keys.length];
+    assert.deepEqual(loadedTuple, [1, "a", [null, 2n ** 64n]]);
+    assert.equal(loaded.get(loadedTuple), "tuple");
+  });
+
+  test("the keys that are allowed load in torch.load as hashable keys of the Python types they stand for", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const path = join(await tempDir(), "keys-torch.pt");
+    const table = new Map<unknown, StateValue>([
+      ["name", 0], [3, 1], [2.5, 2], [2 ** 60, 3], [5n, 4], [true, 5], [null, 6], [new PyFloat(4), 7], [tuple<StateValue>(1, tuple("x")), 8],
+    ]);
+    await new TorchTensorDumper().dump({ table: table as never }, path);
+    const script = `
+import sys, torch
+table = torch.load(sys.argv[1])["table"]
+for key, value in table.items():
+    print(value, type(key).__name__, repr(key), hash(key) == hash(key))`;
+    const lines = runPython(python, script, [path]).trim().split("\n");
+    assert.deepEqual(lines, [
+      "0 str 'name' True",
+      "1 int 3 True",
+      "2 float 2.5 True",
+      "3 float 1.152921504606847e+18 True",
+      "4 int 5 True",
+      "5 bool True True",
+      "6 NoneType None True",
+      "7 float 4.0 True",
+      "8 tuple (1, ('x',)) True",
+    ]);
   });
 
   test("TorchTensorDumper refuses the same keys, naming the key path, and leaves no file", async () => {
@@ -269,5 +313,41 @@ describe("values that cannot be saved", () => {
     await assert.rejects(manager.saveConsolidatedFsdpModel({ w: Tensor.zeros([1]), b: new Int32Array(1) as never }), saveRefusedWith("saveConsolidatedFsdpModel", 2, /model\.b: an Int32Array cannot be saved as it is/));
     assert.deepEqual(await manager.getStepNumbers(), [1]);
     await manager.close();
+  });
+});
+
+describe("numbers beyond 2^53", () => {
+  const state = (): StateDict => ({ loss: 1e300, best: 2 ** 53, negative: -(2 ** 60), max: Number.MAX_VALUE, safe: 2 ** 53 - 1 });
+
+  test("whole numbers that are not safe integers are saved as floats and come back as numbers", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await manager.beginCheckpoint(1);
+    await manager.saveState(state());
+    await manager.commitCheckpoint();
+    const loaded = await manager.loadCheckpoint(1);
+    for (const key of ["loss", "best", "negative", "max", "safe"]) assert.equal(typeof loaded[key], "number", key);
+    assert.equal(Math.min(loaded.loss as number, loaded.best as number), 2 ** 53);
+    assert.deepEqual([loaded.loss, loaded.best, loaded.negative, loaded.max, loaded.safe], [1e300, 2 ** 53, -(2 ** 60), Number.MAX_VALUE, 2 ** 53 - 1]);
+    await manager.close();
+  });
+
+  test("torch.load reads them as Python floats, and safe integers as ints", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const path = join(await tempDir(), "numbers.pt");
+    await new TorchTensorDumper().dump(state(), path);
+    const script = `
+import sys, torch
+state = torch.load(sys.argv[1])
+for key in ["loss", "best", "negative", "max", "safe"]:
+    print(key, type(state[key]).__name__, repr(state[key]))`;
+    assert.deepEqual(runPython(python, script, [path]).trim().split("\n"), [
+      "loss float 1e+300",
+      "best float 9007199254740992.0",
+      "negative float -1.152921504606847e+18",
+      "max float 1.7976931348623157e+308",
+      "safe int 9007199254740991",
+    ]);
   });
 });

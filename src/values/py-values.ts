@@ -9,9 +9,10 @@ import type { Tensor } from "../tensor/tensor.js";
  *
  * | Python                      | JavaScript                                                     |
  * |-----------------------------|----------------------------------------------------------------|
- * | int                         | number (bigint beyond ±2^53)                                   |
- * | float                       | number; a whole-valued float (1.0) read from a file is a number |
- * |                             | with a hidden mark on its container; `new PyFloat(1)` forces it |
+ * | int                         | number that is a safe integer; bigint (beyond ±2^53 on load)   |
+ * | float                       | any other number (1.5, 1e300, 2 ** 53); a whole-valued float   |
+ * |                             | (1.0) read from a file is a number with a hidden mark on its   |
+ * |                             | container; `new PyFloat(1)` forces one                          |
  * | str, bool, None             | string, boolean, null                                          |
  * | bytes                       | Uint8Array                                                     |
  * | list / tuple / torch.Size   | Array; tuples carry a hidden mark (`tuple(...)`, `isTuple`)     |

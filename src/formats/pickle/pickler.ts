@@ -54,8 +54,10 @@ export class Pickler {
   value(value: unknown, container?: object, key?: unknown): void {
     switch (typeof value) {
       case "number":
+        // Only safe integers are ints: 1e300 or 2 ** 53 is a float a program computed, and written as
+        // an int it would load back as a bigint, which arithmetic with numbers refuses.
         if (container !== undefined && isFloatSlot(container, key)) this.float(value);
-        else if (Number.isInteger(value) && !Object.is(value, -0)) this.int(value);
+        else if (Number.isSafeInteger(value) && !Object.is(value, -0)) this.int(value);
         else this.float(value);
         return;
       case "bigint":
