@@ -3,6 +3,7 @@ import { createHash } from "node:crypto";
 import { readFile, readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, test } from "node:test";
+import { parse as parseYaml } from "yaml";
 
 import {
   CheckpointSaveError,
@@ -23,6 +24,7 @@ import {
   type StateValue,
 } from "../src/index.js";
 import { checkStateValue } from "../src/values/state-check.js";
+import { checkPlainData } from "../src/values/plain-data.js";
 import { Pickler } from "../src/formats/pickle/pickler.js";
 import {
   assertSameState,
@@ -313,6 +315,45 @@ describe("values that cannot be saved", () => {
     await assert.rejects(manager.saveConsolidatedFsdpModel({ w: Tensor.zeros([1]), b: new Int32Array(1) as never }), saveRefusedWith("saveConsolidatedFsdpModel", 2, /model\.b: an Int32Array cannot be saved as it is/));
     assert.deepEqual(await manager.getStepNumbers(), [1]);
     await manager.close();
+  });
+});
+
+describe("saveModelMetadata config", () => {
+  test("a function in config is an InvalidArgumentError naming its key path, and model.yaml is left as it was", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await manager.saveModelMetadata({ family: "llama", config: { dim: 8 } });
+    const card = await readFile(join(dir, "model.yaml"), "utf8");
+    const cases: [unknown, RegExp][] = [
+      [{ dim: 8, layers: [{ act: Math.tanh }] }, /^config\.layers\[0\]\.act is a function, which is not plain data/],
+      [{ sizes: [1, undefined] }, /^config\.sizes\[1\] is undefined, which YAML cannot hold \(use null\)/],
+      [{ table: new Map([["a", 1]]) }, /^config\.table is a Map, which is not plain data: use a plain object/],
+      [{ "rope.theta": Symbol("x") }, /^config\["rope\.theta"\] is a symbol/],
+      [{ created: new Date(0) }, /^config\.created is a Date.*toISOString/],
+      [new (class LlamaConfig { dim = 8 })(), /^config is a LlamaConfig, which is not plain data: copy its fields into a plain object/],
+    ];
+    for (const [config, message] of cases) await assert.rejects(manager.saveModelMetadata({ family: "llama", config }), refusedWith(message), message.source);
+    const cyclic: Record<string, unknown> = { dim: 8 };
+    cyclic.self = cyclic;
+    await assert.rejects(manager.saveModelMetadata({ family: "llama", config: cyclic }), refusedWith(/^config\.self contains itself/));
+    assert.equal(await readFile(join(dir, "model.yaml"), "utf8"), card, "model.yaml is unchanged");
+
+    // Plain data, shared parts, non-finite numbers and bigints are fine; undefined properties are left out.
+    const shared = { heads: 4 };
+    await manager.saveModelMetadata({ family: "llama", config: { a: shared, b: shared, eps: Infinity, big: 2n ** 70n, dropout: undefined, name: null } });
+    const written = parseYaml(await readFile(join(dir, "model.yaml"), "utf8"), { intAsBigInt: true }) as { model_config: Record<string, unknown> };
+    assert.deepEqual(written.model_config, { a: { heads: 4n }, b: { heads: 4n }, eps: Infinity, big: 2n ** 70n, name: null });
+    await manager.close();
+  });
+
+  test("checkPlainData walks configs nested far deeper than the stack without recursing, and refuses past 1000 levels", () => {
+    let config: unknown = 1;
+    for (let i = 0; i < 1000; i++) config = [config];
+    checkPlainData(config);
+    assert.throws(() => checkPlainData([config]), refusedWith(/is nested deeper than 1000 levels/));
+    let deep: unknown = 1;
+    for (let i = 0; i < 100_000; i++) deep = { d: deep };
+    assert.throws(() => checkPlainData(deep), refusedWith(/is nested deeper than 1000 levels/));
   });
 });
 
