@@ -303,6 +303,32 @@ describe("sharing and cycles", () => {
   });
 });
 
+describe("unsupported types", () => {
+  /** A pickle whose only opcode is GLOBAL module.name. */
+  const globalPickle = (module: string, name: string): Uint8Array =>
+    Uint8Array.from([Op.PROTO, 2, Op.GLOBAL, ...Buffer.from(`${module}\n${name}\n`, "latin1"), Op.STOP]);
+
+  test("complex tensors other than complex64 and Python complex numbers are refused as unsupported types, naming the global", () => {
+    const cases: [string, string, RegExp][] = [
+      ["torch", "ComplexDoubleStorage", /^complex tensors other than complex64 are not supported \(torch\.ComplexDoubleStorage holds complex128\); the supported dtypes are float32, .*complex64$/],
+      ["torch", "ComplexHalfStorage", /^complex tensors other than complex64 are not supported \(torch\.ComplexHalfStorage holds complex32\)/],
+      ["torch", "QInt8Storage", /^qint8 tensors are not supported \(torch\.QInt8Storage holds qint8\)/],
+      ["__builtin__", "complex", /^Python complex numbers are not supported \(__builtin__\.complex\)/],
+      ["builtins", "complex", /^Python complex numbers are not supported \(builtins\.complex\)/],
+    ];
+    for (const [module, name, message] of cases) {
+      assert.throws(() => load(globalPickle(module, name)), (error: unknown) => {
+        assert.ok(error instanceof FormatError);
+        assert.equal(error.code, "PICKLE_UNSUPPORTED_TYPE");
+        assert.match(error.message, message);
+        assert.doesNotMatch(error.message, /allow-list/);
+        return true;
+      });
+    }
+    assert.doesNotThrow(() => load(globalPickle("torch", "ComplexFloatStorage")), "complex64 storages are supported");
+  });
+});
+
 describe("limits and refusals", () => {
   function nested(depth: number): StateValue {
     let value: StateValue = [];

@@ -8,6 +8,7 @@ import {
   PyDType,
   PyFloat,
   Tensor,
+  TensorLoadError,
   TorchTensorDumper,
   TorchTensorLoader,
   markFloatSlot,
@@ -322,4 +323,31 @@ test("a file written with forceZip64 loads in torch and here", async (t) => {
   if (python === null) return;
   const [inTorch] = describeInTorch(python, [path]);
   assert.deepEqual(inTorch, describe(state));
+});
+
+test("complex128 tensors and Python complex numbers saved by torch are refused as unsupported types, naming the global, not as a security refusal", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const dir = await tempDir();
+  const script = `
+import sys, torch
+torch.save({"z": torch.zeros(2, dtype=torch.complex128)}, sys.argv[1] + "/complex128.pt")
+torch.save({"c": 1 + 2j}, sys.argv[1] + "/complex.pt")
+torch.save({"z": torch.zeros(2, dtype=torch.complex64)}, sys.argv[1] + "/complex64.pt")`;
+  runPython(python, script, [dir]);
+  const cases: [string, RegExp][] = [
+    ["complex128.pt", /complex tensors other than complex64 are not supported \(torch\.ComplexDoubleStorage holds complex128\)/],
+    ["complex.pt", /Python complex numbers are not supported \(__builtin__\.complex\)/],
+  ];
+  for (const [name, message] of cases) {
+    await assert.rejects(loader.load(join(dir, name)), (error: unknown) => {
+      assert.ok(error instanceof TensorLoadError);
+      assert.match(error.message, message);
+      assert.doesNotMatch(error.message, /allow-list|refusing/);
+      assert.equal((error.cause as { code?: string }).code, "PICKLE_UNSUPPORTED_TYPE");
+      return true;
+    });
+  }
+  const z = (await loader.load(join(dir, "complex64.pt"))) as StateDict;
+  assert.equal((z.z as Tensor).dtype, "complex64");
 });
