@@ -1016,10 +1016,10 @@ describe("the dumper refuses bad states and never damages the target", () => {
   const badStates: [string, StateValue, RegExp][] = [
     ["a function", { hook: (() => 1) as unknown as StateValue }, /a function cannot be saved/],
     ["a symbol", { tag: Symbol("x") as unknown as StateValue }, /a symbol cannot be saved/],
-    ["undefined", { missing: undefined as unknown as StateValue }, /a undefined cannot be saved/],
+    ["undefined", { missing: undefined as unknown as StateValue }, /state\.missing: undefined cannot be saved in a state/],
     ["a Float32Array not wrapped in a Tensor", { weight: new Float32Array(4) as unknown as StateValue }, /a Float32Array cannot be saved as it is; wrap it with Tensor.from/],
     ["a DataView", { raw: new DataView(new ArrayBuffer(4)) as unknown as StateValue }, /a DataView cannot be saved as it is/],
-    ["a class instance", { optimizer: new Optimizer() as unknown as StateValue }, /a Optimizer cannot be saved/],
+    ["a class instance", { optimizer: new Optimizer() as unknown as StateValue }, /state\.optimizer: an Optimizer cannot be saved/],
     ["a Set", { ids: new Set([1]) as unknown as StateValue }, /a Set cannot be saved/],
   ];
 

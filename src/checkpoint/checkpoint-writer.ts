@@ -5,6 +5,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
+import { findUnsaveable } from "../values/state-check.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
 import { METADATA_FILE, SCORE_FILE, TMP_SUFFIX, modelFileName, rankFileName, replicatedFileName, stepDirName } from "./layout.js";
@@ -90,6 +91,8 @@ export class CheckpointWriter {
     if (typeof modelKey !== "string" || modelKey === "") throw new InvalidArgumentError("modelKey must be a non-empty string");
     const replicatedKeys = new Set(options.replicatedKeys ?? []);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
+    const unsaveable = findUnsaveable(state, "state"); // synchronous: no call may slip in before this one's step
+    if (unsaveable !== undefined) return this.refuse(checkpoint, "saveState", unsaveable);
 
     const source = checkpoint.background ? snapshotState(state, this.arena) : state;
     checkpoint.stateSaved = true;
@@ -108,6 +111,8 @@ export class CheckpointWriter {
 
   async saveMetadata(metadata: StateValue): Promise<void> {
     const checkpoint = this.requireOpen("saveMetadata");
+    const unsaveable = findUnsaveable(metadata, "metadata"); // synchronous: no call may slip in before this one's step
+    if (unsaveable !== undefined) return this.refuse(checkpoint, "saveMetadata", unsaveable);
     const source = checkpoint.background ? snapshotState({ metadata }, this.arena).metadata! : metadata;
     await this.runStep(checkpoint, "saveMetadata", async () => {
       if (isRoot(this.context)) await this.writePart(checkpoint, METADATA_FILE, source);
@@ -131,6 +136,8 @@ export class CheckpointWriter {
   async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
     const checkpoint = this.requireOpen("saveConsolidatedFsdpModel");
     if (!isPlainDict(model) && !((model as unknown) instanceof Map)) throw new InvalidArgumentError("saveConsolidatedFsdpModel needs the model's state dict");
+    const unsaveable = findUnsaveable(model, "model"); // synchronous: no call may slip in before this one's step
+    if (unsaveable !== undefined) return this.refuse(checkpoint, "saveConsolidatedFsdpModel", unsaveable);
     const source = checkpoint.background ? snapshotState({ model }, this.arena).model! : model;
     const { dp, tp } = this.context.gangs;
     const name = modelFileName(tp.rank, tp.size);
@@ -189,7 +196,7 @@ export class CheckpointWriter {
       } catch (error) {
         throw new CheckpointSaveError(checkpoint.stepNr, `abortCheckpoint failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
       } finally {
-        await this.drop(checkpoint);
+        await this.drop(checkpoint, true); // closed, background or not: the next begin may start
       }
     });
   }
@@ -223,6 +230,16 @@ export class CheckpointWriter {
       if (error instanceof CheckpointError) throw error;
       throw new CheckpointSaveError(checkpoint.stepNr, `${op} failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
     }
+  }
+
+  /**
+   * Refuses a value that cannot be saved (found before any of it is queued or written): the step
+   * fails on every rank like any save error, so the checkpoint is dropped everywhere; in
+   * background mode the caller hears it from this call, not later.
+   */
+  private async refuse(checkpoint: OpenCheckpoint, op: string, error: Error): Promise<never> {
+    await this.runStep(checkpoint, op, () => Promise.reject(error)); // foreground: throws here
+    throw new CheckpointSaveError(checkpoint.stepNr, `${op} failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${error.message}`, { cause: error });
   }
 
   /**

@@ -7,6 +7,7 @@ import { LocalFileSystem } from "../fs/local-file-system.js";
 import { joinPath } from "../fs/paths.js";
 import type { TensorDumper, TensorLoader } from "../io/tensor-io.js";
 import { TorchTensorDumper, TorchTensorLoader } from "../io/torch-tensor-io.js";
+import { checkPlainData } from "../values/plain-data.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import { listCheckpoints, type CheckpointInfo } from "./checkpoint-directory.js";
 import type {
@@ -276,6 +277,7 @@ export class FileCheckpointManager implements CheckpointManager {
   /** Writes `model.yaml`, the model card: family, config, and the number of TP shards. */
   async saveModelMetadata(metadata: ModelMetadata): Promise<void> {
     if (typeof metadata?.family !== "string" || metadata.family === "") throw new InvalidArgumentError("saveModelMetadata needs a non-empty family");
+    checkPlainData(metadata.config, "config");
     const { context } = this;
     await context.exclusive(async () => {
       await this.writer.pending.settle();
