@@ -62,6 +62,7 @@ export type {
   DeleteOptions,
   RetentionOptions,
   ListOptions,
+  LoadModelOptions,
   LoadOptions,
   RetentionResult,
   ModelMetadata,
@@ -69,6 +70,7 @@ export type {
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
+export { unwrapModelFile, type ModelFileParts } from "./checkpoint/state-split.js";
 export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";
 
 // safetensors, reading either format, and the helpers behind the `ckpt` command line.

@@ -6,6 +6,7 @@ import {
   SCORE_FILE,
   isModelFile,
   isRankFile,
+  isReplicatedFile,
   parseLeftoverDirName,
   parseStepDirName,
 } from "./layout.js";
@@ -101,7 +102,8 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
       warning = `${why}; step ${stepNr} is treated as unscored`;
     }
   }
-  // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank files.
-  const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some(isRankFile));
+  // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank or
+  // replicated files (fairseq2 writes no rank file when "*" makes everything replicated).
+  const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some((name) => isRankFile(name) || isReplicatedFile(name)));
   return { stepNr, path, files, manifest, modelOnly, score, damaged, warning };
 }

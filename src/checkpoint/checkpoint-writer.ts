@@ -15,7 +15,7 @@ import { PendingSave } from "./pending-save.js";
 import { publishCheckpoint } from "./publish-checkpoint.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
-import { splitState } from "./state-split.js";
+import { MODEL_KEY_ENTRY, modelFileContent, splitState } from "./state-split.js";
 
 /** A checkpoint between beginCheckpoint and commit/abort. */
 interface OpenCheckpoint {
@@ -88,6 +88,9 @@ export class CheckpointWriter {
     if (!isPlainDict(state)) throw new InvalidArgumentError("saveState needs a plain object mapping keys to state values");
     const modelKey = options.modelKey ?? "model";
     if (typeof modelKey !== "string" || modelKey === "") throw new InvalidArgumentError("modelKey must be a non-empty string");
+    if (modelKey === MODEL_KEY_ENTRY || Object.hasOwn(state, MODEL_KEY_ENTRY)) {
+      throw new InvalidArgumentError(`"${MODEL_KEY_ENTRY}" is reserved: the checkpoint files record the model's key under it (fairseq2's layout) and loading removes it; rename that key`);
+    }
     const replicatedKeys = new Set(options.replicatedKeys ?? []);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
 
@@ -96,9 +99,7 @@ export class CheckpointWriter {
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
-      if (parts.model !== undefined) {
-        await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
-      }
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
       await this.writePart(checkpoint, rankFile, parts.rank);
@@ -151,7 +152,9 @@ export class CheckpointWriter {
         full = assembleModel(source, shardsByRank);
         for (let rank = 1; rank < dp.size; rank++) await this.context.fileSystem.remove(joinPath(checkpoint.tmpDir, scratch(rank)));
       }
-      await this.writePart(checkpoint, name, { model: full, model_key: "model" });
+      // Always under "model", as fairseq2 writes its consolidated model: the rank files name the
+      // state's own key, so a loader never takes this copy for the (sharded) model of the state.
+      await this.writePart(checkpoint, name, modelFileContent("model", full));
     });
   }
 
