@@ -1,3 +1,5 @@
+import { FormatError } from "../errors.js";
+import { readLegacyTorchFile, startsLikeLegacyTorch, startsLikeTar } from "../formats/torch/legacy-reader.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
@@ -16,8 +18,9 @@ export interface TorchTensorLoaderOptions {
 }
 
 /**
- * Loads PyTorch `.pt` files (the zip format of `torch.save`, PyTorch 1.6 and later) safely: only
- * tensors, storages, dtypes and plain Python values are accepted, never arbitrary objects.
+ * Loads PyTorch `.pt` files safely — the zip format of `torch.save` (PyTorch 1.6 and later) and its
+ * legacy format (before 1.6, or `_use_new_zipfile_serialization=False`): only tensors, storages,
+ * dtypes and plain Python values are accepted, never arbitrary objects.
  *
  * @example
  * const state = await new TorchTensorLoader().load("model.pt");
@@ -43,6 +46,11 @@ export class TorchTensorLoader implements TensorLoader {
     return readingFile(this.fileSystem, path, "PyTorch", async (reader) => {
       const expected = options.expectedDigest;
       checkDigestSize(reader.size, expected);
+      const head = await reader.read(0, Math.min(reader.size, LEGACY_HEAD_BYTES));
+      if (startsLikeLegacyTorch(head)) return loadLegacy(reader, options);
+      if (startsLikeTar(head)) {
+        throw new FormatError("TORCH_LEGACY_TAR", "a tar archive: the tar-based format of the earliest PyTorch versions is not supported; load it with torch.load and save it again");
+      }
       let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
@@ -71,8 +79,33 @@ export class TorchTensorLoader implements TensorLoader {
       }
       const onProgress = inMemory ? undefined : options.onProgress;
       return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
-    }, explainNonZip);
+    });
   }
+}
+
+/** Enough of a file's start to tell the legacy format (a pickle) and a tar archive ("ustar" at 257). */
+const LEGACY_HEAD_BYTES = 262;
+
+/**
+ * The legacy format (before PyTorch 1.6): read whole into one buffer up to 2 GiB, the storages
+ * views into it; larger files, or loads in place, storage by storage with positioned reads. The
+ * file's CRC-32 comes from the same reads either way (in place, it is checked once the targets
+ * are filled: the format has no checksums of its own to check first).
+ */
+async function loadLegacy(reader: RandomAccessReader, options: TensorLoadOptions): Promise<StateValue> {
+  const expected = options.expectedDigest;
+  if (options.into === undefined && reader.size <= WHOLE_FILE_MAX) {
+    const whole = await readWholeFile(reader, { crc: expected !== undefined, onProgress: options.onProgress });
+    if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
+    return (await readLegacyTorchFile(new MemoryReader(whole.bytes))).state;
+  }
+  const { state, crc32 } = await readLegacyTorchFile(reader, {
+    crc: expected !== undefined,
+    ...(options.into === undefined ? {} : { into: options.into }),
+    ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+  });
+  if (expected !== undefined) checkDigestCrc(crc32!, expected.crc32);
+  return state;
 }
 
 /**
@@ -106,15 +139,4 @@ export class TorchTensorDumper implements TensorDumper {
   async dump(state: StateValue, path: string, options: TensorDumpOptions = {}): Promise<FileDigest> {
     return writingFile(this.fileSystem, path, (writer) => writeTorchArchive(state, writer, { ...this.writeOptions, ...options }));
   }
-}
-
-/** A file without a zip end record that starts like a pickle was written by torch.save before 1.6. */
-async function explainNonZip(reader: RandomAccessReader, error: unknown): Promise<string> {
-  const message = (error as Error).message;
-  if ((error as { code?: string }).code !== "ZIP_END" || reader.size < 2) return message;
-  const head = await reader.read(0, 2).catch(() => undefined);
-  if (head?.[0] === 0x80 && head[1]! <= 5) {
-    return `${message}; it looks like the legacy format of torch.save before PyTorch 1.6, which is not supported: re-save it with a current PyTorch`;
-  }
-  return message;
 }

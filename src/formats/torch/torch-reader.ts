@@ -87,7 +87,7 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
  * `into` (contiguous, same dtype and shape), and puts the target in the result in its place.
  * Walks both trees side by side without recursion.
  */
-function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array> } {
+export function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array> } {
   const users = new Map<Storage, number>();
   const countUsers = (value: unknown, seen: Set<unknown>): void => {
     const pending = [value];

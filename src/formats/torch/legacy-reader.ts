@@ -1,0 +1,237 @@
+import { crc32 } from "node:zlib";
+import { FormatError } from "../../errors.js";
+import { DTYPES } from "../../tensor/dtype.js";
+import { Storage } from "../../tensor/storage.js";
+import type { StateValue } from "../../values/py-values.js";
+import type { RandomAccessReader } from "../byte-io.js";
+import { unpickleAt, type UnpickleOptions } from "../pickle/unpickler.js";
+import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
+import { StorageView, TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
+import { matchTargets } from "./torch-reader.js";
+
+/**
+ * The legacy format of `torch.save` (PyTorch before 1.6, and `_use_new_zipfile_serialization=False`
+ * since): five pickles in a row — the magic number, the protocol version, system info, the state
+ * (storages as persistent ids), the sorted list of storage keys — then, for each key in that
+ * order, the storage's element count as a little-endian int64 and its raw little-endian bytes.
+ */
+export const LEGACY_MAGIC_NUMBER = 0x1950a86a20f9469cfc6cn;
+export const LEGACY_PROTOCOL_VERSION = 1001;
+
+/** Bytes of each storage record before its data: the element count, an int64. */
+const RECORD_HEADER_SIZE = 8;
+
+/**
+ * The pickles are read from a window at the start of the file that doubles until they fit. A
+ * state's pickle holds no tensor data: kilobytes to a few megabytes even for large models. A
+ * pickle that does not end within this many bytes is a broken or hostile file, not a state.
+ */
+export const MAX_LEGACY_PICKLE_BYTES = 1 << 30;
+const FIRST_WINDOW = 1 << 20;
+
+export interface LegacyReadOptions {
+  /** Tensors to read into, in place (see TorchReadOptions.into). */
+  into?: StateValue;
+  /** Called after each storage is read, with bytes done and bytes in all. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** Compute the CRC-32 of the whole file from the bytes read (they cover it exactly once). */
+  crc?: boolean;
+}
+
+/** Whether a file's first bytes are a pickle (as the legacy format starts), not a zip. */
+export function startsLikeLegacyTorch(head: Uint8Array): boolean {
+  return head.length >= 2 && head[0] === 0x80 && head[1]! >= 2 && head[1]! <= 5;
+}
+
+/** A tar archive (the format of the earliest PyTorch versions) has "ustar" at byte 257. */
+export function startsLikeTar(head: Uint8Array): boolean {
+  return head.length >= 262 && new TextDecoder("latin1").decode(head.subarray(257, 262)) === "ustar";
+}
+
+/** The pickles at the start of a legacy file, and where the storage records begin. */
+interface LegacyHeader {
+  state: StateValue;
+  /** Storages in the order of the key list, which is their order in the file. */
+  storages: { key: string; storage: Storage }[];
+  dataStart: number;
+  /** The window the pickles were read from (for the CRC of the bytes before `dataStart`). */
+  window: Uint8Array;
+  pickleBytes: Uint8Array;
+}
+
+/**
+ * Reads a legacy `torch.save` file through positioned reads: the pickles from a window at the
+ * start, then each storage record where the key list puts it. Every storage's place and size is
+ * known and checked against the file's size before any storage is allocated; storages are read
+ * once, each into its own buffer (or its in-place target), so memory is what the file holds.
+ */
+export async function readLegacyTorchFile(reader: RandomAccessReader, options: LegacyReadOptions = {}): Promise<{ state: StateValue; crc32: number | undefined }> {
+  const header = await readHeader(reader);
+  const unpickled = mayHoldShardedRecords(header.pickleBytes) ? (reviveShardedTensors(header.state) as StateValue) : header.state;
+  const { result, targets } = options.into === undefined ? { result: unpickled, targets: new Map<Storage, Uint8Array>() } : matchTargets(unpickled, options.into);
+
+  // Where each record lies; the records must tile the rest of the file exactly.
+  let position = header.dataStart;
+  const records = header.storages.map(({ key, storage }) => {
+    const size = storage.numel * DTYPES[storage.dtype].itemSize;
+    const record = { key, storage, at: position, size };
+    position += RECORD_HEADER_SIZE + size;
+    if (position > reader.size) {
+      throw new FormatError("TORCH_LEGACY_TRUNCATED", `truncated: storage "${key}" (${storage.numel} ${storage.dtype} elements) ends at byte ${position} but the file has ${reader.size} bytes`);
+    }
+    return record;
+  });
+  if (position !== reader.size) {
+    throw new FormatError("TORCH_LEGACY_LAYOUT", `${reader.size - position} bytes follow the last storage (the storages end at byte ${position} of ${reader.size})`);
+  }
+
+  let crc = options.crc === true ? crc32(header.window.subarray(0, header.dataStart)) : 0;
+  const total = records.reduce((sum, record) => sum + record.size, 0);
+  let done = 0;
+  for (const { key, storage, at, size } of records) {
+    const target = targets.get(storage);
+    let count: Uint8Array;
+    let data: Uint8Array;
+    if (target === undefined) {
+      // One read per record; the data sits 8 bytes into a new buffer, aligned for every dtype.
+      const record = await reader.read(at, RECORD_HEADER_SIZE + size);
+      count = record.subarray(0, RECORD_HEADER_SIZE);
+      data = record.subarray(RECORD_HEADER_SIZE);
+    } else {
+      count = await reader.read(at, RECORD_HEADER_SIZE);
+      data = await reader.read(at + RECORD_HEADER_SIZE, size, target);
+    }
+    const recorded = new DataView(count.buffer, count.byteOffset, RECORD_HEADER_SIZE).getBigInt64(0, true);
+    if (recorded !== BigInt(storage.numel)) {
+      throw new FormatError("TORCH_LEGACY_STORAGE", `storage "${key}" at byte ${at} records ${recorded} elements but the state uses it as ${storage.numel} ${storage.dtype} elements`);
+    }
+    if (options.crc === true) crc = crc32(data, crc32(count, crc));
+    storage.attach(data);
+    done += size;
+    options.onProgress?.(done, total);
+  }
+  return { state: result, crc32: options.crc === true ? crc : undefined };
+}
+
+/** Reads the five pickles, from a window that doubles until they fit in it. */
+async function readHeader(reader: RandomAccessReader): Promise<LegacyHeader> {
+  const limit = Math.min(reader.size, MAX_LEGACY_PICKLE_BYTES);
+  for (let length = Math.min(FIRST_WINDOW, limit); ; length = Math.min(length * 2, limit)) {
+    const window = await reader.read(0, length);
+    try {
+      return parseHeader(window, reader.size);
+    } catch (error) {
+      if (!(error instanceof FormatError && error.code === "PICKLE_TRUNCATED")) throw error;
+      if (length < limit) continue; // cut off by the window, not by the file: read more, parse again
+      if (limit < reader.size) {
+        throw new FormatError("TORCH_LEGACY_LIMIT", `the pickles at the start do not end within ${MAX_LEGACY_PICKLE_BYTES} bytes (MAX_LEGACY_PICKLE_BYTES): not a state`, { cause: error });
+      }
+      throw new FormatError("TORCH_LEGACY_TRUNCATED", `truncated: the file ends inside its pickles (${error.message})`, { cause: error });
+    }
+  }
+}
+
+function parseHeader(window: Uint8Array, fileSize: number): LegacyHeader {
+  const plain: UnpickleOptions = {
+    findGlobal: (module, name) => {
+      throw new FormatError("TORCH_LEGACY_HEADER", `the header of a legacy file names the global ${module}.${name}; it holds plain values only`);
+    },
+  };
+  const step = (what: string, start: number, options: UnpickleOptions): { value: unknown; end: number } => {
+    try {
+      return unpickleAt(window, start, options);
+    } catch (error) {
+      if (error instanceof FormatError && error.code.startsWith("TORCH_")) throw error;
+      const code = error instanceof FormatError ? error.code : "TORCH_LEGACY_HEADER";
+      throw new FormatError(code, `${what} (the pickle at byte ${start}): ${(error as Error).message}`, { cause: error });
+    }
+  };
+
+  const magic = step("the magic number", 0, plain);
+  if (magic.value !== LEGACY_MAGIC_NUMBER) {
+    throw new FormatError("TORCH_LEGACY_HEADER", `bad magic number ${describeValue(magic.value)}: a legacy torch.save file starts with 0x${LEGACY_MAGIC_NUMBER.toString(16)}`);
+  }
+  const protocol = step("the protocol version", magic.end, plain);
+  if (protocol.value !== LEGACY_PROTOCOL_VERSION) {
+    throw new FormatError("TORCH_LEGACY_HEADER", `protocol version ${describeValue(protocol.value)} is not ${LEGACY_PROTOCOL_VERSION}, the only one torch.save has written`);
+  }
+  const sysInfo = step("the system info", protocol.end, plain);
+  const info = sysInfo.value as Record<string, unknown> | null;
+  if (typeof info !== "object" || info === null || Array.isArray(info) || info.protocol_version !== LEGACY_PROTOCOL_VERSION) {
+    throw new FormatError("TORCH_LEGACY_HEADER", `the system info is not a dict with protocol_version ${LEGACY_PROTOCOL_VERSION}: ${describeValue(info)}`);
+  }
+  // Storage data is little-endian whatever the machine (PyTorch swaps when it writes on a big-endian one).
+
+  const storages = new Map<string, Storage>();
+  const views = new Map<string, StorageView>();
+  const persistentLoad = (pid: unknown): Storage | StorageView => loadStorage(pid, storages, views, fileSize);
+  const object = step("the state", sysInfo.end, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject });
+
+  const keys = step("the storage key list", object.end, plain);
+  if (!Array.isArray(keys.value) || !keys.value.every((key) => typeof key === "string")) {
+    throw new FormatError("TORCH_LEGACY_HEADER", `the storage key list is not a list of strings: ${describeValue(keys.value)}`);
+  }
+  const listed = new Set<string>();
+  const ordered = (keys.value as string[]).map((key) => {
+    const storage = storages.get(key);
+    if (storage === undefined) throw new FormatError("TORCH_LEGACY_STORAGE", `the key list names storage "${key}", which the state does not use`);
+    if (listed.has(key)) throw new FormatError("TORCH_LEGACY_STORAGE", `the key list names storage "${key}" twice`);
+    listed.add(key);
+    return { key, storage };
+  });
+  for (const key of storages.keys()) {
+    if (!listed.has(key)) throw new FormatError("TORCH_LEGACY_STORAGE", `storage "${key}" is used by the state but missing from the key list, so its data is not in the file`);
+  }
+  return { state: object.value as StateValue, storages: ordered, dataStart: keys.end, window, pickleBytes: window.subarray(sysInfo.end, object.end) };
+}
+
+/**
+ * A legacy persistent id: `('storage', torch.<Type>Storage, root_key, location, numel, view)`,
+ * `view` None or `(view_key, offset, numel)`. Sizes are checked against the file before any use.
+ */
+function loadStorage(pid: unknown, storages: Map<string, Storage>, views: Map<string, StorageView>, fileSize: number): Storage | StorageView {
+  if (Array.isArray(pid) && pid[0] === "module") {
+    throw new FormatError("TORCH_PERSID", "the file holds a pickled nn.Module (a whole model object), which is code: save its state_dict() instead");
+  }
+  if (!Array.isArray(pid) || pid.length !== 6 || pid[0] !== "storage") {
+    throw new FormatError("TORCH_PERSID", "a persistent id is not ('storage', type, key, location, numel, view)");
+  }
+  const [, type, key, location, numel, view] = pid as unknown[];
+  if (!(type instanceof TorchStorageType) || typeof key !== "string" || typeof location !== "string" || typeof numel !== "number" || !Number.isSafeInteger(numel) || numel < 0) {
+    throw new FormatError("TORCH_PERSID", "a storage's persistent id has fields of the wrong type");
+  }
+  const { itemSize } = DTYPES[type.dtype];
+  if (numel * itemSize > fileSize) {
+    throw new FormatError("TORCH_LEGACY_STORAGE", `storage "${key}" claims ${numel} ${type.dtype} elements (${numel * itemSize} bytes) but the whole file has ${fileSize} bytes`);
+  }
+  let storage = storages.get(key);
+  if (storage === undefined) {
+    storage = Storage.pending(type.dtype, numel);
+    storages.set(key, storage);
+  } else if (storage.dtype !== type.dtype || storage.numel !== numel) {
+    throw new FormatError("TORCH_STORAGE", `storage "${key}" is used as both ${storage.numel} ${storage.dtype} and ${numel} ${type.dtype} elements`);
+  }
+  if (view === null) return storage;
+  if (!Array.isArray(view) || view.length !== 3 || typeof view[0] !== "string" || !Number.isSafeInteger(view[1]) || !Number.isSafeInteger(view[2])) {
+    throw new FormatError("TORCH_PERSID", `the view of storage "${key}" is not (key, offset, numel)`);
+  }
+  const [viewKey, offset, viewNumel] = view as [string, number, number];
+  if (offset < 0 || viewNumel < 0 || offset + viewNumel > numel) {
+    throw new FormatError("TORCH_LEGACY_STORAGE", `the view "${viewKey}" of storage "${key}" covers elements ${offset} to ${offset + viewNumel} of ${numel}`);
+  }
+  const known = views.get(viewKey);
+  if (known !== undefined) {
+    if (known.storage !== storage || known.offset !== offset || known.numel !== viewNumel) throw new FormatError("TORCH_STORAGE", `storage view "${viewKey}" is defined twice, differently`);
+    return known;
+  }
+  const made = new StorageView(storage, offset, viewNumel);
+  views.set(viewKey, made);
+  return made;
+}
+
+function describeValue(value: unknown): string {
+  if (typeof value === "bigint") return `0x${value.toString(16)}`;
+  if (typeof value === "string") return JSON.stringify(value.slice(0, 40));
+  if (typeof value === "number" || typeof value === "boolean" || value === null || value === undefined) return String(value);
+  return Array.isArray(value) ? "a list" : "a dict";
+}
