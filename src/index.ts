@@ -81,7 +81,9 @@ export {
   type SafetensorsDumperOptions,
 } from "./io/safetensors-io.js";
 export { STATE_LAYOUT_KEY } from "./io/safetensors-state.js";
-export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type LoadedTensorFile, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export { loadIndexedState, type IndexedState, type LoadedShard } from "./io/shard-index-io.js";
+export { isShardIndexPath, parseShardIndex, MAX_INDEX_BYTES, type ShardIndex } from "./formats/shard-index.js";
 export {
   readSafetensors,
   readSafetensorsHeader,

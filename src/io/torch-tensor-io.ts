@@ -1,5 +1,6 @@
 import { FormatError } from "../errors.js";
 import { readLegacyTorchFile, startsLikeLegacyTorch, startsLikeTar } from "../formats/torch/legacy-reader.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
@@ -8,6 +9,7 @@ import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
+import { loadIndexedState } from "./shard-index-io.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
@@ -43,6 +45,8 @@ export class TorchTensorLoader implements TensorLoader {
    * views into that one buffer (zero copies); with `into`, matching tensors are filled in place.
    */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
+    // A shard index (`pytorch_model.bin.index.json`): every shard it names, as one state dict.
+    if (isShardIndexPath(path)) return (await loadIndexedState(this.fileSystem, path, (shard, shardOptions) => this.load(shard, shardOptions), options)).state;
     return readingFile(this.fileSystem, path, "PyTorch", async (reader) => {
       const expected = options.expectedDigest;
       checkDigestSize(reader.size, expected);

@@ -1,0 +1,254 @@
+/**
+ * Models published in shards with an index (`model.safetensors.index.json`,
+ * `pytorch_model.bin.index.json`): loaded as one state dict, each shard read once, and every
+ * inconsistency between the index and the shards named.
+ */
+import assert from "node:assert/strict";
+import { readFile, rm, truncate, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+
+import {
+  AutoTensorLoader,
+  SafetensorsDumper,
+  SafetensorsLoader,
+  Tensor,
+  TensorLoadError,
+  TorchTensorDumper,
+  TorchTensorLoader,
+  type StateDict,
+  type StateValue,
+} from "../src/index.js";
+import type { FileReader } from "../src/fs/file-system.js";
+import { LocalFileSystem } from "../src/fs/local-file-system.js";
+import { useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { describe, type Description } from "./helpers/describe.js";
+import { requireTorch, runPython } from "./helpers/torch-python.js";
+
+const tempDir = useTempDirs("shard-index");
+const HELPERS = join(import.meta.dirname, "helpers");
+
+/**
+ * Writes a small model as Hugging Face publishes it: its state dict cut into three shards and an
+ * index with `metadata.total_size` and a `weight_map`. Shards are safetensors (laid out by the
+ * format's rules, from the tensors' bytes), torch.save zip files, or torch.save zip files with the
+ * last one in the legacy format. Prints the description of the full state dict (a plain dict, in
+ * state-dict order, which is also the weight map's).
+ */
+const WRITE_SHARDED_MODEL = `
+import collections, json, os, struct, sys, torch
+sys.dont_write_bytecode = True
+sys.path.insert(0, sys.argv[3])
+from describe import describe
+out, kind = sys.argv[1], sys.argv[2]
+
+torch.manual_seed(0)
+state = collections.OrderedDict()
+state["embed.weight"] = torch.randn(256, 64)
+for i in range(3):
+    state[f"layers.{i}.proj.weight"] = torch.randn(256, 256)
+    state[f"layers.{i}.proj.bias"] = torch.arange(4, dtype=torch.float16) * (i + 1)
+    state[f"layers.{i}.norm.scale"] = torch.full((4,), 0.5 * i, dtype=torch.bfloat16)
+state["head.steps"] = torch.tensor([1, 2, 3], dtype=torch.int64)
+names = list(state)
+parts = [names[:3], names[3:7], names[7:]]
+
+SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
+def write_safetensors(path, tensors):
+    header, data = {"__metadata__": {"format": "pt"}}, b""
+    for name, tensor in tensors.items():
+        raw = tensor.contiguous().view(torch.int16 if tensor.dtype == torch.bfloat16 else tensor.dtype).numpy().tobytes()
+        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [len(data), len(data) + len(raw)]}
+        data += raw
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    with open(path, "wb") as f:
+        f.write(struct.pack("<Q", len(text)) + text + data)
+
+weight_map, total = {}, 0
+for k, part in enumerate(parts):
+    tensors = collections.OrderedDict((name, state[name].clone()) for name in part)
+    if kind == "safetensors":
+        file = f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
+        write_safetensors(os.path.join(out, file), tensors)
+    else:
+        file = f"pytorch_model-{k + 1:05d}-of-{len(parts):05d}.bin"
+        legacy = kind == "bin-legacy" and k == len(parts) - 1
+        torch.save(tensors, os.path.join(out, file), _use_new_zipfile_serialization=not legacy)
+    for name, tensor in tensors.items():
+        weight_map[name] = file
+        total += tensor.numel() * tensor.element_size()
+index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
+with open(os.path.join(out, index), "w") as f:
+    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
+print(json.dumps(describe(dict(state))))
+`;
+
+interface ShardedModel {
+  dir: string;
+  indexPath: string;
+  expected: Description;
+}
+
+async function writeShardedModel(python: string, kind: "safetensors" | "bin" | "bin-legacy"): Promise<ShardedModel> {
+  const dir = await tempDir();
+  const expected = JSON.parse(runPython(python, WRITE_SHARDED_MODEL, [dir, kind, HELPERS])) as Description;
+  const indexPath = join(dir, kind === "safetensors" ? "model.safetensors.index.json" : "pytorch_model.bin.index.json");
+  return { dir, indexPath, expected };
+}
+
+/** A LocalFileSystem that counts the bytes read from each path. */
+class CountingFileSystem extends LocalFileSystem {
+  readonly bytesRead = new Map<string, number>();
+
+  override async openReader(path: string): Promise<FileReader> {
+    const reader = await super.openReader(path);
+    const counts = this.bytesRead;
+    return {
+      size: reader.size,
+      async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
+        counts.set(path, (counts.get(path) ?? 0) + length);
+        return reader.read(position, length, target);
+      },
+      close: () => reader.close(),
+    };
+  }
+}
+
+for (const kind of ["safetensors", "bin", "bin-legacy"] as const) {
+  test(`a model in ${kind} shards loads from its index as one state dict, each shard read once`, async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const model = await writeShardedModel(python, kind);
+    const fileSystem = new CountingFileSystem();
+    const auto = new AutoTensorLoader({ fileSystem });
+    const loaded = await auto.loadAny(model.indexPath);
+    assert.deepEqual(describe(loaded.state), model.expected);
+    assert.equal(loaded.format, kind === "safetensors" ? "safetensors" : "pt");
+    assert.equal(loaded.shards?.length, 3);
+    assert.deepEqual(loaded.shards!.map((shard) => shard.tensors.length), [3, 4, 4]);
+    assert.ok(/^\d+$/.test(loaded.metadata.get("total_size") ?? ""), "the index's metadata");
+    for (const shard of loaded.shards!) {
+      // Its size once, plus what tells its format and, for a zip, the end records (searched for
+      // in the last 64 KiB): never a second pass over its 256 KiB or more of tensors.
+      const read = fileSystem.bytesRead.get(shard.path) ?? 0;
+      assert.ok(shard.size > 256 << 10, `${shard.file} holds a big tensor`);
+      assert.ok(read >= shard.size && read <= shard.size + (70 << 10), `${shard.file}: ${read} bytes read for ${shard.size}`);
+    }
+
+    // The loader of the shards' own format takes the index too.
+    const own = kind === "safetensors" ? new SafetensorsLoader() : new TorchTensorLoader();
+    assert.deepEqual(describe(await own.load(model.indexPath)), model.expected);
+  });
+}
+
+test("an index loads in place into live tensors, and reports progress over all its shards", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const model = await writeShardedModel(python, "safetensors");
+  const live = Tensor.zeros([256, 64], "float32");
+  const progress: [number, number][] = [];
+  const state = (await new AutoTensorLoader().load(model.indexPath, { into: { "embed.weight": live }, onProgress: (done, total) => progress.push([done, total]) })) as StateDict;
+  assert.equal(state["embed.weight"], live, "the live tensor was filled, not replaced");
+  assert.deepEqual(describe(state), model.expected);
+  const total = progress[0]![1];
+  assert.ok(progress.every(([done, all]) => all === total && done <= total), "one total for all shards");
+  assert.equal(progress.at(-1)![0], total, "progress ends at the total");
+});
+
+// ------------------------------------------------------------------ inconsistent indexes and shards
+
+/** Two safetensors shards of two tensors each, written by the dumper, and their index. */
+async function smallShardedModel(): Promise<{ dir: string; indexPath: string; index: { weight_map: Record<string, string> } }> {
+  const dir = await tempDir();
+  const dumper = new SafetensorsDumper();
+  await dumper.dump({ a: Tensor.from(new Float32Array([1, 2])), b: Tensor.from(new Float32Array([3])) }, join(dir, "one.safetensors"));
+  await dumper.dump({ c: Tensor.from(new Int32Array([4])), d: Tensor.from(new Float32Array([5, 6])) }, join(dir, "two.safetensors"));
+  const index = { metadata: { total_size: 24 }, weight_map: { a: "one.safetensors", b: "one.safetensors", c: "two.safetensors", d: "two.safetensors" } };
+  const indexPath = join(dir, "model.safetensors.index.json");
+  await writeFile(indexPath, JSON.stringify(index));
+  return { dir, indexPath, index };
+}
+
+async function refusedIndex(indexPath: string, message: RegExp, loader: { load(path: string, options?: object): Promise<StateValue> } = new AutoTensorLoader(), options: object = {}): Promise<void> {
+  await assert.rejects(loader.load(indexPath, options), (error: unknown) => {
+    assert.ok(error instanceof TensorLoadError, `a TensorLoadError, not ${String(error)}`);
+    assert.equal(error.path, indexPath, "the error names the index");
+    assert.match(error.message, message);
+    return true;
+  });
+}
+
+test("a small index of two shards loads in the index's order", async () => {
+  const { indexPath } = await smallShardedModel();
+  const state = (await new AutoTensorLoader().load(indexPath)) as StateDict;
+  assert.deepEqual(Object.keys(state), ["a", "b", "c", "d"]);
+  assert.deepEqual(Array.from((state.d as Tensor).data as Float32Array), [5, 6]);
+});
+
+test("a shard named in the index but missing is an error naming it, found before any shard is read", async () => {
+  const { dir, indexPath } = await smallShardedModel();
+  await rm(join(dir, "two.safetensors"));
+  const fileSystem = new CountingFileSystem();
+  await refusedIndex(indexPath, /the shard two\.safetensors named in the index is missing/, new AutoTensorLoader({ fileSystem }));
+  assert.equal(fileSystem.bytesRead.get(join(dir, "one.safetensors")) ?? 0, 0, "the first shard was not read");
+});
+
+test("a tensor in two shards is an error naming both", async () => {
+  const { dir, indexPath } = await smallShardedModel();
+  await new SafetensorsDumper().dump({ c: Tensor.from(new Int32Array([4])), d: Tensor.from(new Float32Array([5, 6])), a: Tensor.from(new Float32Array([9, 9])) }, join(dir, "two.safetensors"));
+  await refusedIndex(indexPath, /the tensor "a" is in two shards, one\.safetensors and two\.safetensors/);
+});
+
+test("an index that lists a tensor twice is an error, not the last entry silently", async () => {
+  const { indexPath } = await smallShardedModel();
+  await writeFile(indexPath, '{"weight_map": {"a": "one.safetensors", "b": "one.safetensors", "a": "two.safetensors"}}');
+  await refusedIndex(indexPath, /the index has the key "a" twice: a tensor can be in one shard only/);
+});
+
+test("a tensor in another shard than the index says, and an indexed tensor no shard holds, are errors", async () => {
+  const { indexPath, index } = await smallShardedModel();
+  await writeFile(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, b: "two.safetensors" } }));
+  await refusedIndex(indexPath, /the tensor "b" is in the shard one\.safetensors, but the index puts it in two\.safetensors/);
+  await writeFile(indexPath, JSON.stringify({ weight_map: { ...index.weight_map, e: "two.safetensors" } }));
+  await refusedIndex(indexPath, /the index puts the tensor "e" in the shard two\.safetensors, which does not hold it/);
+});
+
+test("a shard that is not a flat dict of tensors is an error naming the shard and the key", async () => {
+  const { dir, indexPath } = await smallShardedModel();
+  await new TorchTensorDumper().dump({ c: Tensor.from(new Int32Array([4])), d: Tensor.from(new Float32Array([5, 6])), step: 3 }, join(dir, "two.safetensors"));
+  await refusedIndex(indexPath, /the shard two\.safetensors holds "step", which is not a tensor/);
+  await new TorchTensorDumper().dump([Tensor.from(new Int32Array([4]))], join(dir, "two.safetensors"));
+  await refusedIndex(indexPath, /the shard two\.safetensors does not hold a dict of tensors by name/);
+});
+
+test("malformed indexes are refused as not valid shard indexes", async () => {
+  const { indexPath } = await smallShardedModel();
+  const cases: [string, RegExp][] = [
+    ["{", /not a valid shard index: the index is not valid JSON/],
+    ["[]", /the index is not a JSON object/],
+    ['{"metadata": {}}', /has no "weight_map" object/],
+    ['{"weight_map": {"a": 1}}', /gives tensor "a" a shard that is not a file name/],
+    ['{"weight_map": {"a": "../outside.safetensors"}}', /does not name a file inside the index's directory/],
+    ['{"weight_map": {"a": "/etc/passwd"}}', /does not name a file inside the index's directory/],
+    ['{"weight_map": {"a": "model.safetensors.index.json"}}', /names another index, not a tensor file/],
+  ];
+  for (const [text, message] of cases) {
+    await writeFile(indexPath, text);
+    await refusedIndex(indexPath, message);
+  }
+  await writeFile(indexPath, Buffer.from([0x7b, 0xff, 0x7d]));
+  await refusedIndex(indexPath, /the index is not valid UTF-8/);
+});
+
+test("an index larger than any index is refused before it is read", async () => {
+  const { indexPath } = await smallShardedModel();
+  await truncate(indexPath, 100_000_001); // sparse: no disk is spent
+  await refusedIndex(indexPath, /100000001 bytes is more than an index holds \(MAX_INDEX_BYTES = 100000000\)/);
+});
+
+test("a digest cannot be checked against an index, which names several files", async () => {
+  const { indexPath } = await smallShardedModel();
+  const bytes = await readFile(indexPath);
+  await refusedIndex(indexPath, /a recorded digest describes one file/, new AutoTensorLoader(), { expectedDigest: { size: bytes.length, crc32: 0 } });
+});
