@@ -29,6 +29,8 @@ interface OpenCheckpoint {
   /** The sharded tensors in this rank's files, for the manifest. */
   sharded: ManifestShardedTensor[];
   stateSaved: boolean;
+  /** How the score was saved (root only), for the manifest; undefined without a score. */
+  lowerBetter: boolean | undefined;
 }
 
 /** What each rank reports at commit. */
@@ -69,6 +71,7 @@ export class CheckpointWriter {
         files: {},
         sharded: [],
         stateSaved: false,
+        lowerBetter: undefined,
       };
       this.open = checkpoint;
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
@@ -119,7 +122,10 @@ export class CheckpointWriter {
     const checkpoint = this.requireOpen("saveScore");
     if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
     await this.runStep(checkpoint, "saveScore", async () => {
-      if (isRoot(this.context)) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
+      if (!isRoot(this.context)) return;
+      const lowerBetter = options.lowerBetter ?? false;
+      await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, lowerBetter)));
+      checkpoint.lowerBetter = lowerBetter;
     });
   }
 
@@ -170,6 +176,7 @@ export class CheckpointWriter {
         tmpDir: checkpoint.tmpDir,
         reported: reports.map((r) => r.files),
         sharded: mergeShardDescriptions(reports.map((r) => r.sharded)),
+        lowerBetter: checkpoint.lowerBetter,
       });
     };
     if (!checkpoint.background) {
