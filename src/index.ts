@@ -52,6 +52,12 @@ export {
 export type { Gang, Gangs, JsonValue } from "./gang/gang.js";
 export { FakeGang, fakeGangs, type FakeGangsOptions } from "./gang/fake-gang.js";
 export { InProcessGang } from "./gang/in-process-gang.js";
+export { MAX_ALL_REDUCE_ELEMENTS } from "./gang/all-reduce.js";
+export { GANG_ABORTED, GANG_MEMBER_LEFT, GANG_TIMEOUT, type Transport } from "./gang/transport.js";
+export { TransportGang, DEFAULT_COLLECTIVE_TIMEOUT_MS, type TransportGangOptions } from "./gang/transport-gang.js";
+export { initGangs, closeGangs, type InitGangsOptions } from "./gang/init-gangs.js";
+export { planLaunch, DEFAULT_GRACE_PERIOD_MS, type LaunchFlags, type LaunchPlan } from "./launch/launch-plan.js";
+export { launchWorkers, Launch, type LaunchOptions, type LaunchResult, type WorkerFailure } from "./launch/launcher.js";
 
 export type { FileDigest, TensorLoadOptions, TensorDumpOptions } from "./io/tensor-io.js";
 export type {
@@ -85,6 +91,13 @@ export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, typ
 export { loadIndexedState, type IndexedState, type LoadedShard } from "./io/shard-index-io.js";
 export { isShardIndexPath, parseShardIndex, MAX_INDEX_BYTES, type ShardIndex } from "./formats/shard-index.js";
 export {
+  readTensorFileOutline,
+  checkTensorFile,
+  type TensorFileOutline,
+  type TensorFileOutlineOptions,
+  type TensorFileCheckOptions,
+} from "./io/tensor-file-outline.js";
+export {
   readSafetensors,
   readSafetensorsHeader,
   MAX_HEADER_SIZE as SAFETENSORS_MAX_HEADER_SIZE,
@@ -99,6 +112,7 @@ export {
   tensorDifference,
   float16ToNumber,
   bfloat16ToNumber,
+  MAX_READS_PER_STORED_ELEMENT,
   type TensorStats,
   type TensorDifference,
 } from "./tensor/tensor-stats.js";

@@ -97,3 +97,11 @@ test("one unreadable step is listed as damaged; listing, ls, verify and resuming
     await chmod(join(dir, "step_3"), 0o755);
   }
 });
+
+test("ckpt verify notes a fairseq2 step whose score is no number as unscored, not damaged", async () => {
+  const dir = await directoryOfThree({ fairseq2: true });
+  await writeFile(join(dir, "step_3", "score.txt"), "nan\n");
+  const run = spawnSync(process.execPath, [CLI, "verify", dir], { encoding: "utf8" });
+  assert.equal(run.status, 0, `${run.stdout}${run.stderr}`);
+  assert.match(run.stdout, /^step_3: sound .*\n(  note: .*\n)*  note: score\.txt of step 3 does not hold a finite number: "nan": the step is treated as unscored$/m);
+});

@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import { CheckpointError, CheckpointSaveError, InvalidArgumentError } from "../errors.js";
 import type { JsonValue } from "../gang/gang.js";
 import { joinPath } from "../fs/paths.js";

@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";

@@ -17,6 +17,8 @@ import {
 
 /** Storages start at multiples of this in the arena (as in a .pt file), so typed arrays fit. */
 const ALIGNMENT = 64;
+/** The largest block the arena allocates for several storages together. */
+const MAX_BLOCK_BYTES = 1 << 30;
 
 /**
  * Reusable memory for snapshots. Copying into memory already in use runs many times faster than
@@ -60,16 +62,16 @@ export class SnapshotArena {
 export function snapshotState(state: StateDict, arena: SnapshotArena): StateDict {
   const storages = new Map<Storage, Storage | undefined>();
   collectStorages(state, storages);
-  let total = 0;
-  for (const storage of storages.keys()) total += align(storage.numel * DTYPES[storage.dtype].itemSize);
-  const memory = arena.take(total);
-  let offset = 0;
-  for (const storage of storages.keys()) {
-    const length = storage.numel * DTYPES[storage.dtype].itemSize;
-    const copy = new Uint8Array(memory, offset, length);
-    copy.set(storage.bytes);
-    storages.set(storage, new Storage(storage.dtype, copy));
-    offset += align(length);
+  for (const group of groupIntoBlocks([...storages.keys()])) {
+    const memory = arena.take(group.bytes);
+    let offset = 0;
+    for (const storage of group.storages) {
+      const length = storage.numel * DTYPES[storage.dtype].itemSize;
+      const copy = new Uint8Array(memory, offset, length);
+      copy.set(storage.bytes);
+      storages.set(storage, new Storage(storage.dtype, copy));
+      offset += align(length);
+    }
   }
   return mapTree(state, (leaf) => {
     const shard = leaf instanceof ShardedTensor ? leaf.shard : leaf;
@@ -83,6 +85,27 @@ export function snapshotState(state: StateDict, arena: SnapshotArena): StateDict
     });
     return leaf instanceof ShardedTensor ? new ShardedTensor(copy, leaf) : copy;
   }) as StateDict;
+}
+
+/**
+ * Storages packed into blocks of at most MAX_BLOCK_BYTES (one larger storage gets a block of its
+ * own): one ArrayBuffer per state would pass the platform's buffer limit (4 GiB in Node 20) for a
+ * model with a large embedding and its optimizer moments.
+ */
+function groupIntoBlocks(all: Storage[]): { storages: Storage[]; bytes: number }[] {
+  const groups: { storages: Storage[]; bytes: number }[] = [];
+  let current: { storages: Storage[]; bytes: number } = { storages: [], bytes: 0 };
+  for (const storage of all) {
+    const bytes = align(storage.numel * DTYPES[storage.dtype].itemSize);
+    if (current.storages.length > 0 && current.bytes + bytes > MAX_BLOCK_BYTES) {
+      groups.push(current);
+      current = { storages: [], bytes: 0 };
+    }
+    current.storages.push(storage);
+    current.bytes += bytes;
+  }
+  if (current.storages.length > 0) groups.push(current);
+  return groups;
 }
 
 function align(n: number): number {

@@ -2,8 +2,8 @@ import { CheckpointNotFoundError } from "../errors.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import { joinPath } from "../fs/paths.js";
-import { AutoTensorLoader } from "../io/auto-tensor-io.js";
 import { digestFile } from "../io/file-digest.js";
+import { checkTensorFile } from "../io/tensor-file-outline.js";
 import type { FileDigest } from "../io/tensor-io.js";
 import { filesWithSizes, listCheckpointDirectory } from "./checkpoint-listing.js";
 import { MANIFEST_FILE, SCORE_FILE, isModelFile, rankFileName } from "./layout.js";
@@ -54,7 +54,8 @@ const TENSOR_FILE = /\.(pt|pth|safetensors)$/;
  * Checks committed checkpoints file by file: every file the manifest lists is there with its size
  * and CRC-32, no file is there that it does not list, the rank files of its dp/tp layout are all
  * listed, every tensor file parses, and score.txt holds a number. A checkpoint without a manifest
- * (written by fairseq2) is checked as far as it can be: its tensor files must parse.
+ * (written by fairseq2) is checked as far as it can be: its tensor files must parse and each `.pt`
+ * entry match its zip CRC-32. Files are streamed in fixed-size pieces: memory stays flat.
  *
  * @example
  * const report = await verifyCheckpoints("checkpoints");
@@ -76,7 +77,6 @@ export async function verifyCheckpoints(checkpointDir: string, options: VerifyOp
   let bytesBefore = 0;
   const progress = (done: number): void => options.onProgress?.(bytesBefore + done, bytesTotal);
 
-  const loader = new AutoTensorLoader({ fileSystem });
   const checkpoints: CheckpointVerification[] = [];
   for (const summary of chosen) {
     const result: CheckpointVerification = {
@@ -95,7 +95,7 @@ export async function verifyCheckpoints(checkpointDir: string, options: VerifyOp
       result.notes.push(summary.status === "unfinished" ? "an unfinished save (.tmp): never loaded, not checked" : "a deletion in progress or cut off: not checked");
       continue;
     }
-    await verifyOne(fileSystem, loader, summary.stepNr, summary.path, result, progress);
+    await verifyOne(fileSystem, summary.stepNr, summary.path, result, progress);
     bytesBefore += summary.size;
     progress(0);
     if (result.problems.length > 0) result.status = "damaged";
@@ -105,7 +105,6 @@ export async function verifyCheckpoints(checkpointDir: string, options: VerifyOp
 
 async function verifyOne(
   fileSystem: FileSystem,
-  loader: AutoTensorLoader,
   stepNr: number,
   dir: string,
   result: CheckpointVerification,
@@ -161,12 +160,20 @@ async function verifyOne(
     const before = done;
     try {
       if (isTensorFile) {
-        await loader.load(path, { ...(want === undefined ? {} : { expectedDigest: want }), onProgress: (d) => progress(before + d) });
+        // Streamed: memory stays flat whatever the file's size, and tensor bytes are read once.
+        await checkTensorFile(path, { fileSystem, ...(want === undefined ? {} : { expectedDigest: want }), onProgress: (d) => progress(before + d) });
       } else if (want !== undefined) {
         const actual = await digestFile(fileSystem, path);
         if (actual.crc32 >>> 0 !== want.crc32 >>> 0) problem(name, `corrupt: its CRC-32 is ${hex(actual.crc32)}, the manifest says ${hex(want.crc32)}`);
       }
-      if (name === SCORE_FILE) parseScore(new TextDecoder().decode(await fileSystem.readFile(path)), stepNr);
+      if (name === SCORE_FILE) {
+        // A score that is no number leaves the step usable, unscored (as the manager treats it).
+        try {
+          parseScore(new TextDecoder().decode(await fileSystem.readFile(path)), stepNr);
+        } catch (error) {
+          result.notes.push(`${(error as Error).message}: the step is treated as unscored`);
+        }
+      }
       if (isTensorFile || want !== undefined || name === SCORE_FILE) {
         result.filesChecked++;
         result.bytesChecked += size;

@@ -62,12 +62,14 @@ export interface LoadedFile {
   format: TensorFileFormat;
   state: StateValue;
   metadata: Map<string, string>;
+  /** The file's size in bytes, which bounds the walks over its state (see walkBudget). */
+  size: number;
 }
 
 export async function loadFile(path: string, progress?: Progress): Promise<LoadedFile> {
   const loader = new AutoTensorLoader();
   const { format, state, metadata } = await loader.loadAny(path, progress === undefined ? {} : { onProgress: (done, total) => progress.update(done, total) });
-  return { path, format, state, metadata };
+  return { path, format, state, metadata, size: (await stat(path)).size };
 }
 
 /**
@@ -89,7 +91,7 @@ export function isDict(value: unknown): value is StateDict {
  * The model of a committed checkpoint, through the manager (checksums checked against the
  * manifest). Tensor-parallel shards cannot be joined without knowing how each tensor was split.
  */
-export async function loadCheckpointModel(checkpointDir: string, stepNr: number | undefined, progress?: Progress): Promise<{ stepNr: number; model: StateDict }> {
+export async function loadCheckpointModel(checkpointDir: string, stepNr: number | undefined, progress?: Progress): Promise<{ stepNr: number; model: StateDict; size: number }> {
   const listing = await listCheckpointDirectory(checkpointDir);
   const committed = listing.checkpoints.filter((c) => c.status === "committed" || c.status === "damaged");
   const chosen = stepNr === undefined ? committed.at(-1) : committed.find((c) => c.stepNr === stepNr);
@@ -105,7 +107,7 @@ export async function loadCheckpointModel(checkpointDir: string, stepNr: number 
     tensorLoader: new AutoTensorLoader(),
     ...(progress === undefined ? {} : { onProgress: ({ bytesDone, bytesTotal }) => progress.update(bytesDone, bytesTotal) }),
   });
-  return { stepNr: chosen.stepNr, model: await manager.loadModel(chosen.stepNr) };
+  return { stepNr: chosen.stepNr, model: await manager.loadModel(chosen.stepNr), size: chosen.size };
 }
 
 export function stepPath(checkpointDir: string, stepNr: number): string {

@@ -1,3 +1,11 @@
+import { constants as bufferConstants } from "node:buffer";
+
+/**
+ * The largest buffer (and typed array) this Node.js can allocate: 4 GiB on Node 20. A storage or
+ * file read whole must fit in one; a larger one is refused by name instead of failing in `alloc`.
+ */
+export const MAX_BUFFER_BYTES = bufferConstants.MAX_LENGTH;
+
 /**
  * The two ways formats touch bytes. Formats never see a file system: `io/` hands them these,
  * made from a local file, an object in a bucket, or memory.

@@ -1,7 +1,8 @@
 import { randomBytes } from "node:crypto";
-import { constants, promises as fsp } from "node:fs";
+import { constants, promises as fsp, type Stats } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import * as nodePath from "node:path";
+import { MAX_BUFFER_BYTES } from "../formats/byte-io.js";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
 import { acquireLocalLock } from "./local-lock.js";
 
@@ -10,6 +11,13 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
+
+/**
+ * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
+ * that `write` throws and `read` aborts the process) and Linux moves at most 0x7ffff000; 1 GiB
+ * pieces stay below both and are as fast as any.
+ */
+export const MAX_IO_BYTES = 1 << 30;
 
 /**
  * The local disk. Files are written to a hidden sibling, fsynced, renamed into place and the
@@ -22,12 +30,15 @@ export class LocalFileSystem implements FileSystem {
     return nodePath.resolve(path);
   }
 
+  /** Opens regular files only, without blocking: a FIFO, device or directory is an error naming it. */
   async openReader(path: string): Promise<FileReader> {
-    const handle = await fsp.open(path, constants.O_RDONLY);
+    // O_NONBLOCK: opening a FIFO would otherwise wait forever for a writer (on a regular file it
+    // changes nothing); fstat then refuses whatever was opened that is not a regular file.
+    const handle = await fsp.open(path, constants.O_RDONLY | constants.O_NONBLOCK);
     try {
       const stat = await handle.stat();
-      if (!stat.isFile()) throw Object.assign(new Error(`${path} is not a regular file`), { code: "EISDIR" });
-      return new LocalFileReader(handle, stat.size);
+      if (!stat.isFile()) throw notRegularFile(path, stat);
+      return new LocalFileReader(handle, path, stat.size);
     } catch (error) {
       await handle.close();
       throw error;
@@ -40,8 +51,14 @@ export class LocalFileSystem implements FileSystem {
     return new LocalFileWriter(handle, partial, path);
   }
 
+  /** Reads a regular file whole (up to MAX_BUFFER_BYTES), never blocking on a FIFO (see openReader). */
   async readFile(path: string): Promise<Uint8Array> {
-    return fsp.readFile(path);
+    const reader = await this.openReader(path);
+    try {
+      return await reader.read(0, reader.size);
+    } finally {
+      await reader.close();
+    }
   }
 
   async writeFile(path: string, data: Uint8Array): Promise<void> {
@@ -111,21 +128,39 @@ export class LocalFileSystem implements FileSystem {
   }
 }
 
+/** The error for a path that is not a regular file; a directory keeps the code EISDIR. */
+function notRegularFile(path: string, stat: Stats): Error {
+  return Object.assign(new Error(`${path} is not a regular file (${fileKind(stat)})`), { code: stat.isDirectory() ? "EISDIR" : "EFTYPE" });
+}
+
+function fileKind(stat: Stats): string {
+  if (stat.isDirectory()) return "a directory";
+  if (stat.isFIFO()) return "a FIFO";
+  if (stat.isSocket()) return "a socket";
+  if (stat.isCharacterDevice()) return "a character device";
+  if (stat.isBlockDevice()) return "a block device";
+  return "not a file";
+}
+
 class LocalFileReader implements FileReader {
   constructor(
     private readonly handle: FileHandle,
+    private readonly path: string,
     readonly size: number,
   ) {}
 
   async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
     if (position < 0 || length < 0 || position + length > this.size) {
-      throw new RangeError(`read of ${length} bytes at ${position} is outside the file's ${this.size} bytes`);
+      throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
+    }
+    if (target === undefined && length > MAX_BUFFER_BYTES) {
+      throw new RangeError(`cannot read ${length} bytes of ${this.path} at once: a Node.js buffer holds at most ${MAX_BUFFER_BYTES}`);
     }
     const buffer = target ?? Buffer.allocUnsafeSlow(length);
     let done = 0;
     while (done < length) {
-      const { bytesRead } = await this.handle.read(buffer, done, length - done, position + done);
-      if (bytesRead === 0) throw new Error(`the file ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
+      const { bytesRead } = await this.handle.read(buffer, done, Math.min(length - done, MAX_IO_BYTES), position + done);
+      if (bytesRead === 0) throw new Error(`${this.path} ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
       done += bytesRead;
     }
     return buffer.subarray(0, length);
@@ -196,7 +231,7 @@ class LocalFileWriter implements FileWriter {
 async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
   let done = 0;
   while (done < bytes.byteLength) {
-    const { bytesWritten } = await handle.write(bytes, done, bytes.byteLength - done);
+    const { bytesWritten } = await handle.write(bytes, done, Math.min(bytes.byteLength - done, MAX_IO_BYTES));
     done += bytesWritten;
   }
 }

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from "../errors.js";
+import { checkAllReduceInput, sumInRankOrder } from "./all-reduce.js";
 import type { Gang, Gangs, JsonValue } from "./gang.js";
 
 /**
@@ -26,6 +27,12 @@ export class FakeGang implements Gang {
 
   async allGather(value: JsonValue): Promise<JsonValue[]> {
     return new Array<JsonValue>(this.size).fill(value);
+  }
+
+  /** As with `allGather`, every rank is taken to hold this rank's values: the sum is `size` copies. */
+  async allReduceSum(values: Float32Array): Promise<Float32Array> {
+    checkAllReduceInput(values);
+    return sumInRankOrder(new Array<Float32Array>(this.size).fill(values));
   }
 }
 

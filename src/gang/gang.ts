@@ -13,6 +13,17 @@ export interface Gang {
   barrier(): Promise<void>;
   /** Every member's `value`, indexed by rank. */
   allGather(value: JsonValue): Promise<JsonValue[]>;
+  /**
+   * The element-wise sum of every member's `values` (all of the same length), added in rank
+   * order so every member gets the same bits. For small arrays, such as a small model's
+   * gradients: the values travel as JSON (see `MAX_ALL_REDUCE_ELEMENTS`), not over a fast
+   * interconnect.
+   *
+   * @example
+   * const sum = await gangs.dp.allReduceSum(gradients);
+   * for (let i = 0; i < sum.length; i++) gradients[i] = sum[i]! / gangs.dp.size;
+   */
+  allReduceSum(values: Float32Array): Promise<Float32Array>;
 }
 
 /**

@@ -1,4 +1,5 @@
 import { InvalidArgumentError } from "../errors.js";
+import { allReduceSumByGather } from "./all-reduce.js";
 import type { Gang, JsonValue } from "./gang.js";
 
 /**
@@ -31,6 +32,10 @@ export class InProcessGang implements Gang {
 
   async allGather(value: JsonValue): Promise<JsonValue[]> {
     return this.group.exchange(this.rank, value);
+  }
+
+  async allReduceSum(values: Float32Array): Promise<Float32Array> {
+    return allReduceSumByGather(this, values);
   }
 }
 

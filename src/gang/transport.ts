@@ -23,3 +23,10 @@ export interface Transport {
   /** Releases connections so the process can exit. */
   close(): Promise<void>;
 }
+
+/** `GangError.code` when a round did not complete within its timeout (a rank alive but not there). */
+export const GANG_TIMEOUT = "GANG_TIMEOUT";
+/** `GangError.code` when the job was aborted: a rank died, exited with an error or reported one. */
+export const GANG_ABORTED = "GANG_ABORTED";
+/** `GangError.code` when one round cannot complete: a member left (exited, closed its gangs) before joining it. */
+export const GANG_MEMBER_LEFT = "GANG_MEMBER_LEFT";

@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import type { ByteSink } from "../formats/byte-io.js";
 import type { FileDigest } from "./tensor-io.js";
 

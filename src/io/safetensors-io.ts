@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import { InvalidArgumentError, TensorDumpError } from "../errors.js";
 import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
 import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry } from "../formats/safetensors/safetensors-reader.js";
@@ -23,7 +23,8 @@ export interface SafetensorsLoaderOptions {
  * Loads `.safetensors` files. A flat file (any safetensors file, e.g. from Hugging Face) loads as a
  * dict of tensors in the file's order; a file this library wrote from a nested state loads as that
  * state again (see SafetensorsDumper). Files up to 2 GiB are read whole and the tensors are views
- * of that one buffer.
+ * of that one buffer; larger files tensor by tensor (one tensor can have up to 4 GiB, Node 20's
+ * largest buffer).
  *
  * @example
  * const weights = (await new SafetensorsLoader().load("model.safetensors")) as StateDict;

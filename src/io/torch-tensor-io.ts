@@ -1,5 +1,4 @@
-import { FormatError } from "../errors.js";
-import { readLegacyTorchFile, startsLikeLegacyTorch, startsLikeTar } from "../formats/torch/legacy-reader.js";
+import { isLegacyTorchFile, readLegacyTorchFile } from "../formats/torch/legacy-reader.js";
 import { isShardIndexPath } from "../formats/shard-index.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
@@ -42,7 +41,9 @@ export class TorchTensorLoader implements TensorLoader {
 
   /**
    * Loads a file. Files up to 2 GiB are read whole in large sequential pieces and the tensors are
-   * views into that one buffer (zero copies); with `into`, matching tensors are filled in place.
+   * views into that one buffer (zero copies); larger files storage by storage, each in its own
+   * buffer (one storage can have up to 4 GiB, Node 20's largest buffer). With `into`, matching
+   * tensors are filled in place.
    */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
     // A shard index (`pytorch_model.bin.index.json`): every shard it names, as one state dict.
@@ -50,11 +51,7 @@ export class TorchTensorLoader implements TensorLoader {
     return readingFile(this.fileSystem, path, "PyTorch", async (reader) => {
       const expected = options.expectedDigest;
       checkDigestSize(reader.size, expected);
-      const head = await reader.read(0, Math.min(reader.size, LEGACY_HEAD_BYTES));
-      if (startsLikeLegacyTorch(head)) return loadLegacy(reader, options);
-      if (startsLikeTar(head)) {
-        throw new FormatError("TORCH_LEGACY_TAR", "a tar archive: the tar-based format of the earliest PyTorch versions is not supported; load it with torch.load and save it again");
-      }
+      if (await isLegacyTorchFile(reader)) return loadLegacy(reader, options);
       let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
@@ -86,9 +83,6 @@ export class TorchTensorLoader implements TensorLoader {
     });
   }
 }
-
-/** Enough of a file's start to tell the legacy format (a pickle) and a tar archive ("ustar" at 257). */
-const LEGACY_HEAD_BYTES = 262;
 
 /**
  * The legacy format (before PyTorch 1.6): read whole into one buffer up to 2 GiB, the storages

@@ -1,9 +1,13 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import type { RandomAccessReader } from "../formats/byte-io.js";
 
 /** Read in pieces of this size, the next piece in flight while the last one is checksummed. */
 const CHUNK_SIZE = 16 << 20;
-/** Files up to this size are read whole (Node buffers go up to 4 GiB); larger ones entry by entry. */
+/**
+ * Files up to this size are read whole; larger ones tensor by tensor, each into its own buffer (up
+ * to MAX_BUFFER_BYTES). Above 2 GiB tensors are large, so reading them one by one costs nothing,
+ * and a tensor the caller keeps does not keep the rest of a file that size alive.
+ */
 export const WHOLE_FILE_MAX = 2 ** 31;
 
 /**

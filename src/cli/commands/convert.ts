@@ -1,13 +1,22 @@
 import type { Command } from "commander";
 import { stat } from "node:fs/promises";
 import { extname } from "node:path";
-import { SafetensorsDumper, Tensor, TorchTensorDumper, orderedDict, type StateValue } from "../../index.js";
+import { DTYPES, SafetensorsDumper, Tensor, TorchTensorDumper, orderedDict, type StateValue } from "../../index.js";
 import { classify, isDict, loadCheckpointModel, loadFile, requireCheckpointDir, unwrapModel } from "../inputs.js";
-import { CliError, EXIT_OK, exitCodeOf, formatBytes, leaves, print, printJson } from "../output.js";
+import { CliError, EXIT_OK, exitCodeOf, formatBytes, print, printJson } from "../output.js";
 import { progressBar } from "../progress.js";
+import { nodePath, walkBudget, walkState } from "../state-walk.js";
 import { parseStepNr } from "./arguments.js";
 
 const OUTPUT_FORMATS: Record<string, "pt" | "safetensors"> = { ".pt": "pt", ".pth": "pt", ".safetensors": "safetensors" };
+
+/**
+ * Bytes that writing expanded tensors out in full may add to a safetensors file (which has no
+ * strides, so a tensor broadcast with stride 0 is written element by element): a 500-byte `.pt`
+ * can hold a tensor of a few bytes expanded to gigabytes. Beyond this, convert refuses and says
+ * to write `.pt`, which keeps the expansion a view.
+ */
+export const MAX_EXPANSION_BYTES = 64 << 20;
 
 export function convertCommand(program: Command): void {
   program
@@ -25,7 +34,9 @@ A checkpoint's model file ({"model": ..., "model_key": ...}) is written as the b
 dict, which model.load_state_dict(torch.load(OUT)) and safetensors readers take. safetensors holds
 tensors only: nested dicts are flattened with "." (the tree is kept in the metadata), and a file
 with other values (optimizer state, counters) cannot be converted to it. Tensors that share
-storage in a .pt file are written once each in safetensors, which has no shared storage.`,
+storage in a .pt file are written once each in safetensors, which has no shared storage. An
+expanded tensor (stride 0) stays a view in .pt; written to safetensors it is written out in full,
+which is refused beyond ${formatBytes(MAX_EXPANSION_BYTES)} of added bytes.`,
     )
     .action(exitCodeOf(async (input: string, output: string, options: { step?: number; force?: boolean; json?: boolean }) => {
       const format = OUTPUT_FORMATS[extname(output).toLowerCase()];
@@ -35,11 +46,14 @@ storage in a .pt file are written once each in safetensors, which has no shared 
       const target = await classify(input);
       let state: StateValue;
       let stepNr: number | undefined;
+      let inputSize: number;
       if (target.kind === "file") {
         if (options.step !== undefined) throw new CliError("--step goes with a checkpoint directory, not a file");
         const progress = progressBar(`reading ${input}`);
         try {
-          state = unwrapModel((await loadFile(input, progress)).state);
+          const file = await loadFile(input, progress);
+          state = unwrapModel(file.state);
+          inputSize = file.size;
         } finally {
           progress.stop();
         }
@@ -63,10 +77,31 @@ storage in a .pt file are written once each in safetensors, which has no shared 
         }
         stepNr = loaded.stepNr;
         state = loaded.model;
+        inputSize = loaded.size;
       }
       if (state instanceof Tensor || !(isDict(state) || state instanceof Map)) throw new CliError(`${input} does not hold a state dict (a dict of tensors)`);
       // torch's state_dict() is an OrderedDict; give PyTorch what it would have saved itself.
       if (format === "pt" && isDict(state)) orderedDict(state);
+      const tensors: Tensor[] = [];
+      let expansion = 0;
+      let expanded: string | undefined;
+      walkState(state, { what: input, budget: walkBudget(inputSize) }, (event) => {
+        if (event.kind !== "leaf" || !(event.value instanceof Tensor)) return;
+        const tensor = event.value;
+        tensors.push(tensor);
+        const added = tensor.byteLength - tensor.storage.numel * DTYPES[tensor.dtype].itemSize;
+        if (added > 0) {
+          expansion += added;
+          expanded ??= `${nodePath(event.node)} (${tensor.dtype} [${tensor.shape.join(", ")}] viewing ${tensor.storage.numel} stored elements)`;
+        }
+      });
+      if (format === "safetensors" && expansion > MAX_EXPANSION_BYTES) {
+        throw new CliError(
+          `${input} holds expanded tensors, e.g. ${expanded}: safetensors has no strides, so writing them out would add ${formatBytes(expansion)} ` +
+            `(more than ${formatBytes(MAX_EXPANSION_BYTES)}); convert to .pt instead, which keeps them as views`,
+          "EXPANSION_LIMIT",
+        );
+      }
 
       const dumper = format === "pt" ? new TorchTensorDumper() : new SafetensorsDumper();
       const writing = progressBar(`writing ${output}`);
@@ -76,8 +111,7 @@ storage in a .pt file are written once each in safetensors, which has no shared 
       } finally {
         writing.stop();
       }
-      const tensors = leaves(state).filter((leaf) => leaf.value instanceof Tensor);
-      const tensorBytes = tensors.reduce((sum, leaf) => sum + (leaf.value as Tensor).byteLength, 0);
+      const tensorBytes = tensors.reduce((sum, tensor) => sum + tensor.byteLength, 0);
       if (options.json === true) {
         printJson({ input, output, format, ...(stepNr === undefined ? {} : { stepNr }), tensors: tensors.length, tensorBytes, size: digest.size });
       } else {

@@ -1,14 +1,15 @@
 import type { Command } from "commander";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
-import { Tensor, tensorDifference, type StateValue } from "../../index.js";
+import { InvalidArgumentError, MAX_READS_PER_STORED_ELEMENT, ShardedTensor, Tensor, tensorDifference, type StateValue, type TensorDifference } from "../../index.js";
 import { classify, loadCheckpointModel, loadFile, tensorFilesOf, unwrapModel, type Target } from "../inputs.js";
-import { CliError, EXIT_NEGATIVE, EXIT_OK, exitCodeOf, formatNumber, leaves, print, printJson, shapeText, valueText, type Leaf } from "../output.js";
+import { CliError, EXIT_NEGATIVE, EXIT_OK, exitCodeOf, formatNumber, print, printJson, shapeText, valueText } from "../output.js";
 import { progressBar } from "../progress.js";
+import { MAX_SHOWN_DEPTH, MIN_WALK_ENTRIES, PathIds, childrenOf, containerType, isScalarList, nodePath, walkBudget, walkState, type WalkEvent } from "../state-walk.js";
 import { parseTolerance } from "./arguments.js";
 
 /** One side of a diff: a file's state, or a step's tensor files by name. */
-type Side = { kind: "file"; state: StateValue } | { kind: "step"; files: Map<string, StateValue>; checkpointDir: string; stepNr: number };
+type Side = { kind: "file"; file: DiffSide } | { kind: "step"; files: Map<string, DiffSide>; checkpointDir: string; stepNr: number };
 
 type Change =
   | { key: string; change: "only-in-a" | "only-in-b"; what: string }
@@ -28,8 +29,10 @@ export function diffCommand(program: Command): void {
       "after",
       `
 Two files are compared whole (a checkpoint's model file as its model). Two steps are compared file
-by file (keys prefixed "FILE:"). A file and a step: the file against the step's model. Values are
-read as float64 (int64 beyond 2^53 rounds), so .pt and .safetensors copies of a model compare equal.
+by file (keys prefixed "FILE:"). A file and a step: the file against the step's model. Places pair
+up by their key paths, keys typed as in Python (the str "0" is not the int 0; "b.c" is not b -> c);
+paths are shown as inspect shows them. Values are read as float64 (two int64 tensors exactly), so
+.pt and .safetensors copies of a model compare equal.
 Exit code: 0 when nothing differs, 1 when something does, 2 on bad input.`,
     )
     .action(exitCodeOf(async (a: string, b: string, options: { atol?: number; json?: boolean }) => {
@@ -37,7 +40,7 @@ Exit code: 0 when nothing differs, 1 when something does, 2 on bad input.`,
       const [sideA, sideB] = [await loadSide(a), await loadSide(b)];
       const changes: Change[] = [];
       let same = 0;
-      const compare = (x: StateValue, y: StateValue, prefix: string): void => {
+      const compare = (x: DiffSide, y: DiffSide, prefix: string): void => {
         const result = diffStates(x, y, prefix, tolerance);
         changes.push(...result.changes);
         same += result.same;
@@ -86,34 +89,31 @@ Exit code: 0 when nothing differs, 1 when something does, 2 on bad input.`,
 
 async function loadSide(path: string): Promise<Side> {
   const target: Target = await classify(path);
-  if (target.kind === "file") {
-    const progress = progressBar(`reading ${path}`);
-    try {
-      return { kind: "file", state: unwrapModel((await loadFile(path, progress)).state) };
-    } finally {
-      progress.stop();
-    }
-  }
+  if (target.kind === "file") return { kind: "file", file: await loadDiffSide(path, path) };
   if (target.kind === "directory") throw new CliError(`${path} is a directory but not a checkpoint step (step_<N>): give a step or a file`);
   const names = tensorFilesOf((await readdir(path, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name));
   if (names.length === 0) throw new CliError(`${path} holds no .pt or .safetensors files`);
-  const files = new Map<string, StateValue>();
-  for (const name of names) {
-    const progress = progressBar(`reading ${name}`);
-    try {
-      files.set(name, unwrapModel((await loadFile(join(path, name), progress)).state));
-    } finally {
-      progress.stop();
-    }
-  }
+  const files = new Map<string, DiffSide>();
+  for (const name of names) files.set(name, await loadDiffSide(join(path, name), name));
   return { kind: "step", files, checkpointDir: target.checkpointDir, stepNr: target.stepNr };
 }
 
-/** A file's state, or a step's model (checked against its manifest by the manager). */
-async function modelOf(side: Side, path: string): Promise<StateValue> {
-  if (side.kind === "file") return side.state;
+async function loadDiffSide(path: string, what: string): Promise<DiffSide> {
+  const progress = progressBar(`reading ${what}`);
   try {
-    return (await loadCheckpointModel(side.checkpointDir, side.stepNr)).model;
+    const file = await loadFile(path, progress);
+    return { state: unwrapModel(file.state), what, size: file.size };
+  } finally {
+    progress.stop();
+  }
+}
+
+/** A file's state, or a step's model (checked against its manifest by the manager). */
+async function modelOf(side: Side, path: string): Promise<DiffSide> {
+  if (side.kind === "file") return side.file;
+  try {
+    const { model, size } = await loadCheckpointModel(side.checkpointDir, side.stepNr);
+    return { state: model, what: path, size };
   } catch (error) {
     throw new CliError(`${path}: comparing a step with a file compares its model, but ${(error as Error).message}`);
   }
@@ -123,48 +123,195 @@ function tensorText(tensor: Tensor): string {
   return `${tensor.dtype} ${shapeText(tensor.shape)}`;
 }
 
-function leafText(leaf: Leaf): string {
-  return leaf.value instanceof Tensor ? tensorText(leaf.value) : valueText(leaf.value, leaf.container, leaf.slot);
+/** One side of a comparison: the places of a state by path id, in order. */
+interface Places {
+  what: string;
+  events: WalkEvent[];
+  byId: Map<number, WalkEvent>;
+  /** Elements stored in the distinct storages of its tensors. */
+  storedElements: number;
 }
 
-export function diffStates(a: StateValue, b: StateValue, prefix: string, tolerance: number): { changes: Change[]; same: number } {
-  const index = (state: StateValue): Map<string, Leaf> => {
-    const map = new Map<string, Leaf>();
-    for (const leaf of leaves(state)) if (!map.has(leaf.key)) map.set(leaf.key, leaf);
-    return map;
-  };
-  const left = index(a);
-  const right = index(b);
+function places(state: StateValue, what: string, size: number, ids: PathIds): Places {
+  const events: WalkEvent[] = [];
+  const byId = new Map<number, WalkEvent>();
+  const storages = new Set<Tensor["storage"]>();
+  walkState(state, { what, budget: walkBudget(size), ids }, (event) => {
+    events.push(event);
+    byId.set(event.node.id, event);
+    const tensor = event.kind === "leaf" ? tensorOf(event.value) : undefined;
+    if (tensor !== undefined) storages.add(tensor.storage);
+  });
+  let storedElements = 0;
+  for (const storage of storages) storedElements += storage.numel;
+  return { what, events, byId, storedElements };
+}
+
+/** What a place holds, in a few words. */
+function placeText(event: WalkEvent): string {
+  switch (event.kind) {
+    case "leaf":
+      return event.value instanceof Tensor ? tensorText(event.value) : valueText(event.value, event.container, event.slot);
+    case "container":
+      return event.type === "dict" ? `dict of ${event.size} entr${event.size === 1 ? "y" : "ies"}` : `${event.type} of ${event.size} item${event.size === 1 ? "" : "s"}`;
+    case "shared":
+      return `(the same ${event.type} as ${nodePath(event.first) || "the root"})`;
+    case "deep":
+      return `(a ${event.type} nested more than ${MAX_SHOWN_DEPTH} levels deep)`;
+  }
+}
+
+export interface DiffSide {
+  state: StateValue;
+  /** Names the file in errors. */
+  what: string;
+  /** The file's size, which bounds the walk over its state. */
+  size: number;
+}
+
+/**
+ * Compares two states place by place: places pair up by their key paths (typed keys, so the str
+ * key "0" and the int key 0, or "b.c" and "b" → "c", are different places), never by their text.
+ */
+export function diffStates(sideA: DiffSide, sideB: DiffSide, prefix: string, tolerance: number): { changes: Change[]; same: number } {
+  const ids = new PathIds();
+  const left = places(sideA.state, sideA.what, sideA.size, ids);
+  const right = places(sideB.state, sideB.what, sideB.size, ids);
+  // Work on tensor elements is bounded by what the two files store (see MAX_READS_PER_STORED_ELEMENT).
+  const elementBudget = MAX_READS_PER_STORED_ELEMENT * (left.storedElements + right.storedElements) + MIN_ELEMENT_READS;
+  let elementsRead = 0;
   const changes: Change[] = [];
   let same = 0;
-  for (const [key, x] of left) {
-    const name = `${prefix}${key}`;
-    const y = right.get(key);
+  // Below a place reported as missing or changed in kind, every place would repeat the news.
+  const quietA = new Set<number>();
+  const quietB = new Set<number>();
+  const quieted = (event: WalkEvent, quiet: Set<number>): boolean => {
+    const parent = event.node.parent;
+    if (parent === undefined || !quiet.has(parent.id)) return false;
+    quiet.add(event.node.id);
+    return true;
+  };
+  for (const x of left.events) {
+    if (quieted(x, quietA)) continue;
+    const name = `${prefix}${nodePath(x.node)}`;
+    const y = right.byId.get(x.node.id);
     if (y === undefined) {
-      changes.push({ key: name, change: "only-in-a", what: leafText(x) });
+      changes.push({ key: name, change: "only-in-a", what: placeText(x) });
+      quietA.add(x.node.id);
       continue;
     }
-    if (x.value instanceof Tensor && y.value instanceof Tensor) {
-      const [tx, ty] = [x.value, y.value];
-      if (tx.dtype !== ty.dtype || tx.shape.length !== ty.shape.length || tx.shape.some((s, d) => s !== ty.shape[d])) {
-        changes.push({ key: name, change: "dtype-or-shape", a: tensorText(tx), b: tensorText(ty) });
+    const tx = x.kind === "leaf" ? tensorOf(x.value) : undefined;
+    const ty = y.kind === "leaf" ? tensorOf(y.value) : undefined;
+    if (tx !== undefined && ty !== undefined) {
+      // A shard is compared as its tensor once its place in the full tensor is the same.
+      const [layoutA, layoutB] = [placeText(x), placeText(y)];
+      if (layoutA !== layoutB || tx.dtype !== ty.dtype || tx.shape.length !== ty.shape.length || tx.shape.some((size, d) => size !== ty.shape[d])) {
+        changes.push({ key: name, change: "dtype-or-shape", a: layoutA, b: layoutB });
         continue;
       }
-      const { maxAbsDiff, differing } = tensorDifference(tx, ty, tolerance);
+      elementsRead += Math.min(tx.numel, MAX_READS_PER_STORED_ELEMENT * (tx.storage.numel + ty.storage.numel));
+      if (elementsRead > elementBudget) {
+        throw new CliError(`${name}: the tensors of ${left.what} and ${right.what} view their stored elements more than ${MAX_READS_PER_STORED_ELEMENT} times over; ckpt stops comparing here`);
+      }
+      const { maxAbsDiff, differing } = compareTensors(name, tx, ty, tolerance);
       if (differing > 0) changes.push({ key: name, change: "values", maxAbsDiff, differing, numel: tx.numel, dtype: tx.dtype, shape: [...tx.shape] });
       else same++;
       continue;
     }
-    if (x.value instanceof Tensor || y.value instanceof Tensor || !sameValue(x, y)) changes.push({ key: name, change: "value", a: leafText(x), b: leafText(y) });
-    else same++;
+    if (samePlace(x, y, tolerance)) {
+      if (x.kind !== "container") same++;
+      continue;
+    }
+    changes.push({ key: name, change: "value", a: placeText(x), b: placeText(y) });
+    if (x.kind === "container" || y.kind === "container") {
+      quietA.add(x.node.id);
+      quietB.add(y.node.id);
+    }
   }
-  for (const [key, y] of right) if (!left.has(key)) changes.push({ key: `${prefix}${key}`, change: "only-in-b", what: leafText(y) });
+  for (const y of right.events) {
+    if (quieted(y, quietB)) continue;
+    if (!left.byId.has(y.node.id)) {
+      changes.push({ key: `${prefix}${nodePath(y.node)}`, change: "only-in-b", what: placeText(y) });
+      quietB.add(y.node.id);
+    }
+  }
   return { changes, same };
 }
 
+/** The tensor a leaf holds: a tensor, or a shard's tensor; undefined for other values. */
+function tensorOf(value: StateValue): Tensor | undefined {
+  return value instanceof Tensor ? value : value instanceof ShardedTensor ? value.shard : undefined;
+}
+
+/** Element reads every comparison may make, however little the files store. */
+const MIN_ELEMENT_READS = 1 << 24;
+
+function compareTensors(name: string, x: Tensor, y: Tensor, tolerance: number): TensorDifference {
+  try {
+    return tensorDifference(x, y, tolerance);
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) throw new CliError(`${name}: ${error.message}`);
+    throw error;
+  }
+}
+
+/**
+ * Two places that are not both tensors: containers of one type (their contents are compared
+ * place by place), the same shared container, equal values, or equal subtrees too deep to show.
+ */
+function samePlace(x: WalkEvent, y: WalkEvent, tolerance: number): boolean {
+  if (x.kind !== y.kind) return false;
+  if (x.kind === "container" && y.kind === "container") return x.type === y.type;
+  if (x.kind === "shared" && y.kind === "shared") return x.type === y.type && x.first.id === y.first.id;
+  if (x.kind === "deep" && y.kind === "deep") return sameTree(x.value, y.value, tolerance);
+  if (x.kind === "leaf" && y.kind === "leaf") return sameValue(x.value, x.container, x.slot, y.value, y.container, y.slot);
+  return false;
+}
+
 /** Equal Python values: compared by their full rendering (which tells 1 from 1.0), bytes by content. */
-function sameValue(x: Leaf, y: Leaf): boolean {
-  if (x.value instanceof Uint8Array && y.value instanceof Uint8Array) return Buffer.from(x.value).equals(y.value);
+function sameValue(x: StateValue, xContainer: object | undefined, xSlot: unknown, y: StateValue, yContainer: object | undefined, ySlot: unknown): boolean {
+  if (x instanceof Tensor || y instanceof Tensor) return false;
+  if (x instanceof Uint8Array && y instanceof Uint8Array) return Buffer.from(x.buffer, x.byteOffset, x.byteLength).equals(y);
   const whole = Number.MAX_SAFE_INTEGER;
-  return valueText(x.value, x.container, x.slot, whole) === valueText(y.value, y.container, y.slot, whole);
+  return valueText(x, xContainer, xSlot, whole) === valueText(y, yContainer, ySlot, whole);
+}
+
+/** Pairs of subtrees compared below MAX_SHOWN_DEPTH before giving up: as many as a walk may visit. */
+const MAX_DEEP_PAIRS = 10 * MIN_WALK_ENTRIES;
+
+/**
+ * Compares two subtrees that nest too deep to list, without recursion: each pair of containers
+ * once (shared ones are not compared again), with a bounded number of pairs.
+ */
+function sameTree(a: StateValue, b: StateValue, tolerance: number): boolean {
+  const compared = new Map<object, Set<object>>();
+  const pending: [StateValue, object | undefined, unknown, StateValue, object | undefined, unknown][] = [[a, undefined, undefined, b, undefined, undefined]];
+  let pairs = 0;
+  while (pending.length > 0) {
+    const [x, xContainer, xSlot, y, yContainer, ySlot] = pending.pop()!;
+    if (++pairs > MAX_DEEP_PAIRS) throw new CliError(`comparing subtrees nested more than ${MAX_SHOWN_DEPTH} levels deep took more than ${MAX_DEEP_PAIRS} steps; ckpt stops here`);
+    if (x instanceof Tensor || y instanceof Tensor) {
+      if (!(x instanceof Tensor && y instanceof Tensor) || x.dtype !== y.dtype || x.shape.join() !== y.shape.join()) return false;
+      if (tensorDifference(x, y, tolerance).differing > 0) return false;
+      continue;
+    }
+    const xs = isScalarList(x) ? undefined : childrenOf(x);
+    const ys = isScalarList(y) ? undefined : childrenOf(y);
+    if (xs === undefined || ys === undefined) {
+      if (xs !== ys || !sameValue(x, xContainer, xSlot, y, yContainer, ySlot)) return false;
+      continue;
+    }
+    if (containerType(x) !== containerType(y) || xs.length !== ys.length) return false;
+    const seen = compared.get(x as object) ?? new Set<object>();
+    if (seen.has(y as object)) continue;
+    seen.add(y as object);
+    compared.set(x as object, seen);
+    for (let i = 0; i < xs.length; i++) {
+      const [kx, vx] = xs[i]!;
+      const [ky, vy] = ys[i]!;
+      if (kx !== ky) return false;
+      pending.push([vx, x as object, kx, vy, y as object, ky]);
+    }
+  }
+  return true;
 }

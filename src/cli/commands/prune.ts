@@ -1,5 +1,5 @@
 import type { Command } from "commander";
-import { FileCheckpointManager, planRetention, type CheckpointSummary } from "../../index.js";
+import { FileCheckpointManager, listCheckpointDirectory, planRetention, type CheckpointSummary } from "../../index.js";
 import { requireCheckpointDir } from "../inputs.js";
 import { CliError, EXIT_OK, exitCodeOf, formatBytes, print, printJson } from "../output.js";
 import { parsePositiveInt } from "./arguments.js";
@@ -29,8 +29,9 @@ export function pruneCommand(program: Command): void {
       "after",
       `
 Takes the directory's lock like a training job does, so it refuses to prune a directory a running
-job owns; as the manager does when it takes the lock, it also removes what a crashed save left
-(.tmp directories). --dry-run takes no lock and changes nothing.`,
+job owns; as the manager does when it takes the lock, it also removes what a crashed save or
+deletion left (.tmp and .deleting directories), and reports them with the bytes they held.
+--dry-run takes no lock and changes nothing.`,
     )
     .action(exitCodeOf(async (dir: string, options: PruneOptions) => {
       if ((options.keepLast === undefined) === (options.keepBest === undefined)) throw new CliError("give exactly one of --keep-last <n> and --keep-best <n>");
@@ -53,16 +54,28 @@ job owns; as the manager does when it takes the lock, it also removes what a cra
         await manager.close();
       }
       const kept = [...summaries.keys()].filter((s) => !deleted.includes(s) && !stripped.includes(s));
-      const freed = deleted.reduce((sum, s) => sum + (summaries.get(s)?.size ?? 0), 0) + stripped.reduce((sum, s) => sum + trainingStateBytes(summaries.get(s)), 0);
+      // Taking the lock removes what crashed saves and deletions left (.tmp, .deleting): say so.
+      const leftovers = listing.checkpoints.filter((c) => c.status === "unfinished" || c.status === "deleting");
+      const still = options.dryRun === true ? new Set<string>() : new Set((await listCheckpointDirectory(dir)).checkpoints.map((c) => c.name));
+      const removed = leftovers.filter((c) => !still.has(c.name));
+      const freed =
+        deleted.reduce((sum, s) => sum + (summaries.get(s)?.size ?? 0), 0) +
+        stripped.reduce((sum, s) => sum + trainingStateBytes(summaries.get(s)), 0) +
+        removed.reduce((sum, c) => sum + c.size, 0);
 
       if (options.json === true) {
-        printJson({ checkpointDir: dir, dryRun: options.dryRun === true, rule, n, preserveModel, deleted, stripped, kept, freedBytes: freed });
+        const leftoverNames = removed.map((c) => c.name);
+        printJson({ checkpointDir: dir, dryRun: options.dryRun === true, rule, n, preserveModel, deleted, stripped, kept, removedLeftovers: leftoverNames, freedBytes: freed });
         return EXIT_OK;
       }
       const would = options.dryRun === true;
       const steps = (list: number[]): string => (list.length === 0 ? "none" : list.map((s) => `step_${s}`).join(", "));
       print(`${would ? "would delete" : "deleted"}: ${steps(deleted)}`);
       if (preserveModel) print(`${would ? "would keep only the model of" : "kept only the model of"}: ${steps(stripped)}`);
+      if (removed.length > 0) {
+        const what = removed.map((c) => `${c.name} (${c.status === "unfinished" ? "an unfinished save" : "a cut-off deletion"}, ${formatBytes(c.size)})`).join(", ");
+        print(`${would ? "would remove leftovers" : "removed leftovers"}: ${what}`);
+      }
       print(`${would ? "would keep" : "kept"}: ${steps(kept)}`);
       print(`${would ? "would free" : "freed"} ${formatBytes(freed)}`);
       return EXIT_OK;

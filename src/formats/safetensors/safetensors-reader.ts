@@ -2,7 +2,7 @@ import { FormatError } from "../../errors.js";
 import { DTYPES, type DType } from "../../tensor/dtype.js";
 import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
-import type { RandomAccessReader } from "../byte-io.js";
+import { MAX_BUFFER_BYTES, type RandomAccessReader } from "../byte-io.js";
 import { parseHeaderJson, type JsonNode } from "./header-json.js";
 
 /**
@@ -200,6 +200,9 @@ export async function readSafetensorsData(
   let done = 0;
   for (const entry of [...header.entries].sort((a, b) => a.begin - b.begin)) {
     const length = entry.end - entry.begin;
+    if (length > MAX_BUFFER_BYTES) {
+      throw new FormatError("SAFETENSORS_SIZE", `tensor ${JSON.stringify(entry.name)} has ${length} bytes, more than the ${MAX_BUFFER_BYTES} one Node.js buffer can hold`);
+    }
     const target = options.target?.(entry);
     if (target !== undefined && target.byteLength !== length) throw new RangeError(`the target for ${entry.name} has ${target.byteLength} bytes, not ${length}`);
     const bytes = length === 0 ? new Uint8Array(0) : await reader.read(entry.begin, length, target);

@@ -38,14 +38,21 @@ export interface LegacyReadOptions {
   crc?: boolean;
 }
 
-/** Whether a file's first bytes are a pickle (as the legacy format starts), not a zip. */
-export function startsLikeLegacyTorch(head: Uint8Array): boolean {
-  return head.length >= 2 && head[0] === 0x80 && head[1]! >= 2 && head[1]! <= 5;
-}
+/** Enough of a file's start to tell the legacy format (a pickle) and a tar archive ("ustar" at 257). */
+const HEAD_BYTES = 262;
 
-/** A tar archive (the format of the earliest PyTorch versions) has "ustar" at byte 257. */
-export function startsLikeTar(head: Uint8Array): boolean {
-  return head.length >= 262 && new TextDecoder("latin1").decode(head.subarray(257, 262)) === "ustar";
+/**
+ * Whether a `.pt` file is in the legacy format: it starts with a pickle (`0x80`, protocol 2–5)
+ * where the zip format starts with `PK`. A tar archive, the format of the earliest PyTorch
+ * versions, is refused by name.
+ */
+export async function isLegacyTorchFile(reader: RandomAccessReader): Promise<boolean> {
+  const head = await reader.read(0, Math.min(reader.size, HEAD_BYTES));
+  if (head.length >= 2 && head[0] === 0x80 && head[1]! >= 2 && head[1]! <= 5) return true;
+  if (head.length >= HEAD_BYTES && new TextDecoder("latin1").decode(head.subarray(257, 262)) === "ustar") {
+    throw new FormatError("TORCH_LEGACY_TAR", "a tar archive: the tar-based format of the earliest PyTorch versions is not supported; load it with torch.load and save it again");
+  }
+  return false;
 }
 
 /** The pickles at the start of a legacy file, and where the storage records begin. */
@@ -59,20 +66,35 @@ interface LegacyHeader {
   pickleBytes: Uint8Array;
 }
 
-/**
- * Reads a legacy `torch.save` file through positioned reads: the pickles from a window at the
- * start, then each storage record where the key list puts it. Every storage's place and size is
- * known and checked against the file's size before any storage is allocated; storages are read
- * once, each into its own buffer (or its in-place target), so memory is what the file holds.
- */
-export async function readLegacyTorchFile(reader: RandomAccessReader, options: LegacyReadOptions = {}): Promise<{ state: StateValue; crc32: number | undefined }> {
-  const header = await readHeader(reader);
-  const unpickled = mayHoldShardedRecords(header.pickleBytes) ? (reviveShardedTensors(header.state) as StateValue) : header.state;
-  const { result, targets } = options.into === undefined ? { result: unpickled, targets: new Map<Storage, Uint8Array>() } : matchTargets(unpickled, options.into);
+/** One storage's record in a legacy file: its int64 element count at `at`, then `size` bytes. */
+export interface LegacyRecord {
+  key: string;
+  storage: Storage;
+  at: number;
+  size: number;
+}
 
-  // Where each record lies; the records must tile the rest of the file exactly.
+/** What a legacy file holds, before its storages' bytes are read. */
+export interface LegacyStructure {
+  /** The state; its tensors' storages are pending until their records are read. */
+  state: StateValue;
+  /** The storage records in file order; they tile the file from `dataStart` to its end. */
+  records: LegacyRecord[];
+  dataStart: number;
+  /** The CRC-32 of the bytes before `dataStart` (the pickles), when asked for. */
+  headerCrc: number | undefined;
+}
+
+/**
+ * Reads the pickles of a legacy file and places its storage records: every storage's size is
+ * checked against the file's when its persistent id is read, and the records must tile the rest
+ * of the file exactly, before any storage is allocated.
+ */
+export async function readLegacyStructure(reader: RandomAccessReader, options: { crc?: boolean } = {}): Promise<LegacyStructure> {
+  const header = await readHeader(reader);
+  const state = mayHoldShardedRecords(header.pickleBytes) ? (reviveShardedTensors(header.state) as StateValue) : header.state;
   let position = header.dataStart;
-  const records = header.storages.map(({ key, storage }) => {
+  const records = header.storages.map(({ key, storage }): LegacyRecord => {
     const size = storage.numel * DTYPES[storage.dtype].itemSize;
     const record = { key, storage, at: position, size };
     position += RECORD_HEADER_SIZE + size;
@@ -84,30 +106,58 @@ export async function readLegacyTorchFile(reader: RandomAccessReader, options: L
   if (position !== reader.size) {
     throw new FormatError("TORCH_LEGACY_LAYOUT", `${reader.size - position} bytes follow the last storage (the storages end at byte ${position} of ${reader.size})`);
   }
+  const headerCrc = options.crc === true ? crc32(header.window.subarray(0, header.dataStart)) : undefined;
+  return { state, records, dataStart: header.dataStart, headerCrc };
+}
 
-  let crc = options.crc === true ? crc32(header.window.subarray(0, header.dataStart)) : 0;
-  const total = records.reduce((sum, record) => sum + record.size, 0);
+/**
+ * Reads one storage record: one read into a new buffer (the data 8 bytes in, aligned for every
+ * dtype), or, with `target`, the count and then the data straight into the target. Checks the
+ * recorded count; returns the count's bytes and the data (not yet attached to the storage).
+ */
+export async function readLegacyRecord(reader: RandomAccessReader, record: LegacyRecord, target?: Uint8Array): Promise<{ count: Uint8Array; data: Uint8Array }> {
+  const { at, size } = record;
+  let count: Uint8Array;
+  let data: Uint8Array;
+  if (target === undefined) {
+    const bytes = await reader.read(at, RECORD_HEADER_SIZE + size);
+    count = bytes.subarray(0, RECORD_HEADER_SIZE);
+    data = bytes.subarray(RECORD_HEADER_SIZE);
+  } else {
+    count = await reader.read(at, RECORD_HEADER_SIZE);
+    data = await reader.read(at + RECORD_HEADER_SIZE, size, target);
+  }
+  checkCount(record, count);
+  return { count, data };
+}
+
+/** Reads only a record's element count and checks it (8 bytes, not the data). */
+export async function checkLegacyRecordCount(reader: RandomAccessReader, record: LegacyRecord): Promise<void> {
+  checkCount(record, await reader.read(record.at, RECORD_HEADER_SIZE));
+}
+
+function checkCount({ key, storage, at }: LegacyRecord, count: Uint8Array): void {
+  const recorded = new DataView(count.buffer, count.byteOffset, RECORD_HEADER_SIZE).getBigInt64(0, true);
+  if (recorded !== BigInt(storage.numel)) {
+    throw new FormatError("TORCH_LEGACY_STORAGE", `storage "${key}" at byte ${at} records ${recorded} elements but the state uses it as ${storage.numel} ${storage.dtype} elements`);
+  }
+}
+
+/**
+ * Reads a legacy `torch.save` file through positioned reads: the structure first, then each
+ * storage record once, into its own buffer or its in-place target, so memory is what the file holds.
+ */
+export async function readLegacyTorchFile(reader: RandomAccessReader, options: LegacyReadOptions = {}): Promise<{ state: StateValue; crc32: number | undefined }> {
+  const structure = await readLegacyStructure(reader, { crc: options.crc === true });
+  const { result, targets } = options.into === undefined ? { result: structure.state, targets: new Map<Storage, Uint8Array>() } : matchTargets(structure.state, options.into);
+  let crc = structure.headerCrc ?? 0;
+  const total = structure.records.reduce((sum, record) => sum + record.size, 0);
   let done = 0;
-  for (const { key, storage, at, size } of records) {
-    const target = targets.get(storage);
-    let count: Uint8Array;
-    let data: Uint8Array;
-    if (target === undefined) {
-      // One read per record; the data sits 8 bytes into a new buffer, aligned for every dtype.
-      const record = await reader.read(at, RECORD_HEADER_SIZE + size);
-      count = record.subarray(0, RECORD_HEADER_SIZE);
-      data = record.subarray(RECORD_HEADER_SIZE);
-    } else {
-      count = await reader.read(at, RECORD_HEADER_SIZE);
-      data = await reader.read(at + RECORD_HEADER_SIZE, size, target);
-    }
-    const recorded = new DataView(count.buffer, count.byteOffset, RECORD_HEADER_SIZE).getBigInt64(0, true);
-    if (recorded !== BigInt(storage.numel)) {
-      throw new FormatError("TORCH_LEGACY_STORAGE", `storage "${key}" at byte ${at} records ${recorded} elements but the state uses it as ${storage.numel} ${storage.dtype} elements`);
-    }
+  for (const record of structure.records) {
+    const { count, data } = await readLegacyRecord(reader, record, targets.get(record.storage));
     if (options.crc === true) crc = crc32(data, crc32(count, crc));
-    storage.attach(data);
-    done += size;
+    record.storage.attach(data);
+    done += record.size;
     options.onProgress?.(done, total);
   }
   return { state: result, crc32: options.crc === true ? crc : undefined };

@@ -5,6 +5,7 @@ import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import type { StateValue } from "../../values/py-values.js";
+import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
 import type { ZipReader } from "../zip/zip-reader.js";
 import { TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
@@ -32,6 +33,42 @@ const MAX_ARCHIVE_VERSION = 10;
  */
 export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions = {}): Promise<StateValue> {
   const verifyCrc = options.verifyCrc ?? true;
+  const { state, storages, dataPrefix, bigEndian } = await readTorchStructure(zip, { verifyCrc });
+  const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
+
+  // Read in file order: sequential on a disk, and each storage once.
+  const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
+  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
+  let done = 0;
+  for (const { key, storage } of order) {
+    const target = targets.get(storage);
+    const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
+    if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
+    storage.attach(bytes);
+    done += bytes.byteLength;
+    options.onProgress?.(done, total);
+  }
+  return result;
+}
+
+/** What a PyTorch archive holds, before its storages' bytes are read. */
+export interface TorchStructure {
+  /** The unpickled state; its tensors' storages are pending (`Storage.pending`) until read. */
+  state: StateValue;
+  /** Each storage by its key; its bytes are in the entry `${dataPrefix}${key}`. */
+  storages: Map<string, Storage>;
+  dataPrefix: string;
+  /** The storages' bytes are big-endian (`byteorder` says "big") and must be swapped once read. */
+  bigEndian: boolean;
+}
+
+/**
+ * Reads the small entries of a PyTorch archive (version, byte order, `data.pkl`) and builds its
+ * state with every storage pending, checking each storage's size against its entry: everything
+ * but the tensors' bytes, which `readTorchArchive` reads next (or a caller reads on demand).
+ */
+export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: boolean } = {}): Promise<TorchStructure> {
+  const verifyCrc = options.verifyCrc ?? true;
   const root = findRoot(zip);
   await checkVersion(zip, root, verifyCrc);
   const bigEndian = await readByteOrder(zip, root, verifyCrc);
@@ -57,6 +94,9 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
     if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== entry.size) {
       throw new FormatError("TORCH_STORAGE", `storage "${key}" should hold ${numel} ${type.dtype} elements (${numel * itemSize} bytes) but its entry has ${entry.size} bytes`);
     }
+    if (entry.size > MAX_BUFFER_BYTES) {
+      throw new FormatError("TORCH_STORAGE", `storage "${key}" has ${entry.size} bytes, more than the ${MAX_BUFFER_BYTES} one Node.js buffer can hold`);
+    }
     const storage = Storage.pending(type.dtype, numel);
     storages.set(key, storage);
     return storage;
@@ -65,21 +105,7 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
   const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
-  const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
-
-  // Read in file order: sequential on a disk, and each storage once.
-  const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
-  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
-  let done = 0;
-  for (const { key, storage } of order) {
-    const target = targets.get(storage);
-    const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
-    if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
-    storage.attach(bytes);
-    done += bytes.byteLength;
-    options.onProgress?.(done, total);
-  }
-  return result;
+  return { state, storages, dataPrefix, bigEndian };
 }
 
 /**

@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../crc32.js";
 import { FormatError } from "../../errors.js";
 import type { ByteSink } from "../byte-io.js";
 import { crc32Combine } from "./crc32-combine.js";
