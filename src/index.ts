@@ -89,6 +89,7 @@ export {
 export { STATE_LAYOUT_KEY } from "./io/safetensors-state.js";
 export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type LoadedTensorFile, type TensorFileFormat } from "./io/auto-tensor-io.js";
 export { loadIndexedState, type IndexedState, type LoadedShard } from "./io/shard-index-io.js";
+export { verifyShardIndex, type ShardCheck, type ShardIndexVerification } from "./io/shard-index-check.js";
 export { isShardIndexPath, parseShardIndex, MAX_INDEX_BYTES, type ShardIndex } from "./formats/shard-index.js";
 export {
   readTensorFileOutline,

@@ -16,6 +16,8 @@ import {
   TensorLoadError,
   TorchTensorDumper,
   TorchTensorLoader,
+  readTensorFileOutline,
+  verifyShardIndex,
   type StateDict,
   type StateValue,
 } from "../src/index.js";
@@ -251,4 +253,65 @@ test("a digest cannot be checked against an index, which names several files", a
   const { indexPath } = await smallShardedModel();
   const bytes = await readFile(indexPath);
   await refusedIndex(indexPath, /a recorded digest describes one file/, new AutoTensorLoader(), { expectedDigest: { size: bytes.length, crc32: 0 } });
+});
+
+// ------------------------------------------------------------------ outline and verification
+
+test("the outline of an index lists every shard's tensors without their bytes, and reads one from its shard on demand", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const model = await writeShardedModel(python, "bin-legacy");
+  const fileSystem = new CountingFileSystem();
+  const outline = await readTensorFileOutline(model.indexPath, { fileSystem });
+  assert.equal(outline.format, "pt");
+  assert.deepEqual(outline.shards?.map((shard) => [shard.file, shard.format, shard.tensors.length]), [
+    ["pytorch_model-00001-of-00003.bin", "pt", 3],
+    ["pytorch_model-00002-of-00003.bin", "pt", 4],
+    ["pytorch_model-00003-of-00003.bin", "pt", 4],
+  ]);
+  assert.equal(outline.size, outline.shards!.reduce((sum, shard) => sum + shard.size, 0));
+  const read = [...fileSystem.bytesRead.values()].reduce((a, b) => a + b, 0);
+  assert.ok(read < outline.size / 2, `the outline read ${read} of ${outline.size} bytes`);
+  const state = outline.state as Record<string, Tensor>;
+  const steps = state["head.steps"]!; // in the last, legacy shard
+  assert.deepEqual([steps.dtype, [...steps.shape]], ["int64", [3]]);
+  await outline.readTensorData(steps);
+  assert.deepEqual(Array.from(steps.data as BigInt64Array), [1n, 2n, 3n]);
+});
+
+test("verifying an index checks every shard and the index against them, and names each problem", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const model = await writeShardedModel(python, "bin");
+  const good = await verifyShardIndex(model.indexPath);
+  assert.equal(good.sound, true, JSON.stringify(good));
+  assert.deepEqual(good.shards.map((shard) => [shard.status, shard.tensors]), [["sound", 3], ["sound", 4], ["sound", 4]]);
+
+  // A flipped byte in the middle shard's tensor data (its entry's CRC-32 no longer matches).
+  const second = good.shards[1]!.path;
+  const bytes = await readFile(second);
+  bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+  await writeFile(second, bytes);
+  await rm(good.shards[2]!.path);
+  const bad = await verifyShardIndex(model.indexPath);
+  assert.equal(bad.sound, false);
+  assert.deepEqual(bad.shards.map((shard) => shard.status), ["sound", "damaged", "missing"]);
+  assert.match(bad.shards[1]!.problem ?? "", /CRC-32/);
+  assert.deepEqual(bad.problems, [], "only the shards that could be read are compared with the index");
+
+  await writeFile(model.indexPath, "{");
+  const unreadable = await verifyShardIndex(model.indexPath);
+  assert.equal(unreadable.sound, false);
+  assert.match(unreadable.problems[0] ?? "", /^not a valid shard index/);
+});
+
+test("verifying an index reports a tensor in two shards and an indexed tensor no shard holds", async () => {
+  const { dir, indexPath } = await smallShardedModel();
+  await new SafetensorsDumper().dump({ c: Tensor.from(new Int32Array([4])), a: Tensor.from(new Float32Array([9])) }, join(dir, "two.safetensors"));
+  const report = await verifyShardIndex(indexPath);
+  assert.equal(report.sound, false);
+  assert.deepEqual(report.problems, [
+    'the tensor "a" is in two shards, one.safetensors and two.safetensors',
+    'the index puts the tensor "d" in the shard two.safetensors, which does not hold it',
+  ]);
 });

@@ -12,9 +12,11 @@ import { DTYPES } from "../tensor/dtype.js";
 import { Storage } from "../tensor/storage.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { StateValue } from "../values/py-values.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { AutoTensorLoader, type TensorFileFormat } from "./auto-tensor-io.js";
 import { checkDigestCrc, checkDigestSize, readingFile } from "./file-access.js";
 import { STATE_LAYOUT_KEY, unflattenState } from "./safetensors-state.js";
+import { assembleIndexedState, dictEntries, findShards, readShardIndex } from "./shard-index-io.js";
 import type { FileDigest } from "./tensor-io.js";
 
 /**
@@ -31,8 +33,13 @@ export interface TensorFileOutline {
   size: number;
   /** The state, whose tensors have their dtype, shape and strides but no bytes until `readTensorData`. */
   state: StateValue;
-  /** A safetensors file's `__metadata__` (without the `ckpt.state` layout); empty for `.pt`. */
+  /** A safetensors file's `__metadata__` (without the `ckpt.state` layout), an index's `metadata`; empty for `.pt`. */
   metadata: Map<string, string>;
+  /**
+   * Set for a shard index: each shard's file name, format, size and tensor names. `state` is then
+   * every shard's tensors in one dict, `size` the shards' sizes added up, `format` the first shard's.
+   */
+  shards?: { file: string; format: TensorFileFormat; size: number; tensors: string[] }[];
   /**
    * Reads the bytes of a tensor's storage (for `.pt`, checking the entry's CRC-32), after which
    * its data can be used. Reading the same storage again does nothing.
@@ -58,6 +65,7 @@ export interface TensorFileOutlineOptions {
  */
 export async function readTensorFileOutline(path: string, options: TensorFileOutlineOptions = {}): Promise<TensorFileOutline> {
   const fileSystem = options.fileSystem ?? new LocalFileSystem();
+  if (isShardIndexPath(path)) return outlineIndex(fileSystem, path);
   const format = await new AutoTensorLoader({ fileSystem }).detect(path);
   if (format === "safetensors") return outlineSafetensors(fileSystem, path);
   return outlineTorch(fileSystem, path);
@@ -88,6 +96,29 @@ async function outlineTorch(fileSystem: FileSystem, path: string): Promise<Tenso
         storage.attach(bytes);
       });
     },
+  };
+}
+
+/**
+ * A shard index: every shard's outline, their tensors in one dict checked against the index as
+ * loading checks them; a tensor's bytes are read from its shard when asked for.
+ */
+async function outlineIndex(fileSystem: FileSystem, path: string): Promise<TensorFileOutline> {
+  const index = await readShardIndex(fileSystem, path);
+  const shards = await findShards(fileSystem, path, index);
+  const outlines: TensorFileOutline[] = [];
+  for (const shard of shards) outlines.push(await readTensorFileOutline(shard.path, { fileSystem }));
+  const state = assembleIndexedState(path, index, shards, outlines.map((outline) => outline.state));
+  const owners = new Map<Storage, TensorFileOutline>();
+  for (const outline of outlines) for (const [, value] of dictEntries(outline.state)!) owners.set((value as Tensor).storage, outline);
+  return {
+    path,
+    format: outlines[0]?.format ?? "safetensors",
+    size: shards.reduce((sum, shard) => sum + shard.size, 0),
+    state,
+    metadata: index.metadata,
+    shards: shards.map((shard, i) => ({ file: shard.file, format: outlines[i]!.format, size: shard.size, tensors: shard.tensors })),
+    readTensorData: async (tensor) => owners.get(tensor.storage)?.readTensorData(tensor),
   };
 }
 
