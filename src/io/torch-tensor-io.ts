@@ -85,18 +85,13 @@ export class TorchTensorLoader implements TensorLoader {
 }
 
 /**
- * The legacy format (before PyTorch 1.6): read whole into one buffer up to 2 GiB, the storages
- * views into it; larger files, or loads in place, storage by storage with positioned reads. The
- * file's CRC-32 comes from the same reads either way (in place, it is checked once the targets
- * are filled: the format has no checksums of its own to check first).
+ * The legacy format (before PyTorch 1.6): storage by storage with positioned reads into one arena
+ * of aligned slots (see readLegacyTorchFile), never the whole file into one buffer and then again
+ * into the storages. The file's CRC-32 comes from the same reads; in place, it is checked once the
+ * targets are filled (the format has no checksums of its own to check first).
  */
 async function loadLegacy(reader: RandomAccessReader, options: TensorLoadOptions): Promise<StateValue> {
   const expected = options.expectedDigest;
-  if (options.into === undefined && reader.size <= WHOLE_FILE_MAX) {
-    const whole = await readWholeFile(reader, { crc: expected !== undefined, onProgress: options.onProgress });
-    if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
-    return (await readLegacyTorchFile(new MemoryReader(whole.bytes))).state;
-  }
   const { state, crc32 } = await readLegacyTorchFile(reader, {
     crc: expected !== undefined,
     ...(options.into === undefined ? {} : { into: options.into }),
