@@ -83,6 +83,8 @@ export interface LegacyStructure {
   dataStart: number;
   /** The CRC-32 of the bytes before `dataStart` (the pickles), when asked for. */
   headerCrc: number | undefined;
+  /** The file's first bytes, read for the pickles: records inside it need no second read. */
+  window: Uint8Array;
 }
 
 /**
@@ -110,7 +112,7 @@ export async function readLegacyStructure(reader: RandomAccessReader, options: {
     throw new FormatError("TORCH_LEGACY_LAYOUT", `${reader.size - position} bytes follow the last storage (the storages end at byte ${position} of ${reader.size})`);
   }
   const headerCrc = options.crc === true ? crc32(header.window.subarray(0, header.dataStart)) : undefined;
-  return { state, records, dataStart: header.dataStart, headerCrc };
+  return { state, records, dataStart: header.dataStart, headerCrc, window: header.window };
 }
 
 /**
@@ -180,14 +182,23 @@ export async function readLegacyTorchFile(reader: RandomAccessReader, options: L
     done += record.size;
     options.onProgress?.(done, total);
   };
+  // Bytes already read for the pickles are taken from that window, not read again.
+  const { window } = structure;
+  const read = async (at: number, length: number, target?: Uint8Array): Promise<Uint8Array> => {
+    if (at + length > window.length) return reader.read(at, length, target);
+    const bytes = window.subarray(at, at + length);
+    if (target === undefined) return bytes;
+    target.set(bytes);
+    return target.subarray(0, length);
+  };
   let scratch: Uint8Array | undefined;
   const records = structure.records;
   for (let i = 0; i < records.length; ) {
     const record = records[i]!;
     if (record.size >= SMALL_RECORD_BYTES) {
-      const count = await reader.read(record.at, RECORD_HEADER_SIZE);
+      const count = await read(record.at, RECORD_HEADER_SIZE);
       checkCount(record, count);
-      const data = await reader.read(record.at + RECORD_HEADER_SIZE, record.size, places.get(record)!);
+      const data = await read(record.at + RECORD_HEADER_SIZE, record.size, places.get(record)!);
       checksum(count);
       checksum(data);
       finish(record, data);
@@ -199,9 +210,14 @@ export async function readLegacyTorchFile(reader: RandomAccessReader, options: L
     while (end < records.length && records[end]!.size < SMALL_RECORD_BYTES && records[end]!.at + RECORD_HEADER_SIZE + records[end]!.size - record.at <= RUN_BYTES) end++;
     const last = records[end - 1]!;
     const span = last.at + RECORD_HEADER_SIZE + last.size - record.at;
-    scratch ??= new Uint8Array(Math.min(RUN_BYTES, Math.max(span, 1)));
-    if (scratch.length < span) scratch = new Uint8Array(RUN_BYTES);
-    const run = await reader.read(record.at, span, scratch);
+    let run: Uint8Array;
+    if (record.at + span <= window.length) {
+      run = window.subarray(record.at, record.at + span);
+    } else {
+      scratch ??= new Uint8Array(Math.min(RUN_BYTES, Math.max(span, 1)));
+      if (scratch.length < span) scratch = new Uint8Array(RUN_BYTES);
+      run = await reader.read(record.at, span, scratch);
+    }
     checksum(run);
     for (let j = i; j < end; j++) {
       const small = records[j]!;
