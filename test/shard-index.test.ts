@@ -24,80 +24,11 @@ import {
 import type { FileReader } from "../src/fs/file-system.js";
 import { LocalFileSystem } from "../src/fs/local-file-system.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
-import { describe, type Description } from "./helpers/describe.js";
-import { requireTorch, runPython } from "./helpers/torch-python.js";
+import { describe } from "./helpers/describe.js";
+import { writeShardedModel } from "./helpers/sharded-model.js";
+import { requireTorch } from "./helpers/torch-python.js";
 
 const tempDir = useTempDirs("shard-index");
-const HELPERS = join(import.meta.dirname, "helpers");
-
-/**
- * Writes a small model as Hugging Face publishes it: its state dict cut into three shards and an
- * index with `metadata.total_size` and a `weight_map`. Shards are safetensors (laid out by the
- * format's rules, from the tensors' bytes), torch.save zip files, or torch.save zip files with the
- * last one in the legacy format. Prints the description of the full state dict (a plain dict, in
- * state-dict order, which is also the weight map's).
- */
-const WRITE_SHARDED_MODEL = `
-import collections, json, os, struct, sys, torch
-sys.dont_write_bytecode = True
-sys.path.insert(0, sys.argv[3])
-from describe import describe
-out, kind = sys.argv[1], sys.argv[2]
-
-torch.manual_seed(0)
-state = collections.OrderedDict()
-state["embed.weight"] = torch.randn(256, 64)
-for i in range(3):
-    state[f"layers.{i}.proj.weight"] = torch.randn(256, 256)
-    state[f"layers.{i}.proj.bias"] = torch.arange(4, dtype=torch.float16) * (i + 1)
-    state[f"layers.{i}.norm.scale"] = torch.full((4,), 0.5 * i, dtype=torch.bfloat16)
-state["head.steps"] = torch.tensor([1, 2, 3], dtype=torch.int64)
-names = list(state)
-parts = [names[:3], names[3:7], names[7:]]
-
-SAFETENSORS_DTYPES = {torch.float32: "F32", torch.float16: "F16", torch.bfloat16: "BF16", torch.int64: "I64"}
-def write_safetensors(path, tensors):
-    header, data = {"__metadata__": {"format": "pt"}}, b""
-    for name, tensor in tensors.items():
-        raw = tensor.contiguous().view(torch.int16 if tensor.dtype == torch.bfloat16 else tensor.dtype).numpy().tobytes()
-        header[name] = {"dtype": SAFETENSORS_DTYPES[tensor.dtype], "shape": list(tensor.shape), "data_offsets": [len(data), len(data) + len(raw)]}
-        data += raw
-    text = json.dumps(header).encode()
-    text += b" " * (-len(text) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(text)) + text + data)
-
-weight_map, total = {}, 0
-for k, part in enumerate(parts):
-    tensors = collections.OrderedDict((name, state[name].clone()) for name in part)
-    if kind == "safetensors":
-        file = f"model-{k + 1:05d}-of-{len(parts):05d}.safetensors"
-        write_safetensors(os.path.join(out, file), tensors)
-    else:
-        file = f"pytorch_model-{k + 1:05d}-of-{len(parts):05d}.bin"
-        legacy = kind == "bin-legacy" and k == len(parts) - 1
-        torch.save(tensors, os.path.join(out, file), _use_new_zipfile_serialization=not legacy)
-    for name, tensor in tensors.items():
-        weight_map[name] = file
-        total += tensor.numel() * tensor.element_size()
-index = "model.safetensors.index.json" if kind == "safetensors" else "pytorch_model.bin.index.json"
-with open(os.path.join(out, index), "w") as f:
-    json.dump({"metadata": {"total_size": total}, "weight_map": weight_map}, f, indent=2)
-print(json.dumps(describe(dict(state))))
-`;
-
-interface ShardedModel {
-  dir: string;
-  indexPath: string;
-  expected: Description;
-}
-
-async function writeShardedModel(python: string, kind: "safetensors" | "bin" | "bin-legacy"): Promise<ShardedModel> {
-  const dir = await tempDir();
-  const expected = JSON.parse(runPython(python, WRITE_SHARDED_MODEL, [dir, kind, HELPERS])) as Description;
-  const indexPath = join(dir, kind === "safetensors" ? "model.safetensors.index.json" : "pytorch_model.bin.index.json");
-  return { dir, indexPath, expected };
-}
 
 /** A LocalFileSystem that counts the bytes read from each path. */
 class CountingFileSystem extends LocalFileSystem {
@@ -121,7 +52,7 @@ for (const kind of ["safetensors", "bin", "bin-legacy"] as const) {
   test(`a model in ${kind} shards loads from its index as one state dict, each shard read once`, async (t) => {
     const python = requireTorch(t);
     if (python === null) return;
-    const model = await writeShardedModel(python, kind);
+    const model = await writeShardedModel(python, await tempDir(), kind);
     const fileSystem = new CountingFileSystem();
     const auto = new AutoTensorLoader({ fileSystem });
     const loaded = await auto.loadAny(model.indexPath);
@@ -147,7 +78,7 @@ for (const kind of ["safetensors", "bin", "bin-legacy"] as const) {
 test("an index loads in place into live tensors, and reports progress over all its shards", async (t) => {
   const python = requireTorch(t);
   if (python === null) return;
-  const model = await writeShardedModel(python, "safetensors");
+  const model = await writeShardedModel(python, await tempDir(), "safetensors");
   const live = Tensor.zeros([256, 64], "float32");
   const progress: [number, number][] = [];
   const state = (await new AutoTensorLoader().load(model.indexPath, { into: { "embed.weight": live }, onProgress: (done, total) => progress.push([done, total]) })) as StateDict;
@@ -260,7 +191,7 @@ test("a digest cannot be checked against an index, which names several files", a
 test("the outline of an index lists every shard's tensors without their bytes, and reads one from its shard on demand", async (t) => {
   const python = requireTorch(t);
   if (python === null) return;
-  const model = await writeShardedModel(python, "bin-legacy");
+  const model = await writeShardedModel(python, await tempDir(), "bin-legacy");
   const fileSystem = new CountingFileSystem();
   const outline = await readTensorFileOutline(model.indexPath, { fileSystem });
   assert.equal(outline.format, "pt");
@@ -282,7 +213,7 @@ test("the outline of an index lists every shard's tensors without their bytes, a
 test("verifying an index checks every shard and the index against them, and names each problem", async (t) => {
   const python = requireTorch(t);
   if (python === null) return;
-  const model = await writeShardedModel(python, "bin");
+  const model = await writeShardedModel(python, await tempDir(), "bin");
   const good = await verifyShardIndex(model.indexPath);
   assert.equal(good.sound, true, JSON.stringify(good));
   assert.deepEqual(good.shards.map((shard) => [shard.status, shard.tensors]), [["sound", 3], ["sound", 4], ["sound", 4]]);
