@@ -3,6 +3,7 @@ import { randomBytes } from "node:crypto";
 import { join } from "node:path";
 import { test } from "node:test";
 
+import { Tensor, TorchTensorLoader } from "../src/index.js";
 import { entries, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { assertSucceeded, launch, type Launch } from "./helpers/launch-job.js";
 import { RedisServer, requireRedisServer } from "./helpers/redis-server.js";
@@ -46,6 +47,49 @@ test("two launchers as two nodes over Redis: dp=2 × tp=2, every file of the lay
       assertSucceeded(run, 2);
       for (const result of run.results.values()) assert.deepEqual([result.last, result.matches], [100, true]);
     }
+  } finally {
+    await server.stop();
+  }
+});
+
+for (const [scenario, files] of [
+  ["save", ["manifest.json", "rank_0.pt", "rank_1.pt", "rank_2.pt", "rank_3.pt", "replicated.pt", "score.txt"]],
+  ["everything", ["manifest.json", "model.pt", "rank_0.pt", "rank_1.pt", "rank_2.pt", "rank_3.pt", "replicated.pt", "score.txt"]],
+] as const) {
+  test(`two nodes over Redis, dp=4 with ${scenario === "save" ? "a model that is not replicated" : 'replicatedKeys ["*"]'}: each rank loads back what it saved`, async (t) => {
+    if (!requireRedisServer(t)) return;
+    const server = await RedisServer.start();
+    try {
+      const dir = await tempDir();
+      const runs = await launchTwoNodes(server, jobId(), [], [dir, scenario, "7"]);
+      for (const run of runs) {
+        assertSucceeded(run, 2);
+        for (const [rank, result] of run.results) assert.equal(result.matches, true, `rank ${rank}: ${JSON.stringify(result)}`);
+      }
+      assert.deepEqual(await entries(join(dir, "step_7")), [...files]);
+    } finally {
+      await server.stop();
+    }
+  });
+}
+
+test("FSDP-style shards over Redis: each rank gets its shard back and the consolidated model.pt is whole", async (t) => {
+  if (!requireRedisServer(t)) return;
+  const server = await RedisServer.start();
+  try {
+    const dir = await tempDir();
+    const runs = await launchTwoNodes(server, jobId(), [], [dir, "fsdp", "5"]);
+    for (const run of runs) {
+      assertSucceeded(run, 2);
+      for (const [rank, result] of run.results) {
+        const weight = (result.loaded as { model: Record<string, { shard: number[]; offsets: number[] }> }).model["0.weight"]!;
+        assert.deepEqual(weight.offsets, [rank, 0]);
+        assert.deepEqual(weight.shard, [0, 1, 2, 3].map((i) => rank * 4 + i));
+      }
+    }
+    const model = await new TorchTensorLoader().load(join(dir, "step_5", "model.pt")) as { model: Record<string, Tensor> };
+    assert.deepEqual([...model.model["0.weight"]!.data], Array.from({ length: 16 }, (_, i) => i));
+    assert.deepEqual(model.model["0.weight"]!.shape, [4, 4]);
   } finally {
     await server.stop();
   }
