@@ -12,7 +12,7 @@ import { test } from "node:test";
 import { crc32 } from "node:zlib";
 
 import { FileCheckpointManager, Tensor, TorchTensorLoader, type StateDict } from "../src/index.js";
-import { readLegacyTorchFile } from "../src/formats/torch/legacy-reader.js";
+import { readLegacyTorchFile } from "../src/formats/torch/legacy-storages.js";
 import { LocalFileSystem } from "../src/fs/local-file-system.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { describe, type Description } from "./helpers/describe.js";

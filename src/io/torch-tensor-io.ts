@@ -1,4 +1,5 @@
-import { isLegacyTorchFile, readLegacyTorchFile } from "../formats/torch/legacy-reader.js";
+import { isLegacyTorchFile } from "../formats/torch/legacy-reader.js";
+import { readLegacyTorchFile } from "../formats/torch/legacy-storages.js";
 import { isShardIndexPath } from "../formats/shard-index.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
