@@ -7,9 +7,10 @@ import { mkdir, mkdtemp, readdir, realpath, rm, writeFile } from "node:fs/promis
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join, sep } from "node:path";
 import { after, before, describe, test } from "node:test";
+import { pathToFileURL } from "node:url";
 
 const ROOT = join(import.meta.dirname, "..");
-const PACKAGE = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { name: string; version: string };
+const PACKAGE = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
 
 /**
  * Upper bound for the packed tarball (about 180 KB at 0.1.0): well above it means something that is
@@ -104,9 +105,9 @@ describe("the package installed from its tarball into an empty project", () => {
     await writeFile(join(project, "use.mjs"), USE_MJS);
     const checkpointDir = join(work, "checkpoints");
     const report = JSON.parse(runOk(process.execPath, ["use.mjs", checkpointDir], project)) as UseReport;
-    const installed = join(project, "node_modules", "ckpt") + sep;
-    assert.ok(report.core.startsWith(`file://${installed}`), `ckpt resolved to ${report.core}, not to the installed package`);
-    assert.ok(report.tfjs.startsWith(`file://${installed}`), `ckpt/tfjs resolved to ${report.tfjs}, not to the installed package`);
+    const installed = pathToFileURL(join(project, "node_modules", "ckpt") + sep).href;
+    assert.ok(report.core.startsWith(installed), `ckpt resolved to ${report.core}, not to the installed package`);
+    assert.ok(report.tfjs.startsWith(installed), `ckpt/tfjs resolved to ${report.tfjs}, not to the installed package`);
     assert.deepEqual(report.steps, [10]);
     assert.equal(report.loadedStep, 10);
     assert.deepEqual(report.keys, ["model", "note", "step_nr"]);
