@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import { FormatError } from "../errors.js";
 import type { RandomAccessReader } from "../formats/byte-io.js";
 import { readSafetensorsHeader, type SafetensorsEntry } from "../formats/safetensors/safetensors-reader.js";

@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../crc32.js";
 import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
 import { Storage } from "../../tensor/storage.js";

@@ -1,4 +1,4 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../crc32.js";
 import type { Storage } from "../../tensor/storage.js";
 import type { StateValue } from "../../values/py-values.js";
 import type { RandomAccessReader } from "../byte-io.js";
