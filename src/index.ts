@@ -68,6 +68,7 @@ export type {
   DeleteOptions,
   RetentionOptions,
   ListOptions,
+  LoadModelOptions,
   LoadOptions,
   RetentionResult,
   RetentionReport,
@@ -77,6 +78,7 @@ export type {
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
+export { unwrapModelFile, type ModelFileParts } from "./checkpoint/state-split.js";
 export {
   keepLastN,
   keepBestN,
@@ -97,7 +99,10 @@ export {
   type SafetensorsDumperOptions,
 } from "./io/safetensors-io.js";
 export { STATE_LAYOUT_KEY } from "./io/safetensors-state.js";
-export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type LoadedTensorFile, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export { loadIndexedState, type IndexedState, type LoadedShard } from "./io/shard-index-io.js";
+export { verifyShardIndex, type ShardCheck, type ShardIndexVerification } from "./io/shard-index-check.js";
+export { isShardIndexPath, parseShardIndex, MAX_INDEX_BYTES, type ShardIndex } from "./formats/shard-index.js";
 export {
   readTensorFileOutline,
   checkTensorFile,

@@ -314,3 +314,14 @@ describe("refusing bad shapes and views", () => {
     assert.throws(() => new Storage("float64", new Uint8Array(12)), RangeError);
   });
 });
+
+test("statistics and differences of a tensor over an unaligned Buffer (a view of a file read whole) copy it instead of failing", async () => {
+  const { tensorDifference, tensorStats } = await import("../src/tensor/tensor-stats.js");
+  // A Buffer's slice() is a view, not a copy: an int64 storage at an odd offset of one.
+  const file = Buffer.alloc(17);
+  file.writeBigInt64LE(-3n, 1);
+  file.writeBigInt64LE(5n, 9);
+  const tensor = new Tensor({ storage: new Storage("int64", file.subarray(1)), shape: [2] });
+  assert.deepEqual([tensorStats(tensor).min, tensorStats(tensor).max], [-3, 5]);
+  assert.equal(tensorDifference(tensor, Tensor.from(new BigInt64Array([-3n, 6n]))).maxAbsDiff, 1);
+});

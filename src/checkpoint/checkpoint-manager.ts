@@ -68,6 +68,13 @@ export interface LoadOptions {
   modelKey?: string;
 }
 
+export interface LoadModelOptions {
+  /** The model state dict to load into, in place (as `LoadOptions.into` does for a whole state). */
+  into?: StateDict;
+  /** The key the model was saved under (the `modelKey` given to saveState; default "model"), so `into` matches its tensors. */
+  modelKey?: string;
+}
+
 export interface ListOptions {
   /** Also count checkpoints pruned to their model files, which cannot be resumed (default false). */
   includeModelOnly?: boolean;
@@ -110,7 +117,7 @@ export interface CheckpointManager {
   loadLastCheckpoint(options?: LoadOptions): Promise<{ stepNr: number; state: StateDict }>;
   loadMetadata(stepNr: number): Promise<StateValue | null>;
   /** With `into`, the model's tensors are read in place into that state dict's matching tensors. */
-  loadModel(stepNr?: number, options?: { into?: StateDict }): Promise<StateDict>;
+  loadModel(stepNr?: number, options?: LoadModelOptions): Promise<StateDict>;
 
   getStepNumbers(options?: ListOptions): Promise<number[]>;
   hasCheckpoint(stepNr?: number, options?: ListOptions): Promise<boolean>;

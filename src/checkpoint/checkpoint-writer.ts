@@ -16,7 +16,7 @@ import { PendingSave } from "./pending-save.js";
 import { publishCheckpoint } from "./publish-checkpoint.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
-import { splitState } from "./state-split.js";
+import { MODEL_KEY_ENTRY, modelFileContent, splitState } from "./state-split.js";
 
 /** A checkpoint between beginCheckpoint and commit/abort. */
 interface OpenCheckpoint {
@@ -30,6 +30,8 @@ interface OpenCheckpoint {
   /** The sharded tensors in this rank's files, for the manifest. */
   sharded: ManifestShardedTensor[];
   stateSaved: boolean;
+  /** How the score was saved (root only), for the manifest; undefined without a score. */
+  lowerBetter: boolean | undefined;
 }
 
 /** What each rank reports at commit. */
@@ -70,6 +72,7 @@ export class CheckpointWriter {
         files: {},
         sharded: [],
         stateSaved: false,
+        lowerBetter: undefined,
       };
       this.open = checkpoint;
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
@@ -89,6 +92,9 @@ export class CheckpointWriter {
     if (!isPlainDict(state)) throw new InvalidArgumentError("saveState needs a plain object mapping keys to state values");
     const modelKey = options.modelKey ?? "model";
     if (typeof modelKey !== "string" || modelKey === "") throw new InvalidArgumentError("modelKey must be a non-empty string");
+    if (modelKey === MODEL_KEY_ENTRY || Object.hasOwn(state, MODEL_KEY_ENTRY)) {
+      throw new InvalidArgumentError(`"${MODEL_KEY_ENTRY}" is reserved: the checkpoint files record the model's key under it (fairseq2's layout) and loading removes it; rename that key`);
+    }
     const replicatedKeys = new Set(options.replicatedKeys ?? []);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
     const unsaveable = findUnsaveable(state, "state"); // synchronous: no call may slip in before this one's step
@@ -99,9 +105,7 @@ export class CheckpointWriter {
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
-      if (parts.model !== undefined) {
-        await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
-      }
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
       await this.writePart(checkpoint, rankFile, parts.rank);
@@ -123,7 +127,10 @@ export class CheckpointWriter {
     const checkpoint = this.requireOpen("saveScore");
     if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
     await this.runStep(checkpoint, "saveScore", async () => {
-      if (isRoot(this.context)) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
+      if (!isRoot(this.context)) return;
+      const lowerBetter = options.lowerBetter ?? false;
+      await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, lowerBetter)));
+      checkpoint.lowerBetter = lowerBetter;
     });
   }
 
@@ -158,7 +165,9 @@ export class CheckpointWriter {
         full = assembleModel(source, shardsByRank);
         for (let rank = 1; rank < dp.size; rank++) await this.context.fileSystem.remove(joinPath(checkpoint.tmpDir, scratch(rank)));
       }
-      await this.writePart(checkpoint, name, { model: full, model_key: "model" });
+      // Always under "model", as fairseq2 writes its consolidated model: the rank files name the
+      // state's own key, so a loader never takes this copy for the (sharded) model of the state.
+      await this.writePart(checkpoint, name, modelFileContent("model", full));
     });
   }
 
@@ -174,6 +183,7 @@ export class CheckpointWriter {
         tmpDir: checkpoint.tmpDir,
         reported: reports.map((r) => r.files),
         sharded: mergeShardDescriptions(reports.map((r) => r.sharded)),
+        lowerBetter: checkpoint.lowerBetter,
       });
     };
     if (!checkpoint.background) {

@@ -15,6 +15,7 @@ import type {
   CheckpointManager,
   DeleteOptions,
   ListOptions,
+  LoadModelOptions,
   LoadOptions,
   ModelMetadata,
   RetainOptions,
@@ -200,7 +201,7 @@ export class FileCheckpointManager implements CheckpointManager {
    * The model's state dict from a checkpoint's model file only (never optimizer or rank state):
    * the last checkpoint by default, model-only ones included.
    */
-  async loadModel(stepNr?: number, options: { into?: StateDict } = {}): Promise<StateDict> {
+  async loadModel(stepNr?: number, options: LoadModelOptions = {}): Promise<StateDict> {
     if (stepNr !== undefined) checkStepNr(stepNr);
     const step = stepNr ?? (await this.getLastStepNumber({ includeModelOnly: true }));
     if (step === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint in ${this.checkpointDir}`);

@@ -9,7 +9,9 @@ import { checkInPlaceTarget } from "../tensor/in-place-target.js";
 import { Tensor } from "../tensor/tensor.js";
 import { formatKeyPath } from "../values/key-path.js";
 import type { StateValue } from "../values/py-values.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { DigestingSink } from "./digesting-sink.js";
+import { loadIndexedState } from "./shard-index-io.js";
 import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
@@ -43,8 +45,15 @@ export class SafetensorsLoader implements TensorLoader {
     return (await this.loadWithMetadata(path, options)).state;
   }
 
-  /** The state and the file's `__metadata__` (without the `ckpt.state` layout entry). */
+  /**
+   * The state and the file's `__metadata__` (without the `ckpt.state` layout entry). Given a shard
+   * index (`model.safetensors.index.json`), every shard it names as one dict, with the index's metadata.
+   */
   async loadWithMetadata(path: string, options: TensorLoadOptions = {}): Promise<{ state: StateValue; metadata: Map<string, string> }> {
+    if (isShardIndexPath(path)) {
+      const { state, index } = await loadIndexedState(this.fileSystem, path, (shard, shardOptions) => this.load(shard, shardOptions), options);
+      return { state, metadata: index.metadata };
+    }
     return readingFile(this.fileSystem, path, "safetensors", async (reader) => {
       const expected = options.expectedDigest;
       checkDigestSize(reader.size, expected);

@@ -10,6 +10,17 @@ export class TorchStorageType {
   constructor(readonly dtype: DType) {}
 }
 
+/**
+ * A storage that is a slice of another (legacy files of old PyTorch versions could pickle these):
+ * tensors over it become tensors over the whole storage, shifted by `offset` elements.
+ */
+export class StorageView {
+  constructor(
+    readonly storage: Storage,
+    readonly offset: number,
+    readonly numel: number,
+  ) {}
+}
 
 const orderedDictType = new PickleCallable("collections.OrderedDict", (args, context) => {
   const dict = new Map<unknown, unknown>();
@@ -51,9 +62,14 @@ function rebuildParameter(name: string, count: number) {
 }
 
 function rebuildTensor(storage: unknown, offset: unknown, size: unknown, stride: unknown, requiresGrad: unknown): Tensor {
-  if (!(storage instanceof Storage)) throw new FormatError("TORCH_PICKLE", "a tensor's storage is not a storage");
+  if (!(storage instanceof Storage) && !(storage instanceof StorageView)) throw new FormatError("TORCH_PICKLE", "a tensor's storage is not a storage");
   if (typeof offset !== "number" || !isIntList(size) || !isIntList(stride) || typeof requiresGrad !== "boolean") {
     throw new FormatError("TORCH_PICKLE", "a tensor's offset, size, stride or requires_grad has the wrong type");
+  }
+  if (storage instanceof StorageView) {
+    // The tensor must stay inside the slice it was saved over, not merely inside the whole storage.
+    void new Tensor({ storage: Storage.pending(storage.storage.dtype, storage.numel), shape: size, strides: stride, offset });
+    return new Tensor({ storage: storage.storage, shape: size, strides: stride, offset: offset + storage.offset, requiresGrad });
   }
   return new Tensor({ storage, shape: size, strides: stride, offset, requiresGrad });
 }

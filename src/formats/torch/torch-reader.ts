@@ -121,7 +121,7 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
  * InvalidArgumentError naming its path, thrown before any tensor is written. Walks both trees side
  * by side without recursion.
  */
-function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array>; copies: [Tensor, Tensor][] } {
+export function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array>; copies: [Tensor, Tensor][] } {
   const users = new Map<Storage, number>();
   const countUsers = (value: unknown, seen: Set<unknown>): void => {
     const pending = [value];
