@@ -211,8 +211,13 @@ describe("background deletion", () => {
     assert.deepEqual(await manager.getStepNumbers(), [2, 4]);
     assert.ok((await stepDirs(dir)).every((name) => /^step_(2|4)$|^step_(1|3)\.deleting$/.test(name)), (await stepDirs(dir)).join(", "));
     await saveStep(manager, 5, { state: { model: modelState(5) } });
-    await manager.close();
+    await manager.waitForPendingDeletions();
+    assert.equal(manager.hasPendingDeletions, false);
     assert.deepEqual(await stepDirs(dir), ["step_2", "step_4", "step_5"]);
+    // close() waits for deletes still running: none may outlive the lock.
+    await manager.retain({ keepLast: 1, background: true });
+    await manager.close();
+    assert.deepEqual(await stepDirs(dir), ["step_5"]);
   });
 
   it("a failed background removal is raised by the next retention call, once, with the steps named; the directory stays sound", async () => {
