@@ -71,13 +71,25 @@ export type {
   LoadModelOptions,
   LoadOptions,
   RetentionResult,
+  RetentionReport,
+  RetainOptions,
   ModelMetadata,
 } from "./checkpoint/checkpoint-manager.js";
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
 export { unwrapModelFile, type ModelFileParts } from "./checkpoint/state-split.js";
-export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";
+export {
+  keepLastN,
+  keepBestN,
+  keepEveryN,
+  keepOnePerInterval,
+  combineRetention,
+  parseDuration,
+  bestStep,
+  type RetentionCandidate,
+  type RetentionRules,
+} from "./checkpoint/retention.js";
 
 // safetensors, reading either format, and the helpers behind the `ckpt` command line.
 export {
@@ -122,7 +134,7 @@ export {
   type CheckpointSummary,
   type CheckpointDirectoryListing,
 } from "./checkpoint/checkpoint-listing.js";
-export { planRetention, type RetentionPlan, type RetentionPlanOptions } from "./checkpoint/retention-plan.js";
+export { planRetention, type RetentionPlan, type RetentionPlanOptions, type RetentionDecision } from "./checkpoint/retention-plan.js";
 export {
   verifyCheckpoints,
   type VerificationReport,

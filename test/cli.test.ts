@@ -397,7 +397,10 @@ describe("ckpt prune", () => {
     assert.equal(dry.status, 0, dry.stderr);
     assert.equal(
       dry.stdout,
-      "would delete: step_1000, step_3000\nwould remove leftovers: step_5000.tmp (an unfinished save, 12 B)\nwould keep: step_2000, step_4000\n" + dry.stdout.split("\n").at(-2) + "\n",
+      "would delete: step_1000, step_3000\nwould remove leftovers: step_5000.tmp (an unfinished save, 12 B)\nwould keep: step_2000, step_4000\n" +
+        "  step_2000: best 1\n  step_4000: the last checkpoint (always kept, to resume)\n" +
+        dry.stdout.split("\n").at(-2) +
+        "\n",
     );
     assert.match(dry.stdout, /^would free [\d.]+ KiB$/m);
     assert.deepEqual(await entries(dir), before, "nothing changed");
@@ -429,9 +432,38 @@ describe("ckpt prune", () => {
     } finally {
       await owner.close();
     }
-    assertFails(ckpt("prune", dir), /give exactly one of --keep-last <n> and --keep-best <n>/);
-    assertFails(ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1"), /give exactly one/);
+    assertFails(ckpt("prune", dir), /give at least one rule: --keep-last <n>, --keep-best <n>, --keep-every <n> or --keep-one-per <duration>/);
+    assertFails(ckpt("prune", dir, "--keep-one-per", "6"), /'--keep-one-per <duration>' argument '6' is invalid\. it must be a positive duration/);
+    assertFails(ckpt("prune", dir, "--keep-one-per", "0h"), /it must be a positive duration/);
+    assertFails(ckpt("prune", dir, "--keep-every", "0"), /'--keep-every <n>' argument '0' is invalid\. it must be a positive integer/);
     assertFails(ckpt("prune", join(dir, "nothing-here"), "--keep-last", "1"), /no such file or directory/);
+  });
+
+  test("rules combine: --dry-run names the rule that keeps each survivor, and the real run does what it said", async () => {
+    const dir = await managerDir(); // losses: 1000 (model-only) 2.5, 2000 1.5, 3000 1.75, 4000 2
+    const dry = ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1", "--keep-every", "3000", "--dry-run");
+    assert.equal(dry.status, 0, dry.stderr);
+    assert.match(
+      dry.stdout,
+      /^would delete: step_1000\nwould remove leftovers: .*\nwould keep: step_2000, step_3000, step_4000\n  step_2000: best 1\n  step_3000: milestone: every 3000 steps\n  step_4000: last 1; the last checkpoint \(always kept, to resume\)\nwould free /,
+    );
+    const run = json<{ deleted: number[]; kept: number[]; keptBy: Record<string, string[]>; rules: Record<string, unknown> }>(
+      ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1", "--keep-every", "3000", "--json"),
+    );
+    assert.deepEqual(run.rules, { keepLast: 1, keepBest: 1, keepEvery: 3000 });
+    assert.deepEqual([run.deleted, run.kept], [[1000], [2000, 3000, 4000]]);
+    assert.deepEqual(run.keptBy["3000"], ["milestone: every 3000 steps"]);
+    assert.deepEqual((await entries(dir)).filter((name) => name.startsWith("step_")), ["step_2000", "step_3000", "step_4000"]);
+  });
+
+  test("--keep-one-per thins the checkpoints older than the last n by their commit time", async () => {
+    const dir = await managerDir();
+    // Every step was committed within the same few seconds: one per day keeps the first of the older ones.
+    const run = json<{ deleted: number[]; stripped: number[]; kept: number[]; keptBy: Record<string, string[]> }>(
+      ckpt("prune", dir, "--keep-last", "1", "--keep-one-per", "1d", "--json"),
+    );
+    assert.deepEqual([run.deleted, run.stripped, run.kept], [[2000, 3000], [], [1000, 4000]]);
+    assert.deepEqual(run.keptBy["1000"], ["one per 1d"]);
   });
 });
 

@@ -27,6 +27,12 @@ export interface CheckpointInfo {
   /** Higher is better, as stored in score.txt; undefined without one. */
   score: number | undefined;
   /**
+   * When it was committed, in milliseconds since the epoch: the manifest's `createdAt`, or for a
+   * checkpoint without a manifest (fairseq2) its directory's modification time; undefined when
+   * neither is known. Retention's `keepOnePer` dates checkpoints by it.
+   */
+  createdAt: number | undefined;
+  /**
    * Whether the score was saved with `lowerBetter` (from the manifest); undefined without a score,
    * and when the direction is unknown (fairseq2's checkpoints, manifests of earlier versions).
    */
@@ -86,7 +92,7 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
   } catch (error) {
     // One unreadable step (permissions, I/O error) must not hide the others.
     const damaged = `step ${stepNr} cannot be read: ${(error as Error).message}`;
-    return { stepNr, path, files: [], manifest: undefined, modelOnly: false, score: undefined, lowerBetter: undefined, scoreAsSaved: undefined, damaged, warning: undefined };
+    return { stepNr, path, files: [], manifest: undefined, modelOnly: false, score: undefined, lowerBetter: undefined, scoreAsSaved: undefined, createdAt: undefined, damaged, warning: undefined };
   }
   // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
   let damaged: string | undefined;
@@ -114,5 +120,15 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
   const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some((name) => isRankFile(name) || isReplicatedFile(name)));
   const lowerBetter = score === undefined ? undefined : manifest?.lowerBetter;
   const scoreAsSaved = score === undefined || lowerBetter === undefined ? undefined : savedScore(score, lowerBetter);
-  return { stepNr, path, files, manifest, modelOnly, score, lowerBetter, scoreAsSaved, damaged, warning };
+  return { stepNr, path, files, manifest, modelOnly, score, lowerBetter, scoreAsSaved, createdAt: await creationTime(fileSystem, path, manifest), damaged, warning };
+}
+
+/** See CheckpointInfo.createdAt. A manifest's unparseable date is no date, not damage: it only dates. */
+async function creationTime(fileSystem: FileSystem, path: string, manifest: Manifest | undefined): Promise<number | undefined> {
+  if (manifest !== undefined) {
+    const time = typeof manifest.createdAt === "string" ? Date.parse(manifest.createdAt) : NaN;
+    return Number.isFinite(time) ? time : undefined;
+  }
+  // The directory's mtime moves when files are added or removed in it (a preserveModel strip does).
+  return (await fileSystem.modifiedTime?.(path)) ?? undefined;
 }

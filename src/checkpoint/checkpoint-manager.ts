@@ -1,5 +1,7 @@
 import type { StateDict, StateValue } from "../values/py-values.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
+import type { RetentionRules } from "./retention.js";
+import type { RetentionDecision } from "./retention-plan.js";
 
 export interface BeginOptions {
   /**
@@ -42,7 +44,18 @@ export interface DeleteOptions {
 export interface RetentionOptions {
   /** Strip pruned checkpoints to their model files instead of deleting them (default false). */
   preserveModel?: boolean;
+  /**
+   * Remove the pruned checkpoints' files in the background (default false), off the training
+   * path. The call still renames each pruned checkpoint to `step_N.deleting` (or rewrites a
+   * stripped one's manifest) before it returns, so listings never show one half deleted and
+   * the result is already true. A failure is raised by the next retention or delete call (on
+   * every rank), by `waitForPendingDeletions()`, `listCheckpoints()` or `close()`; never lost.
+   */
+  background?: boolean;
 }
+
+/** The rules of `retain` with its options: see RetentionRules and RetentionOptions. */
+export interface RetainOptions extends RetentionRules, RetentionOptions {}
 
 export interface LoadOptions {
   /**
@@ -71,6 +84,14 @@ export interface ListOptions {
 export interface RetentionResult {
   deleted: number[];
   stripped: number[];
+}
+
+/** What `retain` did, and why each survivor survived (see RetentionDecision). */
+export interface RetentionReport extends RetentionResult {
+  /** Steps left as they are. */
+  kept: number[];
+  /** Every sound checkpoint in step order: what was done to it, and which rules kept it. */
+  decisions: RetentionDecision[];
 }
 
 export interface ModelMetadata {
@@ -108,6 +129,10 @@ export interface CheckpointManager {
   deleteCheckpoint(stepNr: number, options?: DeleteOptions): Promise<void>;
   keepLastNCheckpoints(n: number, options?: RetentionOptions): Promise<RetentionResult>;
   keepBestNCheckpoints(n: number, options?: RetentionOptions): Promise<RetentionResult>;
+  /** Several retention rules at once; a checkpoint survives when any rule keeps it. */
+  retain(options: RetainOptions): Promise<RetentionReport>;
+  /** Resolves when background deletes are done; rejects with their error. */
+  waitForPendingDeletions(): Promise<void>;
 
   saveModelMetadata(metadata: ModelMetadata): Promise<void>;
   /** Releases the directory lock. The manager can be used again afterwards (it re-locks). */
