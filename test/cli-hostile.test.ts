@@ -15,6 +15,7 @@ import { FileCheckpointManager, ShardedTensor, Tensor, TorchTensorDumper, tensor
 import { floatRepr, pathText, treeKeyText } from "../src/cli/key-path.js";
 import { MemorySink } from "../src/formats/byte-io.js";
 import { Op } from "../src/formats/pickle/opcodes.js";
+import { bytesOf, float, global, int, pickle, str, u32, utf8, type Part } from "./helpers/pickle-bytes.js";
 import { ZipWriter } from "../src/formats/zip/zip-writer.js";
 import { arange, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
@@ -63,53 +64,8 @@ before(() => {
 });
 
 // ---------------------------------------------------------------------------------------------
-// Byte builders (as in malformed-input.test.ts)
+// Byte builders for .pt files (the pickle ones are in helpers/pickle-bytes.ts)
 // ---------------------------------------------------------------------------------------------
-
-type Part = number | readonly number[] | Uint8Array;
-
-function bytesOf(...parts: Part[]): Uint8Array {
-  const out: number[] = [];
-  for (const part of parts) {
-    if (typeof part === "number") out.push(part);
-    else for (const byte of part) out.push(byte);
-  }
-  return Uint8Array.from(out);
-}
-
-const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
-
-function u32(value: number): number[] {
-  const out = new Uint8Array(4);
-  new DataView(out.buffer).setUint32(0, value, true);
-  return [...out];
-}
-
-function str(text: string): number[] {
-  const bytes = utf8(text);
-  return [Op.BINUNICODE, ...u32(bytes.length), ...bytes];
-}
-
-function int(value: number): number[] {
-  const out = new Uint8Array(4);
-  new DataView(out.buffer).setInt32(0, value, true);
-  return [Op.BININT, ...out];
-}
-
-/** BINFLOAT: a big-endian double (a Python float, whole or not). */
-function float(value: number): number[] {
-  const out = new Uint8Array(8);
-  new DataView(out.buffer).setFloat64(0, value, false);
-  return [Op.BINFLOAT, ...out];
-}
-
-function global(module: string, name: string): number[] {
-  return [Op.GLOBAL, ...utf8(`${module}\n${name}\n`)];
-}
-
-function pickle(...parts: Part[]): Uint8Array {
-  return bytesOf(Op.PROTO, 2, ...parts, Op.STOP);
-}
 
 /** `torch._utils._rebuild_tensor_v2(storage, offset, size, stride, False, OrderedDict())`. */
 function rebuildTensor(storageType: string, key: string, numel: number, size: number[], stride: number[]): number[] {
@@ -397,7 +353,6 @@ describe("expanded tensors (stride 0) are never written out in memory", () => {
     assert.equal(check.trim(), "(65536, 32768) (0, 0) 2.5");
   });
 });
-
 
 describe("inspect reads the zip directory and the pickle, verify streams", () => {
   test("inspect lists a file whose tensor bytes are damaged; --tensor and verify find the damage", async () => {

@@ -11,6 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { FormatError, TensorDumpError, TensorLoadError } from "../src/errors.js";
 import { MemorySink } from "../src/formats/byte-io.js";
 import { Op } from "../src/formats/pickle/opcodes.js";
+import { bytesOf, float, global, int, pickle, str, u16, u32, u64, utf8, type Part } from "./helpers/pickle-bytes.js";
 import { ZipWriter } from "../src/formats/zip/zip-writer.js";
 import type { FileWriter } from "../src/fs/file-system.js";
 import { LocalFileSystem } from "../src/fs/local-file-system.js";
@@ -19,79 +20,11 @@ import { Tensor } from "../src/tensor/tensor.js";
 import type { StateDict, StateValue } from "../src/values/py-values.js";
 
 // ---------------------------------------------------------------------------------------------
-// Byte builders
+// Byte builders for .pt files (the pickle ones are in helpers/pickle-bytes.ts)
 // ---------------------------------------------------------------------------------------------
-
-type Part = number | readonly number[] | Uint8Array;
-
-function bytesOf(...parts: Part[]): Uint8Array {
-  const out: number[] = [];
-  for (const part of parts) {
-    if (typeof part === "number") out.push(part);
-    else for (const byte of part) out.push(byte);
-  }
-  return Uint8Array.from(out);
-}
-
-const utf8 = (text: string): Uint8Array => new TextEncoder().encode(text);
-
-function u16(value: number): number[] {
-  return [value & 0xff, (value >>> 8) & 0xff];
-}
-
-function u32(value: number): number[] {
-  const out = new Uint8Array(4);
-  new DataView(out.buffer).setUint32(0, value, true);
-  return [...out];
-}
-
-function u64(value: bigint): number[] {
-  const out = new Uint8Array(8);
-  new DataView(out.buffer).setBigUint64(0, value, true);
-  return [...out];
-}
 
 function float32Bytes(...values: number[]): Uint8Array {
   return new Uint8Array(Float32Array.from(values).buffer);
-}
-
-/** BINUNICODE: a u32 length and UTF-8 bytes. */
-function str(text: string): number[] {
-  const bytes = utf8(text);
-  return [Op.BINUNICODE, ...u32(bytes.length), ...bytes];
-}
-
-/** BININT when the value fits in 32 bits, else LONG1 with two's complement bytes. */
-function int(value: number | bigint): number[] {
-  const big = BigInt(value);
-  if (big >= -(2n ** 31n) && big < 2n ** 31n) {
-    const out = new Uint8Array(4);
-    new DataView(out.buffer).setInt32(0, Number(big), true);
-    return [Op.BININT, ...out];
-  }
-  const bytes: number[] = [];
-  let rest = big;
-  do {
-    bytes.push(Number(rest & 0xffn));
-    rest >>= 8n;
-  } while (!((rest === 0n && (bytes[bytes.length - 1]! & 0x80) === 0) || (rest === -1n && (bytes[bytes.length - 1]! & 0x80) !== 0)));
-  return [Op.LONG1, bytes.length, ...bytes];
-}
-
-/** BINFLOAT: a big-endian double. */
-function float(value: number): number[] {
-  const out = new Uint8Array(8);
-  new DataView(out.buffer).setFloat64(0, value, false);
-  return [Op.BINFLOAT, ...out];
-}
-
-function global(module: string, name: string): number[] {
-  return [Op.GLOBAL, ...utf8(`${module}\n${name}\n`)];
-}
-
-/** A protocol-2 pickle: PROTO 2, the parts, STOP. */
-function pickle(...parts: Part[]): Uint8Array {
-  return bytesOf(Op.PROTO, 2, ...parts, Op.STOP);
 }
 
 interface TensorSpec {
