@@ -71,6 +71,9 @@ export type {
   LoadOptions,
   RetentionResult,
   ModelMetadata,
+  ReshardOptions,
+  ReshardPlanEntry,
+  PerRankPolicy,
 } from "./checkpoint/checkpoint-manager.js";
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";

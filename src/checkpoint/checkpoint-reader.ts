@@ -8,6 +8,7 @@ import type { LoadOptions } from "./checkpoint-manager.js";
 import { METADATA_FILE, isModelFile, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { fileProgress, isPlainDict, type ManagerContext } from "./manager-context.js";
 import { manifestFile } from "./manifest.js";
+import { ReshardReader } from "./reshard-reader.js";
 import { mergeInto } from "./state-split.js";
 
 /**
@@ -23,8 +24,15 @@ export class CheckpointReader {
     if (info.modelOnly) {
       throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} keeps only its model (it was pruned with preserveModel): load it with loadModel(${stepNr})`);
     }
-    this.checkLayout(info, true);
     const { dp, tp } = this.context.gangs;
+    const saved = savedLayout(info);
+    if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (saved.dpSize !== dp.size || saved.tpSize !== tp.size)) {
+      if (saved.dpSize === undefined) throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no rank files to tell its data-parallel size: it cannot be resharded`);
+      const layouts = { saved: { dpSize: saved.dpSize, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
+      const reshard = new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (name) => this.loadFile(info, name));
+      return reshard.load(options.modelKey ?? "model");
+    }
+    this.checkLayout(info, true);
     const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
     if (!info.files.includes(rankFile)) {
       throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${rankFile} for this rank (dp rank ${dp.rank}, tp rank ${tp.rank})`);
@@ -132,13 +140,13 @@ export class CheckpointReader {
   /** Refuses a checkpoint saved with another dp/tp layout (only tp matters for the model alone). */
   private checkLayout(info: CheckpointInfo, withDataParallel: boolean): void {
     const { dp, tp } = this.context.gangs;
-    const saved = info.manifest !== undefined ? { dpSize: info.manifest.dpSize, tpSize: info.manifest.tpSize } : inferLayout(info.files);
+    const saved = savedLayout(info);
     if (saved === undefined) return;
     const dpDiffers = withDataParallel && saved.dpSize !== undefined && saved.dpSize !== dp.size;
     if (dpDiffers || saved.tpSize !== tp.size) {
       throw new CheckpointLoadError(
         info.stepNr,
-        `checkpoint ${info.stepNr} was saved with dp=${saved.dpSize ?? "?"}, tp=${saved.tpSize} but this job has dp=${dp.size}, tp=${tp.size}: load it with the same layout`,
+        `checkpoint ${info.stepNr} was saved with dp=${saved.dpSize ?? "?"}, tp=${saved.tpSize} but this job has dp=${dp.size}, tp=${tp.size}: load it with the same layout, or pass { reshard: true }`,
       );
     }
   }
@@ -150,6 +158,11 @@ export class CheckpointReader {
  */
 function hasFile(info: CheckpointInfo, name: string): boolean {
   return info.files.includes(name) || info.manifest?.files[name] !== undefined;
+}
+
+/** The dp/tp layout a checkpoint was saved with: from its manifest, or else from its file names. */
+function savedLayout(info: CheckpointInfo): { dpSize: number | undefined; tpSize: number } | undefined {
+  return info.manifest !== undefined ? { dpSize: info.manifest.dpSize, tpSize: info.manifest.tpSize } : inferLayout(info.files);
 }
 
 /** The dp/tp layout of a checkpoint without a manifest (fairseq2), from its file names. */
