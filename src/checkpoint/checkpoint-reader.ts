@@ -26,7 +26,9 @@ export class CheckpointReader {
     }
     const { dp, tp } = this.context.gangs;
     const saved = savedLayout(info);
-    if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (saved.dpSize !== dp.size || saved.tpSize !== tp.size)) {
+    // A plan is honoured even on the saved layout: the caller asked for those blocks.
+    const planned = typeof options.reshard === "object" && Object.keys(options.reshard.plan ?? {}).length > 0;
+    if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (planned || saved.dpSize !== dp.size || saved.tpSize !== tp.size)) {
       if (saved.dpSize === undefined) throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no rank files to tell its data-parallel size: it cannot be resharded`);
       const layouts = { saved: { dpSize: saved.dpSize, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
       const reshard = new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (name) => this.loadFile(info, name));
