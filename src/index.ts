@@ -78,6 +78,7 @@ export type {
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
+export { reshardCheckpoint, loadConsolidatedModel, type ReshardCheckpointOptions } from "./checkpoint/offline-reshard.js";
 export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";
 
 // safetensors, reading either format, and the helpers behind the `ckpt` command line.

@@ -1,4 +1,5 @@
 import assert from "node:assert/strict";
+import { spawnSync } from "node:child_process";
 import { stat } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
@@ -6,9 +7,11 @@ import { fileURLToPath } from "node:url";
 
 import { entries, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { assertSucceeded, launch, type Launch } from "./helpers/launch-job.js";
+import { requireTorch, runPython } from "./helpers/torch-python.js";
 
 const tempDir = useTempDirs("reshard-launch");
 const WORKER = join(dirname(fileURLToPath(import.meta.url)), "helpers", "reshard-worker.ts");
+const CLI = join(dirname(dirname(fileURLToPath(import.meta.url))), "dist", "cli", "main.js");
 /** What reading one file's structure costs (zip end and directory, pickle, local headers): well under this here. */
 const STRUCTURE_BYTES_PER_FILE = 4096;
 
@@ -91,4 +94,43 @@ test("saved at dp=2 × tp=2, resumed at dp=1 × tp=4", async () => {
   assertSucceeded(await run(["--nproc", "4", "--dp", "2", "--tp", "2"], [dir, "save", "10"]), 4);
   const saved = await tensorFileBytes(dir, 10);
   assertResumed(await run(["--nproc", "4", "--dp", "1", "--tp", "4"], [dir, "resume", "rank0"]), 4, saved, 1000);
+});
+
+test("ckpt reshard writes a regular checkpoint for dp=2 that loads under the new gangs without reshard, leaving the original as it was", async () => {
+  const dir = await checkpointSavedAtDpFour();
+  const before = await tensorFileBytes(dir, 10);
+  const out = await tempDir();
+  const refused = spawnSync(process.execPath, [CLI, "reshard", dir, out, "--step", "10", "--dp", "2", "--tp", "1"], { encoding: "utf8" });
+  assert.equal(refused.status, 2, refused.stderr);
+  assert.match(refused.stderr, /the per-rank key "data" differs by rank/);
+  const done = spawnSync(process.execPath, [CLI, "reshard", dir, out, "--step", "10", "--dp", "2", "--tp", "1", "--per-rank", "rank0"], { encoding: "utf8" });
+  assert.equal(done.status, 0, done.stderr);
+  assert.deepEqual(await entries(join(out, "step_10")), ["manifest.json", "rank_0.pt", "rank_1.pt", "replicated.pt"]);
+  const resumed = await run(["--nproc", "2"], [out, "resume", "plain"]);
+  assertSucceeded(resumed, 2);
+  for (const [rank, result] of resumed.results) assert.deepEqual([result.problems, result.cursor], [[], 1000], `rank ${rank}: ${JSON.stringify(result)}`);
+  assert.deepEqual(await tensorFileBytes(dir, 10), before);
+});
+
+test("ckpt convert joins a checkpoint's tensor-parallel or FSDP shards into one model file that torch.load reads whole", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const tpDir = await tempDir();
+  assertSucceeded(await run(["--nproc", "2", "--dp", "1", "--tp", "2"], [tpDir, "save", "10"]), 2);
+  for (const dir of [tpDir, await checkpointSavedAtDpFour()]) {
+    const out = join(await tempDir(), "model.pt");
+    const converted = spawnSync(process.execPath, [CLI, "convert", dir, out], { encoding: "utf8" });
+    assert.equal(converted.status, 0, converted.stderr);
+    const seen = JSON.parse(runPython(python, `
+import json, sys, torch
+m = torch.load(sys.argv[1])
+print(json.dumps({k: [list(v.shape), v.flatten()[:3].tolist(), v.flatten()[-1].item()] for k, v in m.items()}))
+`, [out])) as Record<string, [number[], number[], number]>;
+    // Element i of the n-th full tensor is n * 100000 + i (reshard-worker's fullTensor).
+    assert.deepEqual(seen, {
+      "col.weight": [[256, 64], [100000, 100001, 100002], 100000 + 256 * 64 - 1],
+      "row.weight": [[64, 256], [200000, 200001, 200002], 200000 + 256 * 64 - 1],
+      norm: [[64], [400000, 400001, 400002], 400063],
+    });
+  }
 });

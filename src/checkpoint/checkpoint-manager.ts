@@ -77,6 +77,7 @@ export interface ReshardOptions {
    * What a top-level key of the rank files gets when its values differ by rank (plain tensors,
    * numbers that differ): "rank0" takes the first rank's, a function combines every saved rank's
    * value (in saved rank order) into this rank's; "refuse" (the default) fails naming the keys.
+   * The key "*" sets the policy of every key not named.
    */
   perRank?: Record<string, PerRankPolicy>;
 }

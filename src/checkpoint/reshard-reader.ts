@@ -5,7 +5,7 @@ import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
-import type { ReshardOptions, ReshardPlanEntry } from "./checkpoint-manager.js";
+import type { PerRankPolicy, ReshardOptions, ReshardPlanEntry } from "./checkpoint-manager.js";
 import { modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { isPlainDict, type ManagerContext } from "./manager-context.js";
 import { evenSplit, readRegion, savedSplitDim, type Region, type SourceShard } from "./shard-regions.js";
@@ -79,6 +79,7 @@ export class ReshardReader {
     const files = await Promise.all(names.map((name) => this.open(name)));
     const { tpRank, tpSize } = this.layouts.current;
     const userPath = (path: KeyPath): KeyPath => (modelKey !== undefined && path[0] === "model" ? [modelKey, ...path.slice(1)] : path);
+    checkReplicatedOverTp(files, names);
     return (await this.rebuild(files[0]!, files[0]!.state, [], async (path, sharded) => {
       const sources = files.map((file) => shardAt(file, path, names));
       return this.recut(userPath(path), sharded, sources, tpRank, tpSize);
@@ -100,7 +101,8 @@ export class ReshardReader {
     const keys = [...new Set(states.flatMap((s) => Object.keys(s)))];
     const policies = this.options.perRank ?? {};
     const perRank = keys.filter((key) => !isReshardable(states.map((s) => s[key])));
-    const refused = perRank.filter((key) => policies[key] === undefined || policies[key] === "refuse");
+    const policyOf = (key: string): PerRankPolicy | undefined => policies[key] ?? policies["*"];
+    const refused = perRank.filter((key) => policyOf(key) === undefined || policyOf(key) === "refuse");
     if (refused.length > 0) {
       throw new CheckpointLoadError(
         this.info.stepNr,
@@ -111,7 +113,7 @@ export class ReshardReader {
     const newRank = current.dpRank * current.tpSize + current.tpRank;
     const result: StateDict = Object.create(Object.prototype) as StateDict;
     for (const key of keys) {
-      const policy = policies[key];
+      const policy = policyOf(key);
       if (perRank.includes(key) && typeof policy === "function") {
         const values: StateValue[] = [];
         for (const file of files) values.push(await this.materialize(file, (file.state as StateDict)[key] ?? null));
@@ -233,14 +235,39 @@ function childrenOf(value: object): [string | number, unknown][] {
   return Object.entries(value);
 }
 
-/** The ShardedTensor at `path` in a file, or an error naming the file where it is missing. */
-function shardAt(file: TensorRegionFile, path: KeyPath, names: string[]): SourceShard {
-  let value: unknown = file.state;
+/**
+ * Plain tensors of the tp files are taken as replicated over tp and read from the first file;
+ * one whose shape differs between tp ranks is a tensor-parallel shard saved as a plain tensor,
+ * which cannot be recut: refused by name rather than silently taken from tp rank 0.
+ */
+function checkReplicatedOverTp(files: TensorRegionFile[], names: string[]): void {
+  for (const { path, leaf } of leavesWithPaths(files[0]!.state, [])) {
+    if (!(leaf instanceof Tensor)) continue;
+    files.forEach((file, i) => {
+      const other = valueAt(file.state, path);
+      if (!(other instanceof Tensor) || other.dtype !== leaf.dtype || other.shape.join() !== leaf.shape.join()) {
+        throw new Error(
+          `${JSON.stringify(path.join("/"))} is a plain tensor of [${leaf.shape.join(", ")}] in ${names[0]} but not in ${names[i]}: ` +
+            "save tensor-parallel shards as ShardedTensor (globalShape, offsets) so they can be resharded",
+        );
+      }
+    });
+  }
+}
+
+function valueAt(root: unknown, path: KeyPath): unknown {
+  let value = root;
   for (const key of path) {
     if (value instanceof Map) value = value.has(key) ? value.get(key) : value.get(String(key));
     else if (typeof value === "object" && value !== null && Object.hasOwn(value, key)) value = (value as Record<string | number, unknown>)[key];
-    else value = undefined;
+    else return undefined;
   }
+  return value;
+}
+
+/** The ShardedTensor at `path` in a file, or an error naming the file where it is missing. */
+function shardAt(file: TensorRegionFile, path: KeyPath, names: string[]): SourceShard {
+  const value = valueAt(file.state, path);
   if (!(value instanceof ShardedTensor)) {
     throw new Error(`${file.path.split("/").pop()} has no sharded tensor at ${JSON.stringify(path.join("/"))} (every one of ${names.join(", ")} must have the same structure)`);
   }

@@ -9,10 +9,11 @@
  *   "norm" that is plain (replicated) when the model is in model files (dp = 1), sharded otherwise;
  *   a per-rank `data.cursor`; `epoch` replicated.
  * - `resume <policy>`: loads the last checkpoint with `reshard` (policy for the per-rank key
- *   "data": `rank0`, `sum` (a function adding every rank's cursor) or `none`), compares every
+ *   "data": `rank0`, `sum` (a function adding every rank's cursor) or `none`; `plain` loads without
+ *   `reshard`, for a checkpoint written for this layout), compares every
  *   tensor element by element with the full tensor it came from, and reports the bytes it read.
  */
-import { FileCheckpointManager, LocalFileSystem, ShardedTensor, Tensor, closeGangs, initGangs, type FileSystem, type StateDict, type StateValue } from "../../src/index.js";
+import { FileCheckpointManager, LocalFileSystem, ShardedTensor, Tensor, closeGangs, initGangs, type FileSystem, type LoadOptions, type PerRankPolicy, type StateDict, type StateValue } from "../../src/index.js";
 
 const [checkpointDir, scenario, arg] = process.argv.slice(2) as [string, string, string | undefined];
 
@@ -107,8 +108,9 @@ try {
     await manager.commitCheckpoint();
     result = { rank: root.rank, saved: true };
   } else if (scenario === "resume") {
-    const data = arg === "rank0" ? "rank0" : arg === "sum" ? (values: StateValue[]) => ({ cursor: values.reduce<number>((n, v) => n + ((v as StateDict).cursor as number), 0) }) : undefined;
-    const { stepNr, state } = await manager.loadLastCheckpoint({ reshard: data === undefined ? true : { perRank: { data } } });
+    const data: PerRankPolicy | undefined = arg === "rank0" ? "rank0" : arg === "sum" ? (values: StateValue[]) => ({ cursor: values.reduce<number>((n, v) => n + ((v as StateDict).cursor as number), 0) }) : undefined;
+    const reshard: LoadOptions["reshard"] = arg === "plain" ? undefined : data === undefined ? true : { perRank: { data } };
+    const { stepNr, state } = await manager.loadLastCheckpoint(reshard === undefined ? {} : { reshard });
     const problems: string[] = [];
     let shareBytes = 0;
     const check = (name: string, value: unknown, world: { index: number; count: number }): void => {
