@@ -72,6 +72,7 @@ export type {
   RetentionResult,
   ModelMetadata,
   ReshardOptions,
+  ModelLoadOptions,
   ReshardPlanEntry,
   PerRankPolicy,
 } from "./checkpoint/checkpoint-manager.js";

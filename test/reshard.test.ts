@@ -97,3 +97,42 @@ test("a plain tensor in the rank files is a per-rank value: rank 0's copy on req
   assert.equal(state.seen, 2);
   assert.equal(state.step_nr, 3);
 });
+
+test("loadModel with reshard: a tensor-parallel model of tp=2 loads at tp=1 and tp=4, also once pruned to its model files", async () => {
+  const dir = await tempDir();
+  const gangs = inProcessGangs(1, 2);
+  await onAllRanks(managersFor(dir, gangs), async (manager, rank) => {
+    // Column-parallel: tp rank r holds columns [2r, 2r + 2) of the full [5, 3, 4] tensor's last dimension.
+    const offsets = [0, 0, rank * 2];
+    const w = new ShardedTensor(Tensor.from(Float32Array.from(block(offsets, [5, 3, 2])), { shape: [5, 3, 2] }), { globalShape: FULL_SHAPE, offsets });
+    await manager.beginCheckpoint(1);
+    await manager.saveState({ model: { w, norm: arange(0, [3]) }, data: { cursor: rank } });
+    await manager.commitCheckpoint();
+    await manager.beginCheckpoint(2);
+    await manager.saveState({ model: { w, norm: arange(0, [3]) }, data: { cursor: rank } });
+    await manager.commitCheckpoint();
+    await manager.keepLastNCheckpoints(1, { preserveModel: true });
+    await manager.close();
+  });
+  for (const stepNr of [1, 2]) {
+    const [whole] = managersFor(dir, inProcessGangs(1, 1));
+    await assert.rejects(whole!.loadModel(stepNr), /saved with dp=1, tp=2 but this job has dp=1, tp=1/);
+    const model = await whole!.loadModel(stepNr, { reshard: true });
+    assertFromFull(model.w, [0, 0, 0], [5, 3, 4], `step ${stepNr} at tp=1`);
+    assert.deepEqual([...(model.norm as Tensor).data], [0, 1, 2]);
+    const four = await onAllRanks(managersFor(dir, inProcessGangs(1, 4)), (manager) => manager.loadModel(stepNr, { reshard: true }));
+    four.forEach((m, rank) => assertFromFull(m.w, [0, 0, rank], [5, 3, 1], `step ${stepNr} at tp=4, rank ${rank}`));
+  }
+});
+
+test("a tensor-parallel shard saved as a plain tensor (shapes differ between tp files) is refused by name, not taken from tp rank 0", async () => {
+  const dir = await tempDir();
+  await onAllRanks(managersFor(dir, inProcessGangs(1, 2)), async (manager, rank) => {
+    await manager.beginCheckpoint(1);
+    await manager.saveState({ model: { w: arange(0, [2 + rank]) } });
+    await manager.commitCheckpoint();
+    await manager.close();
+  });
+  const [whole] = managersFor(dir, inProcessGangs(1, 1));
+  await assert.rejects(whole!.loadModel(1, { reshard: true }), /"model\/w" is a plain tensor of \[2\] in model\.0\.pt but not in model\.1\.pt: save tensor-parallel shards as ShardedTensor/);
+});

@@ -61,6 +61,16 @@ export interface LoadOptions {
   reshard?: boolean | ReshardOptions;
 }
 
+export interface ModelLoadOptions {
+  /** The model's state dict to read into, in place (as LoadOptions.into). */
+  into?: StateDict;
+  /**
+   * Load a model saved with another tp size (default false: refused): its ShardedTensors are
+   * recut over the new tp ranks (only `plan` matters here). `into` is not used then.
+   */
+  reshard?: boolean | ReshardOptions;
+}
+
 /**
  * How a checkpoint is resharded. Keys are key paths joined by "/", e.g. "model/0.weight" or
  * "optimizer/state/0/exp_avg" (the state as loadCheckpoint returns it).
@@ -127,7 +137,7 @@ export interface CheckpointManager {
   loadLastCheckpoint(options?: LoadOptions): Promise<{ stepNr: number; state: StateDict }>;
   loadMetadata(stepNr: number): Promise<StateValue | null>;
   /** With `into`, the model's tensors are read in place into that state dict's matching tensors. */
-  loadModel(stepNr?: number, options?: { into?: StateDict }): Promise<StateDict>;
+  loadModel(stepNr?: number, options?: ModelLoadOptions): Promise<StateDict>;
 
   getStepNumbers(options?: ListOptions): Promise<number[]>;
   hasCheckpoint(stepNr?: number, options?: ListOptions): Promise<boolean>;

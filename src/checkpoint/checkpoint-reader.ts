@@ -4,7 +4,7 @@ import { digestFile } from "../io/file-digest.js";
 import type { FileDigest, TensorLoadOptions } from "../io/tensor-io.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import { findCheckpoint, type CheckpointInfo } from "./checkpoint-directory.js";
-import type { LoadOptions } from "./checkpoint-manager.js";
+import type { LoadOptions, ModelLoadOptions } from "./checkpoint-manager.js";
 import { METADATA_FILE, isModelFile, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { fileProgress, isPlainDict, type ManagerContext } from "./manager-context.js";
 import { manifestFile } from "./manifest.js";
@@ -64,15 +64,23 @@ export class CheckpointReader {
   }
 
   /** The model's state dict from the checkpoint's model file only. */
-  async loadModel(stepNr: number, options: { into?: StateDict }): Promise<StateDict> {
+  async loadModel(stepNr: number, options: ModelLoadOptions): Promise<StateDict> {
     const info = await this.requireCheckpoint(stepNr);
-    this.checkLayout(info, false);
-    const { tp } = this.context.gangs;
+    const { dp, tp } = this.context.gangs;
+    const saved = savedLayout(info);
+    const planned = typeof options.reshard === "object" && Object.keys(options.reshard.plan ?? {}).length > 0;
     const name = modelFileName(tp.rank, tp.size);
-    if (!hasFile(info, name)) {
-      throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
+    let part: StateValue;
+    if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (planned || saved.tpSize !== tp.size)) {
+      const layouts = { saved: { dpSize: saved.dpSize ?? 1, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
+      part = await new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (file) => this.loadFile(info, file)).loadModelFiles();
+    } else {
+      this.checkLayout(info, false);
+      if (!hasFile(info, name)) {
+        throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
+      }
+      part = await this.loadFile(info, name, options.into === undefined ? undefined : { model: options.into });
     }
-    const part = await this.loadFile(info, name, options.into === undefined ? undefined : { model: options.into });
     const model = isPlainDict(part) ? part.model : undefined;
     if (model === undefined || model === null || typeof model !== "object") {
       throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} has no "model" entry`);

@@ -15,6 +15,7 @@ import type {
   DeleteOptions,
   ListOptions,
   LoadOptions,
+  ModelLoadOptions,
   ModelMetadata,
   RetentionOptions,
   RetentionResult,
@@ -197,7 +198,7 @@ export class FileCheckpointManager implements CheckpointManager {
    * The model's state dict from a checkpoint's model file only (never optimizer or rank state):
    * the last checkpoint by default, model-only ones included.
    */
-  async loadModel(stepNr?: number, options: { into?: StateDict } = {}): Promise<StateDict> {
+  async loadModel(stepNr?: number, options: ModelLoadOptions = {}): Promise<StateDict> {
     if (stepNr !== undefined) checkStepNr(stepNr);
     const step = stepNr ?? (await this.getLastStepNumber({ includeModelOnly: true }));
     if (step === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint in ${this.checkpointDir}`);

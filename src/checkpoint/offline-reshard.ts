@@ -84,11 +84,18 @@ export async function loadConsolidatedModel(checkpointDir: string, stepNr: numbe
   const info = (await source.listCheckpoints()).find((c) => c.stepNr === stepNr);
   if (info === undefined) throw new CheckpointNotFoundError(stepNr, `there is no checkpoint ${stepNr} in ${checkpointDir}`);
   const { modelKey } = await savedSplit(info.path, info.files, options.fileSystem);
+  // With model files (tp or not, model-only checkpoints included) only they are read.
+  const fromModelFiles = info.files.some(isModelFile) || Object.keys(info.manifest?.files ?? {}).some(isModelFile);
+  if (fromModelFiles) return wholeTensors(await source.loadModel(stepNr, { reshard: true }));
   const everyPolicy: Record<string, PerRankPolicy> = { "*": "rank0" }; // only the model is kept
   const state = await source.loadCheckpoint(stepNr, { reshard: { perRank: everyPolicy }, modelKey });
   const model = state[modelKey];
   if (model === undefined || model === null || typeof model !== "object") throw new CheckpointNotFoundError(stepNr, `checkpoint ${stepNr} has no model under "${modelKey}"`);
-  // Cut over one rank, every ShardedTensor holds the whole tensor.
+  return wholeTensors(model as StateDict);
+}
+
+/** Cut over one rank, every ShardedTensor holds the whole tensor: the plain tensor it stands for. */
+function wholeTensors(model: StateDict): StateDict {
   return mapTree(model, (leaf) => (leaf instanceof ShardedTensor ? leaf.shard : leaf)) as StateDict;
 }
 

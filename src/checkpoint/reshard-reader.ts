@@ -71,6 +71,24 @@ export class ReshardReader {
     }
   }
 
+  /** The model files only, recut over the new tp ranks: `{ model, model_key }` as in a model file. */
+  async loadModelFiles(): Promise<StateValue> {
+    const { saved } = this.layouts;
+    const names = range(saved.tpSize).map((tp) => modelFileName(tp, saved.tpSize));
+    const missing = names.filter((name) => !this.has(name));
+    if (missing.length > 0) {
+      throw new CheckpointLoadError(this.info.stepNr, `checkpoint ${this.info.stepNr} has no ${missing.join(", ")}: its model is sharded across data-parallel ranks; load it with loadCheckpoint(${this.info.stepNr}, { reshard })`);
+    }
+    try {
+      return await this.loadShared(names, undefined);
+    } catch (error) {
+      if (error instanceof CheckpointError || error instanceof InvalidArgumentError) throw error;
+      throw new CheckpointLoadError(this.info.stepNr, `cannot reshard the model of checkpoint ${this.info.stepNr} (${this.describeLayouts()}): ${(error as Error).message}`, { cause: error });
+    } finally {
+      await Promise.all(this.opened.map((file) => file.close().catch(() => undefined)));
+    }
+  }
+
   /**
    * A file kind replicated over dp and split over tp (model, replicated): its ShardedTensors are
    * tensor-parallel shards, recut over the new tp ranks; everything else is taken from tp rank 0's file.
