@@ -136,3 +136,15 @@ test("a tensor-parallel shard saved as a plain tensor (shapes differ between tp 
   const [whole] = managersFor(dir, inProcessGangs(1, 1));
   await assert.rejects(whole!.loadModel(1, { reshard: true }), /"model\/w" is a plain tensor of \[2\] in model\.0\.pt but not in model\.1\.pt: save tensor-parallel shards as ShardedTensor/);
 });
+
+test("shards that claim a huge full tensor they do not cover are refused before anything that size is allocated", async () => {
+  const dir = await tempDir();
+  await onAllRanks(managersFor(dir, inProcessGangs(1, 2)), async (manager, rank) => {
+    await manager.beginCheckpoint(1);
+    await manager.saveState({ model: { w: new ShardedTensor(arange(0, [2]), { globalShape: [1e12], offsets: [rank * 2] }) } });
+    await manager.commitCheckpoint();
+    await manager.close();
+  });
+  const [whole] = managersFor(dir, inProcessGangs(1, 1));
+  await assert.rejects(whole!.loadModel(1, { reshard: true }), (error: unknown) => error instanceof CheckpointLoadError && /the saved shards cover 4 of the 1000000000000 elements asked for/.test(error.message));
+});

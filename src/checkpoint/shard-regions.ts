@@ -46,25 +46,31 @@ export function evenSplit(globalShape: readonly number[], dim: number, index: nu
  * shards do not cover the region exactly once.
  */
 export async function readRegion(shards: readonly SourceShard[], dtype: DType, region: Region): Promise<Tensor> {
+  const rank = region.shape.length;
+  // The overlaps first: a global shape read from a file is only trusted once the shards, whose
+  // storages the reader checked against the file, cover the region exactly (before allocating it).
+  const overlaps: { source: SourceShard; lo: number[]; hi: number[] }[] = [];
+  let covered = 0;
+  for (const source of shards) {
+    const lo: number[] = [];
+    const hi: number[] = [];
+    for (let d = 0; d < rank; d++) {
+      lo.push(Math.max(source.offsets[d]!, region.offsets[d]!));
+      hi.push(Math.min(source.offsets[d]! + source.tensor.shape[d]!, region.offsets[d]! + region.shape[d]!));
+    }
+    if (lo.some((start, d) => hi[d]! <= start)) continue;
+    covered += lo.reduce((n, start, d) => n * (hi[d]! - start), 1);
+    overlaps.push({ source, lo, hi });
+  }
+  const wanted = region.shape.reduce((n, size) => n * size, 1);
+  if (covered !== wanted) throw new Error(`the saved shards cover ${covered} of the ${wanted} elements asked for: they must tile the tensor exactly once`);
+
   const target = Tensor.zeros(region.shape, dtype);
   const { itemSize } = DTYPES[dtype];
   const out = target.bytes;
-  const rank = region.shape.length;
   const targetStrides = target.strides;
-  let covered = 0;
-  for (const source of shards) {
+  for (const { source, lo, hi } of overlaps) {
     const { tensor } = source;
-    const lo: number[] = [];
-    const hi: number[] = [];
-    let empty = false;
-    for (let d = 0; d < rank; d++) {
-      lo.push(Math.max(source.offsets[d]!, region.offsets[d]!));
-      hi.push(Math.min(source.offsets[d]! + tensor.shape[d]!, region.offsets[d]! + region.shape[d]!));
-      if (hi[d]! <= lo[d]!) empty = true;
-    }
-    if (empty) continue;
-    const overlap = lo.reduce((n, start, d) => n * (hi[d]! - start), 1);
-    covered += overlap;
     // Contiguous source needed for positioned reads; a view is read whole and copied from memory.
     const direct = tensor.isContiguous;
     if (!direct) await source.file.readWhole(tensor);
@@ -96,8 +102,6 @@ export async function readRegion(shards: readonly SourceShard[], dtype: DType, r
       if (d < 0) break;
     }
   }
-  const wanted = region.shape.reduce((n, size) => n * size, 1);
-  if (covered !== wanted) throw new Error(`the saved shards cover ${covered} of the ${wanted} elements asked for: they must tile the tensor exactly once`);
   return target;
 }
 
