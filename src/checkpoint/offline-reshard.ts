@@ -55,15 +55,19 @@ export async function reshardCheckpoint(options: ReshardCheckpointOptions): Prom
   const root = InProcessGang.create(dpSize * tpSize);
   const dpGroups = Array.from({ length: tpSize }, () => InProcessGang.create(dpSize));
   const tpGroups = Array.from({ length: dpSize }, () => InProcessGang.create(tpSize));
-  await Promise.all(root.map(async (rootGang, rank) => {
-    const [dpRank, tpRank] = [Math.floor(rank / tpSize), rank % tpSize];
+  // Every share is loaded before any rank starts saving: a rank whose load fails (a per-rank key
+  // without a policy) must not leave the others waiting in the save's collectives.
+  const ranks = root.map((rootGang, rank) => ({ rootGang, dpRank: Math.floor(rank / tpSize), tpRank: rank % tpSize }));
+  const states = await Promise.all(ranks.map(({ dpRank, tpRank }) => {
     const reader = new FileCheckpointManager({ checkpointDir: options.checkpointDir, gangs: fakeGangs({ dpRank, dpSize, tpRank, tpSize }), ...withFs });
-    const state = await reader.loadCheckpoint(stepNr, { reshard: options.reshard ?? true, modelKey });
+    return reader.loadCheckpoint(stepNr, { reshard: options.reshard ?? true, modelKey });
+  }));
+  await Promise.all(ranks.map(async ({ rootGang, dpRank, tpRank }, rank) => {
     const gangs: Gangs = { root: rootGang, dp: dpGroups[tpRank]![dpRank]!, tp: tpGroups[dpRank]![tpRank]! };
     const writer = new FileCheckpointManager({ checkpointDir: options.outputDir, gangs, ...withFs });
     try {
       await writer.beginCheckpoint(stepNr);
-      await writer.saveState(state, { modelKey, replicatedKeys: modelReplicated ? [...replicatedKeys, modelKey] : replicatedKeys });
+      await writer.saveState(states[rank]!, { modelKey, replicatedKeys: modelReplicated ? [...replicatedKeys, modelKey] : replicatedKeys });
       if (metadata !== null) await writer.saveMetadata(metadata);
       if (info.score !== undefined) await writer.saveScore(info.score);
       await writer.commitCheckpoint();
