@@ -1,6 +1,7 @@
 // What the numbers were measured on: benchmarks are only comparable on the same machine.
 import { spawnSync } from "node:child_process";
 import { readFileSync, realpathSync, statfsSync } from "node:fs";
+import { CRC32_IMPLEMENTATION } from "../src/formats/crc32.js";
 import * as os from "node:os";
 import { formatBytes } from "./scenarios.js";
 
@@ -16,6 +17,8 @@ export interface Machine {
   memory: string;
   os: string;
   node: string;
+  /** Which CRC-32 implementation the library loaded (src/formats/crc32.ts). */
+  crc32: string;
   torch: string;
   disk: string;
   code: string;
@@ -71,6 +74,7 @@ export function describeMachine(root: string, tmpDir: string, torch: Torch | nul
     memory: formatBytes(os.totalmem()),
     os: `${os.type()} ${os.release()} (${os.arch()})`,
     node: process.version,
+    crc32: CRC32_IMPLEMENTATION,
     torch: torch === null ? `none (${torchNote})` : `PyTorch ${torch.torchVersion}, Python ${torch.pythonVersion} (${torch.python})`,
     disk: `${tmpDir}: ${fileSystemOf(tmpDir)}, ${formatBytes(stats.bavail * stats.bsize)} free`,
     code: describeCode(root),
@@ -96,6 +100,7 @@ export function machineLines(machine: Machine): string[] {
     `Memory:  ${machine.memory}`,
     `OS:      ${machine.os}`,
     `Node:    ${machine.node}`,
+    `CRC-32:  ${machine.crc32}`,
     `PyTorch: ${machine.torch}`,
     `Disk:    ${machine.disk}`,
     `Code:    ${machine.code}`,

@@ -68,11 +68,13 @@ export type {
   DeleteOptions,
   RetentionOptions,
   ListOptions,
+  LoadModelOptions,
   LoadOptions,
   RetentionResult,
+  RetentionReport,
+  RetainOptions,
   ModelMetadata,
   ReshardOptions,
-  ModelLoadOptions,
   ReshardPlanEntry,
   PerRankPolicy,
 } from "./checkpoint/checkpoint-manager.js";
@@ -80,7 +82,18 @@ export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
 export { reshardCheckpoint, loadConsolidatedModel, type ReshardCheckpointOptions } from "./checkpoint/offline-reshard.js";
-export { keepLastN, keepBestN, bestStep, type RetentionCandidate } from "./checkpoint/retention.js";
+export { unwrapModelFile, type ModelFileParts } from "./checkpoint/state-split.js";
+export {
+  keepLastN,
+  keepBestN,
+  keepEveryN,
+  keepOnePerInterval,
+  combineRetention,
+  parseDuration,
+  bestStep,
+  type RetentionCandidate,
+  type RetentionRules,
+} from "./checkpoint/retention.js";
 
 // safetensors, reading either format, and the helpers behind the `ckpt` command line.
 export {
@@ -90,7 +103,10 @@ export {
   type SafetensorsDumperOptions,
 } from "./io/safetensors-io.js";
 export { STATE_LAYOUT_KEY } from "./io/safetensors-state.js";
-export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export { AutoTensorLoader, detectTensorFormat, type AutoTensorLoaderOptions, type LoadedTensorFile, type TensorFileFormat } from "./io/auto-tensor-io.js";
+export { loadIndexedState, type IndexedState, type LoadedShard } from "./io/shard-index-io.js";
+export { verifyShardIndex, type ShardCheck, type ShardIndexVerification } from "./io/shard-index-check.js";
+export { isShardIndexPath, parseShardIndex, MAX_INDEX_BYTES, type ShardIndex } from "./formats/shard-index.js";
 export {
   readTensorFileOutline,
   checkTensorFile,
@@ -122,7 +138,7 @@ export {
   type CheckpointSummary,
   type CheckpointDirectoryListing,
 } from "./checkpoint/checkpoint-listing.js";
-export { planRetention, type RetentionPlan, type RetentionPlanOptions } from "./checkpoint/retention-plan.js";
+export { planRetention, type RetentionPlan, type RetentionPlanOptions, type RetentionDecision } from "./checkpoint/retention-plan.js";
 export {
   verifyCheckpoints,
   type VerificationReport,

@@ -137,16 +137,34 @@ describe("background checkpoints", () => {
 
   it("raise a failed background write from the next call when nobody waited for it", async () => {
     const dir = await tempDir();
-    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    const fileSystem = new FailingFileSystem();
+    const manager = new FileCheckpointManager({ checkpointDir: dir, fileSystem });
     await manager.beginCheckpoint(1, { background: true });
-    await manager.saveState({ ...trainingState(1), callback: (() => 0) as never }); // fails when pickled
+    fileSystem.failing = true;
+    await manager.saveState(trainingState(1)); // fails when written
     await manager.commitCheckpoint();
     await assert.rejects(manager.keepLastNCheckpoints(1), (error: unknown) => {
       assert.ok(error instanceof CheckpointSaveError);
-      assert.match(error.message, /function cannot be saved/);
+      assert.match(error.message, /ENOSPC/);
       return true;
     });
+    fileSystem.failing = false;
     assert.deepEqual(await manager.keepLastNCheckpoints(1), { deleted: [], stripped: [] }, "the error was raised once");
+    await manager.close();
+  });
+
+  it("abortCheckpoint drops a background checkpoint, and the next beginCheckpoint works", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await manager.beginCheckpoint(1, { background: true });
+    await manager.saveState(trainingState(1));
+    await manager.abortCheckpoint();
+    assert.deepEqual(await readdir(dir), [".ckpt.lock"], "nothing of it is left");
+    await manager.beginCheckpoint(2, { background: true });
+    await manager.saveState(trainingState(2));
+    await manager.commitCheckpoint();
+    await manager.waitForPendingSave();
+    assert.deepEqual(await manager.getStepNumbers(), [2]);
     await manager.close();
   });
 

@@ -410,7 +410,7 @@ test("torch.load opens the model.pt and rank files this manager writes and finds
 
   const described = JSON.parse(runPython(python, TORCH_READER, [join(dir, "step_50", "model.pt"), join(dir, "step_50", "rank_0.pt")])) as Record<string, unknown>;
   assert.deepEqual(described["model.pt"], {
-    model: {
+    module: {
       "encoder.weight": { dtype: "torch.float32", shape: [2, 3], data: [50, 51, 52, 53, 54, 55] },
       "encoder.bias": { dtype: "torch.float64", shape: [2], data: [50.5, -50] },
       "head.weight": { dtype: "torch.int64", shape: [3], data: [50, -1, 2 ** 40] },

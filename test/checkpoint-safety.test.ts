@@ -10,7 +10,10 @@ import {
   CheckpointNotFoundError,
   CheckpointSaveError,
   FileCheckpointManager,
+  InvalidArgumentError,
+  LocalFileSystem,
   TensorDumpError,
+  type FileWriter,
   type StateDict,
 } from "../src/index.js";
 import {
@@ -64,25 +67,38 @@ test("re-saving an existing step replaces it atomically: the old checkpoint unti
   await manager.close();
 });
 
+/** A local disk on which creating a file whose name ends with `failOn` fails. */
+class FailingFileSystem extends LocalFileSystem {
+  failOn: string | undefined;
+
+  override async createWriter(path: string): Promise<FileWriter> {
+    if (this.failOn !== undefined && path.endsWith(this.failOn)) throw Object.assign(new Error("EIO: i/o error"), { code: "EIO" });
+    return super.createWriter(path);
+  }
+}
+
 test("an error in the middle of saveState leaves no .tmp, keeps the earlier checkpoints, and the next begin works", async () => {
   const dir = await tempDir();
-  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  const fileSystem = new FailingFileSystem();
+  const manager = new FileCheckpointManager({ checkpointDir: dir, fileSystem });
   const first = await saveStep(manager, 1);
-  const unsavable: StateDict[] = [
+  const failures: [StateDict, string | undefined, new (...args: never[]) => Error][] = [
     // model.pt is written, then rank_0.pt fails
-    { model: modelState(2), callback: (() => 1) as unknown as StateDict },
-    // the very first file fails
-    { model: { weight: Symbol("no") as unknown as StateDict }, step_nr: 2 },
+    [{ model: modelState(2), step_nr: 2 }, "rank_0.pt", TensorDumpError],
+    // a value that cannot be saved: refused before the very first file
+    [{ model: { weight: Symbol("no") as unknown as StateDict }, step_nr: 2 }, undefined, InvalidArgumentError],
   ];
-  for (const state of unsavable) {
+  for (const [state, failOn, cause] of failures) {
+    fileSystem.failOn = failOn;
     await manager.beginCheckpoint(2);
     await assert.rejects(manager.saveState(state), (error: unknown) => {
       assert.ok(error instanceof CheckpointSaveError);
       assert.equal(error.stepNr, 2);
       assert.match(error.message, /saveState failed for checkpoint 2, which was dropped/);
-      assert.ok(error.cause instanceof TensorDumpError, "the cause is chained");
+      assert.ok(error.cause instanceof cause, "the cause is chained");
       return true;
     });
+    fileSystem.failOn = undefined;
     assert.deepEqual(await entries(dir), [".ckpt.lock", "step_1"], "the failed checkpoint is gone");
     await assert.rejects(manager.commitCheckpoint(), /call beginCheckpoint\(stepNr\) first/, "it was closed");
     assert.deepEqual(await manager.getStepNumbers(), [1]);

@@ -262,7 +262,7 @@ test("replicatedKeys '*' puts the model in model.pt and every other key in repli
   await manager.close();
 });
 
-test("a custom modelKey is stored as model_key in model.pt and restored under that key", async () => {
+test("a custom modelKey is stored as fairseq2 0.4 does, {<key>: model, model_key: <key>} in model.pt, and restored under that key", async () => {
   const dir = await tempDir();
   const manager = new FileCheckpointManager({ checkpointDir: dir });
   const { model, ...rest } = trainingState(8);
@@ -271,8 +271,9 @@ test("a custom modelKey is stored as model_key in model.pt and restored under th
   await manager.saveState(state, { modelKey: "module" });
   await manager.commitCheckpoint();
   const file = await loadPt(dir, "step_8", "model.pt");
+  assert.deepEqual(Object.keys(file), ["module", "model_key"]);
   assert.equal(file.model_key, "module");
-  assertSameState(file.model, model);
+  assertSameState(file.module, model);
   assert.equal("module" in (await loadPt(dir, "step_8", "rank_0.pt")), false);
   const loaded = await manager.loadCheckpoint(8);
   assertSameState(loaded, state);
@@ -489,7 +490,8 @@ test("four data-parallel FakeGang ranks with a sharded model keep the model in t
   assertSameState(await loadPt(step, "replicated.pt"), { epoch: 2 });
   for (const dpRank of [0, 1, 2, 3]) {
     const { epoch: _epoch, ...rest } = rankState(dpRank);
-    assertSameState(await loadPt(step, `rank_${dpRank}.pt`), rest);
+    // As fairseq2 0.4: the rank file names the model's key, so a loader knows the model is there.
+    assertSameState(await loadPt(step, `rank_${dpRank}.pt`), { ...rest, model_key: "model" });
     assertSameState(await ranks[dpRank]!.loadCheckpoint(40), rankState(dpRank));
   }
   await assertManifestMatchesFiles(dir, 40);

@@ -345,7 +345,7 @@ describe("prune says what it removed", () => {
 
     const dry = ckpt("prune", dir, "--keep-last", "5", "--dry-run");
     assertOk(dry);
-    assert.equal(dry.stdout, "would delete: none\nwould remove leftovers: step_2.tmp (an unfinished save, 1000 B)\nwould keep: step_1\nwould free 1000 B\n");
+    assert.equal(dry.stdout, "would delete: none\nwould remove leftovers: step_2.tmp (an unfinished save, 1000 B)\nwould keep: step_1\n  step_1: last 5; the last checkpoint (always kept, to resume)\nwould free 1000 B\n");
     const run = ckpt("prune", dir, "--keep-last", "5");
     assertOk(run);
     assert.equal(run.stdout, "deleted: none\nremoved leftovers: step_2.tmp (an unfinished save, 1000 B)\nkept: step_1\nfreed 1000 B\n");

@@ -18,6 +18,8 @@ import {
   type StateDict,
 } from "../src/index.js";
 import { arange, assertSameState, entries, modelState, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { describe as describeState } from "./helpers/describe.js";
+import { writeShardedModel } from "./helpers/sharded-model.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
 
 const tempDir = useTempDirs("cli");
@@ -141,17 +143,18 @@ describe("help and usage", () => {
 // ------------------------------------------------------------------ ls
 
 describe("ckpt ls", () => {
-  test("lists step, score, size, files, kind and status, marking the last and the best", async () => {
+  test("lists step, score as saved with its direction, size, files, kind and status, marking the last and the best", async () => {
     const dir = await sharedManagerDir();
     const run = ckpt("ls", dir);
     assert.equal(run.status, 0, run.stderr);
     assert.equal(run.stderr, "");
     const lines = run.stdout.split("\n");
     assert.match(lines[0]!, /^STEP\s+SCORE\s+SIZE\s+FILES\s+KIND\s+STATUS$/);
-    assert.match(lines[1]!, /^1000\s+-2\.5\s+[\d.]+ KiB\s+3\s+model-only\s+committed$/);
-    assert.match(lines[2]!, /^2000\s+-1\.5\s+[\d.]+ KiB\s+5\s+resumable\s+committed\s+best$/);
-    assert.match(lines[3]!, /^3000\s+-1\.75\s+.*resumable\s+committed$/);
-    assert.match(lines[4]!, /^4000\s+-2\s+[\d.]+ KiB\s+6\s+resumable\s+committed\s+last$/);
+    // Losses saved with lowerBetter show as saved, with ↓ (score.txt holds them negated).
+    assert.match(lines[1]!, /^1000\s+2\.5 ↓\s+[\d.]+ KiB\s+3\s+model-only\s+committed$/);
+    assert.match(lines[2]!, /^2000\s+1\.5 ↓\s+[\d.]+ KiB\s+5\s+resumable\s+committed\s+best$/);
+    assert.match(lines[3]!, /^3000\s+1\.75 ↓\s+.*resumable\s+committed$/);
+    assert.match(lines[4]!, /^4000\s+2 ↓\s+[\d.]+ KiB\s+6\s+resumable\s+committed\s+last$/);
     assert.match(lines[5]!, /^5000\s+-\s+12 B\s+1\s+-\s+unfinished \(\.tmp\)$/);
     assert.match(run.stdout, /4 committed \(3 resumable, 1 model-only\), 1 unfinished; .* last: 4000, best: 2000/);
   });
@@ -168,6 +171,31 @@ describe("ckpt ls", () => {
     assert.equal(byName.step_4000!.isLast, true);
     assert.deepEqual(byName.step_4000!.files, ["manifest.json", "metadata.pt", "model.pt", "rank_0.pt", "replicated.pt", "score.txt"]);
     assert.equal(byName["step_5000.tmp"]!.status, "unfinished");
+    // Both the stored score (higher is better) and the score as saved, with its direction.
+    assert.deepEqual([byName.step_2000!.score, byName.step_2000!.scoreAsSaved, byName.step_2000!.lowerBetter], [-1.5, 1.5, true]);
+  });
+
+  test("a score saved higher-is-better shows ↑, and one without a recorded direction shows score.txt's value with ↑", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await saveStep(manager, 1, { score: 0.478975, lowerBetter: true });
+    await saveStep(manager, 2, { score: 0.91 });
+    await saveStep(manager, 3, { score: 0.5, lowerBetter: true });
+    await manager.close();
+    // Step 3's manifest as an earlier version wrote it: no direction.
+    const manifestPath = join(dir, "step_3", "manifest.json");
+    const { lowerBetter: _, ...older } = JSON.parse(await readFile(manifestPath, "utf8")) as Record<string, unknown>;
+    await writeFile(manifestPath, JSON.stringify(older));
+    const run = ckpt("ls", dir);
+    assert.equal(run.status, 0, run.stderr);
+    assert.match(run.stdout, /^1\s+0\.478975 ↓\s/m);
+    assert.match(run.stdout, /^2\s+0\.91 ↑\s.*best$/m);
+    assert.match(run.stdout, /^3\s+-0\.5 ↑\s.*last$/m);
+    const listing = json<{ checkpoints: Record<string, unknown>[] }>(ckpt("ls", dir, "--json"));
+    assert.deepEqual(
+      listing.checkpoints.map((c) => [c.score, c.scoreAsSaved, c.lowerBetter]),
+      [[-0.478975, 0.478975, true], [0.91, 0.91, false], [-0.5, undefined, undefined]],
+    );
   });
 
   test("a directory written by PyTorch in fairseq2's layout lists, with its scores", async (t) => {
@@ -176,8 +204,9 @@ describe("ckpt ls", () => {
     const dir = await torchDir(python);
     const run = ckpt("ls", dir);
     assert.equal(run.status, 0, run.stderr);
-    assert.match(run.stdout, /^100\s+-0\.5\s.*3\s+resumable\s+committed$/m);
-    assert.match(run.stdout, /^200\s+-0\.25\s.*resumable\s+committed\s+last, best$/m);
+    // fairseq2 records no direction: score.txt's value, which reads higher is better.
+    assert.match(run.stdout, /^100\s+-0\.5 ↑\s.*3\s+resumable\s+committed$/m);
+    assert.match(run.stdout, /^200\s+-0\.25 ↑\s.*resumable\s+committed\s+last, best$/m);
   });
 
   test("a missing directory, a step directory, a file or an unrelated directory is a one-line error", async () => {
@@ -368,7 +397,10 @@ describe("ckpt prune", () => {
     assert.equal(dry.status, 0, dry.stderr);
     assert.equal(
       dry.stdout,
-      "would delete: step_1000, step_3000\nwould remove leftovers: step_5000.tmp (an unfinished save, 12 B)\nwould keep: step_2000, step_4000\n" + dry.stdout.split("\n").at(-2) + "\n",
+      "would delete: step_1000, step_3000\nwould remove leftovers: step_5000.tmp (an unfinished save, 12 B)\nwould keep: step_2000, step_4000\n" +
+        "  step_2000: best 1\n  step_4000: the last checkpoint (always kept, to resume)\n" +
+        dry.stdout.split("\n").at(-2) +
+        "\n",
     );
     assert.match(dry.stdout, /^would free [\d.]+ KiB$/m);
     assert.deepEqual(await entries(dir), before, "nothing changed");
@@ -400,9 +432,38 @@ describe("ckpt prune", () => {
     } finally {
       await owner.close();
     }
-    assertFails(ckpt("prune", dir), /give exactly one of --keep-last <n> and --keep-best <n>/);
-    assertFails(ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1"), /give exactly one/);
+    assertFails(ckpt("prune", dir), /give at least one rule: --keep-last <n>, --keep-best <n>, --keep-every <n> or --keep-one-per <duration>/);
+    assertFails(ckpt("prune", dir, "--keep-one-per", "6"), /'--keep-one-per <duration>' argument '6' is invalid\. it must be a positive duration/);
+    assertFails(ckpt("prune", dir, "--keep-one-per", "0h"), /it must be a positive duration/);
+    assertFails(ckpt("prune", dir, "--keep-every", "0"), /'--keep-every <n>' argument '0' is invalid\. it must be a positive integer/);
     assertFails(ckpt("prune", join(dir, "nothing-here"), "--keep-last", "1"), /no such file or directory/);
+  });
+
+  test("rules combine: --dry-run names the rule that keeps each survivor, and the real run does what it said", async () => {
+    const dir = await managerDir(); // losses: 1000 (model-only) 2.5, 2000 1.5, 3000 1.75, 4000 2
+    const dry = ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1", "--keep-every", "3000", "--dry-run");
+    assert.equal(dry.status, 0, dry.stderr);
+    assert.match(
+      dry.stdout,
+      /^would delete: step_1000\nwould remove leftovers: .*\nwould keep: step_2000, step_3000, step_4000\n  step_2000: best 1\n  step_3000: milestone: every 3000 steps\n  step_4000: last 1; the last checkpoint \(always kept, to resume\)\nwould free /,
+    );
+    const run = json<{ deleted: number[]; kept: number[]; keptBy: Record<string, string[]>; rules: Record<string, unknown> }>(
+      ckpt("prune", dir, "--keep-last", "1", "--keep-best", "1", "--keep-every", "3000", "--json"),
+    );
+    assert.deepEqual(run.rules, { keepLast: 1, keepBest: 1, keepEvery: 3000 });
+    assert.deepEqual([run.deleted, run.kept], [[1000], [2000, 3000, 4000]]);
+    assert.deepEqual(run.keptBy["3000"], ["milestone: every 3000 steps"]);
+    assert.deepEqual((await entries(dir)).filter((name) => name.startsWith("step_")), ["step_2000", "step_3000", "step_4000"]);
+  });
+
+  test("--keep-one-per thins the checkpoints older than the last n by their commit time", async () => {
+    const dir = await managerDir();
+    // Every step was committed within the same few seconds: one per day keeps the first of the older ones.
+    const run = json<{ deleted: number[]; stripped: number[]; kept: number[]; keptBy: Record<string, string[]> }>(
+      ckpt("prune", dir, "--keep-last", "1", "--keep-one-per", "1d", "--json"),
+    );
+    assert.deepEqual([run.deleted, run.stripped, run.kept], [[2000, 3000], [], [1000, 4000]]);
+    assert.deepEqual(run.keptBy["1000"], ["one per 1d"]);
   });
 });
 
@@ -556,5 +617,131 @@ describe("the numbers behind inspect and diff", () => {
     // A transposed view is compared in row-major order, like its contiguous copy.
     const m = arange(0, [2, 3]);
     assert.deepEqual(tensorDifference(m.transpose(0, 1), m.transpose(0, 1).contiguous()), { maxAbsDiff: 0, differing: 0 });
+  });
+});
+
+// ------------------------------------------------------------------ issue 12: indexes, legacy files, custom model keys
+
+describe("sharded models with an index", () => {
+  for (const kind of ["safetensors", "bin-legacy"] as const) {
+    test(`inspect shows an index of ${kind} shards as one tree and what each shard holds; --tensor reads from its shard`, async (t) => {
+      const python = requireTorch(t);
+      if (python === null) return;
+      const { indexPath } = await writeShardedModel(python, await tempDir(), kind);
+      const run = ckpt("inspect", indexPath);
+      assert.equal(run.status, 0, run.stderr);
+      const format = kind === "safetensors" ? "safetensors" : "PyTorch";
+      assert.match(run.stdout, new RegExp(`^.*index\\.json  \\(index of 3 ${format} shards, [\\d.]+ KiB\\)$`, "m"));
+      assert.match(run.stdout, /^  embed\.weight\s+float32\s+\[256, 64\]\s+64 KiB$/m);
+      assert.match(run.stdout, /^  head\.steps\s+int64\s+\[3\]\s+24 B$/m);
+      assert.match(run.stdout, /^  shard \S+-00003-of-00003\.\S+: 4 tensors, [\d.]+ KiB$/m);
+      assert.match(run.stdout, /^11 tensors, /m);
+      const stats = json<{ stats: { min: number; max: number } }>(ckpt("inspect", indexPath, "--tensor", "head.steps", "--json"));
+      assert.deepEqual([stats.stats.min, stats.stats.max], [1, 3]);
+      const described = json<{ files: { shards: { tensors: number }[]; tensorCount: number }[] }>(ckpt("inspect", indexPath, "--json"));
+      assert.deepEqual(described.files[0]!.shards.map((shard) => shard.tensors), [3, 4, 4]);
+      assert.equal(described.files[0]!.tensorCount, 11);
+    });
+  }
+
+  test("verify checks every shard of an index and the index against them: sound is 0, a damaged or missing shard is named with 1", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const { indexPath } = await writeShardedModel(python, await tempDir(), "bin");
+    const sound = ckpt("verify", indexPath);
+    assert.equal(sound.status, 0, sound.stdout + sound.stderr);
+    assert.match(sound.stdout, /^.*pytorch_model\.bin\.index\.json: sound \(3 shards, 11 tensors, [\d.]+ KiB checked\)$/m);
+
+    const second = join(indexPath, "..", "pytorch_model-00002-of-00003.bin");
+    const bytes = await readFile(second);
+    bytes[Math.floor(bytes.length / 2)]! ^= 0xff;
+    await writeFile(second, bytes);
+    await rm(join(indexPath, "..", "pytorch_model-00003-of-00003.bin"));
+    const damaged = ckpt("verify", indexPath);
+    assert.equal(damaged.status, 1, damaged.stderr);
+    assert.match(damaged.stdout, /: DAMAGED$/m);
+    assert.match(damaged.stdout, /^  pytorch_model-00002-of-00003\.bin: .*CRC-32/m);
+    assert.match(damaged.stdout, /^  pytorch_model-00003-of-00003\.bin: missing: the index names it$/m);
+    const report = json<{ sound: boolean; shards: { status: string }[] }>(ckpt("verify", indexPath, "--json"));
+    assert.deepEqual([report.sound, report.shards.map((shard) => shard.status)], [false, ["sound", "damaged", "missing"]]);
+  });
+
+  test("an index converts to one .safetensors file, which diffs equal to it and to the same model indexed in the other format", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const bin = await writeShardedModel(python, await tempDir(), "bin-legacy");
+    const safetensors = await writeShardedModel(python, await tempDir(), "safetensors");
+    const out = join(await tempDir(), "model.safetensors");
+    const converted = ckpt("convert", bin.indexPath, out);
+    assert.equal(converted.status, 0, converted.stderr);
+    assert.match(converted.stdout, /^wrote .*model\.safetensors \(safetensors, 11 tensors, [\d.]+ KiB\) from .*pytorch_model\.bin\.index\.json$/m);
+    assert.deepEqual(describeState(await new SafetensorsLoader().load(out)), bin.expected);
+
+    assert.equal(ckpt("diff", out, bin.indexPath).stdout, "identical: 11 entries\n");
+    const across = ckpt("diff", bin.indexPath, safetensors.indexPath);
+    assert.equal(across.status, 0, across.stdout);
+    assert.equal(across.stdout, "identical: 11 entries\n");
+    // One changed tensor shows as one difference.
+    const changed = join(await tempDir(), "changed.safetensors");
+    const state = (await new SafetensorsLoader().load(out)) as StateDict;
+    await new SafetensorsDumper().dump({ ...state, "head.steps": Tensor.from(new BigInt64Array([1n, 2n, 4n])) }, changed);
+    const differs = ckpt("diff", safetensors.indexPath, changed);
+    assert.equal(differs.status, 1);
+    assert.match(differs.stdout, /^differs:   \["head\.steps"\]  int64 \[3\]  max \|a-b\| = 1  \(1 of 3 elements\)$/m);
+  });
+
+  test("an index naming a missing shard is a one-line error for inspect, convert and diff", async () => {
+    const dir = await tempDir();
+    await new SafetensorsDumper().dump({ a: Tensor.from(new Float32Array([1])) }, join(dir, "one.safetensors"));
+    const indexPath = join(dir, "model.safetensors.index.json");
+    await writeFile(indexPath, JSON.stringify({ weight_map: { a: "one.safetensors", b: "two.safetensors" } }));
+    assertFails(ckpt("inspect", indexPath), /the shard two\.safetensors named in the index is missing/);
+    assertFails(ckpt("convert", indexPath, join(dir, "out.pt")), /the shard two\.safetensors named in the index is missing/);
+    assertFails(ckpt("diff", indexPath, join(dir, "one.safetensors")), /the shard two\.safetensors named in the index is missing/);
+  });
+});
+
+describe("legacy .pt files and custom model keys", () => {
+  test("a legacy torch.save file inspects, verifies and converts", async (t) => {
+    const python = requireTorch(t);
+    if (python === null) return;
+    const dir = await tempDir();
+    const legacy = join(dir, "pytorch_model.bin");
+    runPython(python, `
+import collections, sys, torch
+state = collections.OrderedDict([("proj.weight", torch.arange(6, dtype=torch.float32).reshape(2, 3)), ("proj.bias", torch.tensor([0.5, -0.5]))])
+torch.save(state, sys.argv[1], _use_new_zipfile_serialization=False)
+`, [legacy]);
+    const inspected = ckpt("inspect", legacy);
+    assert.equal(inspected.status, 0, inspected.stderr);
+    assert.match(inspected.stdout, /^  proj\.weight\s+float32\s+\[2, 3\]\s+24 B$/m);
+    assert.equal(json<{ stats: { max: number } }>(ckpt("inspect", legacy, "--tensor", "proj.weight", "--json")).stats.max, 5);
+    const verified = ckpt("verify", legacy);
+    assert.equal(verified.status, 0, verified.stdout + verified.stderr);
+    assert.match(verified.stdout, /pytorch_model\.bin: sound \(\d+ B checked\)$/m);
+    const out = join(dir, "model.safetensors");
+    assert.equal(ckpt("convert", legacy, out).status, 0);
+    assert.equal(ckpt("diff", legacy, out).stdout, "identical: 2 entries\n");
+
+    // Cut inside its last storage: verify names what is wrong.
+    await truncate(legacy, (await readFile(legacy)).length - 4);
+    const cut = ckpt("verify", legacy);
+    assert.equal(cut.status, 1);
+    assert.match(cut.stdout, /^  not a valid PyTorch file: truncated: storage "\d+" \(2 float32 elements\) ends at byte \d+ but the file has \d+ bytes$/m);
+  });
+
+  test("a model file saved with a custom model key converts and diffs as its bare model", async () => {
+    const dir = await tempDir();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await manager.beginCheckpoint(7);
+    await manager.saveState({ _model: modelState(7), step_nr: 7 }, { modelKey: "_model" });
+    await manager.commitCheckpoint();
+    await manager.close();
+    const out = join(dir, "model.safetensors");
+    const run = ckpt("convert", join(dir, "step_7", "model.pt"), out);
+    assert.equal(run.status, 0, run.stderr);
+    assertSameState(await new SafetensorsLoader().load(out), modelState(7));
+    assert.equal(ckpt("diff", join(dir, "step_7", "model.pt"), out).stdout, "identical: 3 entries\n");
+    assert.equal(ckpt("diff", join(dir, "step_7"), out).stdout, "identical: 3 entries\n");
   });
 });

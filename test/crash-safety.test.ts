@@ -187,6 +187,7 @@ const ENUMERATED: CrashScenarioName[] = [
   "save a new step",
   "re-save an existing step",
   "delete and keep the last with preserveModel",
+  "prune by several rules, deleting in the background",
   "recover from an earlier crash, then save",
 ];
 

@@ -5,7 +5,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
 import { after, before, describe, it } from "node:test";
-import { Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, tuple, type StateDict } from "../src/index.js";
+import { CheckpointLoadError, FileCheckpointManager, Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, tuple, type StateDict } from "../src/index.js";
 import { crc32Combine } from "../src/formats/zip/crc32-combine.js";
 
 let dir: string;
@@ -77,17 +77,53 @@ describe("loading into existing tensors", () => {
     const path = join(dir, "into.pt");
     await new TorchTensorDumper().dump(state(9), path);
     const target = state(0);
-    const mismatched = Tensor.from(new Int32Array(4)); // another shape: not a target
-    target.small = mismatched;
+    delete target.small; // no target here: loaded as usual
     const loaded = (await new TorchTensorLoader().load(path, { into: target })) as StateDict;
 
     assert.equal(loaded.big, target.big, "the big tensor is the caller's own object");
     assert.equal((loaded.nested as StateDict).half, (target.nested as StateDict).half);
     assert.ok((target.big as Tensor).data.every((v) => v === 9), "filled in place");
     assert.ok(((target.nested as StateDict).half as Tensor).data.every((v) => v === 9));
-    assert.notEqual(loaded.small, mismatched, "a shape mismatch is loaded fresh");
     assert.deepEqual(Array.from((loaded.small as Tensor).data as Int32Array), [9, 10, 11]);
-    assert.deepEqual(Array.from(mismatched.data as Int32Array), [0, 0, 0, 0], "and the mismatched target is untouched");
+  });
+
+  it("refuses a target of another shape, dtype or layout, naming its path and both dtypes and shapes, before any tensor is written", async () => {
+    const large = (fill: number): StateDict => ({ a: Tensor.from(new Float32Array(1 << 20).fill(fill)), b: { c: Tensor.from(new Float32Array(1 << 20).fill(fill)) } });
+    const smallPath = join(dir, "into-mismatch.pt");
+    const largePath = join(dir, "into-mismatch-large.pt"); // entries large enough to be read straight into their targets
+    await new TorchTensorDumper().dump(state(9), smallPath);
+    await new TorchTensorDumper().dump(large(9), largePath);
+    const cases: [string, StateDict, RegExp][] = [
+      [smallPath, { ...state(0), small: Tensor.from(new Int32Array(4)) }, /into\.small is int32 \[4\] but the file has int32 \[3\] there: loading in place needs the same dtype and shape/],
+      [smallPath, { ...state(0), nested: { half: Tensor.from(new Uint16Array(40_000), { dtype: "float16" }) } }, /into\.nested\.half is float16 \[40000\] but the file has bfloat16 \[40000\] there/],
+      [smallPath, { ...state(0), big: Tensor.zeros([500, 600]).transpose() }, /into\.big is not contiguous \(strides \[1, 600\]\): loading in place needs contiguous tensors/],
+      [largePath, { ...large(0), b: { c: Tensor.from(new Float64Array(1 << 20)) } }, /into\.b\.c is float64 \[1048576\] but the file has float32 \[1048576\] there/],
+    ];
+    for (const [path, target, message] of cases) {
+      const tensors = Object.values(target).flatMap((value) => (value instanceof Tensor ? [value] : Object.values(value as StateDict))).filter((value) => value instanceof Tensor);
+      const before = tensors.map((tensor) => Buffer.from(tensor.bytes));
+      await assert.rejects(new TorchTensorLoader().load(path, { into: target }), (error: unknown) => {
+        assert.ok(error instanceof TensorLoadError);
+        assert.ok(error.message.startsWith(`${path}: into.`), error.message);
+        assert.match(error.message, message);
+        return true;
+      });
+      tensors.forEach((tensor, i) => assert.deepEqual(Buffer.from(tensor.bytes), before[i], "no target was written"));
+    }
+  });
+
+  it("fills a target from a file tensor that is a view (tied or offset storage) by copying, and returns the target", async () => {
+    const path = join(dir, "into-views.pt");
+    const base = Tensor.from(Float32Array.from({ length: 12 }, (_, i) => i));
+    await new TorchTensorDumper().dump({ embed: base.reshape([3, 4]), head: base.reshape([3, 4]).transpose(), tail: new Tensor({ storage: base.storage, shape: [4], offset: 8 }) }, path);
+    const target = { embed: Tensor.zeros([3, 4]), head: Tensor.zeros([4, 3]), tail: Tensor.zeros([4]) };
+    const loaded = (await new TorchTensorLoader().load(path, { into: target })) as StateDict;
+    assert.equal(loaded.embed, target.embed);
+    assert.equal(loaded.head, target.head);
+    assert.equal(loaded.tail, target.tail);
+    assert.deepEqual([...target.embed.data], Array.from({ length: 12 }, (_, i) => i));
+    assert.deepEqual([...target.head.data], [0, 4, 8, 1, 5, 9, 2, 6, 10, 3, 7, 11]);
+    assert.deepEqual([...target.tail.data], [8, 9, 10, 11]);
   });
 
   it("checks entry CRCs when reading in place", async () => {
@@ -115,6 +151,26 @@ describe("loading into existing tensors", () => {
     await new TorchTensorLoader().load(largePath, { into: large(0), onProgress: (d, t) => seenInto.push([d, t]) });
     assert.equal(seenInto.at(-1)![0], seenInto.at(-1)![1]);
     assert.equal(seenInto.length, 2, "one report per storage");
+  });
+});
+
+describe("loading a checkpoint into existing tensors", () => {
+  it("refuses a live tensor of another shape, naming the file, the key path and both shapes", async () => {
+    const checkpointDir = join(dir, "into-manager");
+    const manager = new FileCheckpointManager({ checkpointDir });
+    await manager.beginCheckpoint(1);
+    await manager.saveState({ model: { w: Tensor.from(new Float32Array(6), { shape: [2, 3] }) }, optimizer: { m: Tensor.from(new Float32Array(6)) } });
+    await manager.commitCheckpoint();
+    const into = { model: { w: Tensor.zeros([2, 3]) }, optimizer: { m: Tensor.zeros([3, 2]) } };
+    await assert.rejects(manager.loadCheckpoint(1, { into }), (error: unknown) => {
+      assert.ok(error instanceof CheckpointLoadError);
+      assert.equal(error.stepNr, 1);
+      assert.match(error.message, /rank_0\.pt of checkpoint 1 cannot be loaded: .*into\.optimizer\.m is float32 \[3, 2\] but the file has float32 \[6\] there/);
+      return true;
+    });
+    const state = await manager.loadCheckpoint(1, { into: { model: into.model } });
+    assert.equal((state.model as StateDict).w, into.model.w, "a matching live tensor is filled in place");
+    await manager.close();
   });
 });
 

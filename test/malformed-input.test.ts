@@ -907,23 +907,6 @@ describe("sizes that would need absurd memory", () => {
 });
 
 describe("files that are not PyTorch zip archives", () => {
-  /** What torch.save wrote before 1.6: five pickles (magic, protocol, sys info, object, keys) and raw storages. */
-  function legacyTorchFile(): Uint8Array {
-    const magic = pickle(Op.LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19); // 0x1950a86a20f9469cfc6c
-    const protocolVersion = pickle(Op.BININT2, ...u16(1001));
-    const sysInfo = pickle(Op.EMPTY_DICT, Op.MARK, str("protocol_version"), Op.BININT2, ...u16(1001), str("little_endian"), Op.NEWTRUE, Op.SETITEMS);
-    const object = pickle(
-      Op.EMPTY_DICT, str("w"),
-      global("torch._utils", "_rebuild_tensor_v2"), Op.MARK,
-      Op.MARK, str("storage"), global("torch", "FloatStorage"), str("94512"), str("cpu"), int(2), Op.NONE, Op.TUPLE, Op.BINPERSID,
-      int(0), int(2), Op.TUPLE1, int(1), Op.TUPLE1, Op.NEWFALSE, global("collections", "OrderedDict"), Op.EMPTY_TUPLE, Op.REDUCE,
-      Op.TUPLE, Op.REDUCE, Op.SETITEM,
-    );
-    const keys = pickle(Op.EMPTY_LIST, str("94512"), Op.APPEND);
-    const storage = bytesOf(u64(2n), float32Bytes(1.5, 2.5));
-    return bytesOf(magic, protocolVersion, sysInfo, object, keys, storage);
-  }
-
   /** Deterministic noise (xorshift32), so a failure can be replayed. */
   function noise(length: number, seed: number): Uint8Array {
     const out = new Uint8Array(length);
@@ -936,10 +919,6 @@ describe("files that are not PyTorch zip archives", () => {
     }
     return out;
   }
-
-  test("a legacy (pre-1.6) torch file is refused as not a zip, with advice to re-save it", async () => {
-    await refused(await fileWith(legacyTorchFile()), { code: "ZIP_END", message: /not a zip; it looks like the legacy format of torch\.save before PyTorch 1\.6/ });
-  });
 
   test("random bytes are refused as not a zip", async () => {
     for (const [length, seed] of [[22, 1], [4096, 2], [100_000, 3]] as const) {
@@ -1016,10 +995,10 @@ describe("the dumper refuses bad states and never damages the target", () => {
   const badStates: [string, StateValue, RegExp][] = [
     ["a function", { hook: (() => 1) as unknown as StateValue }, /a function cannot be saved/],
     ["a symbol", { tag: Symbol("x") as unknown as StateValue }, /a symbol cannot be saved/],
-    ["undefined", { missing: undefined as unknown as StateValue }, /a undefined cannot be saved/],
+    ["undefined", { missing: undefined as unknown as StateValue }, /state\.missing: undefined cannot be saved in a state/],
     ["a Float32Array not wrapped in a Tensor", { weight: new Float32Array(4) as unknown as StateValue }, /a Float32Array cannot be saved as it is; wrap it with Tensor.from/],
     ["a DataView", { raw: new DataView(new ArrayBuffer(4)) as unknown as StateValue }, /a DataView cannot be saved as it is/],
-    ["a class instance", { optimizer: new Optimizer() as unknown as StateValue }, /a Optimizer cannot be saved/],
+    ["a class instance", { optimizer: new Optimizer() as unknown as StateValue }, /state\.optimizer: an Optimizer cannot be saved/],
     ["a Set", { ids: new Set([1]) as unknown as StateValue }, /a Set cannot be saved/],
   ];
 
@@ -1103,5 +1082,125 @@ describe("the dumper refuses bad states and never damages the target", () => {
       assert.equal((error.cause as { code?: string }).code, "ENOENT");
       return true;
     });
+  });
+});
+
+describe("legacy torch.save files (before PyTorch 1.6)", () => {
+  const MAGIC = pickle(Op.LONG1, 10, 0x6c, 0xfc, 0x9c, 0x46, 0xf9, 0x20, 0x6a, 0xa8, 0x50, 0x19); // 0x1950a86a20f9469cfc6c
+  const PROTOCOL_VERSION = pickle(Op.BININT2, ...u16(1001));
+  const SYS_INFO = pickle(Op.EMPTY_DICT, Op.MARK, str("protocol_version"), Op.BININT2, ...u16(1001), str("little_endian"), Op.NEWTRUE, Op.SETITEMS);
+
+  interface LegacyTensor {
+    key?: string;
+    storageType?: string;
+    numel?: Part;
+    /** The persistent id's last field: None, or (view key, offset, numel). */
+    view?: Part[];
+    offset?: Part;
+    size?: number;
+  }
+
+  /** `_rebuild_tensor_v2` over a legacy persistent id `('storage', type, key, 'cpu', numel, view)`. */
+  function legacyTensor(spec: LegacyTensor = {}): Part[] {
+    const { key = "94512", storageType = "FloatStorage", numel = int(2), view = [Op.NONE], offset = int(0), size = 2 } = spec;
+    return [
+      global("torch._utils", "_rebuild_tensor_v2"), Op.MARK,
+      Op.MARK, str("storage"), global("torch", storageType), str(key), str("cpu"), numel, ...view, Op.TUPLE, Op.BINPERSID,
+      offset, int(size), Op.TUPLE1, int(1), Op.TUPLE1, Op.NEWFALSE, global("collections", "OrderedDict"), Op.EMPTY_TUPLE, Op.REDUCE,
+      Op.TUPLE, Op.REDUCE,
+    ];
+  }
+
+  /** A storage record: the element count as an int64, then the bytes. */
+  function record(count: bigint, data: Uint8Array): Uint8Array {
+    return bytesOf(u64(count), data);
+  }
+
+  interface LegacyParts {
+    magic?: Uint8Array;
+    protocolVersion?: Uint8Array;
+    sysInfo?: Uint8Array;
+    object?: Uint8Array;
+    keys?: Uint8Array;
+    storages?: Uint8Array;
+  }
+
+  /** Five pickles (magic, protocol version, sys info, state, storage keys), then the storage records. By default `{"w": [1.5, 2.5]}`. */
+  function legacyFile(parts: LegacyParts = {}): Uint8Array {
+    return bytesOf(
+      parts.magic ?? MAGIC,
+      parts.protocolVersion ?? PROTOCOL_VERSION,
+      parts.sysInfo ?? SYS_INFO,
+      parts.object ?? pickle(Op.EMPTY_DICT, str("w"), ...legacyTensor(), Op.SETITEM),
+      parts.keys ?? pickle(Op.EMPTY_LIST, str("94512"), Op.APPEND),
+      parts.storages ?? record(2n, float32Bytes(1.5, 2.5)),
+    );
+  }
+
+  test("a legacy file built byte by byte loads", async () => {
+    const state = (await loader.load(await fileWith(legacyFile()))) as StateDict;
+    assert.deepEqual(Object.keys(state), ["w"]);
+    assert.deepEqual(Array.from((state.w as Tensor).data as Float32Array), [1.5, 2.5]);
+  });
+
+  test("tensors over one storage, and over a view of it, share that storage", async () => {
+    const object = pickle(
+      Op.EMPTY_DICT, Op.MARK,
+      str("all"), ...legacyTensor({ key: "7", numel: int(4), size: 4 }),
+      str("tail"), ...legacyTensor({ key: "7", numel: int(4), offset: int(2), size: 2 }),
+      str("view"), ...legacyTensor({ key: "7", numel: int(4), view: [str("8"), int(1), int(3), Op.TUPLE3], offset: int(1), size: 2 }),
+      Op.SETITEMS,
+    );
+    const path = await fileWith(legacyFile({ object, keys: pickle(Op.EMPTY_LIST, str("7"), Op.APPEND), storages: record(4n, float32Bytes(1, 2, 3, 4)) }));
+    const state = (await loader.load(path)) as Record<string, Tensor>;
+    assert.equal(state.tail!.storage, state.all!.storage);
+    assert.equal(state.view!.storage, state.all!.storage);
+    assert.deepEqual(Array.from(state.tail!.data as Float32Array), [3, 4]);
+    assert.deepEqual(Array.from(state.view!.data as Float32Array), [3, 4], "the view starts at element 1, the tensor 1 further");
+  });
+
+  const cases: [string, LegacyParts, string, RegExp][] = [
+    ["a bad magic number", { magic: pickle(int(12345)) }, "TORCH_LEGACY_HEADER", /bad magic number 12345: a legacy torch\.save file starts with 0x1950a86a20f9469cfc6c/],
+    ["a magic number that is not a pickle", { magic: bytesOf(Op.PROTO, 2, 0xff) }, "PICKLE_OPCODE", /the magic number \(the pickle at byte 0\): opcode 0xff/],
+    ["another protocol version", { protocolVersion: pickle(Op.BININT2, ...u16(1000)) }, "TORCH_LEGACY_HEADER", /protocol version 1000 is not 1001/],
+    ["system info that is not a dict", { sysInfo: pickle(Op.EMPTY_LIST) }, "TORCH_LEGACY_HEADER", /the system info is not a dict with protocol_version 1001/],
+    ["a global in the header", { sysInfo: pickle(global("os", "system")) }, "TORCH_LEGACY_HEADER", /names the global os\.system/],
+    ["a global not on the allow-list in the state", { object: pickle(global("os", "system"), str("id"), Op.TUPLE1, Op.REDUCE) }, "PICKLE_GLOBAL", /the state \(the pickle at byte \d+\): refusing to load the global os\.system/],
+    ["a file that ends inside the state's pickle", { object: pickle(Op.EMPTY_DICT).subarray(0, 3), keys: new Uint8Array(0), storages: new Uint8Array(0) }, "TORCH_LEGACY_TRUNCATED", /truncated: the file ends inside its pickles \(the state/],
+    ["a string claiming 1 GiB in a small file", { sysInfo: bytesOf(Op.PROTO, 2, Op.BINUNICODE, u32(1 << 30)) }, "TORCH_LEGACY_TRUNCATED", /truncated: the file ends inside its pickles/],
+    ["a truncated storage", { storages: record(2n, float32Bytes(1.5)) }, "TORCH_LEGACY_TRUNCATED", /truncated: storage "94512" \(2 float32 elements\) ends at byte \d+ but the file has \d+ bytes/],
+    ["a storage record missing", { storages: new Uint8Array(0) }, "TORCH_LEGACY_TRUNCATED", /truncated: storage "94512"/],
+    ["an absurd storage size", { object: pickle(Op.EMPTY_DICT, str("w"), ...legacyTensor({ numel: int(2n ** 40n) }), Op.SETITEM) }, "TORCH_LEGACY_STORAGE", /storage "94512" claims 1099511627776 float32 elements \(4398046511104 bytes\) but the whole file has \d+ bytes/],
+    ["a storage size beyond 2^53", { object: pickle(Op.EMPTY_DICT, str("w"), ...legacyTensor({ numel: int(2n ** 60n) }), Op.SETITEM) }, "TORCH_PERSID", /fields of the wrong type/],
+    ["a record whose count differs from the state's", { storages: record(3n, float32Bytes(1.5, 2.5)) }, "TORCH_LEGACY_STORAGE", /storage "94512" at byte \d+ records 3 elements but the state uses it as 2 float32 elements/],
+    ["a negative record count", { storages: record(2n ** 64n - 1n, float32Bytes(1.5, 2.5)) }, "TORCH_LEGACY_STORAGE", /records -1 elements/],
+    ["bytes after the last storage", { storages: bytesOf(record(2n, float32Bytes(1.5, 2.5)), [0, 0, 0, 0]) }, "TORCH_LEGACY_LAYOUT", /4 bytes follow the last storage/],
+    ["a key list naming a storage the state does not use", { keys: pickle(Op.EMPTY_LIST, Op.MARK, str("94512"), str("1"), Op.APPENDS) }, "TORCH_LEGACY_STORAGE", /names storage "1", which the state does not use/],
+    ["a key list without a storage the state uses", { keys: pickle(Op.EMPTY_LIST), storages: new Uint8Array(0) }, "TORCH_LEGACY_STORAGE", /storage "94512" is used by the state but missing from the key list/],
+    ["a key list naming a storage twice", { keys: pickle(Op.EMPTY_LIST, Op.MARK, str("94512"), str("94512"), Op.APPENDS) }, "TORCH_LEGACY_STORAGE", /names storage "94512" twice/],
+    ["a key list that is not a list of strings", { keys: pickle(Op.EMPTY_LIST, int(1), Op.APPEND) }, "TORCH_LEGACY_HEADER", /the storage key list is not a list of strings/],
+    ["a storage used with two sizes", { object: pickle(Op.EMPTY_DICT, Op.MARK, str("a"), ...legacyTensor(), str("b"), ...legacyTensor({ numel: int(1), size: 1 }), Op.SETITEMS) }, "TORCH_STORAGE", /storage "94512" is used as both 2 float32 and 1 float32 elements/],
+    ["a view beyond its storage", { object: pickle(Op.EMPTY_DICT, str("w"), ...legacyTensor({ view: [str("v"), int(1), int(2), Op.TUPLE3] }), Op.SETITEM) }, "TORCH_LEGACY_STORAGE", /the view "v" of storage "94512" covers elements 1 to 3 of 2/],
+    ["a tensor beyond its view", { object: pickle(Op.EMPTY_DICT, str("w"), ...legacyTensor({ view: [str("v"), int(0), int(1), Op.TUPLE3] }), Op.SETITEM) }, "PICKLE_CALL", /reaches element 1 of a storage of 1 elements/],
+    ["a pickled nn.Module class", { object: pickle(Op.MARK, str("module"), Op.NONE, Op.NONE, Op.NONE, Op.TUPLE, Op.BINPERSID) }, "TORCH_PERSID", /a pickled nn\.Module/],
+  ];
+
+  for (const [what, parts, code, message] of cases) {
+    test(`${what} is refused, naming what is wrong`, async () => {
+      await refused(await fileWith(legacyFile(parts)), { code, message });
+    });
+  }
+
+  test("every malformed legacy file is refused and memory stays flat", async () => {
+    await withinMemoryBudget(async () => {
+      for (const [, parts, code] of cases) await refused(await fileWith(legacyFile(parts)), { code });
+    });
+  });
+
+  test("a tar archive (the earliest PyTorch format) is refused by name", async () => {
+    const tar = new Uint8Array(1024);
+    tar.set(utf8("storages"), 0);
+    tar.set(utf8("ustar"), 257);
+    await refused(await fileWith(tar), { code: "TORCH_LEGACY_TAR", message: /tar-based format of the earliest PyTorch versions is not supported/ });
   });
 });

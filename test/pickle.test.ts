@@ -95,13 +95,24 @@ describe("numbers", () => {
   });
 
   test("ints beyond 2^53 come back as bigints with their exact value", () => {
-    assert.equal(load(Pickler.dump(2 ** 53)), 2n ** 53n);
     assert.equal(load(Pickler.dump(2n ** 53n)), 2n ** 53n);
     assert.equal(load(Pickler.dump(2n ** 64n)), 2n ** 64n);
     assert.equal(load(Pickler.dump(2n ** 64n - 1n)), 2n ** 64n - 1n);
     assert.equal(load(Pickler.dump(-(2n ** 70n))), -(2n ** 70n));
     assert.equal(load(Pickler.dump(-(2n ** 63n))), -(2n ** 63n));
     assert.equal(load(Pickler.dump(2n ** 2000n)), 2n ** 2000n);
+  });
+
+  test("whole numbers that are not safe integers are written as floats, so they come back as numbers", () => {
+    for (const value of [2 ** 53, -(2 ** 53), 2 ** 53 + 2, 1e300, -1e300, Number.MAX_VALUE]) {
+      const bytes = Pickler.dump([value]);
+      assert.equal(bytes[6], Op.BINFLOAT, `${value} is written as a float`); // after PROTO 2, EMPTY_LIST, BINPUT 0, MARK
+      const loaded = load(bytes) as unknown[];
+      assert.equal(typeof loaded[0], "number", String(value));
+      assert.equal(loaded[0], value);
+      assert.equal(isFloatSlot(loaded, 0), true, "and is saved back as a float");
+    }
+    assert.equal(Pickler.dump([Number.MAX_SAFE_INTEGER])[6], Op.LONG1, "the largest safe integer is still an int");
   });
 
   test("bigints that fit in a double come back as numbers", () => {
@@ -289,6 +300,32 @@ describe("sharing and cycles", () => {
     const inner = tuple<StateValue>(1, items);
     items.push(inner);
     refusedOnWrite(inner, "PICKLE_UNSUPPORTED", /tuple that contains itself/);
+  });
+});
+
+describe("unsupported types", () => {
+  /** A pickle whose only opcode is GLOBAL module.name. */
+  const globalPickle = (module: string, name: string): Uint8Array =>
+    Uint8Array.from([Op.PROTO, 2, Op.GLOBAL, ...Buffer.from(`${module}\n${name}\n`, "latin1"), Op.STOP]);
+
+  test("complex tensors other than complex64 and Python complex numbers are refused as unsupported types, naming the global", () => {
+    const cases: [string, string, RegExp][] = [
+      ["torch", "ComplexDoubleStorage", /^complex tensors other than complex64 are not supported \(torch\.ComplexDoubleStorage holds complex128\); the supported dtypes are float32, .*complex64$/],
+      ["torch", "ComplexHalfStorage", /^complex tensors other than complex64 are not supported \(torch\.ComplexHalfStorage holds complex32\)/],
+      ["torch", "QInt8Storage", /^qint8 tensors are not supported \(torch\.QInt8Storage holds qint8\)/],
+      ["__builtin__", "complex", /^Python complex numbers are not supported \(__builtin__\.complex\)/],
+      ["builtins", "complex", /^Python complex numbers are not supported \(builtins\.complex\)/],
+    ];
+    for (const [module, name, message] of cases) {
+      assert.throws(() => load(globalPickle(module, name)), (error: unknown) => {
+        assert.ok(error instanceof FormatError);
+        assert.equal(error.code, "PICKLE_UNSUPPORTED_TYPE");
+        assert.match(error.message, message);
+        assert.doesNotMatch(error.message, /allow-list/);
+        return true;
+      });
+    }
+    assert.doesNotThrow(() => load(globalPickle("torch", "ComplexFloatStorage")), "complex64 storages are supported");
   });
 });
 

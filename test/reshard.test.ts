@@ -148,3 +148,21 @@ test("shards that claim a huge full tensor they do not cover are refused before 
   const [whole] = managersFor(dir, inProcessGangs(1, 1));
   await assert.rejects(whole!.loadModel(1, { reshard: true }), (error: unknown) => error instanceof CheckpointLoadError && /the saved shards cover 4 of the 1000000000000 elements asked for/.test(error.message));
 });
+
+test("a model saved under its own key (modelKey \"net\") reshards under that key, and plan keys use it", async () => {
+  const dir = await tempDir();
+  await onAllRanks(managersFor(dir, inProcessGangs(1, 2)), async (manager, rank) => {
+    const offsets = [rank * 2, 0, 0];
+    const shape = [rank === 0 ? 2 : 3, 3, 4];
+    const w = new ShardedTensor(Tensor.from(Float32Array.from(block(offsets, shape)), { shape }), { globalShape: FULL_SHAPE, offsets });
+    await manager.beginCheckpoint(1);
+    await manager.saveState({ net: { w }, step_nr: 1 }, { modelKey: "net" });
+    await manager.commitCheckpoint();
+    await manager.close();
+  });
+  const states = await onAllRanks(managersFor(dir, inProcessGangs(1, 3)), (manager) => manager.loadCheckpoint(1, { reshard: { plan: { "net/w": { dim: 1 } } } }));
+  states.forEach((state, rank) => {
+    assert.deepEqual(Object.keys(state).sort(), ["net", "step_nr"]);
+    assertFromFull((state.net as StateDict).w, [0, rank, 0], [5, 1, 4], `tp rank ${rank}`);
+  });
+});

@@ -239,6 +239,25 @@ test("loading into existing tensors fills them in place", async () => {
   assertSameState(loaded, { model: modelState(4) });
 });
 
+test("loading into a tensor of another shape or dtype is refused naming its path, before any tensor is written", async () => {
+  const dir = await tempDir();
+  const path = join(dir, "m.safetensors");
+  await new SafetensorsDumper().dump({ model: modelState(4) }, path);
+  for (const [replace, message] of [
+    [{ "head.weight": Tensor.from(new BigInt64Array(4)) }, /into\.model\["head\.weight"\] is int64 \[4\] but the file has int64 \[3\] there/],
+    [{ "encoder.bias": Tensor.from(new Float32Array(2)) }, /into\.model\["encoder\.bias"\] is float32 \[2\] but the file has float64 \[2\] there/],
+  ] as const) {
+    const target = { model: { ...modelState(0), ...replace } };
+    const weight = (target.model as StateDict)["encoder.weight"] as Tensor;
+    await assert.rejects(new SafetensorsLoader().load(path, { into: target }), (error: unknown) => {
+      assert.ok(error instanceof TensorLoadError);
+      assert.match(error.message, message);
+      return true;
+    });
+    assert.deepEqual([...weight.data], [0, 1, 2, 3, 4, 5], "the tensor before it in the file was not written");
+  }
+});
+
 // ------------------------------------------------------------------ the manager on safetensors
 
 test("a manager given the safetensors loader and dumper saves and loads model-only states, and refuses training state clearly", async () => {

@@ -66,6 +66,15 @@ describe("Tensor.from", () => {
     assert.deepEqual([...complex.data], [1, 2, 3, 4, 5, 6]);
   });
 
+  test("refuses unsigned arrays with no dtype of their own, saying what to convert them to", () => {
+    refusesArgument(() => Tensor.from(new Uint32Array(2) as never), /^uint32 is not a supported dtype \(the supported dtypes are float32, .*\): convert the Uint32Array to an Int32Array .* below 2\^31, else to a BigInt64Array \(int64\)$/);
+    refusesArgument(() => Tensor.from(new BigUint64Array(2) as never), /^uint64 is not a supported dtype .*BigInt64Array \(int64\) if every value is below 2\^63$/);
+    refusesArgument(() => Tensor.from(new Uint8ClampedArray(2) as never), /Uint8ClampedArray has no dtype: view its bytes as a Uint8Array/);
+    for (const array of [new Uint32Array(2), new BigUint64Array(2), new Uint8ClampedArray(2)]) {
+      assert.throws(() => Tensor.from(array as never), (error: unknown) => !/"float16" or "bfloat16"/.test((error as Error).message), array.constructor.name);
+    }
+  });
+
   test("refuses a Uint16Array without a dtype, since float16 and bfloat16 look alike", () => {
     refusesArgument(() => Tensor.from(new Uint16Array(4)), /Uint16Array needs an explicit dtype/);
   });
@@ -304,4 +313,15 @@ describe("refusing bad shapes and views", () => {
   test("a storage refuses bytes that are not a whole number of elements", () => {
     assert.throws(() => new Storage("float64", new Uint8Array(12)), RangeError);
   });
+});
+
+test("statistics and differences of a tensor over an unaligned Buffer (a view of a file read whole) copy it instead of failing", async () => {
+  const { tensorDifference, tensorStats } = await import("../src/tensor/tensor-stats.js");
+  // A Buffer's slice() is a view, not a copy: an int64 storage at an odd offset of one.
+  const file = Buffer.alloc(17);
+  file.writeBigInt64LE(-3n, 1);
+  file.writeBigInt64LE(5n, 9);
+  const tensor = new Tensor({ storage: new Storage("int64", file.subarray(1)), shape: [2] });
+  assert.deepEqual([tensorStats(tensor).min, tensorStats(tensor).max], [-3, 5]);
+  assert.equal(tensorDifference(tensor, Tensor.from(new BigInt64Array([-3n, 6n]))).maxAbsDiff, 1);
 });

@@ -8,6 +8,7 @@ import {
   PyDType,
   PyFloat,
   Tensor,
+  TensorLoadError,
   TorchTensorDumper,
   TorchTensorLoader,
   markFloatSlot,
@@ -163,7 +164,7 @@ function weightsOnlyState(): StateDict {
     integer_like_object: { "10": "ten", "2": "two", name: "n" },
     mixed_keys: new Map<StateKey, StateValue>([[1, "one"], ["b", 2], [null, "none"], [false, "false"], [-5, "neg"], [2 ** 40, "big"]]),
     proto_keys: JSON.parse('{"__proto__": 1, "constructor": 2, "toString": 3}') as StateDict,
-    big_ints: [2 ** 53, 2n ** 53n + 1n, -(2n ** 53n) - 1n, 2n ** 63n, -(2n ** 63n) - 1n, 2n ** 64n + 1n, -(2n ** 70n), 10n ** 40n],
+    big_ints: [2n ** 53n, 2n ** 53n + 1n, -(2n ** 53n) - 1n, 2n ** 63n, -(2n ** 63n) - 1n, 2n ** 64n + 1n, -(2n ** 70n), 10n ** 40n],
     big_int_keys: new Map<StateKey, StateValue>([[2n ** 70n, "big"], [-(2n ** 64n), "negative"]]),
     dtype: new PyDType("float16"),
     size: markTuple([2, 3], "torch.Size"),
@@ -184,6 +185,8 @@ function fullState(): StateDict {
   return {
     ...state,
     floats: [0.5, -0, 0.1, 1e16, 1e15, 1e-5, 1e-4, 1.5e300, 5e-324, NaN, Infinity, -Infinity, new PyFloat(1), new PyFloat(-2), new PyFloat(2 ** 53)],
+    // Whole numbers beyond 2^53 are floats (they are what a program computed, not exact ints).
+    unsafe_whole_numbers: [2 ** 53, -(2 ** 53), 1e300, -1e300, Number.MAX_VALUE],
     whole_float: new PyFloat(3),
     float_keys: new Map<StateKey, StateValue>([[2.5, "float"], [-0.125, "negative"]]),
     bytes: Uint8Array.from([0, 255, 114, 97, 119, 128]),
@@ -320,4 +323,31 @@ test("a file written with forceZip64 loads in torch and here", async (t) => {
   if (python === null) return;
   const [inTorch] = describeInTorch(python, [path]);
   assert.deepEqual(inTorch, describe(state));
+});
+
+test("complex128 tensors and Python complex numbers saved by torch are refused as unsupported types, naming the global, not as a security refusal", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const dir = await tempDir();
+  const script = `
+import sys, torch
+torch.save({"z": torch.zeros(2, dtype=torch.complex128)}, sys.argv[1] + "/complex128.pt")
+torch.save({"c": 1 + 2j}, sys.argv[1] + "/complex.pt")
+torch.save({"z": torch.zeros(2, dtype=torch.complex64)}, sys.argv[1] + "/complex64.pt")`;
+  runPython(python, script, [dir]);
+  const cases: [string, RegExp][] = [
+    ["complex128.pt", /complex tensors other than complex64 are not supported \(torch\.ComplexDoubleStorage holds complex128\)/],
+    ["complex.pt", /Python complex numbers are not supported \(__builtin__\.complex\)/],
+  ];
+  for (const [name, message] of cases) {
+    await assert.rejects(loader.load(join(dir, name)), (error: unknown) => {
+      assert.ok(error instanceof TensorLoadError);
+      assert.match(error.message, message);
+      assert.doesNotMatch(error.message, /allow-list|refusing/);
+      assert.equal((error.cause as { code?: string }).code, "PICKLE_UNSUPPORTED_TYPE");
+      return true;
+    });
+  }
+  const z = (await loader.load(join(dir, "complex64.pt"))) as StateDict;
+  assert.equal((z.z as Tensor).dtype, "complex64");
 });

@@ -6,11 +6,12 @@ import {
   SCORE_FILE,
   isModelFile,
   isRankFile,
+  isReplicatedFile,
   parseLeftoverDirName,
   parseStepDirName,
 } from "./layout.js";
 import { decodeManifest, type Manifest } from "./manifest.js";
-import { parseScore } from "./score.js";
+import { parseScore, savedScore } from "./score.js";
 
 /** What is known about one committed checkpoint without reading its tensors. */
 export interface CheckpointInfo {
@@ -25,6 +26,19 @@ export interface CheckpointInfo {
   modelOnly: boolean;
   /** Higher is better, as stored in score.txt; undefined without one. */
   score: number | undefined;
+  /**
+   * When it was committed, in milliseconds since the epoch: the manifest's `createdAt`, or for a
+   * checkpoint without a manifest (fairseq2) its directory's modification time; undefined when
+   * neither is known. Retention's `keepOnePer` dates checkpoints by it.
+   */
+  createdAt: number | undefined;
+  /**
+   * Whether the score was saved with `lowerBetter` (from the manifest); undefined without a score,
+   * and when the direction is unknown (fairseq2's checkpoints, manifests of earlier versions).
+   */
+  lowerBetter: boolean | undefined;
+  /** The score as it was given to saveScore (`score` negated back when lowerBetter); undefined when unknown. */
+  scoreAsSaved: number | undefined;
   /**
    * Why the checkpoint cannot be trusted (its manifest or score cannot be read), or undefined.
    * A damaged checkpoint is listed but never resumed from, loaded, counted or pruned by retention.
@@ -78,7 +92,7 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
   } catch (error) {
     // One unreadable step (permissions, I/O error) must not hide the others.
     const damaged = `step ${stepNr} cannot be read: ${(error as Error).message}`;
-    return { stepNr, path, files: [], manifest: undefined, modelOnly: false, score: undefined, damaged, warning: undefined };
+    return { stepNr, path, files: [], manifest: undefined, modelOnly: false, score: undefined, lowerBetter: undefined, scoreAsSaved: undefined, createdAt: undefined, damaged, warning: undefined };
   }
   // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
   let damaged: string | undefined;
@@ -101,7 +115,20 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
       warning = `${why}; step ${stepNr} is treated as unscored`;
     }
   }
-  // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank files.
-  const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some(isRankFile));
-  return { stepNr, path, files, manifest, modelOnly, score, damaged, warning };
+  // Without a manifest (fairseq2), a checkpoint pruned to its model has model files and no rank or
+  // replicated files (fairseq2 writes no rank file when "*" makes everything replicated).
+  const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some((name) => isRankFile(name) || isReplicatedFile(name)));
+  const lowerBetter = score === undefined ? undefined : manifest?.lowerBetter;
+  const scoreAsSaved = score === undefined || lowerBetter === undefined ? undefined : savedScore(score, lowerBetter);
+  return { stepNr, path, files, manifest, modelOnly, score, lowerBetter, scoreAsSaved, createdAt: await creationTime(fileSystem, path, manifest), damaged, warning };
+}
+
+/** See CheckpointInfo.createdAt. A manifest's unparseable date is no date, not damage: it only dates. */
+async function creationTime(fileSystem: FileSystem, path: string, manifest: Manifest | undefined): Promise<number | undefined> {
+  if (manifest !== undefined) {
+    const time = typeof manifest.createdAt === "string" ? Date.parse(manifest.createdAt) : NaN;
+    return Number.isFinite(time) ? time : undefined;
+  }
+  // The directory's mtime moves when files are added or removed in it (a preserveModel strip does).
+  return (await fileSystem.modifiedTime?.(path)) ?? undefined;
 }

@@ -22,6 +22,10 @@ export interface CheckpointSummary {
   warning: string | undefined;
   /** Higher is better, as stored in score.txt. */
   score: number | undefined;
+  /** The score as the user saved it (a loss stays positive); undefined when its direction is unknown. */
+  scoreAsSaved: number | undefined;
+  /** True when saved with lowerBetter, false when higher is better, undefined when unknown (fairseq2, older manifests). */
+  lowerBetter: boolean | undefined;
   /** Bytes of all its files. */
   size: number;
   /** Its files, relative to it, sorted. */
@@ -96,6 +100,8 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
         Object.assign(summary, {
           warning: info.warning,
           score: info.score,
+          scoreAsSaved: info.scoreAsSaved,
+          lowerBetter: info.lowerBetter,
           hasManifest: info.manifest !== undefined,
           modelOnly: info.modelOnly,
           resumable: !info.modelOnly,
@@ -136,7 +142,7 @@ function blank(
   sizes: Map<string, number>,
 ): CheckpointSummary {
   return {
-    stepNr, name, path, status, problem: undefined, warning: undefined, score: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
+    stepNr, name, path, status, problem: undefined, warning: undefined, score: undefined, scoreAsSaved: undefined, lowerBetter: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
     hasManifest: false, modelOnly: false, resumable: false, isLast: false, isBest: false, dpSize: undefined, tpSize: undefined,
   };
 }

@@ -1,5 +1,7 @@
 import type { StateDict, StateValue } from "../values/py-values.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
+import type { RetentionRules } from "./retention.js";
+import type { RetentionDecision } from "./retention-plan.js";
 
 export interface BeginOptions {
   /**
@@ -42,7 +44,18 @@ export interface DeleteOptions {
 export interface RetentionOptions {
   /** Strip pruned checkpoints to their model files instead of deleting them (default false). */
   preserveModel?: boolean;
+  /**
+   * Remove the pruned checkpoints' files in the background (default false), off the training
+   * path. The call still renames each pruned checkpoint to `step_N.deleting` (or rewrites a
+   * stripped one's manifest) before it returns, so listings never show one half deleted and
+   * the result is already true. A failure is raised by the next retention or delete call (on
+   * every rank), by `waitForPendingDeletions()`, `listCheckpoints()` or `close()`; never lost.
+   */
+  background?: boolean;
 }
+
+/** The rules of `retain` with its options: see RetentionRules and RetentionOptions. */
+export interface RetainOptions extends RetentionRules, RetentionOptions {}
 
 export interface LoadOptions {
   /**
@@ -61,15 +74,18 @@ export interface LoadOptions {
   reshard?: boolean | ReshardOptions;
 }
 
-export interface ModelLoadOptions {
-  /** The model's state dict to read into, in place (as LoadOptions.into). */
+export interface LoadModelOptions {
+  /** The model state dict to load into, in place (as `LoadOptions.into` does for a whole state). */
   into?: StateDict;
+  /** The key the model was saved under (the `modelKey` given to saveState; default "model"), so `into` matches its tensors. */
+  modelKey?: string;
   /**
    * Load a model saved with another tp size (default false: refused): its ShardedTensors are
    * recut over the new tp ranks (only `plan` matters here). `into` is not used then.
    */
   reshard?: boolean | ReshardOptions;
 }
+
 
 /**
  * How a checkpoint is resharded. Keys are key paths joined by "/", e.g. "model/0.weight" or
@@ -114,6 +130,14 @@ export interface RetentionResult {
   stripped: number[];
 }
 
+/** What `retain` did, and why each survivor survived (see RetentionDecision). */
+export interface RetentionReport extends RetentionResult {
+  /** Steps left as they are. */
+  kept: number[];
+  /** Every sound checkpoint in step order: what was done to it, and which rules kept it. */
+  decisions: RetentionDecision[];
+}
+
 export interface ModelMetadata {
   /** The model family, e.g. "llama". */
   family: string;
@@ -137,7 +161,7 @@ export interface CheckpointManager {
   loadLastCheckpoint(options?: LoadOptions): Promise<{ stepNr: number; state: StateDict }>;
   loadMetadata(stepNr: number): Promise<StateValue | null>;
   /** With `into`, the model's tensors are read in place into that state dict's matching tensors. */
-  loadModel(stepNr?: number, options?: ModelLoadOptions): Promise<StateDict>;
+  loadModel(stepNr?: number, options?: LoadModelOptions): Promise<StateDict>;
 
   getStepNumbers(options?: ListOptions): Promise<number[]>;
   hasCheckpoint(stepNr?: number, options?: ListOptions): Promise<boolean>;
@@ -149,6 +173,10 @@ export interface CheckpointManager {
   deleteCheckpoint(stepNr: number, options?: DeleteOptions): Promise<void>;
   keepLastNCheckpoints(n: number, options?: RetentionOptions): Promise<RetentionResult>;
   keepBestNCheckpoints(n: number, options?: RetentionOptions): Promise<RetentionResult>;
+  /** Several retention rules at once; a checkpoint survives when any rule keeps it. */
+  retain(options: RetainOptions): Promise<RetentionReport>;
+  /** Resolves when background deletes are done; rejects with their error. */
+  waitForPendingDeletions(): Promise<void>;
 
   saveModelMetadata(metadata: ModelMetadata): Promise<void>;
   /** Releases the directory lock. The manager can be used again afterwards (it re-locks). */

@@ -2,14 +2,14 @@ import { CheckpointError, CheckpointLoadError, CheckpointNotFoundError } from ".
 import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import type { FileDigest, TensorLoadOptions } from "../io/tensor-io.js";
-import type { StateDict, StateValue } from "../values/py-values.js";
+import { setOwn, type StateDict, type StateValue } from "../values/py-values.js";
 import { findCheckpoint, type CheckpointInfo } from "./checkpoint-directory.js";
-import type { LoadOptions, ModelLoadOptions } from "./checkpoint-manager.js";
-import { METADATA_FILE, isModelFile, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
+import type { LoadModelOptions, LoadOptions } from "./checkpoint-manager.js";
+import { METADATA_FILE, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { fileProgress, isPlainDict, type ManagerContext } from "./manager-context.js";
 import { manifestFile } from "./manifest.js";
 import { ReshardReader } from "./reshard-reader.js";
-import { mergeInto } from "./state-split.js";
+import { dropModelKeyEntry, mergeInto, namedModelKey, unwrapModelFile } from "./state-split.js";
 
 /**
  * Loads this rank's view of committed checkpoints: its model, replicated and rank files merged
@@ -18,7 +18,11 @@ import { mergeInto } from "./state-split.js";
 export class CheckpointReader {
   constructor(private readonly context: ManagerContext) {}
 
-  /** The state saved at `stepNr`, merged back from the model, replicated and rank files. */
+  /**
+   * The state saved at `stepNr`, merged back as fairseq2 0.4 does: the rank file, then the
+   * replicated file, then — only when the model key they name is still missing — the model file;
+   * the `model_key` entry is removed from the result.
+   */
   async loadCheckpoint(stepNr: number, options: LoadOptions): Promise<StateDict> {
     const info = await this.requireCheckpoint(stepNr);
     if (info.modelOnly) {
@@ -32,28 +36,28 @@ export class CheckpointReader {
       if (saved.dpSize === undefined) throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no rank files to tell its data-parallel size: it cannot be resharded`);
       const layouts = { saved: { dpSize: saved.dpSize, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
       const reshard = new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (name) => this.loadFile(info, name));
-      return reshard.load(options.modelKey ?? "model");
+      return reshard.load();
     }
     this.checkLayout(info, true);
     const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
-    if (!info.files.includes(rankFile)) {
+    const replicatedFile = replicatedFileName(tp.rank, tp.size);
+    // fairseq2 writes no rank file when the replicated keys take everything ("*").
+    const rankFileOptional = info.manifest === undefined && hasFile(info, replicatedFile);
+    if (!hasFile(info, rankFile) && !rankFileOptional) {
       throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${rankFile} for this rank (dp rank ${dp.rank}, tp rank ${tp.rank})`);
     }
     const state: StateDict = Object.create(Object.prototype) as StateDict;
-    for (const name of [modelFileName(tp.rank, tp.size), replicatedFileName(tp.rank, tp.size), rankFile]) {
-      if (!hasFile(info, name)) continue;
-      const into = options.into === undefined ? undefined : isModelFile(name) ? { model: options.into[options.modelKey ?? "model"] ?? null } : options.into;
-      const part = await this.loadFile(info, name, into);
-      if (!isPlainDict(part)) throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} does not hold a dict of string keys`);
-      if (isModelFile(name)) {
-        const modelKey = typeof part.model_key === "string" ? part.model_key : "model";
-        const { model, model_key: _, ...rest } = part;
-        mergeInto(state, rest);
-        if (model !== undefined) state[modelKey] = model;
-      } else {
-        mergeInto(state, part);
-      }
+    for (const name of [rankFile, replicatedFile]) {
+      if (hasFile(info, name)) mergeInto(state, await this.loadDict(info, name, options.into));
     }
+    const modelFile = modelFileName(tp.rank, tp.size);
+    const namedKey = namedModelKey(state);
+    if ((namedKey === undefined || state[namedKey] === undefined) && hasFile(info, modelFile)) {
+      const { modelKey, model, rest } = unwrapModelFile(await this.loadDict(info, modelFile, modelInto(options.into?.[options.modelKey ?? "model"], options.modelKey)));
+      mergeInto(state, rest);
+      if (model !== undefined) setOwn(state, modelKey, model);
+    }
+    dropModelKeyEntry(state);
     return state;
   }
 
@@ -64,28 +68,37 @@ export class CheckpointReader {
   }
 
   /** The model's state dict from the checkpoint's model file only. */
-  async loadModel(stepNr: number, options: ModelLoadOptions): Promise<StateDict> {
+  async loadModel(stepNr: number, options: LoadModelOptions): Promise<StateDict> {
     const info = await this.requireCheckpoint(stepNr);
     const { dp, tp } = this.context.gangs;
     const saved = savedLayout(info);
     const planned = typeof options.reshard === "object" && Object.keys(options.reshard.plan ?? {}).length > 0;
     const name = modelFileName(tp.rank, tp.size);
-    let part: StateValue;
+    let part: StateDict;
     if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (planned || saved.tpSize !== tp.size)) {
       const layouts = { saved: { dpSize: saved.dpSize ?? 1, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
-      part = await new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (file) => this.loadFile(info, file)).loadModelFiles();
+      const content = await new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (file) => this.loadFile(info, file)).loadModelFiles();
+      if (!isPlainDict(content)) throw new CheckpointLoadError(stepNr, `the model files of checkpoint ${stepNr} do not hold a dict of string keys`);
+      part = content;
     } else {
       this.checkLayout(info, false);
       if (!hasFile(info, name)) {
         throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
       }
-      part = await this.loadFile(info, name, options.into === undefined ? undefined : { model: options.into });
+      part = await this.loadDict(info, name, modelInto(options.into, options.modelKey));
     }
-    const model = isPlainDict(part) ? part.model : undefined;
+    const { modelKey, model } = unwrapModelFile(part);
     if (model === undefined || model === null || typeof model !== "object") {
-      throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} has no "model" entry`);
+      throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} has no model state dict under its model key ${JSON.stringify(modelKey)}`);
     }
     return model as StateDict;
+  }
+
+  /** Loads one file that must hold a dict of string keys (a model, replicated or rank part). */
+  private async loadDict(info: CheckpointInfo, name: string, into: StateValue | undefined): Promise<StateDict> {
+    const part = await this.loadFile(info, name, into);
+    if (!isPlainDict(part)) throw new CheckpointLoadError(info.stepNr, `${name} of checkpoint ${info.stepNr} does not hold a dict of string keys`);
+    return part;
   }
 
   private async requireCheckpoint(stepNr: number): Promise<CheckpointInfo> {
@@ -160,6 +173,18 @@ export class CheckpointReader {
       );
     }
   }
+}
+
+/**
+ * What to load a model file into: the live model under the key the file is expected to use, and
+ * under "model" too, where earlier versions of ckpt put a model of any key.
+ */
+function modelInto(model: StateValue | undefined, modelKey: string | undefined): StateDict | undefined {
+  if (model === undefined) return undefined;
+  const into: StateDict = Object.create(Object.prototype) as StateDict;
+  setOwn(into, "model", model);
+  if (modelKey !== undefined) setOwn(into, modelKey, model);
+  return into;
 }
 
 /**

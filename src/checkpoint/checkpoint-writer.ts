@@ -5,6 +5,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
+import { findUnsaveable } from "../values/state-check.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
 import { METADATA_FILE, SCORE_FILE, TMP_SUFFIX, modelFileName, rankFileName, replicatedFileName, stepDirName } from "./layout.js";
@@ -15,7 +16,7 @@ import { PendingSave } from "./pending-save.js";
 import { publishCheckpoint } from "./publish-checkpoint.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
-import { splitState } from "./state-split.js";
+import { MODEL_KEY_ENTRY, modelFileContent, splitState } from "./state-split.js";
 
 /** A checkpoint between beginCheckpoint and commit/abort. */
 interface OpenCheckpoint {
@@ -29,6 +30,8 @@ interface OpenCheckpoint {
   /** The sharded tensors in this rank's files, for the manifest. */
   sharded: ManifestShardedTensor[];
   stateSaved: boolean;
+  /** How the score was saved (root only), for the manifest; undefined without a score. */
+  lowerBetter: boolean | undefined;
 }
 
 /** What each rank reports at commit. */
@@ -69,6 +72,7 @@ export class CheckpointWriter {
         files: {},
         sharded: [],
         stateSaved: false,
+        lowerBetter: undefined,
       };
       this.open = checkpoint;
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
@@ -88,17 +92,20 @@ export class CheckpointWriter {
     if (!isPlainDict(state)) throw new InvalidArgumentError("saveState needs a plain object mapping keys to state values");
     const modelKey = options.modelKey ?? "model";
     if (typeof modelKey !== "string" || modelKey === "") throw new InvalidArgumentError("modelKey must be a non-empty string");
+    if (modelKey === MODEL_KEY_ENTRY || Object.hasOwn(state, MODEL_KEY_ENTRY)) {
+      throw new InvalidArgumentError(`"${MODEL_KEY_ENTRY}" is reserved: the checkpoint files record the model's key under it (fairseq2's layout) and loading removes it; rename that key`);
+    }
     const replicatedKeys = new Set(options.replicatedKeys ?? []);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
+    const unsaveable = findUnsaveable(state, "state"); // synchronous: no call may slip in before this one's step
+    if (unsaveable !== undefined) return this.refuse(checkpoint, "saveState", unsaveable);
 
     const source = checkpoint.background ? snapshotState(state, this.arena) : state;
     checkpoint.stateSaved = true;
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
-      if (parts.model !== undefined) {
-        await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), { model: parts.model, model_key: modelKey });
-      }
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
       await this.writePart(checkpoint, rankFile, parts.rank);
@@ -108,6 +115,8 @@ export class CheckpointWriter {
 
   async saveMetadata(metadata: StateValue): Promise<void> {
     const checkpoint = this.requireOpen("saveMetadata");
+    const unsaveable = findUnsaveable(metadata, "metadata"); // synchronous: no call may slip in before this one's step
+    if (unsaveable !== undefined) return this.refuse(checkpoint, "saveMetadata", unsaveable);
     const source = checkpoint.background ? snapshotState({ metadata }, this.arena).metadata! : metadata;
     await this.runStep(checkpoint, "saveMetadata", async () => {
       if (isRoot(this.context)) await this.writePart(checkpoint, METADATA_FILE, source);
@@ -118,7 +127,10 @@ export class CheckpointWriter {
     const checkpoint = this.requireOpen("saveScore");
     if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
     await this.runStep(checkpoint, "saveScore", async () => {
-      if (isRoot(this.context)) await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, options.lowerBetter ?? false)));
+      if (!isRoot(this.context)) return;
+      const lowerBetter = options.lowerBetter ?? false;
+      await this.writeBytes(checkpoint, SCORE_FILE, new TextEncoder().encode(formatScore(score, lowerBetter)));
+      checkpoint.lowerBetter = lowerBetter;
     });
   }
 
@@ -131,6 +143,8 @@ export class CheckpointWriter {
   async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
     const checkpoint = this.requireOpen("saveConsolidatedFsdpModel");
     if (!isPlainDict(model) && !((model as unknown) instanceof Map)) throw new InvalidArgumentError("saveConsolidatedFsdpModel needs the model's state dict");
+    const unsaveable = findUnsaveable(model, "model"); // synchronous: no call may slip in before this one's step
+    if (unsaveable !== undefined) return this.refuse(checkpoint, "saveConsolidatedFsdpModel", unsaveable);
     const source = checkpoint.background ? snapshotState({ model }, this.arena).model! : model;
     const { dp, tp } = this.context.gangs;
     const name = modelFileName(tp.rank, tp.size);
@@ -151,7 +165,9 @@ export class CheckpointWriter {
         full = assembleModel(source, shardsByRank);
         for (let rank = 1; rank < dp.size; rank++) await this.context.fileSystem.remove(joinPath(checkpoint.tmpDir, scratch(rank)));
       }
-      await this.writePart(checkpoint, name, { model: full, model_key: "model" });
+      // Always under "model", as fairseq2 writes its consolidated model: the rank files name the
+      // state's own key, so a loader never takes this copy for the (sharded) model of the state.
+      await this.writePart(checkpoint, name, modelFileContent("model", full));
     });
   }
 
@@ -167,6 +183,7 @@ export class CheckpointWriter {
         tmpDir: checkpoint.tmpDir,
         reported: reports.map((r) => r.files),
         sharded: mergeShardDescriptions(reports.map((r) => r.sharded)),
+        lowerBetter: checkpoint.lowerBetter,
       });
     };
     if (!checkpoint.background) {
@@ -189,7 +206,7 @@ export class CheckpointWriter {
       } catch (error) {
         throw new CheckpointSaveError(checkpoint.stepNr, `abortCheckpoint failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
       } finally {
-        await this.drop(checkpoint);
+        await this.drop(checkpoint, true); // closed, background or not: the next begin may start
       }
     });
   }
@@ -223,6 +240,16 @@ export class CheckpointWriter {
       if (error instanceof CheckpointError) throw error;
       throw new CheckpointSaveError(checkpoint.stepNr, `${op} failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${(error as Error).message}`, { cause: error });
     }
+  }
+
+  /**
+   * Refuses a value that cannot be saved (found before any of it is queued or written): the step
+   * fails on every rank like any save error, so the checkpoint is dropped everywhere; in
+   * background mode the caller hears it from this call, not later.
+   */
+  private async refuse(checkpoint: OpenCheckpoint, op: string, error: Error): Promise<never> {
+    await this.runStep(checkpoint, op, () => Promise.reject(error)); // foreground: throws here
+    throw new CheckpointSaveError(checkpoint.stepNr, `${op} failed for checkpoint ${checkpoint.stepNr}, which was dropped: ${error.message}`, { cause: error });
   }
 
   /**

@@ -7,6 +7,7 @@ import { LocalFileSystem } from "../fs/local-file-system.js";
 import { joinPath } from "../fs/paths.js";
 import type { TensorDumper, TensorLoader } from "../io/tensor-io.js";
 import { TorchTensorDumper, TorchTensorLoader } from "../io/torch-tensor-io.js";
+import { checkPlainData } from "../values/plain-data.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import { listCheckpoints, type CheckpointInfo } from "./checkpoint-directory.js";
 import type {
@@ -14,10 +15,12 @@ import type {
   CheckpointManager,
   DeleteOptions,
   ListOptions,
+  LoadModelOptions,
   LoadOptions,
-  ModelLoadOptions,
   ModelMetadata,
+  RetainOptions,
   RetentionOptions,
+  RetentionReport,
   RetentionResult,
   SaveScoreOptions,
   SaveStateOptions,
@@ -28,7 +31,7 @@ import { CheckpointWriter } from "./checkpoint-writer.js";
 import { DirectoryOwner } from "./directory-owner.js";
 import { MODEL_CARD_FILE } from "./layout.js";
 import { OneCallAtATime, checkStepNr, isRoot, type CheckpointProgress, type ManagerContext } from "./manager-context.js";
-import { bestStep } from "./retention.js";
+import { bestStep, checkRetentionRules, type RetentionRules } from "./retention.js";
 import type { RetentionPlanOptions } from "./retention-plan.js";
 
 export type { CheckpointProgress } from "./manager-context.js";
@@ -198,7 +201,7 @@ export class FileCheckpointManager implements CheckpointManager {
    * The model's state dict from a checkpoint's model file only (never optimizer or rank state):
    * the last checkpoint by default, model-only ones included.
    */
-  async loadModel(stepNr?: number, options: ModelLoadOptions = {}): Promise<StateDict> {
+  async loadModel(stepNr?: number, options: LoadModelOptions = {}): Promise<StateDict> {
     if (stepNr !== undefined) checkStepNr(stepNr);
     const step = stepNr ?? (await this.getLastStepNumber({ includeModelOnly: true }));
     if (step === undefined) throw new CheckpointNotFoundError(undefined, `no checkpoint in ${this.checkpointDir}`);
@@ -210,6 +213,7 @@ export class FileCheckpointManager implements CheckpointManager {
   /** Every committed checkpoint, damaged ones included (with `damaged` saying why). */
   async listCheckpoints(): Promise<CheckpointInfo[]> {
     await this.writer.pending.raiseIfFailed();
+    await this.pruner.deletion.raiseIfFailed();
     const all = await listCheckpoints(this.context.fileSystem, this.checkpointDir);
     for (const { warning } of all) {
       if (warning === undefined || this.warned.has(warning)) continue;
@@ -262,7 +266,8 @@ export class FileCheckpointManager implements CheckpointManager {
   /** Deletes all but the last `n` resumable checkpoints (or strips them to the model). */
   async keepLastNCheckpoints(n: number, options: RetentionOptions = {}): Promise<RetentionResult> {
     checkCount(n);
-    return this.retain("keepLastNCheckpoints", { keepLast: n, preserveModel: options.preserveModel ?? false });
+    const { deleted, stripped } = await this.applyRetention("keepLastNCheckpoints", { keepLast: n }, options);
+    return { deleted, stripped };
   }
 
   /**
@@ -271,12 +276,40 @@ export class FileCheckpointManager implements CheckpointManager {
    */
   async keepBestNCheckpoints(n: number, options: RetentionOptions = {}): Promise<RetentionResult> {
     checkCount(n);
-    return this.retain("keepBestNCheckpoints", { keepBest: n, preserveModel: options.preserveModel ?? false });
+    const { deleted, stripped } = await this.applyRetention("keepBestNCheckpoints", { keepBest: n }, options);
+    return { deleted, stripped };
+  }
+
+  /**
+   * Applies several retention rules at once (see RetentionRules): a checkpoint survives when any
+   * rule keeps it, the last resumable checkpoint always survives, milestones (`keepEvery`)
+   * survive whatever the other rules say. The report says, per step, what was done and which
+   * rules kept it. With `background`, files are removed off the training path (RetentionOptions).
+   *
+   * @example
+   * await manager.retain({ keepLast: 3, keepBest: 2, keepEvery: 10_000, keepOnePer: "6h", background: true });
+   */
+  async retain(options: RetainOptions): Promise<RetentionReport> {
+    const { keepLast, keepBest, keepEvery, keepOnePer } = options ?? {};
+    const rules = { keepLast, keepBest, keepEvery, keepOnePer };
+    checkRetentionRules(rules);
+    return this.applyRetention("retain", rules, options);
+  }
+
+  /** Resolves when retention's background deletes are done; rejects with their error (raised once). */
+  async waitForPendingDeletions(): Promise<void> {
+    await this.pruner.deletion.settle();
+  }
+
+  /** True while retention's deletes run in the background. */
+  get hasPendingDeletions(): boolean {
+    return this.pruner.deletion.busy;
   }
 
   /** Writes `model.yaml`, the model card: family, config, and the number of TP shards. */
   async saveModelMetadata(metadata: ModelMetadata): Promise<void> {
     if (typeof metadata?.family !== "string" || metadata.family === "") throw new InvalidArgumentError("saveModelMetadata needs a non-empty family");
+    checkPlainData(metadata.config, "config");
     const { context } = this;
     await context.exclusive(async () => {
       await this.writer.pending.settle();
@@ -291,12 +324,20 @@ export class FileCheckpointManager implements CheckpointManager {
     });
   }
 
-  /** Waits for a background save, drops an open checkpoint, releases the lock. */
+  /**
+   * Waits for a background save and background deletes, drops an open checkpoint, releases the
+   * lock; raises what failed in the background.
+   */
   async close(): Promise<void> {
     try {
       await this.writer.close();
     } finally {
-      await this.context.owner.release();
+      try {
+        // Before the lock goes: the next owner's recovery would remove the same directories.
+        await this.pruner.deletion.settle();
+      } finally {
+        await this.context.owner.release();
+      }
     }
   }
 
@@ -306,10 +347,11 @@ export class FileCheckpointManager implements CheckpointManager {
     return (await this.listCheckpoints()).filter((c) => c.damaged === undefined);
   }
 
-  private async retain(op: string, rule: RetentionPlanOptions): Promise<RetentionResult> {
+  private async applyRetention(op: string, rules: RetentionRules, options: RetentionOptions): Promise<RetentionReport> {
+    const rule: RetentionPlanOptions = { ...rules, preserveModel: options.preserveModel ?? false };
     return this.context.exclusive(async () => {
       await this.writer.pending.settle();
-      return this.pruner.retain(op, rule, () => this.listCheckpoints());
+      return this.pruner.retain(op, rule, () => this.listCheckpoints(), options.background ?? false);
     });
   }
 }

@@ -25,6 +25,12 @@ export interface Manifest {
   modelOnly: boolean;
   files: Record<string, ManifestFile>;
   /**
+   * The direction of the score in `score.txt`: true when it was saved with `lowerBetter` (so the
+   * file holds it negated, as the higher-is-better convention wants). Absent without a score, and
+   * in manifests written before ckpt recorded it.
+   */
+  lowerBetter?: boolean;
+  /**
    * The sharded tensors (ShardedTensor) in the rank files: each one's full shape and where every
    * rank's shard lies in it, for consolidation and later resharding. Absent when there are none.
    */
@@ -80,5 +86,6 @@ export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
     }
   }
   if (m.sharded !== undefined && !Array.isArray(m.sharded)) fail("sharded is not a list");
+  if (m.lowerBetter !== undefined && typeof m.lowerBetter !== "boolean") fail("lowerBetter is not a boolean");
   return value as Manifest;
 }

@@ -9,7 +9,7 @@ import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import type { PerRankPolicy, ReshardOptions } from "./checkpoint-manager.js";
 import { FileCheckpointManager } from "./file-checkpoint-manager.js";
-import { isModelFile, isReplicatedFile } from "./layout.js";
+import { isModelFile, isRankFile, isReplicatedFile } from "./layout.js";
 import { isPlainDict } from "./manager-context.js";
 import { mapTree } from "./snapshot.js";
 
@@ -110,6 +110,10 @@ async function savedSplit(dir: string, files: string[], fileSystem: FileSystem |
   const replicatedFile = files.filter(isReplicatedFile).sort()[0];
   const model = modelFile === undefined ? undefined : await outline(modelFile);
   const replicated = replicatedFile === undefined ? undefined : await outline(replicatedFile);
-  const modelKey = isPlainDict(model) && typeof model.model_key === "string" ? model.model_key : "model";
-  return { modelKey, replicatedKeys: isPlainDict(replicated) ? Object.keys(replicated) : [], modelReplicated: modelFile !== undefined };
+  // Without a model file (a sharded model in the rank files) the rank files may name the key.
+  const rankFile = files.filter(isRankFile).sort()[0];
+  const named = model ?? (rankFile === undefined ? undefined : await outline(rankFile));
+  const modelKey = isPlainDict(named) && typeof named.model_key === "string" ? named.model_key : "model";
+  const replicatedKeys = isPlainDict(replicated) ? Object.keys(replicated).filter((key) => key !== "model_key") : [];
+  return { modelKey, replicatedKeys, modelReplicated: modelFile !== undefined };
 }

@@ -15,6 +15,8 @@ export interface Publication {
   reported: Record<string, ManifestFile>[];
   /** The sharded tensors in the rank files, merged across ranks. */
   sharded: ManifestShardedTensor[];
+  /** How the score was saved, when one was. */
+  lowerBetter: boolean | undefined;
 }
 
 /**
@@ -45,6 +47,7 @@ export async function publishCheckpoint(context: ManagerContext, publication: Pu
     tpSize: gangs.tp.size,
     modelOnly: false,
     files,
+    ...(publication.lowerBetter === undefined ? {} : { lowerBetter: publication.lowerBetter }),
     ...(publication.sharded.length > 0 ? { sharded: publication.sharded } : {}),
   };
   await fileSystem.writeFile(joinPath(tmpDir, MANIFEST_FILE), encodeManifest(manifest));

@@ -25,11 +25,20 @@ export async function commitByRename(fileSystem: FileSystem, checkpointDir: stri
 
 /** Removes a committed checkpoint: renamed away first, so no listing ever sees it half deleted. */
 export async function removeCheckpointDirectory(fileSystem: FileSystem, checkpointDir: string, path: string, stepNr: number): Promise<void> {
+  await fileSystem.remove(await moveCheckpointAway(fileSystem, checkpointDir, path, stepNr));
+}
+
+/**
+ * The first half of a removal: renames the checkpoint to `step_N.deleting` (durably), where no
+ * listing sees it, and returns that path; removing it can then wait (background deletion). A
+ * process that dies before the removal leaves it to recoverLeftovers.
+ */
+export async function moveCheckpointAway(fileSystem: FileSystem, checkpointDir: string, path: string, stepNr: number): Promise<string> {
   const deleting = joinPath(checkpointDir, `${stepDirName(stepNr)}${DELETING_SUFFIX}`);
   await fileSystem.remove(deleting);
   await fileSystem.renameDirectory(path, deleting);
   await fileSystem.syncDirectory(checkpointDir);
-  await fileSystem.remove(deleting);
+  return deleting;
 }
 
 /**

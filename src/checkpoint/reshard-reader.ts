@@ -3,14 +3,14 @@ import { joinPath } from "../fs/paths.js";
 import { openTensorRegions, type TensorRegionFile } from "../io/tensor-regions.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import { Tensor } from "../tensor/tensor.js";
-import type { StateDict, StateValue } from "../values/py-values.js";
+import { setOwn, type StateDict, type StateValue } from "../values/py-values.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
 import type { PerRankPolicy, ReshardOptions, ReshardPlanEntry } from "./checkpoint-manager.js";
 import { modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { isPlainDict, type ManagerContext } from "./manager-context.js";
 import { evenSplit, readRegion, savedSplitDim, type Region, type SourceShard } from "./shard-regions.js";
 import { mapTree } from "./snapshot.js";
-import { mergeInto } from "./state-split.js";
+import { dropModelKeyEntry, mergeInto, unwrapModelFile } from "./state-split.js";
 
 type KeyPath = (string | number)[];
 
@@ -39,29 +39,28 @@ export class ReshardReader {
     private readonly loadUnchanged: (name: string) => Promise<StateValue>,
   ) {}
 
-  async load(modelKey: string): Promise<StateDict> {
+  async load(): Promise<StateDict> {
     const { saved, current } = this.layouts;
     const state: StateDict = Object.create(Object.prototype) as StateDict;
     try {
+      // fairseq2's order, as loadCheckpoint: rank files, then replicated, then the model file.
+      mergeInto(state, await this.loadRankFiles());
       const tpRanks = range(saved.tpSize);
-      for (const kind of ["model", "replicated"] as const) {
+      for (const kind of ["replicated", "model"] as const) {
         const fileName = kind === "model" ? modelFileName : replicatedFileName;
         const names = tpRanks.map((tp) => fileName(tp, saved.tpSize));
         if (!names.every((name) => this.has(name))) continue;
-        const part =
-          saved.tpSize === current.tpSize
-            ? await this.loadUnchanged(fileName(current.tpRank, current.tpSize))
-            : await this.loadShared(names, kind === "model" ? modelKey : undefined);
+        const part = saved.tpSize === current.tpSize ? await this.loadUnchanged(fileName(current.tpRank, current.tpSize)) : await this.loadShared(names);
         if (!isPlainDict(part)) throw new CheckpointLoadError(this.info.stepNr, `${names[0]} of checkpoint ${this.info.stepNr} does not hold a dict of string keys`);
         if (kind === "model") {
-          const { model, model_key: _, ...rest } = part;
+          const { modelKey: savedKey, model, rest } = unwrapModelFile(part);
           mergeInto(state, rest);
-          if (model !== undefined) state[typeof part.model_key === "string" ? part.model_key : modelKey] = model;
+          if (model !== undefined) setOwn(state, savedKey, model);
         } else {
           mergeInto(state, part);
         }
       }
-      mergeInto(state, await this.loadRankFiles());
+      dropModelKeyEntry(state);
       return state;
     } catch (error) {
       if (error instanceof CheckpointError || error instanceof InvalidArgumentError) throw error;
@@ -80,7 +79,7 @@ export class ReshardReader {
       throw new CheckpointLoadError(this.info.stepNr, `checkpoint ${this.info.stepNr} has no ${missing.join(", ")}: its model is sharded across data-parallel ranks; load it with loadCheckpoint(${this.info.stepNr}, { reshard })`);
     }
     try {
-      return await this.loadShared(names, undefined);
+      return await this.loadShared(names);
     } catch (error) {
       if (error instanceof CheckpointError || error instanceof InvalidArgumentError) throw error;
       throw new CheckpointLoadError(this.info.stepNr, `cannot reshard the model of checkpoint ${this.info.stepNr} (${this.describeLayouts()}): ${(error as Error).message}`, { cause: error });
@@ -93,10 +92,14 @@ export class ReshardReader {
    * A file kind replicated over dp and split over tp (model, replicated): its ShardedTensors are
    * tensor-parallel shards, recut over the new tp ranks; everything else is taken from tp rank 0's file.
    */
-  private async loadShared(names: string[], modelKey: string | undefined): Promise<StateValue> {
+  private async loadShared(names: string[]): Promise<StateValue> {
     const files = await Promise.all(names.map((name) => this.open(name)));
     const { tpRank, tpSize } = this.layouts.current;
-    const userPath = (path: KeyPath): KeyPath => (modelKey !== undefined && path[0] === "model" ? [modelKey, ...path.slice(1)] : path);
+    // Plan keys name the state as loaded: a model stored under "model" for a custom key (older ckpt) goes by that key.
+    const first = files[0]!.state;
+    const modelKey = isPlainDict(first) && /^model\b/.test(names[0] ?? "") ? unwrapModelFile(first).modelKey : undefined;
+    const stored = modelKey !== undefined && (first as StateDict)[modelKey] === undefined ? "model" : modelKey;
+    const userPath = (path: KeyPath): KeyPath => (modelKey !== undefined && path[0] === stored ? [modelKey, ...path.slice(1)] : path);
     checkReplicatedOverTp(files, names);
     return (await this.rebuild(files[0]!, files[0]!.state, [], async (path, sharded) => {
       const sources = files.map((file) => shardAt(file, path, names));

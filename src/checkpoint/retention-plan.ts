@@ -1,7 +1,6 @@
-import { InvalidArgumentError } from "../errors.js";
 import type { CheckpointInfo } from "./checkpoint-directory.js";
 import { METADATA_FILE, isModelFile, isRankFile, isReplicatedFile } from "./layout.js";
-import { keepBestN, keepLastN } from "./retention.js";
+import { combineRetention, type RetentionRules } from "./retention.js";
 
 export interface RetentionPlan {
   /** Steps that would be deleted whole. */
@@ -10,37 +9,48 @@ export interface RetentionPlan {
   stripped: number[];
   /** Steps left as they are. */
   kept: number[];
+  /** Every sound checkpoint, in step order, with what happens to it and why. */
+  decisions: RetentionDecision[];
 }
 
-export interface RetentionPlanOptions {
-  /** Keep the last `n` resumable checkpoints (keepLastNCheckpoints). */
-  keepLast?: number;
-  /** Keep the `n` best-scoring checkpoints and the last one (keepBestNCheckpoints). */
-  keepBest?: number;
-  preserveModel?: boolean;
+/** What retention does to one checkpoint and why. */
+export interface RetentionDecision {
+  stepNr: number;
+  action: "keep" | "delete" | "strip";
+  /**
+   * Why it is kept, in words: the rules that keep it ("last 3", "best 2", "milestone: every 1000
+   * steps", "one per 6h", "the last checkpoint (always kept, to resume)"), or, for a pruned
+   * checkpoint that `preserveModel` leaves as it is, that only its model is left. Empty when pruned.
+   */
+  keptBy: string[];
+}
+
+export interface RetentionPlanOptions extends RetentionRules {
+  /** Strip pruned checkpoints to their model files instead of deleting them (default false). */
+  preserveModel?: boolean | undefined;
 }
 
 /**
- * What keepLastNCheckpoints / keepBestNCheckpoints would do to these checkpoints, without doing
- * it (`ckpt prune --dry-run`). Decides as the manager's prune does: without `preserveModel`, or
- * for a checkpoint with no model file, the checkpoint is deleted; with it, the training state is
- * removed, and a checkpoint that is already model-only is left alone.
+ * What retention would do to these checkpoints, without doing it (`ckpt prune --dry-run`); the
+ * manager's `retain` does exactly this. A checkpoint survives when any rule keeps it (see
+ * combineRetention). A pruned one is deleted, or with `preserveModel` stripped of its training
+ * state (a checkpoint with no model file is deleted; one already model-only is left alone).
+ * Damaged checkpoints are neither counted nor pruned, and are left out.
  *
  * @example
- * const { deleted, stripped } = planRetention(await manager.listCheckpoints(), { keepLast: 3 });
+ * const { deleted, decisions } = planRetention(await manager.listCheckpoints(), { keepLast: 3, keepEvery: 10_000 });
  */
 export function planRetention(checkpoints: readonly CheckpointInfo[], options: RetentionPlanOptions): RetentionPlan {
-  const { keepLast, keepBest } = options;
-  if ((keepLast === undefined) === (keepBest === undefined)) throw new InvalidArgumentError("planRetention needs exactly one of keepLast and keepBest");
-  const n = (keepLast ?? keepBest)!;
-  if (!Number.isSafeInteger(n) || n < 1) throw new InvalidArgumentError(`n must be a positive integer, got ${String(n)}`);
   // A damaged checkpoint is neither counted nor pruned: nobody can tell what it holds.
   const sound = checkpoints.filter((info) => info.damaged === undefined);
-  const keep = keepLast !== undefined ? keepLastN(sound, n) : keepBestN(sound, n);
-  const plan: RetentionPlan = { deleted: [], stripped: [], kept: [] };
+  const reasons = combineRetention(sound, options);
+  const plan: RetentionPlan = { deleted: [], stripped: [], kept: [], decisions: [] };
   for (const info of sound) {
-    const action = keep.has(info.stepNr) ? "keep" : pruneAction(info, options.preserveModel ?? false);
+    const keptBy = reasons.get(info.stepNr) ?? [];
+    const action = keptBy.length > 0 ? "keep" : pruneAction(info, options.preserveModel ?? false);
+    if (keptBy.length === 0 && action === "keep") keptBy.push("only its model is left already (preserveModel)");
     (action === "delete" ? plan.deleted : action === "strip" ? plan.stripped : plan.kept).push(info.stepNr);
+    plan.decisions.push({ stepNr: info.stepNr, action, keptBy });
   }
   return plan;
 }

@@ -19,3 +19,9 @@ export function parseScore(text: string, stepNr: number): number {
   }
   return value;
 }
+
+/** The score as it was given to saveScore, from the stored (higher-is-better) value and its direction. */
+export function savedScore(stored: number, lowerBetter: boolean): number {
+  const saved = lowerBetter ? -stored : stored;
+  return Object.is(saved, -0) ? 0 : saved;
+}

@@ -6,6 +6,7 @@ import {
   Tensor,
   listCheckpointDirectory,
   loadConsolidatedModel,
+  unwrapModelFile,
   type CheckpointDirectoryListing,
   type StateDict,
   type StateValue,
@@ -67,19 +68,24 @@ export interface LoadedFile {
   size: number;
 }
 
+/** Loads a tensor file, or every shard of a shard index (`*.index.json`) as one state dict. */
 export async function loadFile(path: string, progress?: Progress): Promise<LoadedFile> {
   const loader = new AutoTensorLoader();
-  const { format, state, metadata } = await loader.loadAny(path, progress === undefined ? {} : { onProgress: (done, total) => progress.update(done, total) });
-  return { path, format, state, metadata, size: (await stat(path)).size };
+  const { format, state, metadata, shards } = await loader.loadAny(path, progress === undefined ? {} : { onProgress: (done, total) => progress.update(done, total) });
+  // An index's size is that of its shards: it bounds the walks over the state they hold.
+  const size = shards !== undefined ? shards.reduce((sum, shard) => sum + shard.size, 0) : (await stat(path)).size;
+  return { path, format, state, metadata, size };
 }
 
 /**
- * The model state dict in a checkpoint's model file (`{"model": ..., "model_key": ...}`), or the
- * state itself for any other file.
+ * The model state dict in a checkpoint's model file (`{<model_key>: ..., "model_key": ...}`, or
+ * `{"model": ..., "model_key": ...}` as earlier versions wrote it), or the state itself for any
+ * other file.
  */
 export function unwrapModel(state: StateValue): StateValue {
-  if (isDict(state) && typeof state.model_key === "string" && "model" in state && Object.keys(state).length === 2) return state.model!;
-  return state;
+  if (!isDict(state) || typeof state.model_key !== "string") return state;
+  const { model, rest } = unwrapModelFile(state);
+  return model !== undefined && Object.keys(rest).length === 0 ? model : state;
 }
 
 export function isDict(value: unknown): value is StateDict {

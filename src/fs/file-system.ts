@@ -45,6 +45,12 @@ export interface FileSystem {
   /** The entries of a directory; an empty list when it does not exist. */
   listDirectory(path: string): Promise<DirectoryEntry[]>;
   makeDirectory(path: string): Promise<void>;
+  /**
+   * When the file or directory at `path` was last modified, in milliseconds since the epoch, or
+   * undefined when nothing is there. Optional: retention's `keepOnePer` uses it to date checkpoints
+   * that have no manifest (fairseq2's), and keeps such a checkpoint when a file system lacks it.
+   */
+  modifiedTime?(path: string): Promise<number | undefined>;
   /** Removes a file or a directory tree; succeeds when nothing is there. */
   remove(path: string): Promise<void>;
   /** Atomically renames a directory, replacing nothing: fails if `to` exists. */

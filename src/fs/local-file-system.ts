@@ -82,6 +82,15 @@ export class LocalFileSystem implements FileSystem {
     }
   }
 
+  async modifiedTime(path: string): Promise<number | undefined> {
+    try {
+      return (await fsp.lstat(path)).mtimeMs;
+    } catch (error) {
+      if (isNotFound(error)) return undefined;
+      throw error;
+    }
+  }
+
   async listDirectory(path: string): Promise<DirectoryEntry[]> {
     try {
       const entries = await fsp.readdir(path, { withFileTypes: true });

@@ -3,7 +3,9 @@ import type { RandomAccessReader } from "../formats/byte-io.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { SafetensorsLoader } from "./safetensors-io.js";
+import { loadIndexedState, type LoadedShard } from "./shard-index-io.js";
 import type { TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { TorchTensorLoader } from "./torch-tensor-io.js";
 
@@ -27,6 +29,15 @@ async function startsLikeZip(reader: RandomAccessReader): Promise<boolean> {
   if (reader.size < 2) return false;
   const head = await reader.read(0, 2);
   return head[0] === 0x50 && head[1] === 0x4b;
+}
+
+/** What AutoTensorLoader.loadAny read. */
+export interface LoadedTensorFile {
+  format: TensorFileFormat;
+  state: StateValue;
+  metadata: Map<string, string>;
+  /** Set when the path was a shard index: each shard, its format and the tensors it held. */
+  shards?: (LoadedShard & { format: TensorFileFormat })[];
 }
 
 export interface AutoTensorLoaderOptions {
@@ -53,12 +64,34 @@ export class AutoTensorLoader implements TensorLoader {
 
   readonly verifiesDigest = true;
 
+  /**
+   * Loads a file, or given a shard index (`model.safetensors.index.json`,
+   * `pytorch_model.bin.index.json`) every shard it names, as one state dict (see loadAny).
+   */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
     return (await this.loadAny(path, options)).state;
   }
 
-  /** The state with the format it was read in, and the metadata of a safetensors file (else empty). */
-  async loadAny(path: string, options: TensorLoadOptions = {}): Promise<{ format: TensorFileFormat; state: StateValue; metadata: Map<string, string> }> {
+  /**
+   * The state with the format it was read in, and the metadata of a safetensors file (else empty).
+   * Given a shard index (a path ending in `.index.json`), each shard is read once, whatever its
+   * format, into one state dict; `format` is the first shard's, `metadata` the index's, and
+   * `shards` says what each shard held.
+   *
+   * @example
+   * const { state, shards } = await new AutoTensorLoader().loadAny("llama/model.safetensors.index.json");
+   */
+  async loadAny(path: string, options: TensorLoadOptions = {}): Promise<LoadedTensorFile> {
+    if (isShardIndexPath(path)) {
+      const formats = new Map<string, TensorFileFormat>();
+      const { state, index, shards } = await loadIndexedState(this.fileSystem, path, async (shardPath, shardOptions) => {
+        const loaded = await this.loadAny(shardPath, shardOptions);
+        formats.set(shardPath, loaded.format);
+        return loaded.state;
+      }, options);
+      const described = shards.map((shard) => ({ ...shard, format: formats.get(shard.path)! }));
+      return { format: described[0]?.format ?? "safetensors", state, metadata: index.metadata, shards: described };
+    }
     const format = await this.detect(path);
     if (format === "safetensors") return { format, ...(await this.safetensors.loadWithMetadata(path, options)) };
     return { format, state: await this.torch.load(path, options), metadata: new Map() };

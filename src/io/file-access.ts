@@ -1,4 +1,4 @@
-import { FormatError, TensorDumpError, TensorLoadError } from "../errors.js";
+import { FormatError, InvalidArgumentError, TensorDumpError, TensorLoadError } from "../errors.js";
 import type { FileReader, FileSystem, FileWriter } from "../fs/file-system.js";
 import type { FileDigest } from "./tensor-io.js";
 
@@ -23,7 +23,10 @@ export async function readingFile<T>(
   try {
     return await work(reader);
   } catch (error) {
-    if (error instanceof FormatError && error.code === "DIGEST_MISMATCH") throw new TensorLoadError(path, error.message, { cause: error });
+    // A corrupt file, or `into` tensors that do not fit the file: not a malformed file, said as it is.
+    if ((error instanceof FormatError && error.code === "DIGEST_MISMATCH") || error instanceof InvalidArgumentError) {
+      throw new TensorLoadError(path, error.message, { cause: error });
+    }
     throw new TensorLoadError(path, `not a valid ${format} file: ${await explain(reader, error)}`, { cause: error });
   } finally {
     await reader.close();

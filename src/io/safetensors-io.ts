@@ -5,9 +5,13 @@ import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry } fro
 import { writeSafetensors } from "../formats/safetensors/safetensors-writer.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
+import { checkInPlaceTarget } from "../tensor/in-place-target.js";
 import { Tensor } from "../tensor/tensor.js";
+import { formatKeyPath } from "../values/key-path.js";
 import type { StateValue } from "../values/py-values.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { DigestingSink } from "./digesting-sink.js";
+import { loadIndexedState } from "./shard-index-io.js";
 import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
@@ -41,8 +45,15 @@ export class SafetensorsLoader implements TensorLoader {
     return (await this.loadWithMetadata(path, options)).state;
   }
 
-  /** The state and the file's `__metadata__` (without the `ckpt.state` layout entry). */
+  /**
+   * The state and the file's `__metadata__` (without the `ckpt.state` layout entry). Given a shard
+   * index (`model.safetensors.index.json`), every shard it names as one dict, with the index's metadata.
+   */
   async loadWithMetadata(path: string, options: TensorLoadOptions = {}): Promise<{ state: StateValue; metadata: Map<string, string> }> {
+    if (isShardIndexPath(path)) {
+      const { state, index } = await loadIndexedState(this.fileSystem, path, (shard, shardOptions) => this.load(shard, shardOptions), options);
+      return { state, metadata: index.metadata };
+    }
     return readingFile(this.fileSystem, path, "safetensors", async (reader) => {
       const expected = options.expectedDigest;
       checkDigestSize(reader.size, expected);
@@ -62,20 +73,10 @@ export class SafetensorsLoader implements TensorLoader {
       const metadata = new Map(header.metadata ?? []);
       const layout = metadata.get(STATE_LAYOUT_KEY);
       metadata.delete(STATE_LAYOUT_KEY);
-      const targets = new Map<string, Tensor>();
-      let paths: Map<string, string[]> | undefined;
+      // Every target is matched and checked before the first tensor is read into one.
+      const targets = into === undefined ? new Map<string, Tensor>() : matchTargets(into, header.entries, layoutPaths(layout, header.entries.map((e) => e.name)));
       const tensors = await readSafetensorsData(source, header, {
-        ...(into === undefined
-          ? {}
-          : {
-              target: (entry: SafetensorsEntry) => {
-                paths ??= layoutPaths(layout, header.entries.map((e) => e.name));
-                const found = tensorAt(into, paths.get(entry.name));
-                if (found === undefined || !found.isContiguous || found.dtype !== entry.dtype || !sameShape(found.shape, entry.shape)) return undefined;
-                targets.set(entry.name, found);
-                return found.bytes;
-              },
-            }),
+        ...(into === undefined ? {} : { target: (entry: SafetensorsEntry) => targets.get(entry.name)?.bytes }),
         ...(sequential === undefined || options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
       });
       if (expected !== undefined && sequential !== undefined) checkDigestCrc(await sequential.fileCrc(), expected.crc32);
@@ -86,8 +87,17 @@ export class SafetensorsLoader implements TensorLoader {
   }
 }
 
-function sameShape(a: readonly number[], b: readonly number[]): boolean {
-  return a.length === b.length && a.every((size, d) => size === b[d]);
+/** The tensor in `into` for each entry that has one there; one of another dtype or shape is refused. */
+function matchTargets(into: StateValue, entries: readonly SafetensorsEntry[], paths: Map<string, string[]>): Map<string, Tensor> {
+  const targets = new Map<string, Tensor>();
+  for (const entry of entries) {
+    const path = paths.get(entry.name);
+    const found = tensorAt(into, path);
+    if (found === undefined) continue;
+    checkInPlaceTarget(found, entry, () => formatKeyPath("into", path ?? []));
+    targets.set(entry.name, found);
+  }
+  return targets;
 }
 
 /** The tensor at `path` (keys from the root) in a state, if there is one. */

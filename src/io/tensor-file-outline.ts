@@ -1,7 +1,8 @@
-import { crc32 } from "node:zlib";
+import { crc32 } from "../formats/crc32.js";
 import { FormatError } from "../errors.js";
 import type { RandomAccessReader } from "../formats/byte-io.js";
 import { readSafetensorsHeader, type SafetensorsEntry } from "../formats/safetensors/safetensors-reader.js";
+import { checkLegacyRecordCount, isLegacyTorchFile, readLegacyRecord, readLegacyStructure, type LegacyStructure } from "../formats/torch/legacy-reader.js";
 import { readTorchStructure } from "../formats/torch/torch-reader.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
 import type { FileSystem } from "../fs/file-system.js";
@@ -11,11 +12,12 @@ import { DTYPES } from "../tensor/dtype.js";
 import { Storage } from "../tensor/storage.js";
 import { Tensor } from "../tensor/tensor.js";
 import type { StateValue } from "../values/py-values.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { AutoTensorLoader, type TensorFileFormat } from "./auto-tensor-io.js";
 import { checkDigestCrc, checkDigestSize, readingFile } from "./file-access.js";
 import { STATE_LAYOUT_KEY, unflattenState } from "./safetensors-state.js";
+import { assembleIndexedState, dictEntries, findShards, readShardIndex } from "./shard-index-io.js";
 import type { FileDigest } from "./tensor-io.js";
-import { explainNonZip } from "./torch-tensor-io.js";
 
 /**
  * Streamed checks read the file in pieces of this size into one buffer, whatever the file's size:
@@ -31,8 +33,13 @@ export interface TensorFileOutline {
   size: number;
   /** The state, whose tensors have their dtype, shape and strides but no bytes until `readTensorData`. */
   state: StateValue;
-  /** A safetensors file's `__metadata__` (without the `ckpt.state` layout); empty for `.pt`. */
+  /** A safetensors file's `__metadata__` (without the `ckpt.state` layout), an index's `metadata`; empty for `.pt`. */
   metadata: Map<string, string>;
+  /**
+   * Set for a shard index: each shard's file name, format, size and tensor names. `state` is then
+   * every shard's tensors in one dict, `size` the shards' sizes added up, `format` the first shard's.
+   */
+  shards?: { file: string; format: TensorFileFormat; size: number; tensors: string[] }[];
   /**
    * Reads the bytes of a tensor's storage (for `.pt`, checking the entry's CRC-32), after which
    * its data can be used. Reading the same storage again does nothing.
@@ -46,7 +53,8 @@ export interface TensorFileOutlineOptions {
 
 /**
  * Reads what a `.pt` or safetensors file holds without reading its tensors' bytes: for `.pt` the
- * zip directory and the small entries (the pickle, the version), for safetensors the header. A
+ * zip directory and the small entries (the pickle, the version) — for a legacy `.pt` its pickles —
+ * for safetensors the header. A
  * 3 GB checkpoint is listed in a few small reads; `readTensorData` then reads only the tensors
  * asked for. Errors are TensorLoadErrors naming the file, as the loaders throw.
  *
@@ -57,16 +65,20 @@ export interface TensorFileOutlineOptions {
  */
 export async function readTensorFileOutline(path: string, options: TensorFileOutlineOptions = {}): Promise<TensorFileOutline> {
   const fileSystem = options.fileSystem ?? new LocalFileSystem();
+  if (isShardIndexPath(path)) return outlineIndex(fileSystem, path);
   const format = await new AutoTensorLoader({ fileSystem }).detect(path);
   if (format === "safetensors") return outlineSafetensors(fileSystem, path);
   return outlineTorch(fileSystem, path);
 }
 
 async function outlineTorch(fileSystem: FileSystem, path: string): Promise<TensorFileOutline> {
-  const { zip, size, structure } = await readingFile(fileSystem, path, "PyTorch", async (reader) => {
+  const opened = await readingFile(fileSystem, path, "PyTorch", async (reader) => {
+    if (await isLegacyTorchFile(reader)) return { legacy: await readLegacyStructure(reader), size: reader.size };
     const zip = await ZipReader.open(reader);
     return { zip, size: reader.size, structure: await readTorchStructure(zip) };
-  }, explainNonZip);
+  });
+  if (opened.legacy !== undefined) return outlineLegacy(fileSystem, path, opened.size, opened.legacy);
+  const { zip, size, structure } = opened;
   const keys = new Map([...structure.storages].map(([key, storage]) => [storage, key]));
   return {
     path,
@@ -82,6 +94,49 @@ async function outlineTorch(fileSystem: FileSystem, path: string): Promise<Tenso
         const bytes = await zip.withReader(reader).read(`${structure.dataPrefix}${key}`);
         if (structure.bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
         storage.attach(bytes);
+      });
+    },
+  };
+}
+
+/**
+ * A shard index: every shard's outline, their tensors in one dict checked against the index as
+ * loading checks them; a tensor's bytes are read from its shard when asked for.
+ */
+async function outlineIndex(fileSystem: FileSystem, path: string): Promise<TensorFileOutline> {
+  const index = await readShardIndex(fileSystem, path);
+  const shards = await findShards(fileSystem, path, index);
+  const outlines: TensorFileOutline[] = [];
+  for (const shard of shards) outlines.push(await readTensorFileOutline(shard.path, { fileSystem }));
+  const state = assembleIndexedState(path, index, shards, outlines.map((outline) => outline.state));
+  const owners = new Map<Storage, TensorFileOutline>();
+  for (const outline of outlines) for (const [, value] of dictEntries(outline.state)!) owners.set((value as Tensor).storage, outline);
+  return {
+    path,
+    format: outlines[0]?.format ?? "safetensors",
+    size: shards.reduce((sum, shard) => sum + shard.size, 0),
+    state,
+    metadata: index.metadata,
+    shards: shards.map((shard, i) => ({ file: shard.file, format: outlines[i]!.format, size: shard.size, tensors: shard.tensors })),
+    readTensorData: async (tensor) => owners.get(tensor.storage)?.readTensorData(tensor),
+  };
+}
+
+/** A legacy `.pt` file: its pickles are read, each storage's record is read when asked for. */
+function outlineLegacy(fileSystem: FileSystem, path: string, size: number, legacy: LegacyStructure): TensorFileOutline {
+  const records = new Map(legacy.records.map((record) => [record.storage, record]));
+  return {
+    path,
+    format: "pt",
+    size,
+    state: legacy.state,
+    metadata: new Map(),
+    readTensorData: async (tensor) => {
+      const record = records.get(tensor.storage);
+      if (record === undefined || isRead(tensor.storage)) return;
+      await readingFile(fileSystem, path, "PyTorch", async (reader) => {
+        if (reader.size !== size) throw new FormatError("TORCH_LEGACY_TRUNCATED", `the file changed size (${size} bytes, now ${reader.size}) since its pickles were read`);
+        tensor.storage.attach((await readLegacyRecord(reader, record)).data);
       });
     },
   };
@@ -162,6 +217,13 @@ export async function checkTensorFile(path: string, options: TensorFileCheckOpti
       unflattenState(tensors, metadata.get(STATE_LAYOUT_KEY));
       return;
     }
+    if (await isLegacyTorchFile(reader)) {
+      // The format records no checksums: with no digest, the structure and each record's element
+      // count are what can be checked (the count's 8 bytes, not the data, are read).
+      const legacy = await readLegacyStructure(reader);
+      if (expected === undefined) for (const record of legacy.records) await checkLegacyRecordCount(reader, record);
+      return;
+    }
     const zip = await ZipReader.open(reader);
     const structure = await readTorchStructure(zip);
     for (const key of structure.storages.keys()) await zip.dataOffset(zip.entry(`${structure.dataPrefix}${key}`));
@@ -176,7 +238,7 @@ export async function checkTensorFile(path: string, options: TensorFileCheckOpti
       before += entry.size;
     }
   };
-  await (format === "safetensors" ? readingFile(fileSystem, path, "safetensors", work) : readingFile(fileSystem, path, "PyTorch", work, explainNonZip));
+  await (format === "safetensors" ? readingFile(fileSystem, path, "safetensors", work) : readingFile(fileSystem, path, "PyTorch", work));
 }
 
 /** The CRC-32 of `length` bytes at `position`, read in pieces into `buffer`. */

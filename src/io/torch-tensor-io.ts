@@ -1,3 +1,6 @@
+import { isLegacyTorchFile } from "../formats/torch/legacy-reader.js";
+import { readLegacyTorchFile } from "../formats/torch/legacy-storages.js";
+import { isShardIndexPath } from "../formats/shard-index.js";
 import { readTorchArchive } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
@@ -6,6 +9,7 @@ import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
+import { loadIndexedState } from "./shard-index-io.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
 import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
 
@@ -16,8 +20,9 @@ export interface TorchTensorLoaderOptions {
 }
 
 /**
- * Loads PyTorch `.pt` files (the zip format of `torch.save`, PyTorch 1.6 and later) safely: only
- * tensors, storages, dtypes and plain Python values are accepted, never arbitrary objects.
+ * Loads PyTorch `.pt` files safely — the zip format of `torch.save` (PyTorch 1.6 and later) and its
+ * legacy format (before 1.6, or `_use_new_zipfile_serialization=False`): only tensors, storages,
+ * dtypes and plain Python values are accepted, never arbitrary objects.
  *
  * @example
  * const state = await new TorchTensorLoader().load("model.pt");
@@ -42,9 +47,12 @@ export class TorchTensorLoader implements TensorLoader {
    * tensors are filled in place.
    */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
+    // A shard index (`pytorch_model.bin.index.json`): every shard it names, as one state dict.
+    if (isShardIndexPath(path)) return (await loadIndexedState(this.fileSystem, path, (shard, shardOptions) => this.load(shard, shardOptions), options)).state;
     return readingFile(this.fileSystem, path, "PyTorch", async (reader) => {
       const expected = options.expectedDigest;
       checkDigestSize(reader.size, expected);
+      if (await isLegacyTorchFile(reader)) return loadLegacy(reader, options);
       let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
@@ -73,8 +81,25 @@ export class TorchTensorLoader implements TensorLoader {
       }
       const onProgress = inMemory ? undefined : options.onProgress;
       return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
-    }, explainNonZip);
+    });
   }
+}
+
+/**
+ * The legacy format (before PyTorch 1.6): storage by storage with positioned reads into one arena
+ * of aligned slots (see readLegacyTorchFile), never the whole file into one buffer and then again
+ * into the storages. The file's CRC-32 comes from the same reads; in place, it is checked once the
+ * targets are filled (the format has no checksums of its own to check first).
+ */
+async function loadLegacy(reader: RandomAccessReader, options: TensorLoadOptions): Promise<StateValue> {
+  const expected = options.expectedDigest;
+  const { state, crc32 } = await readLegacyTorchFile(reader, {
+    crc: expected !== undefined,
+    ...(options.into === undefined ? {} : { into: options.into }),
+    ...(options.onProgress === undefined ? {} : { onProgress: options.onProgress }),
+  });
+  if (expected !== undefined) checkDigestCrc(crc32!, expected.crc32);
+  return state;
 }
 
 /**
@@ -108,15 +133,4 @@ export class TorchTensorDumper implements TensorDumper {
   async dump(state: StateValue, path: string, options: TensorDumpOptions = {}): Promise<FileDigest> {
     return writingFile(this.fileSystem, path, (writer) => writeTorchArchive(state, writer, { ...this.writeOptions, ...options }));
   }
-}
-
-/** A file without a zip end record that starts like a pickle was written by torch.save before 1.6. */
-export async function explainNonZip(reader: RandomAccessReader, error: unknown): Promise<string> {
-  const message = (error as Error).message;
-  if ((error as { code?: string }).code !== "ZIP_END" || reader.size < 2) return message;
-  const head = await reader.read(0, 2).catch(() => undefined);
-  if (head?.[0] === 0x80 && head[1]! <= 5) {
-    return `${message}; it looks like the legacy format of torch.save before PyTorch 1.6, which is not supported: re-save it with a current PyTorch`;
-  }
-  return message;
 }

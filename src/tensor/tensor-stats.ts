@@ -98,7 +98,8 @@ function forEachIndex(view: StridedView, visit: (index: number) => void): void {
 function storageArray(tensor: Tensor): ArrayLike<number | bigint> {
   const bytes = tensor.storage.bytes;
   const { arrayType } = DTYPES[tensor.dtype];
-  const aligned = bytes.byteOffset % arrayType.BYTES_PER_ELEMENT === 0 ? bytes : bytes.slice();
+  // A copy when misaligned: new Uint8Array(bytes), since a Buffer's slice() is a view.
+  const aligned = bytes.byteOffset % arrayType.BYTES_PER_ELEMENT === 0 ? bytes : new Uint8Array(bytes);
   const length = aligned.byteLength / arrayType.BYTES_PER_ELEMENT;
   return new arrayType(aligned.buffer as ArrayBuffer, aligned.byteOffset, length);
 }

@@ -57,9 +57,7 @@ export class Tensor {
   /** A tensor viewing `array` without copying it. */
   static from(array: TypedArray, options: TensorOptions = {}): Tensor {
     const dtype = options.dtype ?? defaultDTypeOf(array);
-    if (dtype === undefined) {
-      throw new InvalidArgumentError(`a ${array.constructor.name} needs an explicit dtype ("float16" or "bfloat16")`);
-    }
+    if (dtype === undefined) throw new InvalidArgumentError(missingDTypeMessage(array));
     if (!isDType(dtype)) throw new InvalidArgumentError(`unknown dtype ${JSON.stringify(dtype)}`);
     if (!(array instanceof DTYPES[dtype].arrayType)) {
       throw new InvalidArgumentError(`dtype ${dtype} is held in a ${DTYPES[dtype].arrayType.name}, got a ${array.constructor.name}`);
@@ -183,6 +181,24 @@ export class Tensor {
       offset: this.offset,
       requiresGrad: this.requiresGrad,
     });
+  }
+}
+
+/** Why a typed array has no dtype of its own, and what to do instead. */
+function missingDTypeMessage(array: object): string {
+  const name = array.constructor?.name ?? "value";
+  const supported = `the supported dtypes are ${Object.keys(DTYPES).join(", ")}`;
+  switch (name) {
+    case "Uint16Array":
+      return `a Uint16Array needs an explicit dtype, "float16" or "bfloat16" (its elements are taken as raw 16-bit words; uint16 is not a supported dtype)`;
+    case "Uint32Array":
+      return `uint32 is not a supported dtype (${supported}): convert the Uint32Array to an Int32Array (Int32Array.from(array)) if every value is below 2^31, else to a BigInt64Array (int64)`;
+    case "BigUint64Array":
+      return `uint64 is not a supported dtype (${supported}): convert the BigUint64Array to a BigInt64Array (int64) if every value is below 2^63`;
+    case "Uint8ClampedArray":
+      return `a Uint8ClampedArray has no dtype: view its bytes as a Uint8Array (new Uint8Array(array.buffer, array.byteOffset, array.length)) for uint8`;
+    default:
+      return `a ${name} cannot hold a tensor's elements (${supported}; float16 and bfloat16 are raw words in a Uint16Array)`;
   }
 }
 

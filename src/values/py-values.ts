@@ -9,9 +9,10 @@ import type { Tensor } from "../tensor/tensor.js";
  *
  * | Python                      | JavaScript                                                     |
  * |-----------------------------|----------------------------------------------------------------|
- * | int                         | number (bigint beyond ±2^53)                                   |
- * | float                       | number; a whole-valued float (1.0) read from a file is a number |
- * |                             | with a hidden mark on its container; `new PyFloat(1)` forces it |
+ * | int                         | number that is a safe integer; bigint (beyond ±2^53 on load)   |
+ * | float                       | any other number (1.5, 1e300, 2 ** 53); a whole-valued float   |
+ * |                             | (1.0) read from a file is a number with a hidden mark on its   |
+ * |                             | container; `new PyFloat(1)` forces one                          |
  * | str, bool, None             | string, boolean, null                                          |
  * | bytes                       | Uint8Array                                                     |
  * | list / tuple / torch.Size   | Array; tuples carry a hidden mark (`tuple(...)`, `isTuple`)     |
@@ -59,6 +60,15 @@ export class PyFloat {
 export class PyDType {
   constructor(readonly name: string) {}
 }
+
+/**
+ * The `torch.<name>` dtype objects a state may hold as values: the names the reader accepts and
+ * the writer may write (any other name would be a global `torch.load` cannot find).
+ */
+export const PY_DTYPE_NAMES: ReadonlySet<string> = new Set([
+  "float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool",
+  "complex64", "complex128", "float", "double", "half", "long", "int", "short",
+]);
 
 export type TupleKind = "tuple" | "torch.Size";
 

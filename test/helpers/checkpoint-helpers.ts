@@ -84,7 +84,7 @@ export function plain(value: unknown, container?: object, key?: unknown): unknow
   }
   // A Python float, whether a PyFloat, a fraction, or a whole number marked as float in its container.
   if (value instanceof PyFloat) return { float: value.value };
-  if (typeof value === "number" && (!Number.isInteger(value) || (container !== undefined && isFloatSlot(container, key)))) return { float: value };
+  if (typeof value === "number" && (!Number.isSafeInteger(value) || (container !== undefined && isFloatSlot(container, key)))) return { float: value };
   if (value instanceof Uint8Array) return { bytes: Array.from(value) };
   if (value instanceof PyDType) return { dtype: value.name };
   if (value instanceof Map) return new Map([...value].map(([k, item]) => [k, plain(item, value, k)]));

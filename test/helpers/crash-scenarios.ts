@@ -154,6 +154,36 @@ export const CRASH_SCENARIOS = {
     },
   },
   /**
+   * Retention by several rules with background deletion: steps 1 and 3 are pruned (renamed away,
+   * then removed in the background), then, once those removals are done, 2 and 4 are stripped to
+   * their models (manifest rewritten, then training state removed in the background); close()
+   * waits for the last removals. Every step is sequential, so the kill points come in one order.
+   */
+  "prune by several rules, deleting in the background": {
+    prepare: (dir) => commitSteps(dir, [[1, 1], [2, 2], [3, 3], [4, 4], [5, 5]], "small"),
+    run: async (manager) => {
+      await manager.retain({ keepLast: 1, keepEvery: 2, background: true });
+      await manager.retain({ keepLast: 1, preserveModel: true, background: true });
+    },
+    keyPoints: [
+      "rename step_1 → step_1.deleting",
+      "rename step_3 → step_3.deleting",
+      "remove step_1.deleting",
+      "rename step_2/.manifest.json.partial → step_2/manifest.json",
+      "rename step_4/.manifest.json.partial → step_4/manifest.json",
+      "remove step_4/rank_0.pt",
+    ],
+    expect: (done) => {
+      const expected = new Map([
+        [2, kept([2], done.has("rename step_2/.manifest.json.partial → step_2/manifest.json"))],
+        [4, kept([4], done.has("rename step_4/.manifest.json.partial → step_4/manifest.json"))],
+        [5, kept([5])],
+      ]);
+      for (const stepNr of [1, 3]) if (!done.has(`rename step_${stepNr} → step_${stepNr}.deleting`)) expected.set(stepNr, kept([stepNr]));
+      return expected;
+    },
+  },
+  /**
    * A crashed run left a lock it had not finished writing, an unfinished save, a half-deleted
    * step and a re-save cut off after moving the old step 3 aside; the child recovers and saves.
    */

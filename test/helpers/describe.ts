@@ -51,7 +51,8 @@ export function describe(value: unknown): Description {
       case "bigint":
         return { type: "int", value: value.toString() };
       case "number": {
-        const isFloat = !Number.isInteger(value) || Object.is(value, -0) || (container !== undefined && isFloatSlot(container, key));
+        // As the pickler decides: only safe integers are ints.
+        const isFloat = !Number.isSafeInteger(value) || Object.is(value, -0) || (container !== undefined && isFloatSlot(container, key));
         return isFloat ? { type: "float", value: pythonFloatRepr(value) } : { type: "int", value: BigInt(value).toString() };
       }
       case "string":

@@ -22,7 +22,7 @@ export function convertCommand(program: Command): void {
   program
     .command("convert")
     .description("convert a model state dict between .pt and .safetensors, or write a checkpoint's model as one file")
-    .argument("<in>", "a .pt or .safetensors file, a checkpoint step directory (step_<N>), or a checkpoint directory (its last checkpoint, or --step)")
+    .argument("<in>", "a .pt or .safetensors file, a shard index (model.safetensors.index.json, pytorch_model.bin.index.json), a checkpoint step directory (step_<N>), or a checkpoint directory (its last checkpoint, or --step)")
     .argument("<out>", "the file to write: its extension (.pt, .pth or .safetensors) decides the format")
     .option("--step <n>", "with a checkpoint directory: the step to convert", parseStepNr)
     .option("--force", "overwrite <out> if it exists")
@@ -30,8 +30,9 @@ export function convertCommand(program: Command): void {
     .addHelpText(
       "after",
       `
-A checkpoint's model file ({"model": ..., "model_key": ...}) is written as the bare model state
-dict, which model.load_state_dict(torch.load(OUT)) and safetensors readers take. safetensors holds
+A checkpoint's model file ({<model_key>: ..., "model_key": ...}) is written as the bare model state
+dict, which model.load_state_dict(torch.load(OUT)) and safetensors readers take. A shard index is
+read shard by shard into one state dict, so a sharded model becomes one file. safetensors holds
 tensors only: nested dicts are flattened with "." (the tree is kept in the metadata), and a file
 with other values (optimizer state, counters) cannot be converted to it. Tensors that share
 storage in a .pt file are written once each in safetensors, which has no shared storage. An

@@ -21,14 +21,15 @@ export function diffCommand(program: Command): void {
   program
     .command("diff")
     .description("compare two state files or checkpoints key by key: missing keys, dtype/shape changes, max absolute difference of values")
-    .argument("<a>", "a .pt or .safetensors file, or a checkpoint step directory")
+    .argument("<a>", "a .pt or .safetensors file, a shard index (*.index.json), or a checkpoint step directory")
     .argument("<b>", "the same kinds")
     .option("--atol <x>", "values that differ by at most x count as equal (default 0)", parseTolerance)
     .option("--json", "print JSON for scripts")
     .addHelpText(
       "after",
       `
-Two files are compared whole (a checkpoint's model file as its model). Two steps are compared file
+Two files are compared whole (a checkpoint's model file as its model, a shard index as the state
+dict of all its shards). Two steps are compared file
 by file (keys prefixed "FILE:"). A file and a step: the file against the step's model. Places pair
 up by their key paths, keys typed as in Python (the str "0" is not the int 0; "b.c" is not b -> c);
 paths are shown as inspect shows them. Values are read as float64 (two int64 tensors exactly), so

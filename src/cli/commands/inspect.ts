@@ -12,8 +12,8 @@ const FORMAT_NAMES = { pt: "PyTorch", safetensors: "safetensors" } as const;
 export function inspectCommand(program: Command): void {
   program
     .command("inspect")
-    .description("show the keys of a .pt or .safetensors file, or of every file of a checkpoint step: dtype, shape and bytes of each tensor, and the other values")
-    .argument("<path>", "a .pt or .safetensors file, or a checkpoint step directory (step_<N>)")
+    .description("show the keys of a .pt or .safetensors file, a sharded model's index, or every file of a checkpoint step: dtype, shape and bytes of each tensor, and the other values")
+    .argument("<path>", "a .pt or .safetensors file, a shard index (model.safetensors.index.json, pytorch_model.bin.index.json), or a checkpoint step directory (step_<N>)")
     .option(
       "--tensor <key>",
       "print statistics of one tensor (min, max, mean, std, NaN and Inf counts); its key path as inspect shows it, e.g. model[\"encoder.weight\"], or the keys joined with '.' when that is unambiguous; prefix FILE: to pick a file of a step",
@@ -23,7 +23,8 @@ export function inspectCommand(program: Command): void {
       "after",
       `
 Only the zip directory and the pickle (or the safetensors header) are read, not the tensors' bytes:
-a file of any size lists at once, and damaged tensor data shows only with --tensor or verify.
+a file of any size lists at once, and damaged tensor data shows only with --tensor or verify. A
+shard index shows every shard's tensors as one state dict, then what each shard holds.
 Key paths: int keys and str keys without dots are joined with '.', other keys are written in
 brackets as Python would (model["encoder.weight"], state["0"] for the str "0", [True]).
 std is PyTorch's default (unbiased, n - 1).`,
@@ -121,6 +122,7 @@ function describeFile(file: NamedFile): unknown {
     format: outline.format,
     size: outline.size,
     ...(outline.metadata.size > 0 ? { metadata: Object.fromEntries(outline.metadata) } : {}),
+    ...(outline.shards === undefined ? {} : { shards: outline.shards.map(({ file: shard, format, size, tensors: names }) => ({ file: shard, format, size, tensors: names.length })) }),
     tensorCount: tensors.length,
     tensorBytes,
     tensors,
@@ -158,13 +160,23 @@ function printTree(file: NamedFile): void {
     }
   });
   const { outline } = file;
-  print(`${file.name}  (${FORMAT_NAMES[outline.format]}, ${formatBytes(outline.size)})`);
+  print(`${file.name}  (${formatText(outline)}, ${formatBytes(outline.size)})`);
   // Only tensor rows have columns; align them without stretching the value rows.
   const aligned = table(rows.filter((row) => row.length > 1));
   let next = 0;
   for (const row of rows) print(row.length > 1 ? aligned[next++]! : row[0]!);
   if (outline.metadata.size > 0) print(`  metadata: ${[...outline.metadata].map(([k, v]) => `${k}=${v.length > 60 ? `${v.slice(0, 59)}…` : v}`).join(", ")}`);
+  for (const shard of outline.shards ?? []) {
+    print(`  shard ${shard.file}: ${shard.tensors.length} tensor${shard.tensors.length === 1 ? "" : "s"}, ${formatBytes(shard.size)}`);
+  }
   print(`${tensorCount} tensor${tensorCount === 1 ? "" : "s"}, ${formatBytes(tensorBytes)} of tensor data`);
+}
+
+/** "PyTorch", "safetensors", or for a shard index "index of 3 safetensors shards". */
+function formatText(outline: TensorFileOutline): string {
+  if (outline.shards === undefined) return FORMAT_NAMES[outline.format];
+  const formats = [...new Set(outline.shards.map((shard) => FORMAT_NAMES[shard.format]))].join(" and ");
+  return `index of ${outline.shards.length} ${formats} shard${outline.shards.length === 1 ? "" : "s"}`;
 }
 
 interface Place {

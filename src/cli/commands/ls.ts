@@ -1,4 +1,5 @@
 import type { Command } from "commander";
+import type { CheckpointSummary } from "../../index.js";
 import { requireCheckpointDir } from "../inputs.js";
 import { EXIT_OK, exitCodeOf, formatBytes, formatNumber, print, printJson, table } from "../output.js";
 
@@ -11,8 +12,11 @@ export function lsCommand(program: Command): void {
     .addHelpText(
       "after",
       `
-Columns: SCORE as stored in score.txt (higher is better; a loss saved with lowerBetter shows
-negated), SIZE and FILES of the step directory, KIND resumable or model-only (pruned with
+Columns: SCORE as it was saved, with its direction: "0.479 ↓" for a loss saved with lowerBetter
+(score.txt stores it negated, -0.479, so that higher is better on disk), "0.91 ↑" for a score where
+higher is better. A checkpoint that does not record the direction (written by fairseq2 or an
+earlier ckpt) shows score.txt's value with ↑, as that file's convention reads. --json gives both:
+"score" as stored, "scoreAsSaved" and "lowerBetter" when known. SIZE and FILES of the step directory, KIND resumable or model-only (pruned with
 --preserve-model), STATUS committed, unfinished (a .tmp save, never loaded), deleting or damaged.
 "last" marks the checkpoint training resumes from, "best" the best score.`,
     )
@@ -33,7 +37,7 @@ negated), SIZE and FILES of the step directory, KIND resumable or model-only (pr
         const kind = !committed ? "-" : c.modelOnly ? "model-only" : "resumable";
         const marks = [c.isLast ? "last" : "", c.isBest ? "best" : ""].filter((m) => m !== "").join(", ");
         const status = c.status === "unfinished" ? "unfinished (.tmp)" : c.status;
-        rows.push([String(c.stepNr), formatNumber(c.score), formatBytes(c.size), String(c.files.length), kind, status, marks]);
+        rows.push([String(c.stepNr), scoreText(c), formatBytes(c.size), String(c.files.length), kind, status, marks]);
       }
       for (const line of table(rows)) print(line);
       for (const c of checkpoints) if (c.status === "damaged") print(`${c.name}: ${c.problem}`);
@@ -51,4 +55,11 @@ negated), SIZE and FILES of the step directory, KIND resumable or model-only (pr
       print(`${parts.join(", ")}; ${formatBytes(total)} committed; last: ${listing.lastStepNr ?? "none"}, best: ${listing.bestStepNr ?? "none"}`);
       return EXIT_OK;
     }));
+}
+
+/** The score as saved with its direction; without a recorded direction, score.txt's (higher is better). */
+function scoreText(c: CheckpointSummary): string {
+  if (c.score === undefined) return "-";
+  if (c.scoreAsSaved === undefined || c.lowerBetter === undefined) return `${formatNumber(c.score)} ↑`;
+  return `${formatNumber(c.scoreAsSaved)} ${c.lowerBetter ? "↓" : "↑"}`;
 }

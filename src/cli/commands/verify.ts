@@ -1,15 +1,16 @@
 import type { Command } from "commander";
-import { verifyCheckpoints } from "../../index.js";
+import { stat } from "node:fs/promises";
+import { TensorLoadError, checkTensorFile, isShardIndexPath, verifyCheckpoints, verifyShardIndex } from "../../index.js";
 import { classify } from "../inputs.js";
 import { CliError, EXIT_NEGATIVE, EXIT_OK, exitCodeOf, formatBytes, print, printJson } from "../output.js";
-import { progressBar } from "../progress.js";
+import { progressBar, type Progress } from "../progress.js";
 import { parseStepNr } from "./arguments.js";
 
 export function verifyCommand(program: Command): void {
   program
     .command("verify")
-    .description("re-read every file of the checkpoints against manifest.json (sizes, CRC-32) and parse every tensor file")
-    .argument("<dir>", "the checkpoint directory, or one step directory (step_<N>)")
+    .description("re-read every file of the checkpoints against manifest.json (sizes, CRC-32) and parse every tensor file; or check a sharded model's index or one tensor file")
+    .argument("<dir>", "the checkpoint directory, one step directory (step_<N>), a shard index (model.safetensors.index.json, pytorch_model.bin.index.json) or a tensor file")
     .option("--step <n>", "verify only this step", parseStepNr)
     .option("--json", "print JSON for scripts")
     .addHelpText(
@@ -17,11 +18,17 @@ export function verifyCommand(program: Command): void {
       `
 Names every bad file and what is wrong: missing, truncated, changed bytes (CRC-32), an extra file
 not in the manifest, a file that does not parse. Unfinished saves (.tmp) are listed, not checked.
+A shard index: every shard it names is there and parses (a .pt shard's entries against their
+CRC-32), every indexed tensor is in its shard and no tensor is in two. A single tensor file is
+read and parsed the same way (the legacy .pt format and safetensors record no checksums).
 Exit code: 0 when every checkpoint checked is sound, 1 when one is damaged, 2 on bad input.`,
     )
     .action(exitCodeOf(async (dir: string, options: { step?: number; json?: boolean }) => {
       const target = await classify(dir);
-      if (target.kind === "file") throw new CliError(`${dir} is a file: give a checkpoint directory or a step directory`);
+      if (target.kind === "file") {
+        if (options.step !== undefined) throw new CliError("--step goes with a checkpoint directory, not a file");
+        return verifyFile(dir, options.json === true);
+      }
       let checkpointDir = target.path;
       let stepNr = options.step;
       if (target.kind === "step") {
@@ -59,4 +66,47 @@ Exit code: 0 when every checkpoint checked is sound, 1 when one is damaged, 2 on
       print(`${sound + damaged} checkpoint${sound + damaged === 1 ? "" : "s"} verified: ${sound} sound, ${damaged} damaged`);
       return report.sound ? EXIT_OK : EXIT_NEGATIVE;
     }));
+}
+
+/**
+ * A shard index: every shard streamed and parsed, every indexed tensor in its shard. Any other
+ * tensor file: streamed (a `.pt` file's entries against their CRC-32) and parsed.
+ */
+async function verifyFile(path: string, json: boolean): Promise<number> {
+  const progress = progressBar("verifying");
+  let report: { sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown };
+  try {
+    report = isShardIndexPath(path) ? await verifyIndex(path, progress) : await verifyTensorFile(path, progress);
+  } finally {
+    progress.stop();
+  }
+  if (json) {
+    printJson(report.json);
+    return report.sound ? EXIT_OK : EXIT_NEGATIVE;
+  }
+  print(report.sound ? `${path}: sound (${report.summary})` : `${path}: DAMAGED`);
+  for (const p of report.problems) print(p.file === "" ? `  ${p.problem}` : `  ${p.file}: ${p.problem}`);
+  return report.sound ? EXIT_OK : EXIT_NEGATIVE;
+}
+
+async function verifyIndex(path: string, progress: Progress): Promise<{ sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown }> {
+  const report = await verifyShardIndex(path, { onProgress: (done, total) => progress.update(done, total) });
+  const problems = [
+    ...report.shards.filter((shard) => shard.status !== "sound").map((shard) => ({ file: shard.file, problem: shard.problem ?? shard.status })),
+    ...report.problems.map((problem) => ({ file: "", problem })),
+  ];
+  const tensors = report.shards.reduce((sum, shard) => sum + shard.tensors, 0);
+  return { sound: report.sound, problems, summary: `${report.shards.length} shards, ${tensors} tensors, ${formatBytes(report.bytesChecked)} checked`, json: report };
+}
+
+async function verifyTensorFile(path: string, progress: Progress): Promise<{ sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown }> {
+  const size = (await stat(path)).size;
+  try {
+    await checkTensorFile(path, { onProgress: (done, total) => progress.update(done, total) });
+  } catch (error) {
+    if (!(error instanceof TensorLoadError)) throw error;
+    const problem = error.message.startsWith(`${error.path}: `) ? error.message.slice(error.path.length + 2) : error.message;
+    return { sound: false, problems: [{ file: "", problem }], summary: "", json: { path, sound: false, problem } };
+  }
+  return { sound: true, problems: [], summary: `${formatBytes(size)} checked`, json: { path, sound: true, size } };
 }

@@ -6,6 +6,7 @@ import {
   isOrderedDict,
   tupleKind,
 } from "../../values/py-values.js";
+import { MAX_NESTING } from "../../values/state-check.js";
 import { Op } from "./opcodes.js";
 
 /**
@@ -14,8 +15,6 @@ import { Op } from "./opcodes.js";
  */
 export type EncodeObject = (pickler: Pickler, value: object) => boolean;
 
-/** Deeper trees than this are refused instead of overflowing the JavaScript stack. */
-const MAX_DEPTH = 1000;
 /** Python's pickler batches APPENDS/SETITEMS in groups of this size; we do the same. */
 const BATCH_SIZE = 1000;
 /** Strings up to this length are memoized by value, so repeated keys are written once. */
@@ -55,8 +54,10 @@ export class Pickler {
   value(value: unknown, container?: object, key?: unknown): void {
     switch (typeof value) {
       case "number":
+        // Only safe integers are ints: 1e300 or 2 ** 53 is a float a program computed, and written as
+        // an int it would load back as a bigint, which arithmetic with numbers refuses.
         if (container !== undefined && isFloatSlot(container, key)) this.float(value);
-        else if (Number.isInteger(value) && !Object.is(value, -0)) this.int(value);
+        else if (Number.isSafeInteger(value) && !Object.is(value, -0)) this.int(value);
         else this.float(value);
         return;
       case "bigint":
@@ -82,7 +83,13 @@ export class Pickler {
       return;
     }
     if (this.getMemo(value)) return;
-    if (++this.depth > MAX_DEPTH) throw new FormatError("PICKLE_LIMIT", `the state is nested deeper than ${MAX_DEPTH} levels`);
+    // Containers are written recursively: their depth is limited as checkStateValue limits it.
+    const nests = Array.isArray(value) || value instanceof Map || isPlainObject(value);
+    if (!nests) {
+      this.object(value);
+      return;
+    }
+    if (++this.depth > MAX_NESTING) throw new FormatError("PICKLE_LIMIT", `the state is nested deeper than ${MAX_NESTING} levels`);
     try {
       this.object(value);
     } finally {

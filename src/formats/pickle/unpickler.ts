@@ -45,11 +45,12 @@ export interface UnpickleOptions {
 const MAX_LONG_BYTES = 4096;
 
 class PickleReader {
-  private pos = 0;
+  private pos: number;
   private readonly view: DataView;
 
-  constructor(private readonly bytes: Uint8Array) {
+  constructor(private readonly bytes: Uint8Array, start = 0) {
     this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
+    this.pos = start;
   }
 
   get offset(): number {
@@ -129,7 +130,16 @@ export function toIntValue(value: bigint): number | bigint {
  * and every length is checked against the bytes left before anything is allocated.
  */
 export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
-  const r = new PickleReader(bytes);
+  return unpickleAt(bytes, 0, options).value;
+}
+
+/**
+ * Reads the pickle that starts at byte `start` of `bytes` and says where it ended (just after its
+ * STOP): files that hold several pickles in a row (the legacy torch.save format) are read one
+ * after the other. Byte offsets in errors count from the start of `bytes`.
+ */
+export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOptions): { value: unknown; end: number } {
+  const r = new PickleReader(bytes, start);
   let stack: unknown[] = [];
   const marks: unknown[][] = [];
   const memo = new Map<number, unknown>();
@@ -199,7 +209,7 @@ export function unpickle(bytes: Uint8Array, options: UnpickleOptions): unknown {
     switch (op) {
       case Op.STOP: {
         if (marks.length > 0 || stack.length !== 1) fail("PICKLE_STACK", "STOP with an unbalanced stack");
-        return finalize(stack[0], tuples, ordered);
+        return { value: finalize(stack[0], tuples, ordered), end: r.offset };
       }
       case Op.PROTO:
         r.u8("the protocol");

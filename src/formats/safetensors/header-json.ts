@@ -18,11 +18,19 @@ const MAX_DEPTH = 16;
 
 const NUMBER = /-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?/y;
 
-export function parseHeaderJson(text: string): JsonNode {
+/** How errors name the document and start their codes: a safetensors header by default. */
+export interface JsonSubject {
+  /** e.g. "the header", "the index". */
+  name: string;
+  /** e.g. "SAFETENSORS" gives SAFETENSORS_JSON and SAFETENSORS_DUPLICATE. */
+  codePrefix: string;
+}
+
+export function parseHeaderJson(text: string, subject: JsonSubject = { name: "the header", codePrefix: "SAFETENSORS" }): JsonNode {
   let position = 0;
 
   const fail = (what: string): never => {
-    throw new FormatError("SAFETENSORS_JSON", `the header is not valid JSON: ${what} at character ${position}`);
+    throw new FormatError(`${subject.codePrefix}_JSON`, `${subject.name} is not valid JSON: ${what} at character ${position}`);
   };
   const skipSpace = (): void => {
     while (position < text.length) {
@@ -92,7 +100,7 @@ export function parseHeaderJson(text: string): JsonNode {
         skipSpace();
         if (text[position] !== '"') fail("expected a key");
         const key = parseString();
-        if (seen.has(key)) throw new FormatError("SAFETENSORS_DUPLICATE", `the header has the key ${JSON.stringify(key)} twice`);
+        if (seen.has(key)) throw new FormatError(`${subject.codePrefix}_DUPLICATE`, `${subject.name} has the key ${JSON.stringify(key)} twice`);
         seen.add(key);
         skipSpace();
         if (text[position] !== ":") fail("expected ':'");
@@ -148,6 +156,6 @@ export function parseHeaderJson(text: string): JsonNode {
 
   const root = parseValue(0);
   skipSpace();
-  if (position !== text.length) fail("unexpected text after the header object");
+  if (position !== text.length) fail(`unexpected text after ${subject.name}'s value`);
   return root;
 }

@@ -1,8 +1,8 @@
 import { FormatError } from "../../errors.js";
-import { dtypeOfTorchStorage, type DType } from "../../tensor/dtype.js";
+import { DTYPES, dtypeOfTorchStorage, type DType } from "../../tensor/dtype.js";
 import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
-import { PyDType, markTuple } from "../../values/py-values.js";
+import { PY_DTYPE_NAMES, PyDType, markTuple } from "../../values/py-values.js";
 import { PickleCallable, type UnpickleContext } from "../pickle/unpickler.js";
 
 /** A storage class named in a pickle (`torch.FloatStorage`): it only says which dtype to read. */
@@ -10,11 +10,17 @@ export class TorchStorageType {
   constructor(readonly dtype: DType) {}
 }
 
-/** `torch.<name>` dtype objects that may appear as values. */
-const TORCH_DTYPE_NAMES = new Set([
-  "float32", "float64", "float16", "bfloat16", "int8", "uint8", "int16", "int32", "int64", "bool",
-  "complex64", "complex128", "float", "double", "half", "long", "int", "short",
-]);
+/**
+ * A storage that is a slice of another (legacy files of old PyTorch versions could pickle these):
+ * tensors over it become tensors over the whole storage, shifted by `offset` elements.
+ */
+export class StorageView {
+  constructor(
+    readonly storage: Storage,
+    readonly offset: number,
+    readonly numel: number,
+  ) {}
+}
 
 const orderedDictType = new PickleCallable("collections.OrderedDict", (args, context) => {
   const dict = new Map<unknown, unknown>();
@@ -56,9 +62,14 @@ function rebuildParameter(name: string, count: number) {
 }
 
 function rebuildTensor(storage: unknown, offset: unknown, size: unknown, stride: unknown, requiresGrad: unknown): Tensor {
-  if (!(storage instanceof Storage)) throw new FormatError("TORCH_PICKLE", "a tensor's storage is not a storage");
+  if (!(storage instanceof Storage) && !(storage instanceof StorageView)) throw new FormatError("TORCH_PICKLE", "a tensor's storage is not a storage");
   if (typeof offset !== "number" || !isIntList(size) || !isIntList(stride) || typeof requiresGrad !== "boolean") {
     throw new FormatError("TORCH_PICKLE", "a tensor's offset, size, stride or requires_grad has the wrong type");
+  }
+  if (storage instanceof StorageView) {
+    // The tensor must stay inside the slice it was saved over, not merely inside the whole storage.
+    void new Tensor({ storage: Storage.pending(storage.storage.dtype, storage.numel), shape: size, strides: stride, offset });
+    return new Tensor({ storage: storage.storage, shape: size, strides: stride, offset: offset + storage.offset, requiresGrad });
   }
   return new Tensor({ storage, shape: size, strides: stride, offset, requiresGrad });
 }
@@ -109,9 +120,38 @@ export function findTorchGlobal(module: string, name: string): unknown {
   if (module === "torch") {
     const dtype = dtypeOfTorchStorage(name);
     if (dtype !== undefined) return new TorchStorageType(dtype);
-    if (TORCH_DTYPE_NAMES.has(name)) return new PyDType(name);
+    if (PY_DTYPE_NAMES.has(name)) return new PyDType(name);
   }
+  const unsupported = unsupportedType(module, name);
+  if (unsupported !== undefined) throw new FormatError("PICKLE_UNSUPPORTED_TYPE", unsupported);
   throw new FormatError("PICKLE_GLOBAL", `refusing to load the global ${qualified}: it is not on the allow-list of tensor-state types`);
+}
+
+/** Storage classes of dtypes that have no DType here (PyTorch's names), by dtype. */
+const UNSUPPORTED_STORAGES = new Map([
+  ["ComplexDoubleStorage", "complex128"],
+  ["ComplexHalfStorage", "complex32"],
+  ["QInt8Storage", "qint8"],
+  ["QUInt8Storage", "quint8"],
+  ["QInt32Storage", "qint32"],
+  ["QUInt4x2Storage", "quint4x2"],
+  ["QUInt2x4Storage", "quint2x4"],
+]);
+
+/**
+ * Says why a harmless global PyTorch writes for a value type this library does not support is
+ * refused (complex numbers, complex128 and quantized tensors), so the message does not read as a
+ * security refusal; undefined for any other global.
+ */
+function unsupportedType(module: string, name: string): string | undefined {
+  const qualified = `${module}.${name}`;
+  if ((module === "builtins" || module === "__builtin__") && name === "complex") {
+    return `Python complex numbers are not supported (${qualified}): a state's values are None, bool, int, float, str, bytes, lists, tuples, dicts and tensors`;
+  }
+  if (module !== "torch" || !name.endsWith("Storage")) return undefined;
+  const dtype = UNSUPPORTED_STORAGES.get(name) ?? name;
+  const kind = dtype.startsWith("complex") ? "complex tensors other than complex64" : `${dtype} tensors`;
+  return `${kind} are not supported (${qualified} holds ${dtype}); the supported dtypes are ${Object.keys(DTYPES).join(", ")}`;
 }
 
 /** BUILD: OrderedDicts get their instance attributes (PyTorch's `_metadata`); nothing else has state. */

@@ -1,13 +1,15 @@
 import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
 import { swapByteOrder } from "../../tensor/byte-order.js";
+import { checkInPlaceTarget } from "../../tensor/in-place-target.js";
 import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
-import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
+import { formatKeyPath } from "../../values/key-path.js";
 import type { StateValue } from "../../values/py-values.js";
 import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
 import type { ZipReader } from "../zip/zip-reader.js";
+import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import { TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
 
 export interface TorchReadOptions {
@@ -15,8 +17,10 @@ export interface TorchReadOptions {
   verifyCrc?: boolean;
   /**
    * Existing tensors to read into: where the file has a tensor at the same path (same keys and
-   * indices from the root) as a contiguous tensor here of the same dtype and shape, its bytes are
-   * read straight into that tensor, which is returned in its place. Nothing new is allocated.
+   * indices from the root) as a tensor here, its elements are read into that tensor (straight
+   * from the file, or copied when the file's tensor is a view), which is returned in its place.
+   * A tensor here of another dtype or shape, or not contiguous, is an InvalidArgumentError naming
+   * its path, raised before any tensor is written. Paths with no tensor here load as usual.
    */
   into?: StateValue;
   /** Called after each storage is read, with bytes done and bytes in all. */
@@ -34,7 +38,7 @@ const MAX_ARCHIVE_VERSION = 10;
 export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions = {}): Promise<StateValue> {
   const verifyCrc = options.verifyCrc ?? true;
   const { state, storages, dataPrefix, bigEndian } = await readTorchStructure(zip, { verifyCrc });
-  const { result, targets } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>() } : matchTargets(state, options.into);
+  const { result, targets, copies } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>(), copies: [] } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.
   const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
@@ -48,6 +52,7 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
     done += bytes.byteLength;
     options.onProgress?.(done, total);
   }
+  for (const [file, target] of copies) target.bytes.set(file.bytes);
   return result;
 }
 
@@ -109,11 +114,14 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
 }
 
 /**
- * Pairs each file tensor that alone covers its storage with the tensor at the same path in
- * `into` (contiguous, same dtype and shape), and puts the target in the result in its place.
- * Walks both trees side by side without recursion.
+ * Pairs each file tensor with the tensor at the same path in `into`, and puts the target in the
+ * result in its place. A file tensor that alone covers its storage is read straight into its
+ * target; one that is a view (tied weights, an offset, strides) is read as usual and copied into
+ * its target afterwards. A target of another dtype or shape, or one that is not contiguous, is an
+ * InvalidArgumentError naming its path, thrown before any tensor is written. Walks both trees side
+ * by side without recursion.
  */
-function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array> } {
+export function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array>; copies: [Tensor, Tensor][] } {
   const users = new Map<Storage, number>();
   const countUsers = (value: unknown, seen: Set<unknown>): void => {
     const pending = [value];
@@ -129,32 +137,46 @@ function matchTargets(state: StateValue, into: StateValue): { result: StateValue
   countUsers(state, new Set());
 
   const targets = new Map<Storage, Uint8Array>();
-  const replace = (file: Tensor, target: unknown): Tensor | undefined => {
-    if (!(target instanceof Tensor) || target.dtype !== file.dtype || !target.isContiguous || target.storage === file.storage) return undefined;
-    if (target.shape.length !== file.shape.length || target.shape.some((size, d) => size !== file.shape[d])) return undefined;
-    if (users.get(file.storage) !== 1 || file.offset !== 0 || !file.isContiguous || file.numel !== file.storage.numel || targets.has(file.storage)) return undefined;
-    targets.set(file.storage, target.bytes);
+  const copies: [Tensor, Tensor][] = [];
+  const replace = (file: Tensor, target: unknown, where: () => string): Tensor | undefined => {
+    if (!(target instanceof Tensor) || target.storage === file.storage) return undefined;
+    checkInPlaceTarget(target, file, where);
+    const wholeStorage = users.get(file.storage) === 1 && file.offset === 0 && file.isContiguous && file.numel === file.storage.numel;
+    if (wholeStorage && !targets.has(file.storage)) targets.set(file.storage, target.bytes);
+    else copies.push([file, target]);
     return target;
   };
-  if (state instanceof Tensor) return { result: replace(state, into) ?? state, targets };
+  if (state instanceof Tensor) return { result: replace(state, into, () => "into") ?? state, targets, copies };
 
-  const pending: [unknown, unknown][] = [[state, into]];
+  interface Pair {
+    file: unknown;
+    target: unknown;
+    parent: Pair | undefined;
+    segment: unknown;
+  }
+  const pathOf = (pair: Pair | undefined, segment: unknown): string => {
+    const segments = [segment];
+    for (let at = pair; at?.parent !== undefined; at = at.parent) segments.push(at.segment);
+    return formatKeyPath("into", segments.reverse());
+  };
+  const pending: Pair[] = [{ file: state, target: into, parent: undefined, segment: undefined }];
   const seen = new Set<unknown>();
   while (pending.length > 0) {
-    const [file, target] = pending.pop()!;
+    const pair = pending.pop()!;
+    const { file, target } = pair;
     if (typeof file !== "object" || file === null || seen.has(file) || typeof target !== "object" || target === null) continue;
     seen.add(file);
     for (const [key, child] of childrenOf(file)) {
       const targetChild = childOf(target, key);
       if (child instanceof Tensor) {
-        const replacement = replace(child, targetChild);
+        const replacement = replace(child, targetChild, () => pathOf(pair, key));
         if (replacement !== undefined) setChild(file, key, replacement);
       } else {
-        pending.push([child, targetChild]);
+        pending.push({ file: child, target: targetChild, parent: pair, segment: key });
       }
     }
   }
-  return { result: state, targets };
+  return { result: state, targets, copies };
 }
 
 function childrenOf(container: object): [unknown, unknown][] {

@@ -5,6 +5,7 @@ import { ShardedTensor } from "../../tensor/sharded-tensor.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { shardedRecord } from "./sharded-record.js";
 import { PyDType, type StateValue } from "../../values/py-values.js";
+import { checkStateValue } from "../../values/state-check.js";
 import type { ByteSink } from "../byte-io.js";
 import { Op } from "../pickle/opcodes.js";
 import { Pickler } from "../pickle/pickler.js";
@@ -27,6 +28,9 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const root = options.root ?? "archive";
   const storageKeys = new Map<Storage, string>();
 
+  // Refuses, naming the key path, what could not be written or would not load back (a Map key
+  // that is an object, undefined, a function…), before the first byte reaches the sink.
+  checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
   const pickle = Pickler.dump(state, (pickler, value) => {
     if (value instanceof Tensor) {
       writeTensor(pickler, value, storageKeys);
