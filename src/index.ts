@@ -74,10 +74,14 @@ export type {
   RetentionReport,
   RetainOptions,
   ModelMetadata,
+  ReshardOptions,
+  ReshardPlanEntry,
+  PerRankPolicy,
 } from "./checkpoint/checkpoint-manager.js";
 export type { CheckpointInfo } from "./checkpoint/checkpoint-directory.js";
 export type { Manifest, ManifestFile } from "./checkpoint/manifest.js";
 export { FileCheckpointManager, type FileCheckpointManagerOptions, type CheckpointProgress } from "./checkpoint/file-checkpoint-manager.js";
+export { reshardCheckpoint, loadConsolidatedModel, type ReshardCheckpointOptions } from "./checkpoint/offline-reshard.js";
 export { unwrapModelFile, type ModelFileParts } from "./checkpoint/state-split.js";
 export {
   keepLastN,

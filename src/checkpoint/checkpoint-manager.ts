@@ -66,6 +66,12 @@ export interface LoadOptions {
   into?: StateDict;
   /** Where `into` holds the model (default "model"), as given to saveState. */
   modelKey?: string;
+  /**
+   * Load a checkpoint saved with another dp/tp layout (default false: refused). `true` recuts every
+   * ShardedTensor along its saved split dimension evenly over the new ranks; an object also takes
+   * a per-key plan and the policies for per-rank values. `into` is not used for resharded files.
+   */
+  reshard?: boolean | ReshardOptions;
 }
 
 export interface LoadModelOptions {
@@ -73,7 +79,45 @@ export interface LoadModelOptions {
   into?: StateDict;
   /** The key the model was saved under (the `modelKey` given to saveState; default "model"), so `into` matches its tensors. */
   modelKey?: string;
+  /**
+   * Load a model saved with another tp size (default false: refused): its ShardedTensors are
+   * recut over the new tp ranks (only `plan` matters here). `into` is not used then.
+   */
+  reshard?: boolean | ReshardOptions;
 }
+
+
+/**
+ * How a checkpoint is resharded. Keys are key paths joined by "/", e.g. "model/0.weight" or
+ * "optimizer/state/0/exp_avg" (the state as loadCheckpoint returns it).
+ *
+ * @example
+ * await manager.loadLastCheckpoint({
+ *   reshard: { plan: { "model/0.weight": { dim: 1 } }, perRank: { data: "rank0", rng: (values) => values[0]! } },
+ * });
+ */
+export interface ReshardOptions {
+  /** How to cut this rank's share of a sharded tensor (default: its saved split dimension, evenly). */
+  plan?: Record<string, ReshardPlanEntry>;
+  /**
+   * What a top-level key of the rank files gets when its values differ by rank (plain tensors,
+   * numbers that differ): "rank0" takes the first rank's, a function combines every saved rank's
+   * value (in saved rank order) into this rank's; "refuse" (the default) fails naming the keys.
+   * The key "*" sets the policy of every key not named.
+   */
+  perRank?: Record<string, PerRankPolicy>;
+}
+
+/** Split evenly along `dim`, or the block to read: fixed, or computed from this rank's place. */
+export type ReshardPlanEntry =
+  | { dim: number }
+  | { offsets: number[]; shape: number[] }
+  | ((where: { globalShape: readonly number[]; index: number; count: number }) => { offsets: number[]; shape: number[] });
+
+export type PerRankPolicy =
+  | "rank0"
+  | "refuse"
+  | ((values: StateValue[], where: { dpRank: number; dpSize: number; tpRank: number; tpSize: number; savedDpSize: number; savedTpSize: number }) => StateValue);
 
 export interface ListOptions {
   /** Also count checkpoints pruned to their model files, which cannot be resumed (default false). */

@@ -8,6 +8,7 @@ import type { LoadModelOptions, LoadOptions } from "./checkpoint-manager.js";
 import { METADATA_FILE, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { fileProgress, isPlainDict, type ManagerContext } from "./manager-context.js";
 import { manifestFile } from "./manifest.js";
+import { ReshardReader } from "./reshard-reader.js";
 import { dropModelKeyEntry, mergeInto, namedModelKey, unwrapModelFile } from "./state-split.js";
 
 /**
@@ -27,8 +28,17 @@ export class CheckpointReader {
     if (info.modelOnly) {
       throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} keeps only its model (it was pruned with preserveModel): load it with loadModel(${stepNr})`);
     }
-    this.checkLayout(info, true);
     const { dp, tp } = this.context.gangs;
+    const saved = savedLayout(info);
+    // A plan is honoured even on the saved layout: the caller asked for those blocks.
+    const planned = typeof options.reshard === "object" && Object.keys(options.reshard.plan ?? {}).length > 0;
+    if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (planned || saved.dpSize !== dp.size || saved.tpSize !== tp.size)) {
+      if (saved.dpSize === undefined) throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no rank files to tell its data-parallel size: it cannot be resharded`);
+      const layouts = { saved: { dpSize: saved.dpSize, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
+      const reshard = new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (name) => this.loadFile(info, name));
+      return reshard.load();
+    }
+    this.checkLayout(info, true);
     const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
     const replicatedFile = replicatedFileName(tp.rank, tp.size);
     // fairseq2 writes no rank file when the replicated keys take everything ("*").
@@ -60,13 +70,24 @@ export class CheckpointReader {
   /** The model's state dict from the checkpoint's model file only. */
   async loadModel(stepNr: number, options: LoadModelOptions): Promise<StateDict> {
     const info = await this.requireCheckpoint(stepNr);
-    this.checkLayout(info, false);
-    const { tp } = this.context.gangs;
+    const { dp, tp } = this.context.gangs;
+    const saved = savedLayout(info);
+    const planned = typeof options.reshard === "object" && Object.keys(options.reshard.plan ?? {}).length > 0;
     const name = modelFileName(tp.rank, tp.size);
-    if (!hasFile(info, name)) {
-      throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
+    let part: StateDict;
+    if (options.reshard !== undefined && options.reshard !== false && saved !== undefined && (planned || saved.tpSize !== tp.size)) {
+      const layouts = { saved: { dpSize: saved.dpSize ?? 1, tpSize: saved.tpSize }, current: { dpRank: dp.rank, dpSize: dp.size, tpRank: tp.rank, tpSize: tp.size } };
+      const content = await new ReshardReader(this.context, info, layouts, options.reshard === true ? {} : options.reshard, (file) => this.loadFile(info, file)).loadModelFiles();
+      if (!isPlainDict(content)) throw new CheckpointLoadError(stepNr, `the model files of checkpoint ${stepNr} do not hold a dict of string keys`);
+      part = content;
+    } else {
+      this.checkLayout(info, false);
+      if (!hasFile(info, name)) {
+        throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${name}: its model is sharded across data-parallel ranks; save a full copy with saveConsolidatedFsdpModel()`);
+      }
+      part = await this.loadDict(info, name, modelInto(options.into, options.modelKey));
     }
-    const { modelKey, model } = unwrapModelFile(await this.loadDict(info, name, modelInto(options.into, options.modelKey)));
+    const { modelKey, model } = unwrapModelFile(part);
     if (model === undefined || model === null || typeof model !== "object") {
       throw new CheckpointLoadError(stepNr, `${name} of checkpoint ${stepNr} has no model state dict under its model key ${JSON.stringify(modelKey)}`);
     }
@@ -142,13 +163,13 @@ export class CheckpointReader {
   /** Refuses a checkpoint saved with another dp/tp layout (only tp matters for the model alone). */
   private checkLayout(info: CheckpointInfo, withDataParallel: boolean): void {
     const { dp, tp } = this.context.gangs;
-    const saved = info.manifest !== undefined ? { dpSize: info.manifest.dpSize, tpSize: info.manifest.tpSize } : inferLayout(info.files);
+    const saved = savedLayout(info);
     if (saved === undefined) return;
     const dpDiffers = withDataParallel && saved.dpSize !== undefined && saved.dpSize !== dp.size;
     if (dpDiffers || saved.tpSize !== tp.size) {
       throw new CheckpointLoadError(
         info.stepNr,
-        `checkpoint ${info.stepNr} was saved with dp=${saved.dpSize ?? "?"}, tp=${saved.tpSize} but this job has dp=${dp.size}, tp=${tp.size}: load it with the same layout`,
+        `checkpoint ${info.stepNr} was saved with dp=${saved.dpSize ?? "?"}, tp=${saved.tpSize} but this job has dp=${dp.size}, tp=${tp.size}: load it with the same layout, or pass { reshard: true }`,
       );
     }
   }
@@ -172,6 +193,11 @@ function modelInto(model: StateValue | undefined, modelKey: string | undefined):
  */
 function hasFile(info: CheckpointInfo, name: string): boolean {
   return info.files.includes(name) || info.manifest?.files[name] !== undefined;
+}
+
+/** The dp/tp layout a checkpoint was saved with: from its manifest, or else from its file names. */
+function savedLayout(info: CheckpointInfo): { dpSize: number | undefined; tpSize: number } | undefined {
+  return info.manifest !== undefined ? { dpSize: info.manifest.dpSize, tpSize: info.manifest.tpSize } : inferLayout(info.files);
 }
 
 /** The dp/tp layout of a checkpoint without a manifest (fairseq2), from its file names. */

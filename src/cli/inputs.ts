@@ -5,6 +5,7 @@ import {
   FileCheckpointManager,
   Tensor,
   listCheckpointDirectory,
+  loadConsolidatedModel,
   unwrapModelFile,
   type CheckpointDirectoryListing,
   type StateDict,
@@ -104,9 +105,10 @@ export async function loadCheckpointModel(checkpointDir: string, stepNr: number 
   if (chosen === undefined) {
     throw new CliError(stepNr === undefined ? `${checkpointDir} has no committed checkpoint` : `${checkpointDir} has no checkpoint ${stepNr}`);
   }
+  // Tensor-parallel model files, or no model file (FSDP shards in the rank files): join the shards.
   const shards = chosen.files.filter((name) => /^model\.\d+\.pt$/.test(name));
-  if (shards.length > 0) {
-    throw new CliError(`checkpoint ${chosen.stepNr} splits its model over ${shards.length} tensor-parallel files (${shards.join(", ")}); ckpt cannot join tensor-parallel shards`);
+  if (shards.length > 0 || !chosen.files.includes("model.pt")) {
+    return { stepNr: chosen.stepNr, model: await loadConsolidatedModel(checkpointDir, chosen.stepNr), size: chosen.size };
   }
   const manager = new FileCheckpointManager({
     checkpointDir,

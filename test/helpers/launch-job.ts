@@ -22,13 +22,13 @@ export interface Launch {
 }
 
 /**
- * Runs `ckpt launch <flags> -- node --import tsx distributed-worker.ts <args>` to its end;
+ * Runs `ckpt launch <flags> -- node --import tsx distributed-worker.ts <args>` (or `options.worker`) to its end;
  * `onOutput` sees the output as it comes.
  */
-export function launch(flags: string[], args: string[], options: { env?: NodeJS.ProcessEnv; onOutput?: (stdout: string) => void } = {}): Promise<Launch> {
+export function launch(flags: string[], args: string[], options: { env?: NodeJS.ProcessEnv; onOutput?: (stdout: string) => void; worker?: string } = {}): Promise<Launch> {
   assert.ok(existsSync(CLI), "dist/cli/main.js is missing: run `npm run build` (npm test does) first");
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, "launch", ...flags, "--", process.execPath, "--import", "tsx", WORKER, ...args], {
+    const child = spawn(process.execPath, [CLI, "launch", ...flags, "--", process.execPath, "--import", "tsx", options.worker ?? WORKER, ...args], {
       cwd: ROOT,
       env: { ...process.env, ...options.env },
       stdio: ["ignore", "pipe", "pipe"],

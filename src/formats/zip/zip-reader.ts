@@ -122,18 +122,23 @@ export class ZipReader {
   }
 }
 
+/** The tail read first when looking for the end record: the record and a short comment fit. */
+const SHORT_END_SEARCH = 1024;
+
 async function readEnd(reader: RandomAccessReader): Promise<{ directoryOffset: number; directorySize: number; entryCount: number }> {
   const size = reader.size;
   if (size < END_SIZE) throw new FormatError("ZIP_TRUNCATED", `${size} bytes is too short for a zip file`);
-  const tailLength = Math.min(size, MAX_END_SEARCH);
-  const tailStart = size - tailLength;
-  const tail = Buffer.from(await reader.read(tailStart, tailLength));
-  let at = -1;
-  for (let i = tail.length - END_SIZE; i >= 0; i--) {
-    if (tail.readUInt32LE(i) === END_SIGNATURE && i + END_SIZE + tail.readUInt16LE(i + 20) === tail.length) {
-      at = i;
-      break;
-    }
+  // A short tail first: without a long archive comment the end record is in it, and reading only
+  // the parts of a file it needs (resharding) must not cost 64 KiB per file. Else the whole search.
+  let tailLength = Math.min(size, SHORT_END_SEARCH);
+  let tailStart = size - tailLength;
+  let tail = Buffer.from(await reader.read(tailStart, tailLength));
+  let at = findEndRecord(tail);
+  if (at < 0 && tailLength < Math.min(size, MAX_END_SEARCH)) {
+    tailLength = Math.min(size, MAX_END_SEARCH);
+    tailStart = size - tailLength;
+    tail = Buffer.from(await reader.read(tailStart, tailLength));
+    at = findEndRecord(tail);
   }
   if (at < 0) throw new FormatError("ZIP_END", "no zip end record: the file is truncated or not a zip");
   let entryCount = tail.readUInt16LE(at + 10);
@@ -164,6 +169,14 @@ async function readEnd(reader: RandomAccessReader): Promise<{ directoryOffset: n
     throw new FormatError("ZIP_DIRECTORY", `${entryCount} entries cannot fit in a central directory of ${directorySize} bytes`);
   }
   return { directoryOffset, directorySize, entryCount };
+}
+
+/** Where the end record starts in `tail` (the last one whose comment runs to the end), or -1. */
+function findEndRecord(tail: Buffer): number {
+  for (let i = tail.length - END_SIZE; i >= 0; i--) {
+    if (tail.readUInt32LE(i) === END_SIGNATURE && i + END_SIZE + tail.readUInt16LE(i + 20) === tail.length) return i;
+  }
+  return -1;
 }
 
 function parseCentralDirectory(directory: Uint8Array, entryCount: number, directoryOffset: number): Map<string, ZipEntry> {
