@@ -9,6 +9,9 @@ import {
 } from "../../values/py-values.js";
 import { markTuple } from "../../values/py-values.js";
 import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
+import { PickleReader, decodeLong, latin1, utf8 } from "./pickle-reader.js";
+
+export { toIntValue } from "./pickle-reader.js";
 
 /**
  * What the unpickler offers callables and BUILD: OrderedDict marks are kept here while reading
@@ -43,86 +46,6 @@ export interface UnpickleOptions {
 
 /** Longest Python int accepted (LONG1/LONG4): 4 KiB is ~10,000 digits, far beyond any state. */
 const MAX_LONG_BYTES = 4096;
-
-class PickleReader {
-  private pos: number;
-  private readonly view: DataView;
-
-  constructor(private readonly bytes: Uint8Array, start = 0) {
-    this.view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength);
-    this.pos = start;
-  }
-
-  get offset(): number {
-    return this.pos;
-  }
-
-  private need(n: number, what: string): number {
-    if (n > this.bytes.length - this.pos) {
-      throw new FormatError("PICKLE_TRUNCATED", `pickle ends inside ${what} at byte ${this.pos} (needs ${n} more bytes, has ${this.bytes.length - this.pos})`);
-    }
-    const at = this.pos;
-    this.pos += n;
-    return at;
-  }
-
-  u8(what: string): number {
-    return this.bytes[this.need(1, what)]!;
-  }
-  u16(what: string): number {
-    return this.view.getUint16(this.need(2, what), true);
-  }
-  u32(what: string): number {
-    return this.view.getUint32(this.need(4, what), true);
-  }
-  i32(what: string): number {
-    return this.view.getInt32(this.need(4, what), true);
-  }
-  /** An 8-byte length, checked against what is left before it becomes a number. */
-  u64Length(what: string): number {
-    const value = this.view.getBigUint64(this.need(8, what), true);
-    if (value > BigInt(this.bytes.length - this.pos)) {
-      throw new FormatError("PICKLE_TRUNCATED", `${what} claims ${value} bytes but only ${this.bytes.length - this.pos} are left`);
-    }
-    return Number(value);
-  }
-  f64be(what: string): number {
-    return this.view.getFloat64(this.need(8, what), false);
-  }
-  take(n: number, what: string): Uint8Array {
-    const at = this.need(n, what);
-    return this.bytes.subarray(at, at + n);
-  }
-  line(what: string): string {
-    const end = this.bytes.indexOf(0x0a, this.pos);
-    if (end < 0) throw new FormatError("PICKLE_TRUNCATED", `pickle ends inside ${what} at byte ${this.pos}`);
-    let text: string;
-    try {
-      text = utf8.decode(this.bytes.subarray(this.pos, end));
-    } catch (error) {
-      throw new FormatError("PICKLE_STRING", `${what} at byte ${this.pos} is not valid UTF-8`, { cause: error });
-    }
-    this.pos = end + 1;
-    return text;
-  }
-}
-
-const utf8 = new TextDecoder("utf-8", { fatal: true });
-const latin1 = new TextDecoder("latin1");
-
-/** Signed little-endian two's complement bytes (LONG1/LONG4) to a number or bigint. */
-function decodeLong(bytes: Uint8Array): number | bigint {
-  if (bytes.length === 0) return 0;
-  let value = 0n;
-  for (let i = bytes.length - 1; i >= 0; i--) value = (value << 8n) | BigInt(bytes[i]!);
-  if (bytes[bytes.length - 1]! & 0x80) value -= 1n << BigInt(bytes.length * 8);
-  return toIntValue(value);
-}
-
-/** Python ints become numbers when exactly representable, bigints otherwise. */
-export function toIntValue(value: bigint): number | bigint {
-  return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
-}
 
 /**
  * Reads a pickle (protocols 2–5) without executing anything: every global goes through
