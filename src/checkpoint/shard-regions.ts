@@ -1,6 +1,6 @@
 import type { TensorRegionFile } from "../io/tensor-regions.js";
 import { DTYPES, type DType } from "../tensor/dtype.js";
-import { Tensor } from "../tensor/tensor.js";
+import { Tensor, contiguousStrides } from "../tensor/tensor.js";
 
 /** A block of a full tensor: its first index and size in each dimension. */
 export interface Region {
@@ -103,14 +103,4 @@ export async function readRegion(shards: readonly SourceShard[], dtype: DType, r
     }
   }
   return target;
-}
-
-function contiguousStrides(shape: readonly number[]): number[] {
-  const strides = new Array<number>(shape.length);
-  let stride = 1;
-  for (let d = shape.length - 1; d >= 0; d--) {
-    strides[d] = stride;
-    stride *= shape[d]!;
-  }
-  return strides;
 }

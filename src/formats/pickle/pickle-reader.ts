@@ -80,3 +80,12 @@ export function decodeLong(bytes: Uint8Array): number | bigint {
 export function toIntValue(value: bigint): number | bigint {
   return value >= BigInt(Number.MIN_SAFE_INTEGER) && value <= BigInt(Number.MAX_SAFE_INTEGER) ? Number(value) : value;
 }
+
+/** A pickled string's UTF-8 bytes as text; invalid UTF-8 is a FormatError. */
+export function decodeUtf8(bytes: Uint8Array): string {
+  try {
+    return utf8.decode(bytes);
+  } catch (error) {
+    throw new FormatError("PICKLE_STRING", "a string is not valid UTF-8", { cause: error });
+  }
+}

@@ -9,7 +9,7 @@ import {
 } from "../../values/py-values.js";
 import { markTuple } from "../../values/py-values.js";
 import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
-import { PickleReader, decodeLong, latin1, utf8 } from "./pickle-reader.js";
+import { PickleReader, decodeLong, decodeUtf8, latin1 } from "./pickle-reader.js";
 
 export { toIntValue } from "./pickle-reader.js";
 
@@ -323,14 +323,6 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
       default:
         return fail("PICKLE_OPCODE", `opcode 0x${op.toString(16).padStart(2, "0")} is not allowed in a state pickle`);
     }
-  }
-}
-
-function decodeUtf8(bytes: Uint8Array): string {
-  try {
-    return utf8.decode(bytes);
-  } catch (error) {
-    throw new FormatError("PICKLE_STRING", "a string is not valid UTF-8", { cause: error });
   }
 }
 
