@@ -13,10 +13,8 @@ import { crc32 } from "node:zlib";
 
 import { FileCheckpointManager, ShardedTensor, Tensor, TorchTensorDumper, tensorStats as tensorStatsOf } from "../src/index.js";
 import { floatRepr, pathText, treeKeyText } from "../src/cli/key-path.js";
-import { MemorySink } from "../src/formats/byte-io.js";
 import { Op } from "../src/formats/pickle/opcodes.js";
-import { bytesOf, float, global, int, pickle, str, u32, utf8, type Part } from "./helpers/pickle-bytes.js";
-import { ZipWriter } from "../src/formats/zip/zip-writer.js";
+import { bytesOf, float, global, int, pickle, str, u32, utf8, torchZip, type Part } from "./helpers/pickle-bytes.js";
 import { arange, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
 
@@ -84,17 +82,6 @@ function rebuildTensor(storageType: string, key: string, numel: number, size: nu
   ];
 }
 
-/** A .pt archive around a hand-built pickle and the storages given. */
-async function torchZip(pickleBytes: Uint8Array, storages: Record<string, Uint8Array> = {}): Promise<Uint8Array> {
-  const sink = new MemorySink();
-  const zip = new ZipWriter(sink);
-  await zip.addEntry("archive/data.pkl", pickleBytes);
-  await zip.addEntry("archive/byteorder", utf8("little"));
-  for (const [key, bytes] of Object.entries(storages)) await zip.addEntry(`archive/data/${key}`, bytes);
-  await zip.addEntry("archive/version", utf8("3\n"));
-  await zip.finish();
-  return sink.toBytes();
-}
 
 async function fileWith(name: string, bytes: Uint8Array): Promise<string> {
   const path = join(await tempDir(), name);

@@ -11,7 +11,7 @@ import { after, before, describe, test } from "node:test";
 import { FormatError, TensorDumpError, TensorLoadError } from "../src/errors.js";
 import { MemorySink } from "../src/formats/byte-io.js";
 import { Op } from "../src/formats/pickle/opcodes.js";
-import { bytesOf, float, global, int, pickle, str, u16, u32, u64, utf8, type Part } from "./helpers/pickle-bytes.js";
+import { bytesOf, float, global, int, pickle, str, u16, u32, u64, utf8, torchZip as buildTorchZip, type Part } from "./helpers/pickle-bytes.js";
 import { ZipWriter } from "../src/formats/zip/zip-writer.js";
 import type { FileWriter } from "../src/fs/file-system.js";
 import { LocalFileSystem } from "../src/fs/local-file-system.js";
@@ -61,16 +61,7 @@ function tensorStatePickle(spec: TensorSpec = {}): Uint8Array {
 const FOUR_FLOATS = float32Bytes(1, 2, 3, 4);
 
 /** A .pt archive around a hand-built pickle, with the storages given (by default "0": four floats). */
-async function torchZip(pickleBytes: Uint8Array, storages: Record<string, Uint8Array> = { "0": FOUR_FLOATS }): Promise<Uint8Array> {
-  const sink = new MemorySink();
-  const zip = new ZipWriter(sink);
-  await zip.addEntry("archive/data.pkl", pickleBytes);
-  await zip.addEntry("archive/byteorder", utf8("little"));
-  for (const [key, bytes] of Object.entries(storages)) await zip.addEntry(`archive/data/${key}`, bytes);
-  await zip.addEntry("archive/version", utf8("3\n"));
-  await zip.finish();
-  return sink.toBytes();
-}
+const torchZip = (pickleBytes: Uint8Array, storages: Record<string, Uint8Array> = { "0": FOUR_FLOATS }): Promise<Uint8Array> => buildTorchZip(pickleBytes, storages);
 
 // ---------------------------------------------------------------------------------------------
 // Reading and patching zip structures of files built above (no comment, no zip64 unless asked)

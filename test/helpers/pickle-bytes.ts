@@ -1,6 +1,8 @@
 // Builders of hostile bytes for the tests: little-endian integers and pickle opcodes, written out
 // byte by byte so each test says exactly what its file holds.
+import { MemorySink } from "../../src/formats/byte-io.js";
 import { Op } from "../../src/formats/pickle/opcodes.js";
+import { ZipWriter } from "../../src/formats/zip/zip-writer.js";
 
 export type Part = number | readonly number[] | Uint8Array;
 
@@ -68,4 +70,16 @@ export function global(module: string, name: string): number[] {
 /** A protocol-2 pickle: PROTO 2, the parts, STOP. */
 export function pickle(...parts: Part[]): Uint8Array {
   return bytesOf(Op.PROTO, 2, ...parts, Op.STOP);
+}
+
+/** A .pt archive (as torch.save lays it out) around a hand-built pickle and the storages given. */
+export async function torchZip(pickleBytes: Uint8Array, storages: Record<string, Uint8Array> = {}): Promise<Uint8Array> {
+  const sink = new MemorySink();
+  const zip = new ZipWriter(sink);
+  await zip.addEntry("archive/data.pkl", pickleBytes);
+  await zip.addEntry("archive/byteorder", utf8("little"));
+  for (const [key, bytes] of Object.entries(storages)) await zip.addEntry(`archive/data/${key}`, bytes);
+  await zip.addEntry("archive/version", utf8("3\n"));
+  await zip.finish();
+  return sink.toBytes();
 }
