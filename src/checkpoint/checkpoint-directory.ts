@@ -16,10 +16,12 @@ import { parseScore, savedScore } from "./score.js";
 /** What is known about one committed checkpoint without reading its tensors. */
 export interface CheckpointInfo {
   stepNr: number;
-  /** The directory holding it (normally `step_<N>`). */
+  /** The directory holding its files (normally `step_<N>`; `step_<N>/save-<id>` on object storage). */
   path: string;
   /** Names of the files (and `cc/` subdirectories) in it. */
   files: string[];
+  /** Where its `manifest.json` is or would be: in `step_<N>`, whichever directory holds the files. */
+  manifestPath: string;
   /** Written by this library; undefined for a checkpoint written by fairseq2. */
   manifest: Manifest | undefined;
   /** Only model files are left (retention with `preserveModel`): loadable as a model, not resumable. */
@@ -73,7 +75,8 @@ async function committedDirs(fileSystem: FileSystem, checkpointDir: string): Pro
 export async function listCheckpoints(fileSystem: FileSystem, checkpointDir: string): Promise<CheckpointInfo[]> {
   const dirs = await committedDirs(fileSystem, checkpointDir);
   const steps = [...dirs.keys()].sort((a, b) => a - b);
-  return Promise.all(steps.map((stepNr) => readInfo(fileSystem, stepNr, dirs.get(stepNr)!)));
+  const infos = await Promise.all(steps.map((stepNr) => readInfo(fileSystem, stepNr, dirs.get(stepNr)!)));
+  return infos.filter((info) => info !== undefined);
 }
 
 /**
@@ -85,23 +88,42 @@ export async function findCheckpoint(fileSystem: FileSystem, checkpointDir: stri
   return path === undefined ? undefined : readInfo(fileSystem, stepNr, path);
 }
 
-async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): Promise<CheckpointInfo> {
+/**
+ * What is known of the checkpoint in `stepDir`; undefined when storage without rename holds no
+ * manifest there (a save that never committed, or a deletion that has begun: no checkpoint).
+ */
+async function readInfo(fileSystem: FileSystem, stepNr: number, stepDir: string): Promise<CheckpointInfo | undefined> {
+  const manifestPath = joinPath(stepDir, MANIFEST_FILE);
+  let path = stepDir;
   let files: string[];
-  try {
-    files = (await fileSystem.listDirectory(path)).map((entry) => entry.name);
-  } catch (error) {
+  const unreadable = (error: unknown): CheckpointInfo => {
     // One unreadable step (permissions, I/O error) must not hide the others.
     const damaged = `step ${stepNr} cannot be read: ${(error as Error).message}`;
-    return { stepNr, path, files: [], manifest: undefined, modelOnly: false, score: undefined, lowerBetter: undefined, scoreAsSaved: undefined, createdAt: undefined, damaged, warning: undefined };
+    return { stepNr, path, files: [], manifestPath, manifest: undefined, modelOnly: false, score: undefined, lowerBetter: undefined, scoreAsSaved: undefined, createdAt: undefined, damaged, warning: undefined };
+  };
+  try {
+    files = (await fileSystem.listDirectory(stepDir)).map((entry) => entry.name);
+  } catch (error) {
+    return unreadable(error);
   }
+  if (!fileSystem.supportsRename && !files.includes(MANIFEST_FILE)) return undefined;
   // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
   let damaged: string | undefined;
   let manifest: Manifest | undefined;
   if (files.includes(MANIFEST_FILE)) {
     try {
-      manifest = decodeManifest(await fileSystem.readFile(joinPath(path, MANIFEST_FILE)), stepNr);
+      manifest = decodeManifest(await fileSystem.readFile(manifestPath), stepNr);
     } catch (error) {
       damaged = (error as Error).message;
+    }
+  }
+  if (manifest?.filesDir !== undefined) {
+    // Saved on object storage: the files are in the save directory the manifest names.
+    path = joinPath(stepDir, manifest.filesDir);
+    try {
+      files = (await fileSystem.listDirectory(path)).map((entry) => entry.name);
+    } catch (error) {
+      return unreadable(error);
     }
   }
   // A bad score makes the step unscored, never unresumable: fairseq2 writes "nan" for a NaN loss.
@@ -120,7 +142,7 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, path: string): P
   const modelOnly = manifest?.modelOnly ?? (files.some(isModelFile) && !files.some((name) => isRankFile(name) || isReplicatedFile(name)));
   const lowerBetter = score === undefined ? undefined : manifest?.lowerBetter;
   const scoreAsSaved = score === undefined || lowerBetter === undefined ? undefined : savedScore(score, lowerBetter);
-  return { stepNr, path, files, manifest, modelOnly, score, lowerBetter, scoreAsSaved, createdAt: await creationTime(fileSystem, path, manifest), damaged, warning };
+  return { stepNr, path, files, manifestPath, manifest, modelOnly, score, lowerBetter, scoreAsSaved, createdAt: await creationTime(fileSystem, path, manifest), damaged, warning };
 }
 
 /** See CheckpointInfo.createdAt. A manifest's unparseable date is no date, not damage: it only dates. */

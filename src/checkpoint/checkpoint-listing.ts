@@ -1,8 +1,8 @@
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import { joinPath } from "../fs/paths.js";
-import { findCheckpoint } from "./checkpoint-directory.js";
-import { CARBON_COPY_DIR, LOCK_FILE, MODEL_CARD_FILE, parseLeftoverDirName, parseStepDirName } from "./layout.js";
+import { findCheckpoint, type CheckpointInfo } from "./checkpoint-directory.js";
+import { CARBON_COPY_DIR, LOCK_FILE, MANIFEST_FILE, MODEL_CARD_FILE, parseLeftoverDirName, parseStepDirName } from "./layout.js";
 import { bestStep } from "./retention.js";
 
 /** One directory of a checkpoint directory, as `ckpt ls` shows it. */
@@ -10,7 +10,10 @@ export interface CheckpointSummary {
   stepNr: number;
   /** The directory's name: `step_1000`, `step_1000.tmp`, ... */
   name: string;
+  /** The directory holding its files: `step_N`, or on object storage the save directory in it. */
   path: string;
+  /** Where its manifest.json is (or would be). */
+  manifestPath: string;
   /**
    * `committed`: a checkpoint; `unfinished`: a save in progress or cut off (`.tmp`), never loaded;
    * `deleting`: a deletion in progress or cut off; `damaged`: committed but its manifest or score
@@ -87,31 +90,39 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
 
   const summaries: CheckpointSummary[] = [];
   for (const [stepNr, name] of committed) {
-    const path = joinPath(checkpointDir, name);
-    // An unreadable step is listed (as damaged, below) with no files rather than failing the listing.
-    const { files, size, sizes } = await filesWithSizes(fileSystem, path).catch(() => ({ files: [], size: 0, sizes: new Map<string, number>() }));
-    const summary = blank(stepNr, name, path, "committed", files, size, sizes);
+    let info: CheckpointInfo | undefined;
+    let problem: string | undefined;
     try {
-      const info = await findCheckpoint(fileSystem, checkpointDir, stepNr);
-      if (info?.damaged !== undefined) {
-        summary.status = "damaged";
-        summary.problem = info.damaged;
-      } else if (info !== undefined) {
-        Object.assign(summary, {
-          warning: info.warning,
-          score: info.score,
-          scoreAsSaved: info.scoreAsSaved,
-          lowerBetter: info.lowerBetter,
-          hasManifest: info.manifest !== undefined,
-          modelOnly: info.modelOnly,
-          resumable: !info.modelOnly,
-          dpSize: info.manifest?.dpSize,
-          tpSize: info.manifest?.tpSize,
-        });
-      }
+      info = await findCheckpoint(fileSystem, checkpointDir, stepNr);
+      problem = info?.damaged;
     } catch (error) {
+      problem = (error as Error).message;
+    }
+    if (info === undefined && problem === undefined) {
+      // Object storage: a step with no manifest is a save that never committed (or a deletion under way).
+      others.push({ stepNr, name, status: "unfinished" });
+      continue;
+    }
+    const path = info?.path ?? joinPath(checkpointDir, name);
+    // An unreadable step is listed (as damaged, below) with no files rather than failing the listing.
+    const { files, size, sizes } = await checkpointFiles(fileSystem, path, info?.manifestPath).catch(() => ({ files: [], size: 0, sizes: new Map<string, number>() }));
+    const summary = blank(stepNr, name, path, "committed", files, size, sizes);
+    summary.manifestPath = info?.manifestPath ?? joinPath(path, MANIFEST_FILE);
+    if (problem !== undefined) {
       summary.status = "damaged";
-      summary.problem = (error as Error).message;
+      summary.problem = problem;
+    } else if (info !== undefined) {
+      Object.assign(summary, {
+        warning: info.warning,
+        score: info.score,
+        scoreAsSaved: info.scoreAsSaved,
+        lowerBetter: info.lowerBetter,
+        hasManifest: info.manifest !== undefined,
+        modelOnly: info.modelOnly,
+        resumable: !info.modelOnly,
+        dpSize: info.manifest?.dpSize,
+        tpSize: info.manifest?.tpSize,
+      });
     }
     summaries.push(summary);
   }
@@ -120,7 +131,7 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
     const { files, size, sizes } = await filesWithSizes(fileSystem, path);
     summaries.push(blank(stepNr, name, path, status, files, size, sizes));
   }
-  summaries.sort((a, b) => a.stepNr - b.stepNr || STATUS_ORDER[a.status] - STATUS_ORDER[b.status]);
+  summaries.sort((a, b) => a.stepNr - b.stepNr || STATUS_ORDER[a.status] - STATUS_ORDER[b.status] || a.name.localeCompare(b.name));
 
   const good = summaries.filter((s) => s.status === "committed");
   const lastStepNr = good.filter((s) => s.resumable).at(-1)?.stepNr;
@@ -142,9 +153,23 @@ function blank(
   sizes: Map<string, number>,
 ): CheckpointSummary {
   return {
-    stepNr, name, path, status, problem: undefined, warning: undefined, score: undefined, scoreAsSaved: undefined, lowerBetter: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
+    stepNr, name, path, manifestPath: joinPath(path, MANIFEST_FILE), status, problem: undefined, warning: undefined, score: undefined, scoreAsSaved: undefined, lowerBetter: undefined, size, files, fileSizes: Object.fromEntries(files.map((f) => [f, sizes.get(f)!])),
     hasManifest: false, modelOnly: false, resumable: false, isLast: false, isBest: false, dpSize: undefined, tpSize: undefined,
   };
+}
+
+/**
+ * The files of a checkpoint with their sizes: those under `dir`, and its manifest where that lies
+ * outside `dir` (object storage keeps it in `step_N/`, the files in a save directory below).
+ */
+export async function checkpointFiles(fileSystem: FileSystem, dir: string, manifestPath: string | undefined): Promise<{ files: string[]; size: number; sizes: Map<string, number> }> {
+  const listed = await filesWithSizes(fileSystem, dir);
+  if (manifestPath === undefined || manifestPath === joinPath(dir, MANIFEST_FILE)) return listed;
+  const reader = await fileSystem.openReader(manifestPath);
+  const manifestSize = reader.size;
+  await reader.close();
+  listed.sizes.set(MANIFEST_FILE, manifestSize);
+  return { files: [...listed.sizes.keys()].sort(), size: listed.size + manifestSize, sizes: listed.sizes };
 }
 
 /** Every file under `dir` (relative, sorted) and their total size. */

@@ -4,10 +4,8 @@ import { joinPath } from "../fs/paths.js";
 import { findCheckpoint, type CheckpointInfo } from "./checkpoint-directory.js";
 import type { DeleteOptions, RetentionReport } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
-import { MANIFEST_FILE } from "./layout.js";
 import { isRoot, type ManagerContext } from "./manager-context.js";
 import { encodeManifest } from "./manifest.js";
-import { moveCheckpointAway } from "./rename-commit.js";
 import { BackgroundDeletion } from "./background-deletion.js";
 import { planRetention, pruneAction, trainingStateFiles, type RetentionPlanOptions } from "./retention-plan.js";
 
@@ -110,8 +108,7 @@ export class CheckpointPruner {
     const { fileSystem, checkpointDir } = this.context;
     const action = pruneAction(info, preserveModel);
     if (action === "delete") {
-      const deleting = await moveCheckpointAway(fileSystem, checkpointDir, info.path, info.stepNr);
-      return () => fileSystem.remove(deleting);
+      return this.context.commit.withdraw(checkpointDir, info);
     }
     if (action === "keep") return undefined;
     const trainingState = trainingStateFiles(info);
@@ -127,7 +124,7 @@ export class CheckpointPruner {
     }
     // The manifest is rewritten first, so it never lists a file that is gone.
     const files = Object.fromEntries(Object.entries(info.manifest.files).filter(([name]) => !trainingState.includes(name)));
-    await fileSystem.writeFile(joinPath(info.path, MANIFEST_FILE), encodeManifest({ ...info.manifest, modelOnly: true, files }));
+    await fileSystem.writeFile(info.manifestPath, encodeManifest({ ...info.manifest, modelOnly: true, files }));
     return removeTrainingState;
   }
 }

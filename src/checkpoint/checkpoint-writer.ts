@@ -8,7 +8,7 @@ import type { StateDict, StateValue } from "../values/py-values.js";
 import { findUnsaveable } from "../values/state-check.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
-import { METADATA_FILE, SCORE_FILE, TMP_SUFFIX, modelFileName, rankFileName, replicatedFileName, stepDirName } from "./layout.js";
+import { METADATA_FILE, SCORE_FILE, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
 import { fileProgress, isPlainDict, isRoot, type ManagerContext } from "./manager-context.js";
 import { assembleModel, describeShards, findShardedTensors, mergeShardDescriptions } from "./fsdp-consolidation.js";
 import { manifestFile, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
@@ -24,7 +24,8 @@ interface OpenCheckpoint {
   /** Written in the background from snapshots: each step is queued on `chain`. */
   background: boolean;
   chain: Promise<void>;
-  tmpDir: string;
+  /** Where its files go (`step_N.tmp`, or a save directory on object storage); known once begun. */
+  tmpDir: string | undefined;
   /** The files this rank wrote, with their digests. */
   files: Record<string, ManifestFile>;
   /** The sharded tensors in this rank's files, for the manifest. */
@@ -68,19 +69,25 @@ export class CheckpointWriter {
         stepNr,
         background: options.background ?? false,
         chain: Promise.resolve(),
-        tmpDir: joinPath(this.context.checkpointDir, `${stepDirName(stepNr)}${TMP_SUFFIX}`),
+        tmpDir: undefined,
         files: {},
         sharded: [],
         stateSaved: false,
         lowerBetter: undefined,
       };
       this.open = checkpoint;
+      // Rank 0 chooses where the files go and tells the others (on object storage, a new place each save).
+      let staging: string | undefined;
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
         if (!isRoot(this.context)) return;
         await this.context.owner.own();
-        await this.context.fileSystem.remove(checkpoint.tmpDir);
-        await this.context.fileSystem.makeDirectory(checkpoint.tmpDir);
-      });
+        staging = await this.context.commit.prepareStaging(this.context.checkpointDir, stepNr);
+        checkpoint.tmpDir = staging;
+      }, (shared) => {
+        const chosen = shared[0] ?? this.context.commit.fixedStaging(this.context.checkpointDir, stepNr);
+        if (typeof chosen !== "string") throw new CheckpointSaveError(stepNr, "beginCheckpoint: rank 0 named no directory for the checkpoint's files (a rank played by a FakeGang cannot save on object storage)");
+        checkpoint.tmpDir = chosen;
+      }, () => staging ?? null);
     });
   }
 
@@ -163,7 +170,7 @@ export class CheckpointWriter {
         const shardsByRank: ShardedTensor[][] = [own];
         for (let rank = 1; rank < dp.size; rank++) shardsByRank.push(await this.readScratch(checkpoint, scratch(rank), reportedShards[rank * tp.size + tp.rank]));
         full = assembleModel(source, shardsByRank);
-        for (let rank = 1; rank < dp.size; rank++) await this.context.fileSystem.remove(joinPath(checkpoint.tmpDir, scratch(rank)));
+        for (let rank = 1; rank < dp.size; rank++) await this.context.fileSystem.remove(joinPath(stagingDir(checkpoint), scratch(rank)));
       }
       // Always under "model", as fairseq2 writes its consolidated model: the rank files name the
       // state's own key, so a loader never takes this copy for the (sharded) model of the state.
@@ -180,7 +187,7 @@ export class CheckpointWriter {
       const reports = shared as unknown as CommitReport[];
       await publishCheckpoint(this.context, {
         stepNr: checkpoint.stepNr,
-        tmpDir: checkpoint.tmpDir,
+        tmpDir: stagingDir(checkpoint),
         reported: reports.map((r) => r.files),
         sharded: mergeShardDescriptions(reports.map((r) => r.sharded)),
         lowerBetter: checkpoint.lowerBetter,
@@ -272,12 +279,15 @@ export class CheckpointWriter {
   private async drop(checkpoint: OpenCheckpoint, force = false): Promise<void> {
     if (this.open === checkpoint && (force || !checkpoint.background)) this.open = undefined;
     // Only the lock holder's: without the lock, a step_N.tmp there is another manager's save.
-    if (isRoot(this.context) && this.context.owner.holdsLock) await this.context.fileSystem.remove(checkpoint.tmpDir).catch(() => undefined);
+    const tmpDir = checkpoint.tmpDir;
+    if (tmpDir !== undefined && isRoot(this.context) && this.context.owner.holdsLock) {
+      await this.context.commit.discard(this.context.checkpointDir, checkpoint.stepNr, tmpDir).catch(() => undefined);
+    }
   }
 
   /** Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not). */
   private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true): Promise<void> {
-    const path = joinPath(checkpoint.tmpDir, name);
+    const path = joinPath(stagingDir(checkpoint), name);
     const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
     const digest = (await this.context.dumper.dump(value, path, onProgress === undefined ? {} : { onProgress })) ?? (await digestFile(this.context.fileSystem, path));
     if (listed) checkpoint.files[name] = manifestFile(digest);
@@ -295,13 +305,19 @@ export class CheckpointWriter {
   private async readScratch(checkpoint: OpenCheckpoint, name: string, digest: ManifestFile | null | undefined): Promise<ShardedTensor[]> {
     if (digest === undefined || digest === null) throw new Error(`no rank reported writing ${name}`);
     const expectedDigest = { size: digest.size, crc32: Number.parseInt(digest.crc32, 16) };
-    const shards = await this.context.loader.load(joinPath(checkpoint.tmpDir, name), this.context.loader.verifiesDigest === true ? { expectedDigest } : {});
+    const shards = await this.context.loader.load(joinPath(stagingDir(checkpoint), name), this.context.loader.verifiesDigest === true ? { expectedDigest } : {});
     if (!Array.isArray(shards) || !shards.every((shard) => shard instanceof ShardedTensor)) throw new Error(`${name} does not hold a list of sharded tensors`);
     return shards as ShardedTensor[];
   }
 
   private async writeBytes(checkpoint: OpenCheckpoint, name: string, bytes: Uint8Array): Promise<void> {
-    await this.context.fileSystem.writeFile(joinPath(checkpoint.tmpDir, name), bytes);
+    await this.context.fileSystem.writeFile(joinPath(stagingDir(checkpoint), name), bytes);
     checkpoint.files[name] = manifestFile({ size: bytes.byteLength, crc32: crc32(bytes) });
   }
+}
+
+/** The directory of an open checkpoint's files, which beginCheckpoint settled on every rank. */
+function stagingDir(checkpoint: OpenCheckpoint): string {
+  if (checkpoint.tmpDir === undefined) throw new Error(`checkpoint ${checkpoint.stepNr} has no directory for its files: beginCheckpoint did not finish`);
+  return checkpoint.tmpDir;
 }

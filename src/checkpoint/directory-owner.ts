@@ -2,7 +2,7 @@ import { CheckpointError } from "../errors.js";
 import type { FileLock, FileSystem } from "../fs/file-system.js";
 import { joinPath } from "../fs/paths.js";
 import { LOCK_FILE } from "./layout.js";
-import { recoverLeftovers } from "./rename-commit.js";
+import type { CommitProtocol } from "./commit-protocol.js";
 
 /**
  * The one manager allowed to change a checkpoint directory: it holds the directory's lock, and
@@ -15,6 +15,7 @@ export class DirectoryOwner {
   constructor(
     private readonly fileSystem: FileSystem,
     private readonly checkpointDir: string,
+    private readonly commit: CommitProtocol,
   ) {}
 
   get holdsLock(): boolean {
@@ -34,7 +35,7 @@ export class DirectoryOwner {
     } catch (error) {
       throw new CheckpointError(undefined, `the checkpoint directory ${this.checkpointDir} ${whyNotOwned(error)}: ${(error as Error).message}`, { cause: error });
     }
-    await recoverLeftovers(this.fileSystem, this.checkpointDir);
+    await this.commit.recover(this.checkpointDir);
     return true;
   }
 

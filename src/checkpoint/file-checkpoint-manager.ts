@@ -28,6 +28,7 @@ import type {
 import { CheckpointPruner, runDirectoryStep } from "./checkpoint-pruner.js";
 import { CheckpointReader } from "./checkpoint-reader.js";
 import { CheckpointWriter } from "./checkpoint-writer.js";
+import { commitProtocolFor } from "./commit-protocol.js";
 import { DirectoryOwner } from "./directory-owner.js";
 import { MODEL_CARD_FILE } from "./layout.js";
 import { OneCallAtATime, checkStepNr, isRoot, type CheckpointProgress, type ManagerContext } from "./manager-context.js";
@@ -96,6 +97,7 @@ export class FileCheckpointManager implements CheckpointManager {
     // Once, here: a relative path read again at each call would move with process.chdir().
     this.checkpointDir = fileSystem.resolvePath?.(options.checkpointDir) ?? options.checkpointDir;
     const calls = new OneCallAtATime();
+    const commit = commitProtocolFor(fileSystem);
     this.context = {
       checkpointDir: this.checkpointDir,
       gangs,
@@ -103,7 +105,8 @@ export class FileCheckpointManager implements CheckpointManager {
       loader: options.tensorLoader ?? new TorchTensorLoader({ fileSystem }),
       dumper: options.tensorDumper ?? new TorchTensorDumper({ fileSystem }),
       verifyChecksums: options.verifyChecksums ?? true,
-      owner: new DirectoryOwner(fileSystem, this.checkpointDir),
+      owner: new DirectoryOwner(fileSystem, this.checkpointDir, commit),
+      commit,
       onProgress: options.onProgress,
       exclusive: (work) => calls.run(work),
     };

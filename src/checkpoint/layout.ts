@@ -16,6 +16,16 @@ export const REPLACED_SUFFIX = ".replaced";
 /** A checkpoint being deleted: renamed first, so it disappears from listings at once. */
 export const DELETING_SUFFIX = ".deleting";
 
+/**
+ * On object storage (no rename), each save of a step writes its files under `step_N/save-<id>/`
+ * and the step's `manifest.json` names the one that is committed (see manifest-commit).
+ */
+const SAVE_DIR = /^save-[0-9a-z]{1,16}-[0-9a-f]{8}$/;
+
+export function isSaveDirName(name: string): boolean {
+  return SAVE_DIR.test(name);
+}
+
 // Step numbers as stepDirName writes them (no leading zeros), so each step has one name; up to
 // 16 digits, as every safe integer the manager accepts, checked with safeStepNr.
 const STEP_DIR = /^step_(0|[1-9]\d{0,15})$/;

@@ -3,6 +3,7 @@ import type { FileSystem } from "../fs/file-system.js";
 import type { Gangs } from "../gang/gang.js";
 import type { TensorDumper, TensorLoader } from "../io/tensor-io.js";
 import type { StateDict } from "../values/py-values.js";
+import type { CommitProtocol } from "./commit-protocol.js";
 import type { DirectoryOwner } from "./directory-owner.js";
 
 /** How far the writing or reading of one file of a checkpoint has got. */
@@ -24,6 +25,8 @@ export interface ManagerContext {
   readonly dumper: TensorDumper;
   readonly verifyChecksums: boolean;
   readonly owner: DirectoryOwner;
+  /** How checkpoints are committed and removed on this file system. */
+  readonly commit: CommitProtocol;
   readonly onProgress: ((event: CheckpointProgress) => void) | undefined;
   /** Runs `work` unless another call on the manager is running (then throws). */
   exclusive<T>(work: () => Promise<T>): Promise<T>;

@@ -1,5 +1,6 @@
 import { CheckpointLoadError } from "../errors.js";
 import type { FileDigest } from "../io/tensor-io.js";
+import { isSaveDirName } from "./layout.js";
 
 export const MANIFEST_FORMAT = "ckpt-manifest";
 export const MANIFEST_VERSION = 1;
@@ -35,6 +36,12 @@ export interface Manifest {
    * rank's shard lies in it, for consolidation and later resharding. Absent when there are none.
    */
   sharded?: ManifestShardedTensor[];
+  /**
+   * On object storage: the directory within `step_N/` that holds the files (`save-<id>`), one per
+   * save, so that a re-save never mixes with the files it replaces. Absent on a local disk, where
+   * the files sit next to the manifest.
+   */
+  filesDir?: string;
 }
 
 /** One sharded tensor of a checkpoint: the same key path in the rank files of one tp rank. */
@@ -87,5 +94,6 @@ export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
   }
   if (m.sharded !== undefined && !Array.isArray(m.sharded)) fail("sharded is not a list");
   if (m.lowerBetter !== undefined && typeof m.lowerBetter !== "boolean") fail("lowerBetter is not a boolean");
+  if (m.filesDir !== undefined && (typeof m.filesDir !== "string" || !isSaveDirName(m.filesDir))) fail(`filesDir ${JSON.stringify(m.filesDir)} is not a save directory name`);
   return value as Manifest;
 }

@@ -4,8 +4,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { CARBON_COPY_DIR, MANIFEST_FILE } from "./layout.js";
 import type { ManagerContext } from "./manager-context.js";
-import { MANIFEST_FORMAT, MANIFEST_VERSION, encodeManifest, manifestFile, type Manifest, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
-import { commitByRename } from "./rename-commit.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, manifestFile, type Manifest, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
 
 /** What rank 0 needs to know to publish a checkpoint every rank has written its files for. */
 export interface Publication {
@@ -20,9 +19,9 @@ export interface Publication {
 }
 
 /**
- * Rank 0's half of the commit: copy `cc/`, write the manifest of every file in the directory
+ * Rank 0's half of the commit: copy `cc/`, make the manifest of every file in the directory
  * (digests from the ranks that wrote them; read back only for files no rank reported, as when
- * FakeGangs play the other ranks), then rename the directory into place.
+ * FakeGangs play the other ranks), then commit it as the storage does (see CommitProtocol).
  */
 export async function publishCheckpoint(context: ManagerContext, publication: Publication): Promise<void> {
   const { fileSystem, checkpointDir, gangs } = context;
@@ -50,8 +49,7 @@ export async function publishCheckpoint(context: ManagerContext, publication: Pu
     ...(publication.lowerBetter === undefined ? {} : { lowerBetter: publication.lowerBetter }),
     ...(publication.sharded.length > 0 ? { sharded: publication.sharded } : {}),
   };
-  await fileSystem.writeFile(joinPath(tmpDir, MANIFEST_FILE), encodeManifest(manifest));
-  await commitByRename(fileSystem, checkpointDir, stepNr);
+  await context.commit.publish(checkpointDir, stepNr, tmpDir, manifest);
 }
 
 /** Copies the files of `<checkpointDir>/cc/` into the checkpoint; returns their digests by name. */

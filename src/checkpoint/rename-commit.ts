@@ -1,6 +1,43 @@
 import type { FileSystem } from "../fs/file-system.js";
 import { joinPath } from "../fs/paths.js";
-import { DELETING_SUFFIX, REPLACED_SUFFIX, TMP_SUFFIX, parseLeftoverDirName, parseStepDirName, stepDirName } from "./layout.js";
+import type { CheckpointInfo } from "./checkpoint-directory.js";
+import type { CommitProtocol } from "./commit-protocol.js";
+import { DELETING_SUFFIX, MANIFEST_FILE, REPLACED_SUFFIX, TMP_SUFFIX, parseLeftoverDirName, parseStepDirName, stepDirName } from "./layout.js";
+import { encodeManifest, type Manifest } from "./manifest.js";
+
+/** The commit protocol of file systems with an atomic directory rename (a local disk). */
+export class RenameCommit implements CommitProtocol {
+  constructor(private readonly fileSystem: FileSystem) {}
+
+  fixedStaging(checkpointDir: string, stepNr: number): string {
+    return joinPath(checkpointDir, `${stepDirName(stepNr)}${TMP_SUFFIX}`);
+  }
+
+  async prepareStaging(checkpointDir: string, stepNr: number): Promise<string> {
+    const tmp = this.fixedStaging(checkpointDir, stepNr);
+    await this.fileSystem.remove(tmp);
+    await this.fileSystem.makeDirectory(tmp);
+    return tmp;
+  }
+
+  discard(_checkpointDir: string, _stepNr: number, stagingDir: string): Promise<void> {
+    return this.fileSystem.remove(stagingDir);
+  }
+
+  async publish(checkpointDir: string, stepNr: number, stagingDir: string, manifest: Manifest): Promise<void> {
+    await this.fileSystem.writeFile(joinPath(stagingDir, MANIFEST_FILE), encodeManifest(manifest));
+    await commitByRename(this.fileSystem, checkpointDir, stepNr);
+  }
+
+  async withdraw(checkpointDir: string, info: CheckpointInfo): Promise<() => Promise<void>> {
+    const deleting = await moveCheckpointAway(this.fileSystem, checkpointDir, info.path, info.stepNr);
+    return () => this.fileSystem.remove(deleting);
+  }
+
+  recover(checkpointDir: string): Promise<void> {
+    return recoverLeftovers(this.fileSystem, checkpointDir);
+  }
+}
 
 /**
  * Atomic commit by directory rename, for file systems that have one. A checkpoint is written in
@@ -21,11 +58,6 @@ export async function commitByRename(fileSystem: FileSystem, checkpointDir: stri
   await fileSystem.renameDirectory(tmp, target);
   await fileSystem.syncDirectory(checkpointDir);
   if (replacing) await fileSystem.remove(replaced);
-}
-
-/** Removes a committed checkpoint: renamed away first, so no listing ever sees it half deleted. */
-export async function removeCheckpointDirectory(fileSystem: FileSystem, checkpointDir: string, path: string, stepNr: number): Promise<void> {
-  await fileSystem.remove(await moveCheckpointAway(fileSystem, checkpointDir, path, stepNr));
 }
 
 /**

@@ -5,7 +5,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { checkTensorFile } from "../io/tensor-file-outline.js";
 import type { FileDigest } from "../io/tensor-io.js";
-import { filesWithSizes, listCheckpointDirectory } from "./checkpoint-listing.js";
+import { checkpointFiles, listCheckpointDirectory } from "./checkpoint-listing.js";
 import { MANIFEST_FILE, SCORE_FILE, isModelFile, rankFileName } from "./layout.js";
 import { decodeManifest, type Manifest } from "./manifest.js";
 import { parseScore } from "./score.js";
@@ -95,7 +95,7 @@ export async function verifyCheckpoints(checkpointDir: string, options: VerifyOp
       result.notes.push(summary.status === "unfinished" ? "an unfinished save (.tmp): never loaded, not checked" : "a deletion in progress or cut off: not checked");
       continue;
     }
-    await verifyOne(fileSystem, summary.stepNr, summary.path, result, progress);
+    await verifyOne(fileSystem, summary.stepNr, summary.path, summary.manifestPath, result, progress);
     bytesBefore += summary.size;
     progress(0);
     if (result.problems.length > 0) result.status = "damaged";
@@ -107,13 +107,14 @@ async function verifyOne(
   fileSystem: FileSystem,
   stepNr: number,
   dir: string,
+  manifestPath: string,
   result: CheckpointVerification,
   progress: (done: number) => void,
 ): Promise<void> {
   const problem = (file: string, what: string): void => void result.problems.push({ file, problem: what });
-  let listed: Awaited<ReturnType<typeof filesWithSizes>>;
+  let listed: Awaited<ReturnType<typeof checkpointFiles>>;
   try {
-    listed = await filesWithSizes(fileSystem, dir);
+    listed = await checkpointFiles(fileSystem, dir, manifestPath);
   } catch (error) {
     problem(".", `the checkpoint's directory cannot be read: ${(error as Error).message}`);
     return;
@@ -123,7 +124,7 @@ async function verifyOne(
   if (sizes.has(MANIFEST_FILE)) {
     result.hasManifest = true;
     try {
-      manifest = decodeManifest(await fileSystem.readFile(joinPath(dir, MANIFEST_FILE)), stepNr);
+      manifest = decodeManifest(await fileSystem.readFile(manifestPath), stepNr);
     } catch (error) {
       problem(MANIFEST_FILE, `${(error as Error).message}; the other files are only parsed`);
     }

@@ -24,7 +24,7 @@ export const MAX_IO_BYTES = 1 << 30;
  * directory fsynced, so a file is either all there or not there, even across a power cut.
  */
 export class LocalFileSystem implements FileSystem {
-  readonly supportsRename = true;
+  readonly supportsRename: boolean = true;
 
   resolvePath(path: string): string {
     return nodePath.resolve(path);
