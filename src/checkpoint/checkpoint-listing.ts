@@ -1,5 +1,5 @@
 import type { FileSystem } from "../fs/file-system.js";
-import { LocalFileSystem } from "../fs/local-file-system.js";
+import { fileSystemForPath } from "../fs/file-system-for-path.js";
 import { joinPath } from "../fs/paths.js";
 import { findCheckpoint, type CheckpointInfo } from "./checkpoint-directory.js";
 import { CARBON_COPY_DIR, LOCK_FILE, MANIFEST_FILE, MODEL_CARD_FILE, parseLeftoverDirName, parseStepDirName } from "./layout.js";
@@ -70,7 +70,7 @@ const STATUS_ORDER = { committed: 0, damaged: 0, unfinished: 1, deleting: 2 } as
  * const { checkpoints, lastStepNr } = await listCheckpointDirectory("checkpoints");
  */
 export async function listCheckpointDirectory(checkpointDir: string, options: { fileSystem?: FileSystem } = {}): Promise<CheckpointDirectoryListing> {
-  const fileSystem = options.fileSystem ?? new LocalFileSystem();
+  const fileSystem = options.fileSystem ?? fileSystemForPath(checkpointDir);
   const entries = await fileSystem.listDirectory(checkpointDir);
   const committed = new Map<number, string>();
   const replaced = new Map<number, string>();

@@ -3,7 +3,7 @@ import { CheckpointNotFoundError, InvalidArgumentError } from "../errors.js";
 import { fakeGangs } from "../gang/fake-gang.js";
 import type { Gangs } from "../gang/gang.js";
 import type { FileSystem } from "../fs/file-system.js";
-import { LocalFileSystem } from "../fs/local-file-system.js";
+import { fileSystemForPath } from "../fs/file-system-for-path.js";
 import { joinPath } from "../fs/paths.js";
 import type { TensorDumper, TensorLoader } from "../io/tensor-io.js";
 import { TorchTensorDumper, TorchTensorLoader } from "../io/torch-tensor-io.js";
@@ -93,7 +93,7 @@ export class FileCheckpointManager implements CheckpointManager {
     if (root.size !== dp.size * tp.size) {
       throw new InvalidArgumentError(`gangs do not fit together: root has ${root.size} ranks but dp × tp is ${dp.size} × ${tp.size}`);
     }
-    const fileSystem = options.fileSystem ?? new LocalFileSystem();
+    const fileSystem = options.fileSystem ?? fileSystemForPath(options.checkpointDir);
     // Once, here: a relative path read again at each call would move with process.chdir().
     this.checkpointDir = fileSystem.resolvePath?.(options.checkpointDir) ?? options.checkpointDir;
     const calls = new OneCallAtATime();

@@ -1,5 +1,6 @@
 import { CheckpointNotFoundError, InvalidArgumentError } from "../errors.js";
 import type { FileSystem } from "../fs/file-system.js";
+import { fileSystemForPath } from "../fs/file-system-for-path.js";
 import { joinPath } from "../fs/paths.js";
 import { fakeGangs } from "../gang/fake-gang.js";
 import type { Gangs } from "../gang/gang.js";
@@ -42,8 +43,8 @@ export async function reshardCheckpoint(options: ReshardCheckpointOptions): Prom
   for (const [name, value] of [["dpSize", dpSize], ["tpSize", tpSize]] as const) {
     if (!Number.isInteger(value) || value < 1) throw new InvalidArgumentError(`${name} must be a positive integer, got ${String(value)}`);
   }
-  const fileSystem = options.fileSystem;
-  const withFs = fileSystem === undefined ? {} : { fileSystem };
+  const fileSystem = options.fileSystem ?? fileSystemForPath(options.checkpointDir);
+  const withFs = { fileSystem };
   const source = new FileCheckpointManager({ checkpointDir: options.checkpointDir, ...withFs });
   const stepNr = options.stepNr ?? (await source.getLastStepNumber());
   if (stepNr === undefined) throw new CheckpointNotFoundError(undefined, `there is no checkpoint in ${options.checkpointDir}`);
@@ -64,7 +65,7 @@ export async function reshardCheckpoint(options: ReshardCheckpointOptions): Prom
   }));
   await Promise.all(ranks.map(async ({ rootGang, dpRank, tpRank }, rank) => {
     const gangs: Gangs = { root: rootGang, dp: dpGroups[tpRank]![dpRank]!, tp: tpGroups[dpRank]![tpRank]! };
-    const writer = new FileCheckpointManager({ checkpointDir: options.outputDir, gangs, ...withFs });
+    const writer = new FileCheckpointManager({ checkpointDir: options.outputDir, gangs, fileSystem: options.fileSystem ?? fileSystemForPath(options.outputDir) });
     try {
       await writer.beginCheckpoint(stepNr);
       await writer.saveState(states[rank]!, { modelKey, replicatedKeys: modelReplicated ? [...replicatedKeys, modelKey] : replicatedKeys });
@@ -83,11 +84,12 @@ export async function reshardCheckpoint(options: ReshardCheckpointOptions): Prom
  * FSDP-style shards in the rank files are joined (a reshard to dp=1, tp=1), reading only the model.
  */
 export async function loadConsolidatedModel(checkpointDir: string, stepNr: number, options: { fileSystem?: FileSystem } = {}): Promise<StateDict> {
-  const withFs = options.fileSystem === undefined ? {} : { fileSystem: options.fileSystem };
+  const fileSystem = options.fileSystem ?? fileSystemForPath(checkpointDir);
+  const withFs = { fileSystem };
   const source = new FileCheckpointManager({ checkpointDir, ...withFs });
   const info = (await source.listCheckpoints()).find((c) => c.stepNr === stepNr);
   if (info === undefined) throw new CheckpointNotFoundError(stepNr, `there is no checkpoint ${stepNr} in ${checkpointDir}`);
-  const { modelKey } = await savedSplit(info.path, info.files, options.fileSystem);
+  const { modelKey } = await savedSplit(info.path, info.files, fileSystem);
   // With model files (tp or not, model-only checkpoints included) only they are read.
   const fromModelFiles = info.files.some(isModelFile) || Object.keys(info.manifest?.files ?? {}).some(isModelFile);
   if (fromModelFiles) return wholeTensors(await source.loadModel(stepNr, { reshard: true }));

@@ -1,6 +1,6 @@
 import { CheckpointNotFoundError } from "../errors.js";
 import type { FileSystem } from "../fs/file-system.js";
-import { LocalFileSystem } from "../fs/local-file-system.js";
+import { fileSystemForPath } from "../fs/file-system-for-path.js";
 import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { checkTensorFile } from "../io/tensor-file-outline.js";
@@ -62,7 +62,7 @@ const TENSOR_FILE = /\.(pt|pth|safetensors)$/;
  * if (!report.sound) for (const c of report.checkpoints) console.log(c.name, c.problems);
  */
 export async function verifyCheckpoints(checkpointDir: string, options: VerifyOptions = {}): Promise<VerificationReport> {
-  const fileSystem = options.fileSystem ?? new LocalFileSystem();
+  const fileSystem = options.fileSystem ?? fileSystemForPath(checkpointDir);
   const listing = await listCheckpointDirectory(checkpointDir, { fileSystem });
   let chosen = listing.checkpoints;
   if (options.stepNr !== undefined) {

@@ -1,7 +1,7 @@
 import type { Command } from "commander";
-import { stat } from "node:fs/promises";
 import { extname } from "node:path";
 import { DTYPES, SafetensorsDumper, Tensor, TorchTensorDumper, orderedDict, type StateValue } from "../../index.js";
+import { fileSystemForPath } from "../../fs/file-system-for-path.js";
 import { classify, isDict, loadCheckpointModel, loadFile, requireCheckpointDir, unwrapModel } from "../inputs.js";
 import { CliError, EXIT_OK, exitCodeOf, formatBytes, print, printJson } from "../output.js";
 import { progressBar } from "../progress.js";
@@ -42,7 +42,8 @@ which is refused beyond ${formatBytes(MAX_EXPANSION_BYTES)} of added bytes.`,
     .action(exitCodeOf(async (input: string, output: string, options: { step?: number; force?: boolean; json?: boolean }) => {
       const format = OUTPUT_FORMATS[extname(output).toLowerCase()];
       if (format === undefined) throw new CliError(`cannot tell the format to write from the name ${output}: end it in .pt or .safetensors`);
-      if (options.force !== true && (await exists(output))) throw new CliError(`${output} exists: pass --force to overwrite it`);
+      const outputFileSystem = fileSystemForPath(output);
+      if (options.force !== true && (await outputFileSystem.exists(output))) throw new CliError(`${output} exists: pass --force to overwrite it`);
 
       const target = await classify(input);
       let state: StateValue;
@@ -52,7 +53,7 @@ which is refused beyond ${formatBytes(MAX_EXPANSION_BYTES)} of added bytes.`,
         if (options.step !== undefined) throw new CliError("--step goes with a checkpoint directory, not a file");
         const progress = progressBar(`reading ${input}`);
         try {
-          const file = await loadFile(input, progress);
+          const file = await loadFile(input, target.fileSystem, progress);
           state = unwrapModel(file.state);
           inputSize = file.size;
         } finally {
@@ -104,7 +105,7 @@ which is refused beyond ${formatBytes(MAX_EXPANSION_BYTES)} of added bytes.`,
         );
       }
 
-      const dumper = format === "pt" ? new TorchTensorDumper() : new SafetensorsDumper();
+      const dumper = format === "pt" ? new TorchTensorDumper({ fileSystem: outputFileSystem }) : new SafetensorsDumper({ fileSystem: outputFileSystem });
       const writing = progressBar(`writing ${output}`);
       let digest;
       try {
@@ -121,13 +122,4 @@ which is refused beyond ${formatBytes(MAX_EXPANSION_BYTES)} of added bytes.`,
       }
       return EXIT_OK;
     }));
-}
-
-async function exists(path: string): Promise<boolean> {
-  try {
-    await stat(path);
-    return true;
-  } catch {
-    return false;
-  }
 }

@@ -1,8 +1,7 @@
 import type { Command } from "commander";
-import { readdir } from "node:fs/promises";
-import { join } from "node:path";
-import { InvalidArgumentError, MAX_READS_PER_STORED_ELEMENT, ShardedTensor, Tensor, tensorDifference, type StateValue, type TensorDifference } from "../../index.js";
-import { classify, loadCheckpointModel, loadFile, tensorFilesOf, unwrapModel, type Target } from "../inputs.js";
+import { joinPath } from "../../fs/paths.js";
+import { InvalidArgumentError, MAX_READS_PER_STORED_ELEMENT, ShardedTensor, Tensor, tensorDifference, type FileSystem, type StateValue, type TensorDifference } from "../../index.js";
+import { classify, filesIn, loadCheckpointModel, loadFile, tensorFilesOf, unwrapModel, type Target } from "../inputs.js";
 import { CliError, EXIT_NEGATIVE, EXIT_OK, exitCodeOf, formatNumber, print, printJson, shapeText, valueText } from "../output.js";
 import { progressBar } from "../progress.js";
 import { MAX_SHOWN_DEPTH, MIN_WALK_ENTRIES, PathIds, childrenOf, containerType, isScalarList, nodePath, walkBudget, walkState, type WalkEvent } from "../state-walk.js";
@@ -90,19 +89,19 @@ Exit code: 0 when nothing differs, 1 when something does, 2 on bad input.`,
 
 async function loadSide(path: string): Promise<Side> {
   const target: Target = await classify(path);
-  if (target.kind === "file") return { kind: "file", file: await loadDiffSide(path, path) };
+  if (target.kind === "file") return { kind: "file", file: await loadDiffSide(path, path, target.fileSystem) };
   if (target.kind === "directory") throw new CliError(`${path} is a directory but not a checkpoint step (step_<N>): give a step or a file`);
-  const names = tensorFilesOf((await readdir(path, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name));
+  const names = tensorFilesOf(await filesIn(target.fileSystem, target.filesPath));
   if (names.length === 0) throw new CliError(`${path} holds no .pt or .safetensors files`);
   const files = new Map<string, DiffSide>();
-  for (const name of names) files.set(name, await loadDiffSide(join(path, name), name));
+  for (const name of names) files.set(name, await loadDiffSide(joinPath(target.filesPath, name), name, target.fileSystem));
   return { kind: "step", files, checkpointDir: target.checkpointDir, stepNr: target.stepNr };
 }
 
-async function loadDiffSide(path: string, what: string): Promise<DiffSide> {
+async function loadDiffSide(path: string, what: string, fileSystem: FileSystem): Promise<DiffSide> {
   const progress = progressBar(`reading ${what}`);
   try {
-    const file = await loadFile(path, progress);
+    const file = await loadFile(path, fileSystem, progress);
     return { state: unwrapModel(file.state), what, size: file.size };
   } finally {
     progress.stop();

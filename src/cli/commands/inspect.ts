@@ -1,8 +1,7 @@
 import type { Command } from "commander";
-import { readdir } from "node:fs/promises";
-import { join } from "node:path";
+import { joinPath } from "../../fs/paths.js";
 import { DTYPES, InvalidArgumentError, ShardedTensor, Tensor, listCheckpointDirectory, readTensorFileOutline, tensorStats, type TensorFileOutline } from "../../index.js";
-import { classify, tensorFilesOf } from "../inputs.js";
+import { classify, filesIn, tensorFilesOf } from "../inputs.js";
 import { looseText, treeKeyText } from "../key-path.js";
 import { CliError, EXIT_OK, exitCodeOf, formatBytes, formatNumber, print, printJson, shapeText, table, valueText } from "../output.js";
 import { MAX_SHOWN_DEPTH, keysOf, nodePath, walkBudget, walkState, type WalkEvent } from "../state-walk.js";
@@ -52,22 +51,20 @@ interface NamedFile {
 
 async function outlineTarget(path: string): Promise<NamedFile[]> {
   const target = await classify(path);
-  if (target.kind === "file") return [{ name: path, outline: await readTensorFileOutline(path) }];
+  const { fileSystem } = target;
+  if (target.kind === "file") return [{ name: path, outline: await readTensorFileOutline(path, { fileSystem }) }];
   if (target.kind === "directory") {
-    const listing = await listCheckpointDirectory(path);
+    const listing = await listCheckpointDirectory(path, { fileSystem });
     if (listing.checkpoints.length > 0) {
-      throw new CliError(`${path} is a checkpoint directory: inspect one of its steps, e.g. ${join(path, listing.checkpoints.at(-1)!.name)}`);
+      throw new CliError(`${path} is a checkpoint directory: inspect one of its steps, e.g. ${joinPath(path, listing.checkpoints.at(-1)!.name)}`);
     }
   }
-  const names = tensorFilesOf(await filesIn(path));
+  const dir = target.kind === "step" ? target.filesPath : path;
+  const names = tensorFilesOf(await filesIn(fileSystem, dir));
   if (names.length === 0) throw new CliError(`${path} holds no .pt or .safetensors files`);
   const outlined: NamedFile[] = [];
-  for (const name of names) outlined.push({ name, outline: await readTensorFileOutline(join(path, name)) });
+  for (const name of names) outlined.push({ name, outline: await readTensorFileOutline(joinPath(dir, name), { fileSystem }) });
   return outlined;
-}
-
-async function filesIn(path: string): Promise<string[]> {
-  return (await readdir(path, { withFileTypes: true })).filter((e) => e.isFile()).map((e) => e.name);
 }
 
 /** Walks a file's state with the budget its size allows, naming it in errors. */

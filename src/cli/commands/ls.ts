@@ -36,7 +36,7 @@ earlier ckpt) shows score.txt's value with ↑, as that file's convention reads.
         const committed = c.status === "committed";
         const kind = !committed ? "-" : c.modelOnly ? "model-only" : "resumable";
         const marks = [c.isLast ? "last" : "", c.isBest ? "best" : ""].filter((m) => m !== "").join(", ");
-        const status = c.status === "unfinished" ? "unfinished (.tmp)" : c.status;
+        const status = c.status !== "unfinished" ? c.status : c.name.endsWith(".tmp") ? "unfinished (.tmp)" : "unfinished (no manifest)";
         rows.push([String(c.stepNr), scoreText(c), formatBytes(c.size), String(c.files.length), kind, status, marks]);
       }
       for (const line of table(rows)) print(line);

@@ -1,6 +1,5 @@
 import type { Command } from "commander";
-import { stat } from "node:fs/promises";
-import { TensorLoadError, checkTensorFile, isShardIndexPath, verifyCheckpoints, verifyShardIndex } from "../../index.js";
+import { type FileSystem, TensorLoadError, checkTensorFile, isShardIndexPath, verifyCheckpoints, verifyShardIndex } from "../../index.js";
 import { classify } from "../inputs.js";
 import { CliError, EXIT_NEGATIVE, EXIT_OK, exitCodeOf, formatBytes, print, printJson } from "../output.js";
 import { progressBar, type Progress } from "../progress.js";
@@ -27,7 +26,7 @@ Exit code: 0 when every checkpoint checked is sound, 1 when one is damaged, 2 on
       const target = await classify(dir);
       if (target.kind === "file") {
         if (options.step !== undefined) throw new CliError("--step goes with a checkpoint directory, not a file");
-        return verifyFile(dir, options.json === true);
+        return verifyFile(dir, target.fileSystem, options.json === true);
       }
       let checkpointDir = target.path;
       let stepNr = options.step;
@@ -39,7 +38,7 @@ Exit code: 0 when every checkpoint checked is sound, 1 when one is damaged, 2 on
       const progress = progressBar("verifying");
       let report;
       try {
-        report = await verifyCheckpoints(checkpointDir, { ...(stepNr === undefined ? {} : { stepNr }), onProgress: (done, total) => progress.update(done, total) });
+        report = await verifyCheckpoints(checkpointDir, { fileSystem: target.fileSystem, ...(stepNr === undefined ? {} : { stepNr }), onProgress: (done, total) => progress.update(done, total) });
       } finally {
         progress.stop();
       }
@@ -72,11 +71,11 @@ Exit code: 0 when every checkpoint checked is sound, 1 when one is damaged, 2 on
  * A shard index: every shard streamed and parsed, every indexed tensor in its shard. Any other
  * tensor file: streamed (a `.pt` file's entries against their CRC-32) and parsed.
  */
-async function verifyFile(path: string, json: boolean): Promise<number> {
+async function verifyFile(path: string, fileSystem: FileSystem, json: boolean): Promise<number> {
   const progress = progressBar("verifying");
   let report: { sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown };
   try {
-    report = isShardIndexPath(path) ? await verifyIndex(path, progress) : await verifyTensorFile(path, progress);
+    report = isShardIndexPath(path) ? await verifyIndex(path, fileSystem, progress) : await verifyTensorFile(path, fileSystem, progress);
   } finally {
     progress.stop();
   }
@@ -89,8 +88,8 @@ async function verifyFile(path: string, json: boolean): Promise<number> {
   return report.sound ? EXIT_OK : EXIT_NEGATIVE;
 }
 
-async function verifyIndex(path: string, progress: Progress): Promise<{ sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown }> {
-  const report = await verifyShardIndex(path, { onProgress: (done, total) => progress.update(done, total) });
+async function verifyIndex(path: string, fileSystem: FileSystem, progress: Progress): Promise<{ sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown }> {
+  const report = await verifyShardIndex(path, { fileSystem, onProgress: (done, total) => progress.update(done, total) });
   const problems = [
     ...report.shards.filter((shard) => shard.status !== "sound").map((shard) => ({ file: shard.file, problem: shard.problem ?? shard.status })),
     ...report.problems.map((problem) => ({ file: "", problem })),
@@ -99,10 +98,12 @@ async function verifyIndex(path: string, progress: Progress): Promise<{ sound: b
   return { sound: report.sound, problems, summary: `${report.shards.length} shards, ${tensors} tensors, ${formatBytes(report.bytesChecked)} checked`, json: report };
 }
 
-async function verifyTensorFile(path: string, progress: Progress): Promise<{ sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown }> {
-  const size = (await stat(path)).size;
+async function verifyTensorFile(path: string, fileSystem: FileSystem, progress: Progress): Promise<{ sound: boolean; problems: { file: string; problem: string }[]; summary: string; json: unknown }> {
+  const reader = await fileSystem.openReader(path);
+  const size = reader.size;
+  await reader.close();
   try {
-    await checkTensorFile(path, { onProgress: (done, total) => progress.update(done, total) });
+    await checkTensorFile(path, { fileSystem, onProgress: (done, total) => progress.update(done, total) });
   } catch (error) {
     if (!(error instanceof TensorLoadError)) throw error;
     const problem = error.message.startsWith(`${error.path}: `) ? error.message.slice(error.path.length + 2) : error.message;
