@@ -2,6 +2,7 @@ import { mkdtempSync, promises as fsp, rmSync } from "node:fs";
 import type { IncomingMessage, ServerResponse } from "node:http";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
+import { fixDelimitedListing } from "./s3rver-listing-fix.js";
 // @ts-expect-error s3rver ships no type declarations
 import S3rver from "s3rver";
 
@@ -40,6 +41,7 @@ export async function startS3Server(options: S3TestServerOptions = {}): Promise<
   const server = new S3rver({ port: 0, address: "127.0.0.1", silent: true, directory, configureBuckets: [{ name: bucket }] });
   const uploadsDir = join(directory, bucket, "._S3rver_uploads");
   if (options.multipartAdmin !== false) server.middleware.unshift(multipartAdmin(bucket, uploadsDir));
+  fixDelimitedListing((server as { store: Parameters<typeof fixDelimitedListing>[0] }).store);
   const { port } = (await server.run()) as { port: number };
   return {
     endpoint: `http://127.0.0.1:${port}`,
