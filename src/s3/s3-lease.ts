@@ -71,7 +71,7 @@ async function readLease(session: S3Session, location: S3Location): Promise<{ le
     return await withRetries("GetObject", url, session.retry, async () => {
       const response = await session.client.send(new session.sdk.GetObjectCommand({ Bucket: location.bucket, Key: location.key }));
       const text = (await response.Body?.transformToString("utf8")) ?? "";
-      return { lease: parseLease(text), etag: response.ETag };
+      return { lease: parseLease(text, response.LastModified, session.settings.leaseMs), etag: response.ETag };
     });
   } catch (error) {
     if (error instanceof ObjectStoreError && error.code === "ENOENT") return undefined;
@@ -79,8 +79,11 @@ async function readLease(session: S3Session, location: S3Location): Promise<{ le
   }
 }
 
-/** A lease that does not parse was written by something else, or torn: void, so it is taken over. */
-function parseLease(text: string): Lease {
+/**
+ * A lease that does not parse was written by something else, or read while being written (s3rver
+ * does not write objects atomically): it counts as held for a lease time after it was written.
+ */
+function parseLease(text: string, lastModified: Date | undefined, leaseMs: number): Lease {
   try {
     const value = JSON.parse(text) as Partial<Lease>;
     if (typeof value.token === "string" && typeof value.host === "string" && typeof value.pid === "number" && typeof value.expiresAt === "number") {
@@ -89,7 +92,8 @@ function parseLease(text: string): Lease {
   } catch {
     // falls through to a void lease
   }
-  return { token: "", host: "unknown", pid: 0, since: "unknown", expiresAt: 0 };
+  const since = lastModified ?? new Date(0);
+  return { token: "", host: "unknown (unreadable lease)", pid: 0, since: since.toISOString(), expiresAt: since.getTime() + leaseMs };
 }
 
 /** Creates the lease object unless one exists; false when another creator won (412/409). */
