@@ -119,13 +119,25 @@ test("a 23 MiB file goes up as a multipart upload with at most `concurrency` par
   assert.deepEqual(await server.pendingUploads(), []);
 });
 
-test("one part's worth or less goes up as a single PutObject", async () => {
+test("one part's worth or less goes up as a single PutObject, from writeFile or a writer", async () => {
   const { fs, dir } = setup({ viaProxy: true, partSize: 5 * MiB });
   const data = randomBytes(5 * MiB);
   await fs.writeFile(`${dir}/exact.bin`, data);
-  assert.equal(proxy.count((r) => kindOf(r) === "PutObject"), 1);
+  const writer = await fs.createWriter(`${dir}/pieces.bin`);
+  for (let offset = 0; offset < data.length; offset += MiB) await writer.write(data.subarray(offset, offset + MiB));
+  await writer.close();
+  assert.equal(proxy.count((r) => kindOf(r) === "PutObject"), 2);
   assert.equal(proxy.count((r) => kindOf(r) === "CreateMultipartUpload"), 0);
   assert.ok(Buffer.from(await fs.readFile(`${dir}/exact.bin`)).equals(data));
+  assert.ok(Buffer.from(await fs.readFile(`${dir}/pieces.bin`)).equals(data));
+});
+
+test("a file of exactly two parts is uploaded as two full parts", async () => {
+  const { fs, dir } = setup({ viaProxy: true, partSize: 5 * MiB });
+  const data = randomBytes(10 * MiB);
+  await fs.writeFile(`${dir}/two.bin`, data);
+  assert.equal(proxy.count((r) => kindOf(r) === "UploadPart"), 2, "no empty third part");
+  assert.ok(Buffer.from(await fs.readFile(`${dir}/two.bin`)).equals(data));
 });
 
 test("a large read is split into parallel ranged GETs that fill the caller's buffer in place", async () => {

@@ -69,9 +69,17 @@ export class S3FileSystem implements FileSystem {
     }
   }
 
-  /** One PutObject up to a part's size; larger data goes through a (multipart) writer. */
+  /** One PutObject up to a part's size (no part buffer needed); larger data goes through a multipart writer. */
   async writeFile(path: string, data: Uint8Array): Promise<void> {
-    const writer = await this.createWriter(path);
+    const session = await this.connect();
+    const location = this.objectLocation(path);
+    if (data.byteLength <= this.settings.partSize) {
+      await withRetries("PutObject", formatS3Url(location), session.retry, () =>
+        session.client.send(new session.sdk.PutObjectCommand({ Bucket: location.bucket, Key: location.key, Body: data, ContentLength: data.byteLength })),
+      );
+      return;
+    }
+    const writer = new S3Writer(session, location);
     try {
       await writer.write(data);
     } catch (error) {

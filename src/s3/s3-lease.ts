@@ -43,7 +43,7 @@ export async function acquireS3Lease(session: S3Session, location: S3Location): 
     lease.expiresAt = Date.now() + leaseMs;
     if (!(await createLease(session, location, lease))) continue; // someone created one first
     const confirmed = await readLease(session, location);
-    if (confirmed?.lease.token === lease.token) return new S3Lease(session, location, lease, confirmed.etag);
+    if (confirmed?.lease.token === lease.token) return new S3Lease(session, location, lease);
     if (confirmed !== undefined && !isStale(confirmed.lease)) throw heldError(url, confirmed.lease);
   }
   throw new LockHeldError(`${url}: could not take the lock, other processes keep taking it`);
@@ -107,12 +107,11 @@ async function createLease(session: S3Session, location: S3Location, lease: Leas
   }
 }
 
-async function putLease(session: S3Session, location: S3Location, lease: Lease, condition: { IfNoneMatch: string } | { IfMatch: string } | object): Promise<string | undefined> {
+async function putLease(session: S3Session, location: S3Location, lease: Lease, condition: { IfNoneMatch: string } | { IfMatch: string } | object): Promise<void> {
   const body = JSON.stringify(lease);
-  const response = await withRetries("PutObject", formatS3Url(location), session.retry, () =>
+  await withRetries("PutObject", formatS3Url(location), session.retry, () =>
     session.client.send(new session.sdk.PutObjectCommand({ Bucket: location.bucket, Key: location.key, Body: body, ContentType: "application/json", ...condition })),
   );
-  return response.ETag;
 }
 
 /** Deletes a lease, if it still has `etag` (where the server checks; a 412 means it changed). */
@@ -143,7 +142,6 @@ class S3Lease implements FileLock {
     private readonly session: S3Session,
     private readonly location: S3Location,
     private readonly lease: Lease,
-    private etag: string | undefined,
   ) {
     this.heartbeat = setInterval(() => {
       this.renewing = this.renew().catch((error: unknown) => {
@@ -163,7 +161,8 @@ class S3Lease implements FileLock {
       return;
     }
     this.lease.expiresAt = Date.now() + this.session.settings.leaseMs;
-    this.etag = (await putLease(this.session, this.location, this.lease, current.etag === undefined ? {} : { IfMatch: current.etag })) ?? this.etag;
+    // If-Match: a takeover between our read and this write makes S3 refuse it (412), not lose it.
+    await putLease(this.session, this.location, this.lease, current.etag === undefined ? {} : { IfMatch: current.etag });
   }
 
   async release(): Promise<void> {
