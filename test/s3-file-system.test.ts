@@ -119,6 +119,19 @@ test("a 23 MiB file goes up as a multipart upload with at most `concurrency` par
   assert.deepEqual(await server.pendingUploads(), []);
 });
 
+test("write waits for uploads when the part buffers are used up (bounded memory)", async () => {
+  const { fs, dir } = setup({ viaProxy: true, partSize: 5 * MiB, concurrency: 1 });
+  proxy.add({ method: "PUT", query: "partNumber", fault: { kind: "delay", ms: 100 } });
+  const writer = await fs.createWriter(`${dir}/big.bin`);
+  await writer.write(randomBytes(23 * MiB));
+  // Two buffers (one uploading, one filling) hold at most 10 MiB: by the time write returns,
+  // at least 13 MiB, so at least 3 whole parts, were uploaded and their buffers reused.
+  const uploaded = proxy.count((r) => kindOf(r) === "UploadPart" && r.status === 200);
+  assert.ok(uploaded >= 3, `write returned after ${uploaded} parts were uploaded`);
+  await writer.close();
+  assert.equal(proxy.count((r) => kindOf(r) === "UploadPart"), 5);
+});
+
 test("one part's worth or less goes up as a single PutObject, from writeFile or a writer", async () => {
   const { fs, dir } = setup({ viaProxy: true, partSize: 5 * MiB });
   const data = randomBytes(5 * MiB);
