@@ -264,7 +264,8 @@ test("a lease from another host is honoured until it expires, then taken over", 
 });
 
 test("a holder's heartbeat renews its lease past the lease time", async () => {
-  const { fs, dir } = setup({ leaseMs: 300 });
+  // A lease of 1.5 s renewed every 250 ms: room for slow renewals on a busy machine.
+  const { fs, dir } = setup({ leaseMs: 1_500 });
   const lock = await fs.lock(`${dir}/.lock`);
   const expiresAt = async (): Promise<number> => {
     // s3rver does not write objects atomically: a read racing the renewal can see the new bytes
@@ -278,8 +279,8 @@ test("a holder's heartbeat renews its lease past the lease time", async () => {
     }
   };
   const first = await expiresAt();
-  while ((await expiresAt()) === first) await sleep(50); // renewed (every 50 ms)
-  await sleep(400); // longer than a lease
+  while ((await expiresAt()) === first) await sleep(50); // renewed
+  await sleep(1_600); // longer than a lease
   await assert.rejects(fs.lock(`${dir}/.lock`), { code: "ELOCKED" }, "still held: renewed, not expired");
   await lock.release();
 });

@@ -143,10 +143,15 @@ class S3Lease implements FileLock {
     private readonly location: S3Location,
     private readonly lease: Lease,
   ) {
+    let inFlight = false;
     this.heartbeat = setInterval(() => {
-      this.renewing = this.renew().catch((error: unknown) => {
-        process.emitWarning(`could not renew the lease ${formatS3Url(location)}, will try again: ${(error as Error).message}`, { code: "CKPT_S3" });
-      });
+      if (inFlight) return; // a slow renewal is not overlapped by the next
+      inFlight = true;
+      this.renewing = this.renew()
+        .finally(() => (inFlight = false))
+        .catch((error: unknown) => {
+          process.emitWarning(`could not renew the lease ${formatS3Url(location)}, will try again: ${(error as Error).message}`, { code: "CKPT_S3" });
+        });
     }, Math.max(1, Math.floor(session.settings.leaseMs / 6)));
     this.heartbeat.unref();
   }
