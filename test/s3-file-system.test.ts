@@ -279,7 +279,11 @@ test("a holder's heartbeat renews its lease past the lease time", async () => {
     }
   };
   const first = await expiresAt();
-  while ((await expiresAt()) === first) await sleep(50); // renewed
+  let polls = 0;
+  while ((await expiresAt()) === first) {
+    assert.ok(++polls < 200, "the lease was never renewed (10 s of polling)");
+    await sleep(50);
+  }
   await sleep(1_600); // longer than a lease
   await assert.rejects(fs.lock(`${dir}/.lock`), { code: "ELOCKED" }, "still held: renewed, not expired");
   await lock.release();
