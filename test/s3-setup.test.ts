@@ -8,7 +8,8 @@ import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
 import { S3FileSystem, S3SdkMissingError } from "../src/s3/index.js";
-import { clientConfig, isLoopbackEndpoint } from "../src/s3/s3-options.js";
+import { clientConfig, isLoopbackEndpoint, MAX_PARTS } from "../src/s3/s3-options.js";
+import { partSizeFor } from "../src/s3/s3-writer.js";
 import { startS3Server } from "./helpers/s3-server.js";
 
 const ROOT = fileURLToPath(new URL("..", import.meta.url));
@@ -103,4 +104,19 @@ test("on a server without ListMultipartUploads and AbortMultipartUpload (plain s
     process.off("warning", onWarning);
     await server.stop();
   }
+});
+
+test("parts grow with their number so that 10,000 parts hold 969 GiB at the default size", () => {
+  const base = 16 * MiB;
+  assert.equal(partSizeFor(1, base), base);
+  assert.equal(partSizeFor(2_000, base), base);
+  assert.equal(partSizeFor(2_001, base), 2 * base);
+  assert.equal(partSizeFor(MAX_PARTS, base), 16 * base);
+  let total = 0;
+  for (let part = 1; part <= MAX_PARTS; part++) total += partSizeFor(part, base);
+  assert.equal(total, 31 * 2_000 * base, `10,000 parts of 16 MiB and up hold ${total} bytes`);
+});
+
+test("removing a whole bucket is refused", async () => {
+  await assert.rejects(new S3FileSystem({}, "ckpt-test-no-such-aws-sdk").remove("s3://bucket/"), { code: "EPERM", message: /whole bucket/ });
 });

@@ -148,9 +148,10 @@ export class S3FileSystem implements FileSystem {
    * whose pages are not in key order (s3rver).
    */
   async remove(path: string): Promise<void> {
-    const session = await this.connect();
     const location = parseS3Url(path);
-    const keys = new Set<string>(location.key === "" ? [] : [location.key]);
+    if (location.key === "") throw new CkptError("EPERM", `refusing to remove ${path}: that is a whole bucket`);
+    const session = await this.connect();
+    const keys = new Set<string>([location.key]);
     for await (const object of this.objectsUnder(session, location)) keys.add(object.Key!);
     const all = [...keys];
     for (let start = 0; start < all.length; start += DELETE_BATCH) {

@@ -9,7 +9,7 @@ import { formatS3Url, type S3Location } from "./s3-url.js";
 
 /**
  * Parts double in size every this many parts, so 10,000 parts hold any file: with the default
- * 16 MiB parts, the first 2,000 hold 31 GiB and all 10,000 about 1 TiB (310 GiB with 5 MiB parts).
+ * 16 MiB parts, the first 2,000 hold 31 GiB and all 10,000 969 GiB (303 GiB with 5 MiB parts).
  */
 const PARTS_PER_SIZE_TIER = 2_000;
 
