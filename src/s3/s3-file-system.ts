@@ -69,9 +69,17 @@ export class S3FileSystem implements FileSystem {
     }
   }
 
-  /** One PutObject up to a part's size; larger data goes through a (multipart) writer. */
+  /** One PutObject up to a part's size (no part buffer needed); larger data goes through a multipart writer. */
   async writeFile(path: string, data: Uint8Array): Promise<void> {
-    const writer = await this.createWriter(path);
+    const session = await this.connect();
+    const location = this.objectLocation(path);
+    if (data.byteLength <= this.settings.partSize) {
+      await withRetries("PutObject", formatS3Url(location), session.retry, () =>
+        session.client.send(new session.sdk.PutObjectCommand({ Bucket: location.bucket, Key: location.key, Body: data, ContentLength: data.byteLength })),
+      );
+      return;
+    }
+    const writer = new S3Writer(session, location);
     try {
       await writer.write(data);
     } catch (error) {
@@ -126,27 +134,29 @@ export class S3FileSystem implements FileSystem {
     return entries;
   }
 
-  async makeDirectory(): Promise<void> {
+  async makeDirectory(_path: string): Promise<void> {
     // A prefix exists once an object is under it: nothing to create.
   }
 
-  async syncDirectory(): Promise<void> {
+  async syncDirectory(_path: string): Promise<void> {
     // A completed upload is durable and listed: nothing to flush.
   }
 
-  /** Deletes the object at `path` and every object under `path/`, in batches of 1,000. */
+  /**
+   * Deletes the object at `path` and every object under `path/`, in batches of 1,000. The keys are
+   * all listed first: deleting while paging through a listing can skip or repeat keys on servers
+   * whose pages are not in key order (s3rver).
+   */
   async remove(path: string): Promise<void> {
-    const session = await this.connect();
     const location = parseS3Url(path);
-    let batch: ObjectIdentifier[] = location.key === "" ? [] : [{ Key: location.key }];
-    for await (const object of this.objectsUnder(session, location)) {
-      batch.push({ Key: object.Key! });
-      if (batch.length === DELETE_BATCH) {
-        await this.deleteBatch(session, location.bucket, batch);
-        batch = [];
-      }
+    if (location.key === "") throw new CkptError("EPERM", `refusing to remove ${path}: that is a whole bucket`);
+    const session = await this.connect();
+    const keys = new Set<string>([location.key]);
+    for await (const object of this.objectsUnder(session, location)) keys.add(object.Key!);
+    const all = [...keys];
+    for (let start = 0; start < all.length; start += DELETE_BATCH) {
+      await this.deleteBatch(session, location.bucket, all.slice(start, start + DELETE_BATCH).map((Key) => ({ Key })));
     }
-    if (batch.length > 0) await this.deleteBatch(session, location.bucket, batch);
   }
 
   async renameDirectory(from: string, to: string): Promise<void> {

@@ -43,7 +43,7 @@ export async function acquireS3Lease(session: S3Session, location: S3Location): 
     lease.expiresAt = Date.now() + leaseMs;
     if (!(await createLease(session, location, lease))) continue; // someone created one first
     const confirmed = await readLease(session, location);
-    if (confirmed?.lease.token === lease.token) return new S3Lease(session, location, lease, confirmed.etag);
+    if (confirmed?.lease.token === lease.token) return new S3Lease(session, location, lease);
     if (confirmed !== undefined && !isStale(confirmed.lease)) throw heldError(url, confirmed.lease);
   }
   throw new LockHeldError(`${url}: could not take the lock, other processes keep taking it`);
@@ -71,7 +71,7 @@ async function readLease(session: S3Session, location: S3Location): Promise<{ le
     return await withRetries("GetObject", url, session.retry, async () => {
       const response = await session.client.send(new session.sdk.GetObjectCommand({ Bucket: location.bucket, Key: location.key }));
       const text = (await response.Body?.transformToString("utf8")) ?? "";
-      return { lease: parseLease(text), etag: response.ETag };
+      return { lease: parseLease(text, response.LastModified, session.settings.leaseMs), etag: response.ETag };
     });
   } catch (error) {
     if (error instanceof ObjectStoreError && error.code === "ENOENT") return undefined;
@@ -79,8 +79,11 @@ async function readLease(session: S3Session, location: S3Location): Promise<{ le
   }
 }
 
-/** A lease that does not parse was written by something else, or torn: void, so it is taken over. */
-function parseLease(text: string): Lease {
+/**
+ * A lease that does not parse was written by something else, or read while being written (s3rver
+ * does not write objects atomically): it counts as held for a lease time after it was written.
+ */
+function parseLease(text: string, lastModified: Date | undefined, leaseMs: number): Lease {
   try {
     const value = JSON.parse(text) as Partial<Lease>;
     if (typeof value.token === "string" && typeof value.host === "string" && typeof value.pid === "number" && typeof value.expiresAt === "number") {
@@ -89,7 +92,8 @@ function parseLease(text: string): Lease {
   } catch {
     // falls through to a void lease
   }
-  return { token: "", host: "unknown", pid: 0, since: "unknown", expiresAt: 0 };
+  const since = lastModified ?? new Date(0);
+  return { token: "", host: "unknown (unreadable lease)", pid: 0, since: since.toISOString(), expiresAt: since.getTime() + leaseMs };
 }
 
 /** Creates the lease object unless one exists; false when another creator won (412/409). */
@@ -103,12 +107,11 @@ async function createLease(session: S3Session, location: S3Location, lease: Leas
   }
 }
 
-async function putLease(session: S3Session, location: S3Location, lease: Lease, condition: { IfNoneMatch: string } | { IfMatch: string } | object): Promise<string | undefined> {
+async function putLease(session: S3Session, location: S3Location, lease: Lease, condition: { IfNoneMatch: string } | { IfMatch: string } | object): Promise<void> {
   const body = JSON.stringify(lease);
-  const response = await withRetries("PutObject", formatS3Url(location), session.retry, () =>
+  await withRetries("PutObject", formatS3Url(location), session.retry, () =>
     session.client.send(new session.sdk.PutObjectCommand({ Bucket: location.bucket, Key: location.key, Body: body, ContentType: "application/json", ...condition })),
   );
-  return response.ETag;
 }
 
 /** Deletes a lease, if it still has `etag` (where the server checks; a 412 means it changed). */
@@ -139,12 +142,16 @@ class S3Lease implements FileLock {
     private readonly session: S3Session,
     private readonly location: S3Location,
     private readonly lease: Lease,
-    private etag: string | undefined,
   ) {
+    let inFlight = false;
     this.heartbeat = setInterval(() => {
-      this.renewing = this.renew().catch((error: unknown) => {
-        process.emitWarning(`could not renew the lease ${formatS3Url(location)}, will try again: ${(error as Error).message}`, { code: "CKPT_S3" });
-      });
+      if (inFlight) return; // a slow renewal is not overlapped by the next
+      inFlight = true;
+      this.renewing = this.renew()
+        .finally(() => (inFlight = false))
+        .catch((error: unknown) => {
+          process.emitWarning(`could not renew the lease ${formatS3Url(location)}, will try again: ${(error as Error).message}`, { code: "CKPT_S3" });
+        });
     }, Math.max(1, Math.floor(session.settings.leaseMs / 6)));
     this.heartbeat.unref();
   }
@@ -159,7 +166,8 @@ class S3Lease implements FileLock {
       return;
     }
     this.lease.expiresAt = Date.now() + this.session.settings.leaseMs;
-    this.etag = (await putLease(this.session, this.location, this.lease, current.etag === undefined ? {} : { IfMatch: current.etag })) ?? this.etag;
+    // If-Match: a takeover between our read and this write makes S3 refuse it (412), not lose it.
+    await putLease(this.session, this.location, this.lease, current.etag === undefined ? {} : { IfMatch: current.etag });
   }
 
   async release(): Promise<void> {

@@ -21,6 +21,8 @@ export interface S3FileSystemOptions {
   maxAttempts?: number;
   /** The first retry's backoff in ms (default 200); each further one doubles, with jitter. */
   retryBaseDelayMs?: number;
+  /** A connection silent this long (no byte either way) is given up and the request retried (default 60 s). */
+  socketTimeoutMs?: number;
   /** How long a lock lease lasts without renewal (default `CKPT_S3_LEASE_MS` or 60 s). */
   leaseMs?: number;
 }
@@ -33,6 +35,8 @@ const DEFAULT_CONCURRENCY = 8;
 const DEFAULT_MAX_ATTEMPTS = 5;
 const DEFAULT_RETRY_BASE_DELAY_MS = 200;
 const DEFAULT_LEASE_MS = 60_000;
+const DEFAULT_SOCKET_TIMEOUT_MS = 60_000;
+const CONNECTION_TIMEOUT_MS = 10_000;
 
 /** The options with every default applied. */
 export interface ResolvedS3Settings {
@@ -80,6 +84,8 @@ export function clientConfig(options: S3FileSystemOptions, env: NodeJS.ProcessEn
     ...(endpoint === undefined ? {} : { endpoint }),
     ...(options.credentials === undefined ? {} : { credentials: options.credentials }),
     forcePathStyle,
+    // A hung server fails the attempt (then retried) instead of hanging the save.
+    requestHandler: { connectionTimeout: CONNECTION_TIMEOUT_MS, socketTimeout: options.socketTimeoutMs ?? DEFAULT_SOCKET_TIMEOUT_MS },
     // One retry policy, ours (retry.ts): the SDK's own would multiply the attempts.
     maxAttempts: 1,
     // Checksums only where S3 demands them: S3-compatible servers often reject the newer ones.

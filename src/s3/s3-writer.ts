@@ -9,7 +9,7 @@ import { formatS3Url, type S3Location } from "./s3-url.js";
 
 /**
  * Parts double in size every this many parts, so 10,000 parts hold any file: with the default
- * 16 MiB parts, the first 2,000 hold 31 GiB and all 10,000 about 1 TiB (310 GiB with 5 MiB parts).
+ * 16 MiB parts, the first 2,000 hold 31 GiB and all 10,000 969 GiB (303 GiB with 5 MiB parts).
  */
 const PARTS_PER_SIZE_TIER = 2_000;
 
@@ -20,7 +20,7 @@ export function partSizeFor(partNumber: number, basePartSize: number): number {
 /**
  * Writes an object: one PutObject when everything fits in one part, else a multipart upload with
  * at most `concurrency` parts in flight, from a pool of `concurrency + 1` part buffers (one being
- * filled). Nothing is visible at the key until `close` resolves; a failure or `abort` aborts the
+ * filled): `write` waits for a free upload slot and a free buffer (back-pressure). Nothing is visible at the key until `close` resolves; a failure or `abort` aborts the
  * multipart upload, so no parts are left behind (where the server can abort them).
  */
 export class S3Writer implements FileWriter {
@@ -55,7 +55,9 @@ export class S3Writer implements FileWriter {
       }
       const partSize = partSizeFor(this.dispatchedParts + 1, this.session.settings.partSize);
       if (this.filled === partSize) {
-        this.dispatchPart(); // full, and more bytes are coming: this is not the last part
+        // Full, and more bytes are coming: not the last part. It goes when an upload slot is free.
+        await this.slotFree();
+        if (this.failure === undefined) this.dispatchPart();
         continue;
       }
       const taken = Math.min(partSize - this.filled, chunk.byteLength - offset);
@@ -72,7 +74,8 @@ export class S3Writer implements FileWriter {
       if (this.upload === undefined) {
         await this.putWhole();
       } else {
-        if (this.filled > 0) this.dispatchPart();
+        await this.slotFree();
+        if (this.filled > 0 && this.failure === undefined) this.dispatchPart();
         await this.settle();
         if (this.failure !== undefined) throw this.failure.error;
         await this.complete(await this.upload);
@@ -148,6 +151,11 @@ export class S3Writer implements FileWriter {
         new this.session.sdk.CompleteMultipartUploadCommand({ Bucket: this.location.bucket, Key: this.location.key, UploadId: uploadId, MultipartUpload: { Parts: parts } }),
       ),
     );
+  }
+
+  /** Waits until fewer than `concurrency` parts are in flight. */
+  private async slotFree(): Promise<void> {
+    while (this.inFlight.size >= this.session.settings.concurrency) await Promise.race(this.inFlight);
   }
 
   /** Waits for every part in flight (an abort while a part still uploads could leave that part). */

@@ -9,6 +9,10 @@ export interface ProxiedRequest {
   /** The path without the query, e.g. `/bucket/key`. */
   path: string;
   query: URLSearchParams;
+  /** The Range header of a GET, e.g. `bytes=0-8388607`. */
+  range: string | undefined;
+  /** The status answered (by the server or a fault), once the answer started. */
+  status?: number;
 }
 
 /** What the proxy does to a request a rule matches. */
@@ -78,8 +82,11 @@ export class FaultProxy {
     return added;
   }
 
+  /** Forgets the rules, the log and the in-flight maxima (a new test starts). */
   clear(): void {
     this.rules.length = 0;
+    this.log.length = 0;
+    for (const counter of this.inFlightByKind.values()) counter.max = counter.now;
   }
 
   /** The most requests of a kind (`kindOf` below) that were in flight at once. */
@@ -98,7 +105,8 @@ export class FaultProxy {
 
   private async handle(req: IncomingMessage, res: ServerResponse): Promise<void> {
     const url = new URL(req.url ?? "/", "http://proxy");
-    const seen: ProxiedRequest = { method: req.method ?? "GET", path: url.pathname, query: url.searchParams };
+    const range = req.headers.range;
+    const seen: ProxiedRequest = { method: req.method ?? "GET", path: url.pathname, query: url.searchParams, range };
     this.log.push(seen);
     const fault = this.faultFor(seen);
     const kind = kindOf(seen);
@@ -106,12 +114,21 @@ export class FaultProxy {
     this.inFlightByKind.set(kind, counter);
     counter.now++;
     counter.max = Math.max(counter.max, counter.now);
-    res.on("close", () => counter.now--);
+    // Done when the answer is handed to the socket ("finish"), before the client can see it, or
+    // when the connection dies first ("close"): a client never sees more in flight than counted.
+    let done = false;
+    const finished = (): void => {
+      if (!done) counter.now--;
+      done = true;
+    };
+    res.on("finish", finished);
+    res.on("close", finished);
 
     if (fault?.kind === "drop") {
       req.socket.destroy();
       return;
     }
+    res.on("finish", () => (seen.status = res.statusCode));
     if (fault?.kind === "error") {
       req.resume();
       const body = xmlError(fault.code, `injected by the test proxy: ${fault.code}`);
