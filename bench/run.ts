@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { measureDistributed } from "./distributed.js";
+import { measureS3 } from "./s3.js";
 import { describeMachine, findTorch, finishLoad, machineLines, type Machine } from "./machine.js";
 import {
   DIAGNOSTIC_HEADER,
@@ -366,6 +367,8 @@ function main(): void {
     }));
     progress("(c): 4 ranks under ckpt launch");
     results.push(measureDistributed(root, options.runs, options.quick ? 16 * 2 ** 20 : 256 * 2 ** 20));
+    progress("(e): S3 on loopback");
+    results.push(measureS3(options.runs, options.quick ? 16 * 2 ** 20 : 256 * 2 ** 20));
     results.push(backgroundRows(prepared.find((p) => p.spec.id === "a")!));
   } finally {
     cleanUp();
@@ -376,6 +379,7 @@ function main(): void {
     ...specs.map((s) => `(${s.id}) ${s.title}`),
     `(c) ${results.find((r) => r.id === "c")!.title}`,
     `(d) ${results.find((r) => r.id === "d")!.title}: how long training is blocked, how long until it is written, how late the event loop runs meanwhile`,
+    `(e) ${results.find((r) => r.id === "e")!.title}: ours against a plain PutObject / GetObject of the same bytes through the same SDK and server`,
   ];
   const targets: TargetResult[] = evaluateTargets(results);
   const rendered: Rendered = {

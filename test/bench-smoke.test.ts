@@ -14,7 +14,7 @@ describe("the benchmark harness", () => {
       timeout: 120_000,
     });
     assert.equal(result.status, 0, `the benchmark failed:\n${result.stdout}\n${result.stderr}`);
-    const rows = result.stdout.split("\n").filter((line) => /^\| \([a-d]\)/.test(line));
+    const rows = result.stdout.split("\n").filter((line) => /^\| \([a-e]\)/.test(line));
     const row = (tag: string, text: string): string | undefined => rows.find((line) => line.startsWith(`| (${tag})`) && line.includes(text));
 
     for (const tag of ["a", "b"]) {
@@ -44,6 +44,12 @@ describe("the benchmark harness", () => {
     for (const operation of ["blocked: beginCheckpoint", "until waitForPendingSave() resolved", "event loop's worst delay", "limit: memory copy"]) {
       const line = row("d", operation);
       assert.ok(line, `no row for (d) ${operation} in:\n${result.stdout}`);
+      assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
+    }
+    // (e): S3 save and load against a plain PutObject / GetObject, each with a time.
+    for (const operation of ["save: FileCheckpointManager to s3://", "limit: one plain PutObject", "load: loadCheckpoint from s3://", "limit: one plain GetObject"]) {
+      const line = row("e", operation);
+      assert.ok(line, `no row for (e) ${operation} in:\n${result.stdout}`);
       assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
     }
     assert.match(row("d", "blocked: beginCheckpoint") ?? "", /\d\.\d\d× /, "the blocked time has no ratio to the memory copy");

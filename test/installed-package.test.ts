@@ -117,6 +117,14 @@ describe("the package installed from its tarball into an empty project", () => {
     assert.deepEqual((await readdir(join(checkpointDir, "step_10"))).sort(), ["manifest.json", "model.pt", "rank_0.pt"]);
   });
 
+  test("ckpt/s3 imports from the installed package without the AWS SDK, and an s3:// directory says what to install", async () => {
+    await writeFile(join(project, "use-s3.mjs"), USE_S3_MJS);
+    const report = JSON.parse(runOk(process.execPath, ["use-s3.mjs"], project)) as { s3: string; exported: string; message: string };
+    assert.ok(report.s3.startsWith(pathToFileURL(join(project, "node_modules", "ckpt") + sep).href), `ckpt/s3 resolved to ${report.s3}`);
+    assert.equal(report.exported, "function");
+    assert.match(report.message, /npm install @aws-sdk\/client-s3/);
+  });
+
   test("TypeScript files type-check against the shipped .d.ts files, and a wrong call does not", async () => {
     const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
     await writeFile(join(project, "tsconfig.json"), JSON.stringify(TSCONFIG_CORE));
@@ -179,6 +187,20 @@ interface UseReport {
   freshWeights: number[][];
   restoredWeights: number[][];
 }
+
+// The project has no @aws-sdk/client-s3: ckpt/s3 loads, and using s3:// names the package to install.
+const USE_S3_MJS = `
+import { FileCheckpointManager } from "ckpt";
+import { S3FileSystem } from "ckpt/s3";
+
+let message = "no error";
+try {
+  await new FileCheckpointManager({ checkpointDir: "s3://bucket/run" }).getStepNumbers();
+} catch (error) {
+  message = error.message;
+}
+console.log(JSON.stringify({ s3: import.meta.resolve("ckpt/s3"), exported: typeof S3FileSystem, message }));
+`;
 
 // Plain JavaScript, as a user without TypeScript writes it.
 const USE_MJS = `
