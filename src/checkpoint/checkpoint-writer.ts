@@ -59,6 +59,7 @@ export class CheckpointWriter {
   constructor(private readonly context: ManagerContext) {}
 
   async begin(stepNr: number, options: BeginOptions): Promise<void> {
+    const calledAt = performance.now(); // waiting for an earlier background save is part of this save's cost
     await this.context.exclusive(async () => {
       if (this.open !== undefined) {
         throw new CheckpointSaveError(stepNr, `beginCheckpoint(${stepNr}) called while checkpoint ${this.open.stepNr} is open: call commitCheckpoint() or abortCheckpoint() first`);
@@ -77,7 +78,7 @@ export class CheckpointWriter {
         sharded: [],
         stateSaved: false,
         lowerBetter: undefined,
-        startedAt: performance.now(),
+        startedAt: calledAt,
         blockedMs: 0,
       };
       this.open = checkpoint;
