@@ -73,7 +73,7 @@ export function drawScoreChart(chart: SVGElement, history: readonly HistoryEntry
     chart.append(mark);
   }
   const direction = scored.find((e) => e.lowerBetter !== null)?.lowerBetter;
-  chart.append(svg("text", { x: MARGIN.left + 4, y: MARGIN.top + 4 }, direction === undefined ? "score" : direction ? "score (lower is better)" : "score (higher is better)"));
+  chart.append(svg("text", { x: WIDTH - MARGIN.right, y: MARGIN.top + 4, "text-anchor": "end" }, direction === undefined ? "score" : direction ? "score (lower is better)" : "score (higher is better)"));
 }
 
 /** Bytes per step, stacked: model files, training state, the rest (manifest, score, cc/). */
@@ -81,7 +81,11 @@ export function drawDiskChart(chart: SVGElement, disk: DiskAnswer): void {
   const steps = disk.steps;
   if (steps.length === 0) return empty(chart, "no checkpoints yet");
   const maxSize = Math.max(...steps.map((s) => s.size), 1);
-  const y = linearScale(0, maxSize, HEIGHT - MARGIN.bottom, MARGIN.top + 8);
+  // Ticks at round numbers of the unit shown (KiB, MiB, ...), not of bytes.
+  const unit = 1024 ** Math.min(4, Math.floor(Math.log(maxSize) / Math.log(1024)));
+  const inUnits = linearScale(0, maxSize / unit, HEIGHT - MARGIN.bottom, MARGIN.top + 8);
+  const y = ((bytes: number) => inUnits(bytes / unit)) as Scale;
+  y.ticks = inUnits.ticks.map((t) => t * unit);
   const slot = (WIDTH - MARGIN.left - MARGIN.right) / steps.length;
   const barWidth = Math.max(2, Math.min(40, slot * 0.7));
   chart.replaceChildren();
