@@ -136,7 +136,7 @@ export function byId<T extends HTMLElement | SVGElement = HTMLElement>(id: strin
   return element as unknown as T;
 }
 
-/** 1536 → "1.5 KiB" (as the command line prints sizes). */
+/** 1536 → "1.5 KiB", as the command line's formatBytes (src/cli/output.ts) prints sizes: the page's scripts run in the browser and import nothing from the Node side, which has no bundler. */
 export function formatBytes(bytes: number): string {
   if (bytes < 1024) return `${bytes} B`;
   const units = ["KiB", "MiB", "GiB", "TiB"];
