@@ -181,6 +181,21 @@ describe("ckpt serve's API over a directory written by the manager", () => {
     events.close();
   });
 
+  test("a checkpoint that came and went while no page asked is still marked deleted", async () => {
+    const events = await openEvents(port, "/api/events");
+    await events.next("hello");
+    await save(manager, 700, 0.6);
+    await events.next("changed"); // seen by the server's watch, not by a request
+    await manager.deleteCheckpoint(700);
+    await events.next("changed");
+    events.close();
+    const { json } = await getJson(port, "/api/checkpoints");
+    assert.equal(json.checkpoints.some((c: any) => c.stepNr === 700), false);
+    const { size, ...entry } = json.history.find((e: any) => e.stepNr === 700);
+    assert.deepEqual(entry, { stepNr: 700, fate: "deleted", scoreAsSaved: 0.6, score: -0.6, lowerBetter: true });
+    assert.ok(size > 0);
+  });
+
   test("bad paths and parameters are refused with a clear status", async () => {
     for (const [path, status] of [
       ["/api/checkpoints/abc", 400],

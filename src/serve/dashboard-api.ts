@@ -75,6 +75,11 @@ export class DashboardApi {
     throw new RequestRefused(404, `no route ${pathname}`);
   }
 
+  /** Takes in a listing made outside a request (the watch's), so a checkpoint that comes and goes between two page loads is still seen. */
+  observe(checkpoints: readonly CheckpointSummary[]): void {
+    this.history.update(checkpoints);
+  }
+
   private listing(): Promise<CheckpointDirectoryListing> {
     return listCheckpointDirectory(this.context.checkpointDir, { fileSystem: this.context.fileSystem });
   }

@@ -118,6 +118,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
 
   const fingerprint = async (): Promise<string> => {
     const now = await listCheckpointDirectory(checkpointDir, { fileSystem });
+    api.observe(now.checkpoints);
     return JSON.stringify(now.checkpoints.map((c) => [c.name, c.status, c.size, c.files.length, c.modelOnly]));
   };
   const watch = new DirectoryWatch(
