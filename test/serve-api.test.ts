@@ -184,10 +184,11 @@ describe("ckpt serve's API over a directory written by the manager", () => {
   test("a checkpoint that came and went while no page asked is still marked deleted", async () => {
     const events = await openEvents(port, "/api/events");
     await events.next("hello");
+    const seen = (change: any): boolean => change.data.checkpoints.some((c: any) => c.name === "step_700");
     await save(manager, 700, 0.6);
-    await events.next("changed"); // seen by the server's watch, not by a request
+    while (!seen(await events.next("changed"))); // seen by the server's watch, not by a request
     await manager.deleteCheckpoint(700);
-    await events.next("changed");
+    while (seen(await events.next("changed")));
     events.close();
     const { json } = await getJson(port, "/api/checkpoints");
     assert.equal(json.checkpoints.some((c: any) => c.stepNr === 700), false);

@@ -34,12 +34,18 @@ export interface ApiContext {
   allowPrune: boolean;
   allowedHosts: ReadonlySet<string>;
   /** Subscribes to "the directory changed"; returns the unsubscribe. */
-  onChange(listener: () => void): () => void;
+  onChange(listener: (change: DirectoryChange) => void): () => void;
   /** Counts changes seen, so a client can tell it missed none. */
   version(): number;
 }
 
 type Query = URLSearchParams;
+
+/** What a `changed` event says: the count of changes, and the directories the server saw. */
+export interface DirectoryChange {
+  version: number;
+  checkpoints: { stepNr: number; name: string; status: string }[];
+}
 
 /** The JSON API under /api/ (README, "ckpt serve", lists every route). */
 export class DashboardApi {
@@ -219,11 +225,11 @@ export class DashboardApi {
     stream.end();
   }
 
-  /** Server-sent events: `changed` {version} whenever the directory changed. */
+  /** Server-sent events: `changed` {version, checkpoints: [{stepNr, name, status}]} whenever the directory changed. */
   private events(res: ServerResponse): void {
     const stream = openEventStream(res);
     stream.send("hello", { version: this.context.version() });
-    const unsubscribe = this.context.onChange(() => stream.send("changed", { version: this.context.version() }));
+    const unsubscribe = this.context.onChange((change) => stream.send("changed", change));
     res.on("close", unsubscribe);
   }
 

@@ -6,7 +6,7 @@ import { fileURLToPath } from "node:url";
 import { isUrlPath } from "../fs/paths.js";
 import { fileSystemForPath } from "../fs/file-system-for-path.js";
 import { InvalidArgumentError, listCheckpointDirectory } from "../index.js";
-import { DashboardApi, errorStatus, sendJson } from "./dashboard-api.js";
+import { DashboardApi, errorStatus, sendJson, type DirectoryChange } from "./dashboard-api.js";
 import { DEFAULT_RESCAN_MS, DirectoryWatch } from "./directory-watch.js";
 import { RequestRefused, allowedHosts, checkHost, parseTarget } from "./request-guard.js";
 
@@ -67,7 +67,9 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const pageDir = options.pageDir ?? defaultPageDir();
 
   let version = 0;
-  const listeners = new Set<() => void>();
+  const listeners = new Set<(change: DirectoryChange) => void>();
+  /** The directories of the listing that made the last change, sent with it. */
+  let seen: DirectoryChange["checkpoints"] = [];
   let hosts: ReadonlySet<string> = new Set();
   const api = new DashboardApi({
     checkpointDir,
@@ -119,6 +121,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
   const fingerprint = async (): Promise<string> => {
     const now = await listCheckpointDirectory(checkpointDir, { fileSystem });
     api.observe(now.checkpoints);
+    seen = now.checkpoints.map((c) => ({ stepNr: c.stepNr, name: c.name, status: c.status }));
     return JSON.stringify(now.checkpoints.map((c) => [c.name, c.status, c.size, c.files.length, c.modelOnly]));
   };
   const watch = new DirectoryWatch(
@@ -126,7 +129,7 @@ export async function startDashboard(options: DashboardOptions): Promise<Dashboa
     fingerprint,
     () => {
       version++;
-      for (const listener of listeners) listener();
+      for (const listener of listeners) listener({ version, checkpoints: seen });
     },
     options.rescanMs ?? DEFAULT_RESCAN_MS,
   );
