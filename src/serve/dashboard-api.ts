@@ -11,6 +11,7 @@ import {
   type FileSystem,
 } from "../index.js";
 import { compareSides, loadSide } from "../cli/commands/diff.js";
+import { joinPath } from "../fs/paths.js";
 import { describeFile, tensorStatistics, type NamedFile } from "../cli/commands/inspect.js";
 import { TRAINING_STATE } from "../cli/commands/prune.js";
 import { tensorFilesOf } from "../cli/inputs.js";
@@ -190,10 +191,11 @@ export class DashboardApi {
     const atolText = query.get("atol");
     const atol = atolText === null ? 0 : Number(atolText);
     if (!Number.isFinite(atol) || atol < 0) throw new RequestRefused(400, `atol must be a non-negative number, got ${JSON.stringify(atolText)}`);
-    if (this.context.rootReal === undefined) throw new RequestRefused(501, "diff reads local checkpoints only for now");
     await this.checkFilesInside(a);
     await this.checkFilesInside(b);
-    const { changes, same } = await compareSides(await loadSide(a.path), await loadSide(b.path), a.name, b.name, atol);
+    // By the step's directory: on object storage its files lie in a save directory that loadSide finds.
+    const stepDir = (c: CheckpointSummary): string => joinPath(this.context.checkpointDir, c.name);
+    const { changes, same } = await compareSides(await loadSide(stepDir(a)), await loadSide(stepDir(b)), a.name, b.name, atol);
     return { a: a.stepNr, b: b.stepNr, atol, identical: changes.length === 0, same, totalChanges: changes.length, changes: changes.slice(0, MAX_DIFF_CHANGES) };
   }
 
@@ -270,7 +272,7 @@ export class DashboardApi {
   }
 
   private async outline(summary: CheckpointSummary, name: string): Promise<NamedFile> {
-    const path = `${summary.path}/${name}`;
+    const path = joinPath(summary.path, name);
     if (this.context.rootReal !== undefined) await checkInside(this.context.rootReal, path);
     return { name, outline: await readTensorFileOutline(path, { fileSystem: this.context.fileSystem }) };
   }
@@ -279,7 +281,7 @@ export class DashboardApi {
   private async checkFilesInside(summary: CheckpointSummary): Promise<void> {
     if (this.context.rootReal === undefined) return;
     await checkInside(this.context.rootReal, summary.path);
-    for (const name of summary.files) await checkInside(this.context.rootReal, `${summary.path}/${name}`);
+    for (const name of summary.files) await checkInside(this.context.rootReal, joinPath(summary.path, name));
   }
 
   /** When each checkpoint was saved and what the save cost, from its manifest (fairseq2's have none: dated by their directory). */
@@ -292,7 +294,7 @@ export class DashboardApi {
       let save: SaveRecord["save"];
       if (c.hasManifest) {
         try {
-          const manifest = JSON.parse(new TextDecoder().decode(await fileSystem.readFile(`${c.path}/manifest.json`))) as { createdAt?: unknown; save?: SaveRecord["save"] };
+          const manifest = JSON.parse(new TextDecoder().decode(await fileSystem.readFile(c.manifestPath))) as { createdAt?: unknown; save?: SaveRecord["save"] };
           const time = typeof manifest.createdAt === "string" ? Date.parse(manifest.createdAt) : Number.NaN;
           if (Number.isFinite(time)) createdAt = time;
           save = manifest.save;
