@@ -2,6 +2,7 @@ import * as tf from "@tensorflow/tfjs";
 import type { CheckpointManager, RetainOptions } from "../checkpoint/checkpoint-manager.js";
 import { CheckpointSaveError, InvalidArgumentError } from "../errors.js";
 import type { StateDict } from "../values/py-values.js";
+import { fitModelView } from "./fit-model-view.js";
 import { FIT_POSITION_KEY, fitPositionState, type FitPosition } from "./fit-position.js";
 import { captureModelState } from "./model-state.js";
 import { captureOptimizerState } from "./optimizer-state.js";
@@ -157,7 +158,7 @@ export class CheckpointCallback extends tf.Callback {
   }
 
   private async save(position: FitPosition, logs: Logs | undefined, at: "batch" | "epoch"): Promise<void> {
-    const model = this.model;
+    const model = fitModelView(this.model);
     const score = await this.score(logs, at, position.stepNr);
     // Captured before the checkpoint opens: a model or optimizer that cannot be captured leaves no
     // half-open checkpoint behind.

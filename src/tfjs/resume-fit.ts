@@ -3,6 +3,7 @@ import type { CheckpointManager } from "../checkpoint/checkpoint-manager.js";
 import { CheckpointLoadError, CheckpointNotFoundError, InvalidArgumentError } from "../errors.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
 import { CheckpointCallback } from "./checkpoint-callback.js";
+import { fitModelView } from "./fit-model-view.js";
 import { readFitPosition, type FitPosition } from "./fit-position.js";
 import { restoreModelState } from "./model-state.js";
 import { restoreOptimizerState } from "./optimizer-state.js";
@@ -40,8 +41,9 @@ export async function restoreFitCheckpoint(manager: CheckpointManager, model: tf
   const { stepNr, state } = loaded;
   const position = readFitPosition(state, stepNr);
   if (optimizer === undefined || optimizer === null) throw new InvalidArgumentError("restoreFitCheckpoint: the model has no optimizer: compile it first, or pass the optimizer");
-  restoreModelState(model, dictAt(state, "model", stepNr));
-  await restoreOptimizerState(optimizer, model, dictAt(state, "optimizer", stepNr));
+  const view = fitModelView(model);
+  restoreModelState(view, dictAt(state, "model", stepNr));
+  await restoreOptimizerState(optimizer, view, dictAt(state, "optimizer", stepNr));
   return position;
 }
 
