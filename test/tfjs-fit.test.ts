@@ -104,6 +104,25 @@ describe("checkpointCallback in model.fit", () => {
     await manager.close();
   });
 
+  it("with keepBest, prunes the unscored checkpoints saved after batches once newer ones exist", async () => {
+    const dir = await tempDir();
+    const { x, y, valX, valY } = problem();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    const history = await tinyModel().fit(x, y, {
+      epochs: 5,
+      batchSize: 8,
+      shuffle: false,
+      verbose: 0,
+      validationData: [valX, valY],
+      callbacks: [checkpointCallback(manager, { everyBatches: 3, everyEpochs: 1, monitor: "val_loss", keepBest: 1 })],
+    });
+    const valLoss = history.history.val_loss as number[];
+    const best = (valLoss.indexOf(Math.min(...valLoss)) + 1) * 5;
+    // Saved after batches without a score: 3, 6, 9, 12, 18, 21, 24; all gone, as are the epochs' but the best and the last.
+    assert.deepEqual(await manager.getStepNumbers({ includeModelOnly: true }), [...new Set([best, 25])].sort((a, b) => a - b));
+    await manager.close();
+  });
+
   it("scores with a batch metric and mode max, and saves in the background with fit resolving once every checkpoint is committed", async () => {
     const dir = await tempDir();
     const { x, y } = problem();

@@ -38,11 +38,16 @@ export interface CheckpointCallbackOptions {
   background?: boolean;
   /** The optimizer to save (default: the compiled model's). */
   optimizer?: tf.Optimizer;
+  /**
+   * Called after each save is committed (for a background save: handed to the background writer)
+   * and pruned, e.g. to log it.
+   */
+  onSave?: (saved: { stepNr: number; position: FitPosition; score: number | undefined }) => void;
   /** Where warnings go (a metric that is NaN or infinite at a save); default process.emitWarning. */
   onWarning?: (message: string) => void;
 }
 
-const OPTION_NAMES = new Set(["everyEpochs", "everyBatches", "monitor", "mode", "keepLast", "keepBest", "preserveModel", "background", "optimizer", "onWarning"]);
+const OPTION_NAMES = new Set(["everyEpochs", "everyBatches", "monitor", "mode", "keepLast", "keepBest", "preserveModel", "background", "optimizer", "onSave", "onWarning"]);
 
 /** What a log value can be: tfjs hands callbacks numbers or (not yet read) scalars. */
 type LogValue = number | tf.Tensor | undefined;
@@ -67,6 +72,8 @@ export class CheckpointCallback extends tf.Callback {
   private deferredSave = false;
   /** Background mode: retention for the last save runs once that save is durable. */
   private retentionPending = false;
+  /** Unscored checkpoints saved after a batch: with keepBest, pruned once a newer one exists. */
+  private unscoredSteps: number[] = [];
 
   constructor(manager: CheckpointManager, options: CheckpointCallbackOptions) {
     super();
@@ -105,6 +112,7 @@ export class CheckpointCallback extends tf.Callback {
     this.epoch = position.epoch;
     this.batch = position.batch;
     this.resumeAt = position;
+    if (position.batch > 0) this.unscoredSteps.push(position.stepNr); // pruned only if it has no score
   }
 
   override async onTrainBegin(): Promise<void> {
@@ -175,9 +183,12 @@ export class CheckpointCallback extends tf.Callback {
     await this.manager.saveState(state);
     if (score !== undefined) await this.manager.saveScore(score, { lowerBetter: this.lowerBetter });
     await this.manager.commitCheckpoint();
-    if (this.options.keepLast === undefined && this.options.keepBest === undefined) return;
-    if (background) this.retentionPending = true;
-    else await this.retain();
+    if (score === undefined && at === "batch") this.unscoredSteps.push(position.stepNr);
+    if (this.options.keepLast !== undefined || this.options.keepBest !== undefined) {
+      if (background) this.retentionPending = true;
+      else await this.retain();
+    }
+    this.options.onSave?.({ stepNr: position.stepNr, position, score });
   }
 
   private async retain(): Promise<void> {
@@ -186,6 +197,30 @@ export class CheckpointCallback extends tf.Callback {
     const rules: RetainOptions = { keepLast, keepBest };
     if (preserveModel !== undefined) rules.preserveModel = preserveModel;
     await this.manager.retain(rules);
+    if (keepBest !== undefined) await this.pruneUnscored();
+  }
+
+  /**
+   * keepBest keeps every unscored checkpoint (nothing says it is worse), so the batch saves of a
+   * run monitoring a validation metric would pile up. They exist to resume from: once newer
+   * checkpoints exist (and keepLast does not keep them), they are deleted, or stripped to their
+   * model with preserveModel.
+   */
+  private async pruneUnscored(): Promise<void> {
+    if (this.unscoredSteps.length === 0) return;
+    const checkpoints = await this.manager.listCheckpoints();
+    const recent = new Set(checkpoints.filter((c) => !c.modelOnly).map((c) => c.stepNr).sort((a, b) => b - a).slice(0, this.options.keepLast ?? 1));
+    const remaining: number[] = [];
+    for (const stepNr of this.unscoredSteps) {
+      const info = checkpoints.find((c) => c.stepNr === stepNr);
+      if (info === undefined || info.modelOnly || info.score !== undefined) continue;
+      if (recent.has(stepNr)) {
+        remaining.push(stepNr);
+        continue;
+      }
+      await this.manager.deleteCheckpoint(stepNr, { missingOk: true, preserveModel: this.options.preserveModel ?? false });
+    }
+    this.unscoredSteps = remaining;
   }
 
   /** The monitored metric's value in `logs`, or undefined for an unscored checkpoint. */
@@ -253,7 +288,9 @@ function checkOptions(options: CheckpointCallbackOptions): CheckpointCallbackOpt
   }
   if (options.preserveModel !== undefined && options.keepLast === undefined && options.keepBest === undefined) throw new InvalidArgumentError("checkpointCallback: preserveModel applies to retention: give keepLast or keepBest too");
   if (options.optimizer !== undefined && !(options.optimizer instanceof tf.Optimizer)) throw new InvalidArgumentError("checkpointCallback: optimizer must be a tf.Optimizer");
-  if (options.onWarning !== undefined && typeof options.onWarning !== "function") throw new InvalidArgumentError("checkpointCallback: onWarning must be a function");
+  for (const name of ["onSave", "onWarning"] as const) {
+    if (options[name] !== undefined && typeof options[name] !== "function") throw new InvalidArgumentError(`checkpointCallback: ${name} must be a function`);
+  }
   return { ...options };
 }
 
