@@ -333,3 +333,33 @@ describe("a fit run killed with SIGKILL and resumed", () => {
     await assertSameEnd(dir, out);
   });
 });
+
+describe("the fit example (npm start)", () => {
+  const EXAMPLE = join(import.meta.dirname, "..", "examples", "fit.ts");
+  const args = (dir: string): string[] => ["--import", "tsx", EXAMPLE, "--dir", dir, "--epochs", "3", "--checkpoint-every", "5"];
+
+  it("killed with SIGKILL after a mid-epoch checkpoint, run again, ends with the uninterrupted run's last checkpoint", async () => {
+    const root = await tempDir();
+    const straight = spawnSync(process.execPath, args(join(root, "straight")), { encoding: "utf8" });
+    assert.equal(straight.status, 0, straight.stderr);
+    assert.match(straight.stdout, /Trained to epoch 3, step 48/);
+
+    const dir = join(root, "interrupted");
+    const child = spawn(process.execPath, args(dir), { stdio: ["ignore", "pipe", "pipe"] });
+    let output = "";
+    child.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+      output += chunk;
+      // Step 20 is batch 4 of epoch 1 (16 batches per epoch).
+      if (/checkpoint step_20 \(epoch 1, batch 4\)/.test(output) && child.exitCode === null) child.kill("SIGKILL");
+    });
+    const signal = await new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_code, sig) => resolve(sig)));
+    assert.equal(signal, "SIGKILL", `the example ended by itself: ${output}`);
+    const resumed = spawnSync(process.execPath, args(dir), { encoding: "utf8" });
+    assert.equal(resumed.status, 0, resumed.stderr);
+    assert.match(resumed.stdout, /Resumed from step \d+ \(epoch \d, batch \d+\) and trained to epoch 3, step 48/);
+    for (const file of ["model.pt", "rank_0.pt"]) {
+      const [a, b] = await Promise.all([readFile(join(root, "straight", "step_48", file)), readFile(join(dir, "step_48", file))]);
+      assert.ok(a.equals(b), `step_48/${file} differs`);
+    }
+  });
+});
