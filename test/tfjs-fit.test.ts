@@ -184,6 +184,16 @@ describe("checkpointCallback in model.fit", () => {
     assert.deepEqual(await readdir(dir).catch(() => []), []);
     await manager.close();
   });
+  it("says what is wrong when tfjs hides the model from it (a plain-object callback first in the array)", async () => {
+    const dir = await tempDir();
+    const { x, y } = problem();
+    const manager = new FileCheckpointManager({ checkpointDir: dir });
+    await assert.rejects(
+      tinyModel().fit(x, y, { epochs: 1, batchSize: 8, verbose: 0, callbacks: [{ onBatchEnd: async () => undefined }, checkpointCallback(manager, { everyEpochs: 1 })] as tf.CustomCallbackArgs[] }),
+      /checkpointCallback was not given the model: .*put the checkpoint callback first/,
+    );
+    await manager.close();
+  });
 });
 
 describe("a failing save stops fit with its error", () => {
