@@ -271,6 +271,41 @@ describe("resumeFit", () => {
   });
 });
 
+describe("resumeFit with validationSplit", () => {
+  it("after a run stopped by an error mid-epoch, ends with the same weights as an uninterrupted run", async () => {
+    const { x, y } = problem();
+    // 40 rows, 20% for validation: 32 training rows, 4 batches of 8 per epoch.
+    const args = { epochs: 3, batchSize: 8, validationSplit: 0.2, verbose: 0 as const };
+    const run = async (dir: string, stopAt?: number) => {
+      const model = tinyModel();
+      const manager = new FileCheckpointManager({ checkpointDir: dir });
+      let step = 0;
+      const stopper = new tf.CustomCallback({
+        onBatchEnd: () => {
+          if (++step === stopAt) throw new Error("stopped on purpose");
+        },
+      });
+      try {
+        const result = await resumeFit(model, x, y, { ...args, callbacks: [checkpointCallback(manager, { everyBatches: 3, monitor: "val_loss" }), stopper] });
+        return { model, result };
+      } finally {
+        await manager.close();
+      }
+    };
+    const straight = await run(await tempDir());
+    const dir = await tempDir();
+    await assert.rejects(run(dir, 7), /stopped on purpose/);
+    const resumed = await run(dir);
+    assert.deepEqual(resumed.result.resumedFrom, { epoch: 1, batch: 2, stepNr: 6 });
+    const weights = (model: tf.LayersModel) => model.getWeights().map((w) => Array.from(w.dataSync()));
+    assert.deepEqual(weights(resumed.model), weights(straight.model));
+    // The resumed call trained the rest of epoch 1 and epoch 2; validation saw the same models.
+    assert.deepEqual(resumed.result.epoch, [1, 2]);
+    assert.equal(resumed.result.history.val_loss?.length, 2);
+    assert.deepEqual(resumed.result.history.val_loss, straight.result.history.val_loss?.slice(1));
+  });
+});
+
 describe("a fit run killed with SIGKILL and resumed", () => {
   const runChild = (dir: string, out: string, flags: string[]) => spawnSync(process.execPath, ["--import", "tsx", CHILD, dir, out, ...flags], { encoding: "utf8" });
   let straightWeights: Buffer;
@@ -339,7 +374,9 @@ describe("a fit run killed with SIGKILL and resumed", () => {
     const resumed = runChild(dir, out, ["--background"]);
     assert.equal(resumed.status, 0, resumed.stderr);
     const from = JSON.parse(/^resumed (.*)$/m.exec(resumed.stdout)![1]!) as { stepNr: number } | null;
-    assert.ok(from !== null && from.stepNr >= waitFor && from.stepNr < totalSteps, `resumed from ${JSON.stringify(from)} (killed when step ${killedAt} was on disk)`);
+    // Normally mid-run; on a machine so loaded that the poll saw the directory only at the very end,
+    // the last step (then nothing is left to train, and the weights must still match).
+    assert.ok(from !== null && from.stepNr >= waitFor && from.stepNr <= totalSteps, `resumed from ${JSON.stringify(from)} (killed when step ${killedAt} was on disk)`);
     await assertSameEnd(dir, out);
   });
 });
