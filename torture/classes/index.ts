@@ -1,0 +1,5 @@
+import type { FaultClass } from "../types.js";
+import { powerLoss } from "./power-loss.js";
+
+/** The fault classes `npm run torture` runs, in order. */
+export const FAULT_CLASSES: FaultClass[] = [powerLoss];
