@@ -105,6 +105,11 @@ export class LocalFileSystem implements FileSystem {
     await fsp.mkdir(path, { recursive: true });
   }
 
+  async freeSpace(path: string): Promise<number | undefined> {
+    const stats = await fsp.statfs(path);
+    return stats.bavail * stats.bsize;
+  }
+
   async remove(path: string): Promise<void> {
     await fsp.rm(path, { recursive: true, force: true });
   }

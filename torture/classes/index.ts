@@ -1,5 +1,6 @@
 import type { FaultClass } from "../types.js";
+import { diskFull } from "./disk-full.js";
 import { powerLoss } from "./power-loss.js";
 
 /** The fault classes `npm run torture` runs, in order. */
-export const FAULT_CLASSES: FaultClass[] = [powerLoss];
+export const FAULT_CLASSES: FaultClass[] = [powerLoss, diskFull];

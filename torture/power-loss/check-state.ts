@@ -6,7 +6,8 @@
 import { mkdir, readFile, writeFile } from "node:fs/promises";
 import { isDeepStrictEqual } from "node:util";
 import { join } from "node:path";
-import { FileCheckpointManager, PyFloat, Tensor, type StateDict, type StateValue } from "../../src/index.js";
+import { FileCheckpointManager, type StateDict } from "../../src/index.js";
+import { plainValues } from "../plain-values.js";
 import type { DirectoryState } from "./crash-states.js";
 import { expectedState } from "./expected-state.js";
 import type { FileOperation } from "./file-operations.js";
@@ -106,7 +107,7 @@ async function checkListing(manager: FileCheckpointManager, promises: Promises, 
       // A checkpoint retention stripped to its model: the model must load, and be one that was saved.
       try {
         const model = await manager.loadModel(step);
-        if (!versions.some((v) => isDeepStrictEqual(plain(model), plain(expectedState(step, v).model!)))) problems.push(`${when}: step ${step}'s model loads values of no save of it`);
+        if (!versions.some((v) => isDeepStrictEqual(plainValues(model), plainValues(expectedState(step, v).model!)))) problems.push(`${when}: step ${step}'s model loads values of no save of it`);
       } catch (modelError) {
         problems.push(`${when}: step ${step} (being stripped) loads neither whole (${(error as Error).message}) nor as a model (${(modelError as Error).message})`);
       }
@@ -115,15 +116,5 @@ async function checkListing(manager: FileCheckpointManager, promises: Promises, 
 }
 
 function matches(state: StateDict, step: number, version: number): boolean {
-  return isDeepStrictEqual(plain(state), plain(expectedState(step, version)));
-}
-
-/** Values in a comparable form: tensors as dtype, shape and elements; Python floats as numbers. */
-function plain(value: StateValue | StateDict): unknown {
-  if (value instanceof Tensor) return { dtype: value.dtype, shape: [...value.shape], data: Array.from(value.data as ArrayLike<number>) };
-  if (value instanceof PyFloat) return value.value;
-  if (value instanceof Map) return new Map([...value].map(([k, v]) => [k, plain(v as StateValue)]));
-  if (Array.isArray(value)) return value.map((v) => plain(v as StateValue));
-  if (value !== null && typeof value === "object") return Object.fromEntries(Object.entries(value).map(([k, v]) => [k, plain(v as StateValue)]));
-  return value;
+  return isDeepStrictEqual(plainValues(state), plainValues(expectedState(step, version)));
 }
