@@ -23,6 +23,8 @@ export interface FileLock {
 export interface DirectoryEntry {
   name: string;
   isDirectory: boolean;
+  /** True for a symbolic link (a local disk); a checkpoint holding one is refused as damaged. */
+  isSymbolicLink?: boolean;
 }
 
 /**

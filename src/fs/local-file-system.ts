@@ -94,7 +94,7 @@ export class LocalFileSystem implements FileSystem {
   async listDirectory(path: string): Promise<DirectoryEntry[]> {
     try {
       const entries = await fsp.readdir(path, { withFileTypes: true });
-      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory() }));
+      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory(), isSymbolicLink: entry.isSymbolicLink() }));
     } catch (error) {
       if (isNotFound(error)) return [];
       throw error;
