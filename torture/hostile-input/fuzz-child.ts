@@ -8,8 +8,11 @@ import { AutoTensorLoader, CkptError, FileCheckpointManager, readTensorFileOutli
 
 export interface FuzzCase {
   id: number;
-  /** "tensor file": load a .pt, safetensors or index file; "checkpoint dir": use a manager on a directory. */
-  target: "tensor file" | "checkpoint dir";
+  /**
+   * "tensor file": load a .pt, safetensors or index file; "checkpoint dir": list, verify and load
+   * a checkpoint directory with a manager; "load step 1": only load its step 1.
+   */
+  target: "tensor file" | "checkpoint dir" | "load step 1";
   path: string;
 }
 
@@ -28,6 +31,15 @@ async function runCase(fuzzCase: FuzzCase): Promise<void> {
     const loader = new AutoTensorLoader();
     await loader.load(fuzzCase.path);
     await readTensorFileOutline(fuzzCase.path);
+    return;
+  }
+  if (fuzzCase.target === "load step 1") {
+    const manager = new FileCheckpointManager({ checkpointDir: fuzzCase.path, onWarning: () => undefined });
+    try {
+      await manager.loadCheckpoint(1);
+    } finally {
+      await manager.close();
+    }
     return;
   }
   // A silent warning sink: damaged scores and the like are warned about, not thrown.

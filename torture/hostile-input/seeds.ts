@@ -40,6 +40,9 @@ export async function makeSeeds(dir: string): Promise<Seed[]> {
     seeds.push({ name, target: "tensor file", dir: seedDir, mutable: name, load: name });
   };
   await single("ours.pt", async (path) => void (await new TorchTensorDumper().dump(ourState(), path)));
+  // A larger file, so the allocation ratio is also measured where fixed buffers do not dominate.
+  const large = { ...ourState(), big: Tensor.from(Float32Array.from({ length: 1 << 18 }, (_, i) => i % 977)) };
+  await single("ours-1mib.pt", async (path) => void (await new TorchTensorDumper().dump(large, path)));
   for (const fixture of TORCH_FIXTURES) await single(fixture, (path) => cp(join(FIXTURES, fixture), path));
   const tensors = { weight: Tensor.from(Float32Array.from({ length: 24 }, (_, i) => i)), bias: Tensor.from(new Float64Array([1, 2])) };
   await single("model.safetensors", async (path) => void (await new SafetensorsDumper().dump(tensors, path)));
