@@ -1,5 +1,9 @@
 import assert from "node:assert/strict";
+import { writeFile } from "node:fs/promises";
+import { hostname } from "node:os";
+import { join } from "node:path";
 import { test } from "node:test";
+import { FileCheckpointManager } from "../src/index.js";
 import { runPowerLoss } from "../torture/classes/power-loss.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
 
@@ -21,4 +25,18 @@ test("a disk that skips the manager's directory fsyncs loses committed checkpoin
     result.failures.some((failure) => failure.kind === "committed checkpoint lost"),
     `expected a lost committed checkpoint, got: ${result.failures.slice(0, 3).map((f) => f.detail).join("; ")}`,
   );
+});
+
+test("a lock left by a power cut is taken over after the reboot, even when its pid now belongs to a live process", async () => {
+  const checkpointDir = await tempDir();
+  // What a cut leaves: a durable lock naming this host and a pid that runs again after the reboot
+  // (here this very process), written during an earlier boot.
+  const stale = { pid: process.pid, host: hostname(), token: "0123456789abcdef", since: "2026-01-01T00:00:00.000Z", bootId: "an-earlier-boot" };
+  await writeFile(join(checkpointDir, ".ckpt.lock"), JSON.stringify(stale));
+  const manager = new FileCheckpointManager({ checkpointDir });
+  await manager.beginCheckpoint(1);
+  await manager.saveState({ step: 1 });
+  await manager.commitCheckpoint();
+  assert.deepEqual(await manager.getStepNumbers(), [1]);
+  await manager.close();
 });
