@@ -57,8 +57,14 @@ async function main(): Promise<void> {
       }
       // The workload runs in a child process, which reads the mutated source.
       const result = await powerLoss({ seed: 1, budgetMs: 10 * 60_000, workDir, quick });
-      const first = result.failures[0];
-      console.log(`${result.failures.length > 0 ? "FAILS (caught)" : "passes (NOT caught)"}: ${mutation.name}: ${result.failures.length} failures` + (first === undefined ? "" : `\n    e.g. ${first.detail}`));
+      // One example per kind of failure, the model card's apart from the checkpoints'.
+      const examples = new Map<string, string>();
+      for (const failure of result.failures) {
+        const key = failure.detail.includes("model.yaml") ? `${failure.kind} (model.yaml)` : failure.kind;
+        if (!examples.has(key)) examples.set(key, failure.detail);
+      }
+      console.log(`${result.failures.length > 0 ? "FAILS (caught)" : "passes (NOT caught)"}: ${mutation.name}: ${result.failures.length} failures`);
+      for (const [key, detail] of examples) console.log(`    ${key}: ${detail.slice(0, 300)}`);
     } finally {
       for (const [path, original] of originals) await writeFile(path, original);
       await rm(workDir, { recursive: true, force: true });
