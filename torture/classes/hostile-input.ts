@@ -28,7 +28,6 @@ export const hostileInput: FaultClass = async (options: ClassOptions): Promise<C
   const seeds = await makeSeeds(join(options.workDir, "seeds"));
   const seedBytes = await Promise.all(seeds.map(readSeedFile));
   const runner = new FuzzRunner(CASE_DEADLINE_MS);
-  let worstRatio = 0;
   let worstFlooredRatio = 0;
   let worstBytes = 0;
   let worstRss = 0;
@@ -59,7 +58,6 @@ export const hostileInput: FaultClass = async (options: ClassOptions): Promise<C
       }
       if (end.outcome === "refused") refused++;
       else loaded++;
-      worstRatio = Math.max(worstRatio, end.peakArrayBuffers / size);
       worstFlooredRatio = Math.max(worstFlooredRatio, end.peakArrayBuffers / Math.max(size, RATIO_FLOOR_BYTES));
       worstBytes = Math.max(worstBytes, end.peakArrayBuffers);
       worstRss = Math.max(worstRss, end.peakRss);
@@ -79,7 +77,6 @@ export const hostileInput: FaultClass = async (options: ClassOptions): Promise<C
   }
   result.figures["mutated files refused (CkptError)"] = refused;
   result.figures["mutated files still loading"] = loaded;
-  result.figures["peak ArrayBuffer growth / input size"] = Number(worstRatio.toFixed(2));
   result.figures["peak ArrayBuffer growth / max(input size, 64 KiB)"] = Number(worstFlooredRatio.toFixed(2));
   result.figures["largest ArrayBuffer growth (bytes)"] = worstBytes;
   result.figures["largest resident-set growth (bytes)"] = worstRss;
