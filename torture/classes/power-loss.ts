@@ -72,7 +72,8 @@ export async function runPowerLoss(options: ClassOptions, { skipDirectorySync = 
 
 function failure(cut: number, variant: string, described: string[], problem: string): ClassFailure {
   const last = cut > 0 ? described[cut - 1] : "nothing";
-  return { kind: problem.includes("not listed") || problem.includes("lost") ? "committed checkpoint lost" : problem.includes("loads") ? "wrong or unloadable values" : "recovery failed", detail: `cut after operation ${cut} (${last}), ${variant}: ${problem}` };
+  const kind = problem.includes("not listed") || problem.includes("lost") ? "committed checkpoint lost" : problem.includes("saving after the cut") || problem.includes("listing failed") ? "recovery failed" : "wrong or unloadable values";
+  return { kind, detail: `cut after operation ${cut} (${last}), ${variant}: ${problem}` };
 }
 
 function lastAllKept(states: { cutAfter: number; variant: string; tree: DirectoryState }[]): DirectoryState {
