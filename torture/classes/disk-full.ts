@@ -13,6 +13,7 @@ import { smallDisk } from "../disk-full/small-disk.js";
 import { plainValues, seededRandom } from "../plain-values.js";
 import type { ClassFailure, ClassOptions, ClassResult, FaultClass } from "../types.js";
 
+/** Room for the last checkpoint kept and a new one (states are at most 2.4 MB of tensors), so a save fits once the filler is gone. */
 const DISK_BYTES = 8 << 20;
 const KINDS = ["far too small", "tight", "many small tensors", "no space at all", "retention on a full disk"] as const;
 type CaseKind = (typeof KINDS)[number];
@@ -50,7 +51,7 @@ export const diskFull: FaultClass = async (options: ClassOptions): Promise<Class
       const caseId = `case ${index} (seed ${options.seed}, ${kind}, step ${stepNr})`;
       result.cases[kind] = (result.cases[kind] ?? 0) + 1;
       const state =
-        kind === "many small tensors" ? makeState(stepNr, 1500 + Math.floor(random() * 1000), 2) : makeState(stepNr, 1 + Math.floor(random() * 3), 100_000 + Math.floor(random() * 400_000));
+        kind === "many small tensors" ? makeState(stepNr, 1500 + Math.floor(random() * 1000), 2) : makeState(stepNr, 1 + Math.floor(random() * 3), 50_000 + Math.floor(random() * 150_000));
       const needed = storageBytes([state]);
       const free = kind === "far too small" ? Math.floor(needed / 2) : kind === "no space at all" || kind === "retention on a full disk" ? 0 : needed + Math.floor(random() * 32_768);
       await disk.fillUntil(free);
