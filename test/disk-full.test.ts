@@ -17,6 +17,18 @@ test("saves onto a full small disk fail with ENOSPC named, keep earlier checkpoi
   assert.ok(Number(result.figures["ENOSPC while writing"]) > 0, JSON.stringify(result.figures));
 });
 
+test("where no tmpfs can be mounted, an injected ENOSPC past a quota gives the same guarantees, and the report says which disk it was", async () => {
+  process.env.CKPT_TORTURE_NO_MOUNT = "1";
+  try {
+    const result = await diskFull({ seed: 2, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true });
+    assert.deepEqual(result.failures, []);
+    assert.match(String(result.figures.disk), /injected ENOSPC/);
+    assert.ok(Number(result.figures["ENOSPC while writing"]) > 0, JSON.stringify(result.figures));
+  } finally {
+    delete process.env.CKPT_TORTURE_NO_MOUNT;
+  }
+});
+
 class TinyDisk extends LocalFileSystem {
   override async freeSpace(): Promise<number> {
     return 1000;

@@ -26,6 +26,8 @@ export interface SmallDisk {
 
 export async function smallDisk(dir: string, sizeBytes: number): Promise<SmallDisk> {
   await mkdir(dir, { recursive: true });
+  // CKPT_TORTURE_NO_MOUNT=1 tries the fallback where mounting would work.
+  if (process.env.CKPT_TORTURE_NO_MOUNT === "1") return quotaDisk(dir, sizeBytes, "injected ENOSPC past a quota (CKPT_TORTURE_NO_MOUNT=1)");
   try {
     await run("mount", ["-t", "tmpfs", "-o", `size=${sizeBytes}`, "tmpfs", dir]);
   } catch (error) {
