@@ -14,6 +14,7 @@ import { assembleModel, describeShards, findShardedTensors, mergeShardDescriptio
 import { manifestFile, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
 import { PendingSave } from "./pending-save.js";
 import { publishCheckpoint } from "./publish-checkpoint.js";
+import { ensureFreeSpace, storageBytes } from "./free-space.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
 import { MODEL_KEY_ENTRY, modelFileContent, splitState } from "./state-split.js";
@@ -118,6 +119,7 @@ export class CheckpointWriter {
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
+      await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), storageBytes([parts.modelFile, parts.replicated, parts.rank]));
       if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);

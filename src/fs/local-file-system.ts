@@ -94,7 +94,7 @@ export class LocalFileSystem implements FileSystem {
   async listDirectory(path: string): Promise<DirectoryEntry[]> {
     try {
       const entries = await fsp.readdir(path, { withFileTypes: true });
-      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory() }));
+      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory(), isSymbolicLink: entry.isSymbolicLink() }));
     } catch (error) {
       if (isNotFound(error)) return [];
       throw error;
@@ -103,6 +103,11 @@ export class LocalFileSystem implements FileSystem {
 
   async makeDirectory(path: string): Promise<void> {
     await fsp.mkdir(path, { recursive: true });
+  }
+
+  async freeSpace(path: string): Promise<number | undefined> {
+    const stats = await fsp.statfs(path);
+    return stats.bavail * stats.bsize;
   }
 
   async remove(path: string): Promise<void> {
