@@ -1,61 +1,106 @@
-// Per-tensor cost of saving and loading many small tensors, in one process, several rounds:
-// the tool behind docs/design.md "Per-tensor cost". Run it under `node --cpu-prof` to profile.
+// Per-tensor cost of saving and loading many small tensors: the tool behind docs/design.md
+// "Per-tensor cost". Run it under `node --cpu-prof` to profile.
 //
-//   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only save|load|load-torch|discard] DIR
+//   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR] WORKDIR
 //
-// DIR/torch.pt (written by torch.save of the same structure, see bench/torch_peer.py prepare) is
-// loaded too when it is there. Prints µs per tensor for each operation and round.
+// OP is save, discard (a save whose bytes are thrown away), load (our file) or load-torch
+// (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
+// `--write-spec` writes that spec.json). --baseline DIR also runs the same operations with the
+// library of another checkout (e.g. /work/main), interleaved round by round in this process: on a
+// shared machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses dist/ (build
+// first), so profiles show lines of plain JavaScript. Every load's values are checked.
 import { existsSync, writeFileSync } from "node:fs";
-import { join } from "node:path";
+import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
-import { LocalFileSystem, TorchTensorDumper, TorchTensorLoader, type FileSystem, type FileWriter } from "../src/index.js";
-import { buildState, countTensorBytes, stateBytes, type ScenarioSpec } from "./scenarios.js";
+import type { ScenarioSpec } from "./scenarios.js";
+
+type Library = typeof import("../src/index.js");
 
 const { values, positionals } = parseArgs({
   allowPositionals: true,
-  options: { count: { type: "string", default: "20000" }, rounds: { type: "string", default: "5" }, only: { type: "string" }, "write-spec": { type: "boolean", default: false } },
+  options: {
+    count: { type: "string", default: "20000" },
+    rounds: { type: "string", default: "5" },
+    only: { type: "string" },
+    baseline: { type: "string" },
+    "write-spec": { type: "boolean", default: false },
+  },
 });
-const dir = positionals[0];
-if (dir === undefined) throw new Error("usage: per-tensor.ts [--count N] [--rounds R] [--only OP] DIR");
+const usage = "usage: per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR] WORKDIR";
+const dir: string = positionals[0] ?? (() => {
+  throw new Error(usage);
+})();
 const count = Number(values.count);
-const spec: ScenarioSpec = { id: "b", title: "small", parameters: Array.from({ length: count }, (_, i) => ({ name: `params.${i}`, shape: [1024] })), adam: false };
+const ELEMENTS = 1024;
+const spec: ScenarioSpec = { id: "b", title: "small", parameters: Array.from({ length: count }, (_, i) => ({ name: `params.${i}`, shape: [ELEMENTS] })), adam: false };
 if (values["write-spec"]) {
   writeFileSync(join(dir, "spec.json"), JSON.stringify(spec));
   process.exit(0);
 }
 
-function discarding(): FileSystem {
-  const local = new LocalFileSystem();
-  const writer: FileWriter = { write: async () => undefined, close: async () => undefined, abort: async () => undefined };
-  return Object.assign(Object.create(local) as FileSystem, { createWriter: async () => writer });
+const here = resolve(import.meta.dirname, "..");
+async function library(root: string): Promise<Library> {
+  return (await import(join(root, process.env.CKPT_PROFILE_DIST === "1" ? "dist/index.js" : "src/index.ts"))) as Library;
 }
 
-const { state } = buildState(spec);
-const ours = join(dir, "ours.pt");
-const torchFile = join(dir, "torch.pt");
-const ops: [string, () => Promise<unknown>][] = [
-  ["save", () => new TorchTensorDumper().dump(state, ours)],
-  ["discard", () => new TorchTensorDumper({ fileSystem: discarding() }).dump(state, ours)],
-  ["load", async () => check(await new TorchTensorLoader().load(ours))],
-  ["load-torch", async () => (existsSync(torchFile) ? check(await new TorchTensorLoader().load(torchFile)) : undefined)],
-];
-function check(value: unknown): void {
-  const bytes = countTensorBytes(value as never);
-  if (bytes !== stateBytes(spec)) throw new Error(`loaded ${bytes} bytes, expected ${stateBytes(spec)}`);
+/** As bench/scenarios.ts buildState for this spec (tensor i filled with (i + 1) · 10⁻³), with `lib`'s Tensor. */
+function buildState(lib: Library): Record<string, unknown> {
+  const model: Record<string, unknown> = {};
+  for (let i = 0; i < count; i++) model[`params.${i}`] = lib.Tensor.from(new Float32Array(ELEMENTS).fill((i + 1) * 1e-3), { shape: [ELEMENTS] });
+  return { model, step_nr: 1000 };
 }
-await ops[0]![1]();
-const results = new Map<string, number[]>();
-for (let round = 0; round < Number(values.rounds); round++) {
-  for (const [name, run] of ops) {
-    if (values.only !== undefined && name !== values.only && !(name === "save" && round === 0 && false)) continue;
-    if (name === "load-torch" && !existsSync(torchFile)) continue;
-    const start = performance.now();
-    await run();
-    const us = ((performance.now() - start) * 1000) / count;
-    results.set(name, [...(results.get(name) ?? []), us]);
+
+/** Checks every loaded tensor's values, not only the byte count. */
+function check(value: unknown): void {
+  const model = (value as { model: Record<string, { data: Float32Array }> }).model;
+  for (let i = 0; i < count; i++) {
+    const data = model[`params.${i}`]?.data;
+    const expected = Math.fround((i + 1) * 1e-3);
+    if (data?.length !== ELEMENTS || data[0] !== expected || data[ELEMENTS - 1] !== expected) throw new Error(`params.${i} did not load its values`);
   }
 }
-for (const [name, us] of results) {
-  const sorted = [...us].sort((a, b) => a - b);
-  console.log(`${name.padEnd(11)} median ${sorted[sorted.length >> 1]!.toFixed(2)} µs/tensor  runs ${us.map((x) => x.toFixed(1)).join(" ")}`);
+
+function discarding(lib: Library): import("../src/index.js").FileSystem {
+  const local = new lib.LocalFileSystem();
+  const writer = { write: async () => undefined, close: async () => undefined, abort: async () => undefined };
+  return Object.assign(Object.create(local) as import("../src/index.js").FileSystem, { createWriter: async () => writer });
+}
+
+const torchFile = join(dir, "torch.pt");
+function operations(name: string, lib: Library): [string, () => Promise<unknown>][] {
+  const state = buildState(lib);
+  const ours = join(dir, `ours-${name}.pt`);
+  return [
+    [`save`, () => new lib.TorchTensorDumper().dump(state as never, ours)],
+    [`discard`, () => new lib.TorchTensorDumper({ fileSystem: discarding(lib) }).dump(state as never, ours)],
+    [`load`, async () => check(await new lib.TorchTensorLoader().load(ours))],
+    [`load-torch`, async () => check(await new lib.TorchTensorLoader().load(torchFile))],
+  ];
+}
+
+const libraries: [string, Library][] = [["this", await library(here)]];
+if (values.baseline !== undefined) libraries.push(["baseline", await library(resolve(values.baseline))]);
+const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib).filter(([op]) => (values.only === undefined || values.only.split(",").includes(op)) && (op !== "load-torch" || existsSync(torchFile))) }));
+// Each library writes the file its loads read, and every operation runs once untimed (warm-up).
+for (const [name, lib] of libraries) await operations(name, lib)[0]![1]();
+for (const plan of plans) for (const [, run] of plan.ops) await run();
+
+const results = new Map<string, number[]>();
+for (let round = 0; round < Number(values.rounds); round++) {
+  for (const plan of round % 2 === 0 ? plans : [...plans].reverse()) {
+    for (const [op, run] of plan.ops) {
+      const start = performance.now();
+      await run();
+      const us = ((performance.now() - start) * 1000) / count;
+      const key = `${op} (${plan.name})`;
+      results.set(key, [...(results.get(key) ?? []), us]);
+    }
+  }
+}
+const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length >> 1]!;
+for (const [key, us] of results) {
+  const op = key.split(" ")[0]!;
+  const base = results.get(`${op} (baseline)`);
+  const ratio = base !== undefined && !key.endsWith("(baseline)") ? `  ${(median(base) / median(us)).toFixed(2)}× the baseline's speed` : "";
+  console.log(`${key.padEnd(22)} median ${median(us).toFixed(2).padStart(6)} µs/tensor  runs ${us.map((x) => x.toFixed(1)).join(" ")}${ratio}`);
 }

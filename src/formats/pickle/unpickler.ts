@@ -65,7 +65,9 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   const r = new PickleReader(bytes, start);
   let stack: unknown[] = [];
   const marks: unknown[][] = [];
-  const memo = new Map<number, unknown>();
+  // The memo: indices are dense from 0 in what picklers write (an array); others go to a Map.
+  const memoList: unknown[] = [];
+  const memoOther = new Map<number, unknown>();
   const fail = (code: string, message: string): never => {
     throw new FormatError(code, `${message} (at byte ${r.offset} of the pickle)`);
   };
@@ -79,12 +81,17 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
     return items;
   };
   const put = (index: number): void => {
-    memo.set(index, top());
+    const value = top();
+    if (index < memoList.length) memoList[index] = value;
+    else if (index === memoList.length && !memoOther.has(index)) memoList.push(value);
+    else memoOther.set(index, value);
   };
   const get = (index: number): void => {
-    if (!memo.has(index)) fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
-    stack.push(memo.get(index));
+    if (index < memoList.length) stack.push(memoList[index]);
+    else if (memoOther.has(index)) stack.push(memoOther.get(index));
+    else fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
   };
+  const memoSize = (): number => memoList.length + memoOther.size;
   const dictAt = (what: string): Map<unknown, unknown> => {
     const dict = top();
     return dict instanceof Map ? dict : fail("PICKLE_TYPE", `${what} on a ${describe(dict)}, not a dict`);
@@ -109,9 +116,11 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   };
 
   // Most tuples only carry arguments (of tensor rebuilds, persistent ids) and are gone by the end:
-  // only those still in the result get the (costlier, WeakMap) tuple mark, in finalize().
-  const tuples = new Set<unknown[]>();
-  const ordered = new Map<Map<unknown, unknown>, Map<unknown, unknown> | undefined>();
+  // only those still in the result get the (costlier, exported) tuple mark, in finalize(). Weak
+  // sets, so these marks do not keep that garbage alive: surviving objects are what the garbage
+  // collector copies, and with tens of thousands of tensors that was most of a load's time.
+  const tuples = new WeakSet<unknown[]>();
+  const ordered = new WeakMap<Map<unknown, unknown>, Map<unknown, unknown> | undefined>();
   const context: UnpickleContext = {
     markOrderedDict: (dict) => void ordered.set(dict, undefined),
     isOrderedDict: (dict) => ordered.has(dict),
@@ -274,7 +283,7 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
         put(r.u32("LONG_BINPUT"));
         break;
       case Op.MEMOIZE:
-        put(memo.size);
+        put(memoSize());
         break;
       case Op.BINGET:
         get(r.u8("BINGET"));
@@ -329,7 +338,8 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
 /** Dict keys must be hashable in Python; JavaScript Maps compare by identity, so only scalars and tuples. */
 function dictKey(key: unknown): unknown {
   if (key instanceof PyFloat) return key.value;
-  if (key === null || ["string", "number", "bigint", "boolean"].includes(typeof key)) return key;
+  const type = typeof key;
+  if (key === null || type === "string" || type === "number" || type === "bigint" || type === "boolean") return key;
   if (Array.isArray(key)) return key;
   throw new FormatError("PICKLE_TYPE", `a dict key must be a str, int, float, bool, None or tuple, got ${describe(key)}`);
 }
@@ -348,7 +358,7 @@ function describe(value: unknown): string {
  * order an object keeps become plain objects, whole-valued floats become numbers with a mark on
  * their container. Iterative, and each container is visited once, so sharing and cycles survive.
  */
-function finalize(root: unknown, tuples: ReadonlySet<unknown[]>, ordered: ReadonlyMap<Map<unknown, unknown>, Map<unknown, unknown> | undefined>): unknown {
+function finalize(root: unknown, tuples: WeakSet<unknown[]>, ordered: WeakMap<Map<unknown, unknown>, Map<unknown, unknown> | undefined>): unknown {
   const replacement = new Map<Map<unknown, unknown>, StateDict>();
   const containers: (unknown[] | Map<unknown, unknown>)[] = [];
   const seen = new Set<unknown>();
