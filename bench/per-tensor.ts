@@ -85,15 +85,20 @@ const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib)
 for (const [name, lib] of libraries) await operations(name, lib)[0]![1]();
 for (const plan of plans) for (const [, run] of plan.ops) await run();
 
+/** Wall-clock and CPU (every thread) µs per tensor: on a crowded machine the CPU time is steadier. */
 const results = new Map<string, number[]>();
+const cpuResults = new Map<string, number[]>();
 for (let round = 0; round < Number(values.rounds); round++) {
   for (const plan of round % 2 === 0 ? plans : [...plans].reverse()) {
     for (const [op, run] of plan.ops) {
+      const cpuStart = process.cpuUsage();
       const start = performance.now();
       await run();
       const us = ((performance.now() - start) * 1000) / count;
+      const cpu = process.cpuUsage(cpuStart);
       const key = `${op} (${plan.name})`;
       results.set(key, [...(results.get(key) ?? []), us]);
+      cpuResults.set(key, [...(cpuResults.get(key) ?? []), (cpu.user + cpu.system) / count]);
     }
   }
 }
@@ -101,6 +106,8 @@ const median = (xs: number[]): number => [...xs].sort((a, b) => a - b)[xs.length
 for (const [key, us] of results) {
   const op = key.split(" ")[0]!;
   const base = results.get(`${op} (baseline)`);
-  const ratio = base !== undefined && !key.endsWith("(baseline)") ? `  ${(median(base) / median(us)).toFixed(2)}× the baseline's speed` : "";
-  console.log(`${key.padEnd(22)} median ${median(us).toFixed(2).padStart(6)} µs/tensor  runs ${us.map((x) => x.toFixed(1)).join(" ")}${ratio}`);
+  const baseCpu = cpuResults.get(`${op} (baseline)`);
+  const cpu = cpuResults.get(key)!;
+  const ratio = base !== undefined && baseCpu !== undefined && !key.endsWith("(baseline)") ? `  ${(median(base) / median(us)).toFixed(2)}× the baseline's speed, ${(median(baseCpu) / median(cpu)).toFixed(2)}× its CPU` : "";
+  console.log(`${key.padEnd(22)} median ${median(us).toFixed(2).padStart(6)} µs/tensor (min ${Math.min(...us).toFixed(2)}), CPU ${median(cpu).toFixed(2)} µs/tensor  runs ${us.map((x) => x.toFixed(1)).join(" ")}${ratio}`);
 }
