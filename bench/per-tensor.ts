@@ -1,7 +1,7 @@
 // Per-tensor cost of saving and loading many small tensors: the tool behind docs/design.md
 // "Per-tensor cost". Run it under `node --cpu-prof` to profile.
 //
-//   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR] WORKDIR
+//   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR | --library DIR] WORKDIR
 //
 // OP is save, discard (a save whose bytes are thrown away), load (our file) or load-torch
 // (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
@@ -23,6 +23,7 @@ const { values, positionals } = parseArgs({
     rounds: { type: "string", default: "5" },
     only: { type: "string" },
     baseline: { type: "string" },
+    library: { type: "string" },
     "write-spec": { type: "boolean", default: false },
   },
 });
@@ -78,7 +79,8 @@ function operations(name: string, lib: Library): [string, () => Promise<unknown>
   ];
 }
 
-const libraries: [string, Library][] = [["this", await library(here)]];
+// --library DIR measures another checkout alone (to profile it the same way).
+const libraries: [string, Library][] = [["this", await library(values.library === undefined ? here : resolve(values.library))]];
 if (values.baseline !== undefined) libraries.push(["baseline", await library(resolve(values.baseline))]);
 const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib).filter(([op]) => (values.only === undefined || values.only.split(",").includes(op)) && (op !== "load-torch" || existsSync(torchFile))) }));
 // Each library writes the file its loads read, and every operation runs once untimed (warm-up).

@@ -84,9 +84,29 @@ const STEP = 1;
 /** Buffers per writev call: IOV_MAX on Linux. */
 const IOV_MAX = 1024;
 
+/** Bytes per writev call: Linux writes at most 0x7ffff000 per call, and Node reports more wrongly (an int32). */
+const MAX_WRITEV_BYTES = 1 << 30;
+
+/** `buffers` in batches of at most IOV_MAX buffers and (but for a single larger buffer) MAX_WRITEV_BYTES. */
+function writevBatches(buffers: Uint8Array[]): Uint8Array[][] {
+  const batches: Uint8Array[][] = [];
+  let batch: Uint8Array[] = [];
+  let bytes = 0;
+  for (const buffer of buffers) {
+    if (batch.length > 0 && (batch.length >= IOV_MAX || bytes + buffer.byteLength > MAX_WRITEV_BYTES)) {
+      batches.push(batch);
+      batch = [];
+      bytes = 0;
+    }
+    batch.push(buffer);
+    bytes += buffer.byteLength;
+  }
+  if (batch.length > 0) batches.push(batch);
+  return batches;
+}
+
 async function writeAll(handle: FileHandle, buffers: Uint8Array[]): Promise<void> {
-  for (let i = 0; i < buffers.length; i += IOV_MAX) {
-    const batch = buffers.slice(i, i + IOV_MAX);
+  for (const batch of writevBatches(buffers)) {
     const expected = batch.reduce((sum, b) => sum + b.byteLength, 0);
     const { bytesWritten } = await handle.writev(batch);
     if (bytesWritten === expected) continue;
@@ -148,8 +168,7 @@ async function bestWrite(buffers: Uint8Array[], path: string): Promise<void> {
     await Promise.all(
       splitRuns(buffers, BEST_WRITERS).map(async (run) => {
         let position = run.position;
-        for (let i = 0; i < run.buffers.length; i += IOV_MAX) {
-          const batch = run.buffers.slice(i, i + IOV_MAX);
+        for (const batch of writevBatches(run.buffers)) {
           const expected = batch.reduce((sum, b) => sum + b.byteLength, 0);
           const { bytesWritten } = await handle.writev(batch, position);
           if (bytesWritten !== expected) {
