@@ -112,13 +112,10 @@ export class CheckpointWriter {
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
-      // The files are written at once: one's pickling and checksums overlap another's writes and fsync.
-      await this.writeParts(checkpoint, [
-        [modelFileName(tp.rank, tp.size), parts.modelFile],
-        [replicatedFileName(tp.rank, tp.size), parts.replicated],
-        [rankFile, parts.rank],
-      ]);
+      await this.writePart(checkpoint, rankFile, parts.rank);
       checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
@@ -286,21 +283,6 @@ export class CheckpointWriter {
     if (tmpDir !== undefined && isRoot(this.context) && this.context.owner.holdsLock) {
       await this.context.commit.discard(this.context.checkpointDir, checkpoint.stepNr, tmpDir).catch(() => undefined);
     }
-  }
-
-  /** Writes several files of the checkpoint concurrently (undefined parts are skipped), listed in this order. */
-  private async writeParts(checkpoint: OpenCheckpoint, parts: [string, StateValue | undefined][]): Promise<void> {
-    const present = parts.filter((part): part is [string, StateValue] => part[1] !== undefined);
-    const written = await Promise.allSettled(present.map(([name, value]) => this.dumpPart(checkpoint, name, value)));
-    const failed = written.find((result) => result.status === "rejected");
-    if (failed !== undefined) throw failed.reason;
-    present.forEach(([name], i) => (checkpoint.files[name] = (written[i] as PromiseFulfilledResult<ManifestFile>).value));
-  }
-
-  private async dumpPart(checkpoint: OpenCheckpoint, name: string, value: StateValue): Promise<ManifestFile> {
-    const path = joinPath(stagingDir(checkpoint), name);
-    const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
-    return manifestFile((await this.context.dumper.dump(value, path, onProgress === undefined ? {} : { onProgress })) ?? (await digestFile(this.context.fileSystem, path)));
   }
 
   /** Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not). */
