@@ -11,6 +11,8 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
+/** Writes at least this large go to the file as they are, without a copy into the buffer. */
+const PASS_THROUGH_BYTES = 1 << 20;
 
 /**
  * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
@@ -198,6 +200,12 @@ class LocalFileWriter implements FileWriter {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    if (chunk.byteLength >= PASS_THROUGH_BYTES) {
+      // Already a large write (the zip writer stages small pieces itself): no copy.
+      await this.flush();
+      await writeAll(this.handle, chunk);
+      return;
+    }
     if (this.buffered + chunk.byteLength <= this.buffer.length) {
       this.buffer.set(chunk, this.buffered);
       this.buffered += chunk.byteLength;
