@@ -240,12 +240,18 @@ describe("ckpt serve's API over a directory written by the manager", () => {
   test("a file that is a symlink out of the directory is never read", async () => {
     await save(manager, 600, 0.3);
     await symlink(join(outside, "secret.pt"), join(dir, "step_600", "leak.pt"));
-    for (const path of ["/api/checkpoints/600/tensor?file=leak.pt&key=x", "/api/checkpoints/600", "/api/verify?step=600", "/api/diff?a=200&b=600"]) {
+    for (const path of ["/api/checkpoints/600/tensor?file=leak.pt&key=x", "/api/checkpoints/600", "/api/diff?a=200&b=600"]) {
       const answer = await httpRequest(port, "GET", path);
       assert.equal(answer.status, 403, `${path}: ${answer.body}`);
       assert.match(answer.body, /outside the checkpoint directory/);
       assert.doesNotMatch(answer.body, new RegExp(SECRET));
     }
+    // verify reports the link as what is wrong with the step, as `ckpt verify` does, without following it.
+    const verify = await httpRequest(port, "GET", "/api/verify?step=600");
+    assert.equal(verify.status, 200, verify.body);
+    assert.match(verify.body, /"file":"leak\.pt","problem":"is a symbolic link: a checkpoint's files must be inside it \(not read\)"/);
+    assert.match(verify.body, /"status":"damaged"/);
+    assert.doesNotMatch(verify.body, new RegExp(SECRET));
   });
 
   test("a Host header that is not the bound address is refused with 403 (DNS rebinding)", async () => {
