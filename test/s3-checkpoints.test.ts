@@ -247,3 +247,41 @@ test("S3: dp=2 × tp=2 ranks under ckpt launch save into one s3:// directory and
   assertSucceeded(resumed, 4);
   for (const result of resumed.results.values()) assert.deepEqual([result.last, result.matches], [100, true]);
 });
+
+test("S3: ckpt serve shows an s3:// directory: its checkpoints, a step's files, a diff and verify", async () => {
+  const dir = await newDir();
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  for (const step of [1, 2]) {
+    await manager.beginCheckpoint(step);
+    await manager.saveState(trainingState(step), { replicatedKeys: ["epoch"] });
+    await manager.commitCheckpoint();
+  }
+  await manager.close();
+  const serve = spawn(process.execPath, [CLI, "serve", dir, "--port", "0"], { env: { ...process.env, ...awsEnv }, stdio: ["ignore", "pipe", "pipe"] });
+  try {
+    const url = await new Promise<string>((resolve, reject) => {
+      let out = "";
+      serve.stdout.setEncoding("utf8").on("data", (chunk: string) => {
+        out += chunk;
+        const match = /(http:\/\/127\.0\.0\.1:\d+)\//.exec(out);
+        if (match !== null) resolve(match[1]!);
+      });
+      serve.on("exit", (code) => reject(new Error(`ckpt serve exited (${code}): ${out}`)));
+    });
+    const get = async (path: string): Promise<Record<string, unknown>> => {
+      const response = await fetch(`${url}${path}`);
+      assert.equal(response.status, 200, `${path}: ${await response.clone().text()}`);
+      return (await response.json()) as Record<string, unknown>;
+    };
+    const listing = await get("/api/checkpoints");
+    assert.deepEqual((listing.checkpoints as { stepNr: number; status: string }[]).map((c) => [c.stepNr, c.status]), [[1, "committed"], [2, "committed"]]);
+    const step = await get("/api/checkpoints/2");
+    assert.deepEqual((step.files as { name: string }[]).map((f) => f.name), ["manifest.json", "model.pt", "rank_0.pt", "replicated.pt"]);
+    const diff = await get("/api/diff?a=1&b=2");
+    assert.equal(diff.identical, false);
+    const verify = await (await fetch(`${url}/api/verify`)).text();
+    assert.match(verify, /"sound":true/);
+  } finally {
+    serve.kill("SIGTERM");
+  }
+});
