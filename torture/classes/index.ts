@@ -3,11 +3,16 @@
  * A class is added here by one import and one entry (no directory scanning: the list is explicit).
  */
 import type { FaultClass } from "../types.js";
+import { badCalls } from "./bad-calls.js";
 
 export interface RegisteredClass {
   /** The name `--only` accepts, and the class's file name in torture/classes/. */
   id: string;
   run: FaultClass;
+  /** Its share of the time budget relative to the others (default 1): process-heavy classes get more. */
+  weight?: number;
 }
 
-export const faultClasses: RegisteredClass[] = [];
+export const faultClasses: RegisteredClass[] = [
+  { id: "bad-calls", run: badCalls, weight: 0.5 },
+];
