@@ -34,6 +34,9 @@ interface BadCall {
 
 const goodState = (stepNr: number): StateDict => ({ model: { w: Tensor.from(new Float32Array(8).fill(stepNr)) }, step_nr: stepNr });
 
+/** Every kind of case this class tries: each is counted from zero, so a kind never tried shows. */
+const KINDS = ["negative, non-integer or huge step", "wrong type", "bad n", "non-finite or non-number score", "reserved key name", "value that cannot be saved"];
+
 function badStep(random: Random): number {
   return random.pick([-random.between(1, 1e6), random.between(0, 1000) + random.pick([0.5, 0.25, 1e-9]), Number.NaN, Infinity, -Infinity, 2 ** 53 + random.between(1, 1e6) * 2, -0.5]);
 }
@@ -151,19 +154,19 @@ function refusalProblem(error: unknown, bad: BadCall): string | undefined {
 
 export async function badCalls(options: ClassOptions): Promise<ClassResult> {
   const random = new Random(options.seed);
-  const cases: Record<string, number> = {};
+  const cases: Record<string, number> = Object.fromEntries(KINDS.map((kind) => [kind, 0]));
   const failures: ClassFailure[] = [];
   const manager = new FileCheckpointManager({ checkpointDir: options.workDir });
   await manager.beginCheckpoint(1);
   await manager.saveState(goodState(1));
   await manager.commitCheckpoint();
   const deadline = performance.now() + options.budgetMs;
-  const quickKinds = new Set<string>();
   let nextStep = 10;
-  for (let index = 0; options.quick ? quickKinds.size < 6 || index < 40 : performance.now() < deadline; index++) {
-    if (options.quick && index >= 400) break;
+  // Quick: until every kind was tried at least 3 times (and 40 cases at least), at most 400.
+  const more = (index: number): boolean =>
+    options.quick ? index < 400 && (index < 40 || Object.values(cases).some((count) => count < 3)) : performance.now() < deadline;
+  for (let index = 0; more(index); index++) {
     const bad = drawCall(random);
-    quickKinds.add(bad.kind);
     const fail = (detail: string): void => void failures.push({ kind: "unclear refusal", detail: `case ${index} (seed ${options.seed}): ${bad.what}: ${detail}` });
     const before = await diskSnapshot(options.workDir);
     const listed = await manager.getStepNumbers();

@@ -4,6 +4,7 @@
  */
 import type { FaultClass } from "../types.js";
 import { badCalls } from "./bad-calls.js";
+import { corruption } from "./corruption.js";
 
 export interface RegisteredClass {
   /** The name `--only` accepts, and the class's file name in torture/classes/. */
@@ -14,5 +15,6 @@ export interface RegisteredClass {
 }
 
 export const faultClasses: RegisteredClass[] = [
+  { id: "corruption", run: corruption },
   { id: "bad-calls", run: badCalls, weight: 0.5 },
 ];
