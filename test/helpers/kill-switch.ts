@@ -63,20 +63,21 @@ export async function installKillSwitch(root: string, killAt: number | undefined
     if (under(from)) point(`link ${label(root, from)} → ${label(root, to)}`);
     return link(from, to);
   };
-  const removeTree = async (path: string, options: Parameters<typeof rm>[1]): Promise<void> => {
+  // Entries inside the tree are labelled as such; the tree's top keeps the plain `remove <path>`.
+  const removeTree = async (path: string, options: Parameters<typeof rm>[1], inside: boolean): Promise<void> => {
     let isDirectory = false;
     try {
       isDirectory = lstatSync(path).isDirectory();
     } catch {
       return rm(path, options); // not there: nothing changes, no point
     }
-    if (isDirectory) for (const entry of readdirSync(path).sort()) await removeTree(join(path, entry), options);
-    point(`remove ${label(root, path)}`);
+    if (isDirectory) for (const entry of readdirSync(path).sort()) await removeTree(join(path, entry), options, true);
+    point(`remove ${label(root, path)}${inside ? " (inside a recursive delete)" : ""}`);
     return rm(path, options);
   };
   fs.rm = async (path, options) => {
     if (!under(path) || !exists(path)) return rm(path, options);
-    if (options?.recursive === true) return removeTree(String(path), options);
+    if (options?.recursive === true) return removeTree(String(path), options, false);
     point(`remove ${label(root, path)}`);
     return rm(path, options);
   };

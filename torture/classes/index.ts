@@ -5,6 +5,7 @@
 import type { FaultClass } from "../types.js";
 import { badCalls } from "./bad-calls.js";
 import { corruption } from "./corruption.js";
+import { crashAnywhere } from "./crash-anywhere.js";
 
 export interface RegisteredClass {
   /** The name `--only` accepts, and the class's file name in torture/classes/. */
@@ -15,6 +16,7 @@ export interface RegisteredClass {
 }
 
 export const faultClasses: RegisteredClass[] = [
+  { id: "crash-anywhere", run: crashAnywhere, weight: 3 },
   { id: "corruption", run: corruption },
   { id: "bad-calls", run: badCalls, weight: 0.5 },
 ];
