@@ -78,6 +78,12 @@ export class CheckpointWriter {
       this.open = checkpoint;
       // Rank 0 chooses where the files go and tells the others (on object storage, a new place each save).
       let staging: string | undefined;
+      // A failed begin opens nothing, in background mode too (drop keeps a background checkpoint
+      // open for the calls that follow a failure, but after begin none were made): the next begin works.
+      const forgetOnFailure = (error: unknown): never => {
+        if (this.open === checkpoint) this.open = undefined;
+        throw error;
+      };
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
         if (!isRoot(this.context)) return;
         await this.context.owner.own();
@@ -87,7 +93,7 @@ export class CheckpointWriter {
         const chosen = shared[0] ?? this.context.commit.fixedStaging(this.context.checkpointDir, stepNr);
         if (typeof chosen !== "string") throw new CheckpointSaveError(stepNr, "beginCheckpoint: rank 0 named no directory for the checkpoint's files (a rank played by a FakeGang cannot save on object storage)");
         checkpoint.tmpDir = chosen;
-      }, () => staging ?? null);
+      }, () => staging ?? null).catch(forgetOnFailure);
     });
   }
 
