@@ -5,6 +5,7 @@
 import type { FaultClass } from "../types.js";
 import { badCalls } from "./bad-calls.js";
 import { corruption } from "./corruption.js";
+import { concurrency } from "./concurrency.js";
 import { crashAnywhere } from "./crash-anywhere.js";
 
 export interface RegisteredClass {
@@ -18,5 +19,6 @@ export interface RegisteredClass {
 export const faultClasses: RegisteredClass[] = [
   { id: "crash-anywhere", run: crashAnywhere, weight: 3 },
   { id: "corruption", run: corruption },
+  { id: "concurrency", run: concurrency },
   { id: "bad-calls", run: badCalls, weight: 0.5 },
 ];
