@@ -145,7 +145,7 @@ async function raceCase(random: Random, dir: string, steps: number, context: str
       parsed = {};
     }
     // Before the first commit there is nothing to list: an error then is the right answer.
-    if (parsed.error !== undefined && before.size === 0 && after.size === 0) continue;
+    if (parsed.error !== undefined && before.size === 0) continue;
     countCase(tally.cases, useVerify ? VERIFY : LS);
     if (!Array.isArray(parsed.checkpoints)) {
       fail(useVerify ? "verify failed" : "ls failed", `exit ${run.code}: ${run.stdout.slice(0, 500)} ${run.stderr.slice(0, 500)}`);
