@@ -1,6 +1,6 @@
 import assert from "node:assert/strict";
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
-import { chmod, rename, rm, writeFile } from "node:fs/promises";
+import { chmod, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
@@ -129,4 +129,19 @@ test("a step pruned while a listing reads it is left out, not shown as damaged o
   const reader = new FileCheckpointManager({ checkpointDir: dir, fileSystem: new PrunedMeanwhile() });
   assert.deepEqual((await reader.listCheckpoints()).map((c) => [c.stepNr, c.damaged]), [[1, undefined]]);
   await reader.close();
+});
+
+test("a manifest whose createdAt is no longer a time is damaged, and the message says so", async () => {
+  const dir = await tempDir();
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  await saveStep(manager, 1);
+  await saveStep(manager, 2);
+  await manager.close();
+  const path = join(dir, "step_2", "manifest.json");
+  const text = await readFile(path, "utf8");
+  await writeFile(path, text.replace(/"createdAt": "2/, '"createdAt": "e')); // one byte flipped
+  const listing = await listCheckpointDirectory(dir);
+  const step2 = listing.checkpoints.find((c) => c.stepNr === 2);
+  assert.equal(step2?.status, "damaged");
+  assert.match(step2?.problem ?? "", /manifest\.json of step 2 is damaged: createdAt "e\d{3}-/);
 });
