@@ -146,8 +146,8 @@ async function checkAfterKill(dir: string, scenario: CrashScenario, alternatives
 /** Where a scenario's directories go: `<root>/<scenario index>-<what>`. */
 const scenarioPath = (name: CrashScenarioName, what: string): string => join(root, `${Object.keys(CRASH_SCENARIOS).indexOf(name)}-${what}`);
 
-async function prepareTemplate(name: CrashScenarioName): Promise<string> {
-  const template = scenarioPath(name, "template");
+async function prepareTemplate(name: CrashScenarioName, what = "template"): Promise<string> {
+  const template = scenarioPath(name, what);
   await mkdir(template);
   await CRASH_SCENARIOS[name].prepare(template);
   return template;
@@ -267,7 +267,7 @@ describe("a writer killed with SIGKILL", () => {
   it("never loses a committed checkpoint, killed at random renames, and at random points of its pruning, while handling large states", async (t) => {
     const name = "save, re-save and prune large states";
     const scenario: CrashScenario = CRASH_SCENARIOS[name];
-    const template = await prepareTemplate(name);
+    const template = await prepareTemplate(name, "aimed-template");
     const { points } = await runToTheEnd(name, template);
     // Pruning starts after the re-save of step 2 is committed.
     const pruneStart = points.indexOf("rename step_2.tmp → step_2") + 1;
