@@ -154,8 +154,8 @@ export async function crashAnywhere(options: ClassOptions): Promise<ClassResult>
   for (let workload = 0; options.quick ? !quickDone() && workload < 6 : performance.now() < deadline; workload++) {
     const workloadSeed = random.fork();
     const workloadRandom = new Random(workloadSeed);
-    // Every fourth workload (and the first in quick mode) kills a rank of a launched job instead.
-    if (workload % 4 === 3 || (options.quick && cases[LAUNCH_KIND] === 0 && workload === 0)) {
+    // Every fourth workload (and in quick mode, until one kill has landed) kills a rank of a launched job instead.
+    if (workload % 4 === 3 || (options.quick && cases[LAUNCH_KIND] === 0 && workload < 3)) {
       launchTemplate ??= await prepareLaunchTemplate(join(options.workDir, "launch-template"));
       const outcome = await launchCrashCase(workloadRandom, launchTemplate, join(options.workDir, `launch-${workload}`), `workload ${workload} (seed ${workloadSeed})`);
       if (outcome.landed) countCase(cases, LAUNCH_KIND);
