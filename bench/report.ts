@@ -14,6 +14,8 @@ export interface Variant {
   op: string;
   kind: Kind;
   role: Role;
+  /** A Node operation on the file torch.save wrote: only with the PyTorch peer. */
+  needsTorch?: boolean;
 }
 
 /** One run of one variant: a worker's measurement (Python's reports the same fields, some left out). */
@@ -40,14 +42,25 @@ export interface ScenarioResult {
 
 /** What each kind of operation is compared with: the limit and the peer, by variant key. */
 const COMPARED_WITH: Record<Kind, { limit?: string; peer?: string }> = {
-  save: { limit: "write-plain", peer: "torch-save" },
-  load: { limit: "read-plain", peer: "torch-load" },
+  save: { limit: "write-limit", peer: "torch-save" },
+  load: { limit: "read-limit", peer: "torch-load" },
   copy: {},
   checksum: {},
   blocking: { limit: "copy-memory" },
-  total: { limit: "write-plain", peer: "torch-save" },
+  total: { limit: "write-limit", peer: "torch-save" },
   delay: {},
 };
+
+/**
+ * The limits are the faster of two ways to move the same bytes, measured in the same run: one
+ * plain stream (writev then fsync; one read) and the disk's best (several positioned writes or
+ * reads in flight at once). A limit slower than our own save would be no limit (issue 14).
+ */
+export const LIMITS: Record<string, string[]> = {
+  "write-limit": ["write-plain", "write-best"],
+  "read-limit": ["read-plain", "read-best"],
+};
+export const LIMIT_NAMES: Record<string, string> = { "write-limit": "the best plain write", "read-limit": "the best plain read" };
 
 const MiB = 2 ** 20;
 /** The issue's memory budget: the state's size plus this. */
@@ -75,6 +88,11 @@ function ok(series: Series | undefined): series is Series {
 
 /** The median time of a variant in a result (its own rows or its references), if measured. */
 export function medianSeconds(result: ScenarioResult, key: string): number | undefined {
+  const ways = LIMITS[key];
+  if (ways !== undefined) {
+    const times = ways.map((way) => medianSeconds(result, way)).filter((t): t is number => t !== undefined);
+    return times.length === 0 ? undefined : Math.min(...times);
+  }
   const series = [...result.series, ...(result.references ?? [])].find((s) => s.variant.key === key);
   return ok(series) ? median(series.samples.map((x) => x.seconds)) : undefined;
 }
@@ -172,7 +190,7 @@ export interface TargetResult {
   met: boolean | undefined;
 }
 
-export const TARGET_HEADER = ["", "Target (issues 6, 10)", "Measured in this run", "Result"];
+export const TARGET_HEADER = ["", "Target (issues 6, 10, 14)", "Measured in this run", "Result"];
 
 export function verdict(met: boolean | undefined): string {
   return met === undefined ? "NOT MEASURED" : met ? "MET" : "NOT MET";
@@ -206,12 +224,14 @@ function speedTargets(result: ScenarioResult, targets: SpeedTarget[]): TargetRes
         continue;
       }
       const ratio = other / own;
+      const ways = LIMITS[target.against];
+      const which = ways === undefined ? "" : `, ${label(result, ways.find((way) => medianSeconds(result, way) === other) ?? ways[0]!).replace(/^limit: /, "")}`;
       out.push({
         tag: `(${result.id})`,
         goal,
-        measured: `${ratio.toFixed(2)}× (${formatSeconds(own)} vs ${formatSeconds(other)})`,
-        // Compared as printed, so a ratio shown as 0.90× meets "≥ 0.9×".
-        met: Number(ratio.toFixed(2)) >= target.atLeast,
+        measured: `${ratio.toFixed(3)}× (${formatSeconds(own)} vs ${formatSeconds(other)}${which})`,
+        // The unrounded ratio decides (issue 14): 0.898× does not meet "≥ 0.9×".
+        met: ratio >= target.atLeast,
       });
     }
   }
@@ -250,14 +270,15 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
   const b = byId.get("b");
   const d = byId.get("d");
   const saves = ["save-ours", "save-manager"];
-  const loads = ["load-ours", "load-manager"];
-  const loadsInto = ["load-into-ours", "load-into-manager"];
+  // Issue 14: our files and files torch.save wrote alike.
+  const loads = ["load-ours", "load-manager", "load-torchfile"];
+  const loadsInto = ["load-into-ours", "load-into-manager", "load-into-torchfile"];
   if (a !== undefined && a.notMeasured === undefined) {
     targets.push(
       ...speedTargets(a, [
-        { keys: saves, against: "write-plain", name: "the plain write", atLeast: 0.9 },
+        { keys: saves, against: "write-limit", name: "the best plain write", atLeast: 0.9 },
         { keys: saves, against: "torch-save", name: "torch.save (never slower)", atLeast: 1 },
-        { keys: loads, against: "read-plain", name: "the plain read", atLeast: 0.9 },
+        { keys: loads, against: "read-limit", name: "the best plain read", atLeast: 0.9 },
         { keys: loads, against: "torch-load", name: "torch.load (never slower)", atLeast: 1 },
         { keys: loadsInto, against: "torch-load", name: "torch.load", atLeast: 2 },
       ]),
@@ -267,9 +288,9 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
   if (b !== undefined && b.notMeasured === undefined) {
     targets.push(
       ...speedTargets(b, [
-        { keys: saves, against: "write-plain", name: "the plain write", atLeast: 0.5 },
+        { keys: saves, against: "write-limit", name: "the best plain write", atLeast: 0.5 },
         { keys: saves, against: "torch-save", name: "torch.save", atLeast: 3 },
-        { keys: [...loads, ...loadsInto], against: "read-plain", name: "the plain read", atLeast: 0.5 },
+        { keys: [...loads, ...loadsInto], against: "read-limit", name: "the best plain read", atLeast: 0.5 },
         { keys: [...loads, ...loadsInto], against: "torch-load", name: "torch.load", atLeast: 3 },
       ]),
       memoryTarget(b, [...saves, ...loads, ...loadsInto]),
@@ -289,8 +310,8 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
         : {
             tag: "(d)",
             goal,
-            measured: `${(blocked / copy).toFixed(2)}× the copy's time (${formatSeconds(blocked)} vs ${formatSeconds(copy)})`,
-            met: Number((blocked / copy).toFixed(2)) <= 1.5,
+            measured: `${(blocked / copy).toFixed(3)}× the copy's time (${formatSeconds(blocked)} vs ${formatSeconds(copy)})`,
+            met: blocked / copy <= 1.5,
           },
       // The background save's whole life, snapshot memory included, until waitForPendingSave.
       { ...memoryTarget(d, ["save-async-total"]), goal: `peak memory of a background checkpoint (its snapshot included) ≤ the state's size + 128 MiB = ${formatMiB(d.bytes + PEAK_ALLOWANCE_BYTES)}` },

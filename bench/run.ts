@@ -8,6 +8,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
 import { measureDistributed } from "./distributed.js";
+import { measureS3 } from "./s3.js";
 import { describeMachine, findTorch, finishLoad, machineLines, type Machine } from "./machine.js";
 import {
   DIAGNOSTIC_HEADER,
@@ -25,16 +26,18 @@ import {
   type Variant,
 } from "./report.js";
 import { formatBytes, scenarios, stateBytes, tensorCount, type ScenarioSpec } from "./scenarios.js";
+import { SCALING_HEADER, flatness, measureScaling, scalingRows, scalingSpaceNeeded, scalingSvg, type ScalingPoint } from "./scaling.js";
 
 const ROOT = join(import.meta.dirname, "..");
 const WORKER = join(import.meta.dirname, "worker.ts");
 const PEER = join(import.meta.dirname, "torch_peer.py");
 const DOCS = join(ROOT, "docs", "benchmark.md");
+const CHART = join(ROOT, "docs", "benchmark-scaling.svg");
 /** A run that takes longer than this is stuck, not slow. */
 const WORKER_TIMEOUT_MS = 10 * 60_000;
 
 const USAGE = `usage: npm run bench -- [options]
-  --runs N       measurements of each operation, interleaved (default 5; 3 with --quick)
+  --runs N       measurements of each operation, interleaved (default 3; the scaling sweep: 1)
   --quick        small states (48 MiB and 2,000 tensors), the Node operations of a scenario in one
                  process per round: a smoke run of the harness, not numbers
   --no-python    skip the PyTorch peer
@@ -49,8 +52,12 @@ const VARIANTS: Variant[] = [
   { key: "load-manager", label: "load: FileCheckpointManager.loadCheckpoint", runner: "node", op: "load-manager", kind: "load", role: "ours" },
   { key: "load-into-ours", label: "load-into: TorchTensorLoader.load(path, { into })", runner: "node", op: "load-into-ours", kind: "load", role: "ours" },
   { key: "load-into-manager", label: "load-into: FileCheckpointManager.loadCheckpoint(step, { into })", runner: "node", op: "load-into-manager", kind: "load", role: "ours" },
+  { key: "load-torchfile", label: "load: TorchTensorLoader.load of the torch.save file", runner: "node", op: "load-torchfile", kind: "load", role: "ours", needsTorch: true },
+  { key: "load-into-torchfile", label: "load-into: TorchTensorLoader.load(torch.save file, { into })", runner: "node", op: "load-into-torchfile", kind: "load", role: "ours", needsTorch: true },
   { key: "write-plain", label: "limit: plain write of the tensors' bytes + fsync", runner: "node", op: "write-plain", kind: "save", role: "limit" },
+  { key: "write-best", label: "limit: best plain write: 4 positioned writev streams at once + fsync", runner: "node", op: "write-best", kind: "save", role: "limit" },
   { key: "read-plain", label: "limit: plain read of that file into fresh memory", runner: "node", op: "read-plain", kind: "load", role: "limit" },
+  { key: "read-best", label: "limit: best plain read: 4 positioned reads at once into fresh memory", runner: "node", op: "read-best", kind: "load", role: "limit" },
   { key: "copy-memory", label: "limit: memory copy of the state (reused buffers)", runner: "node", op: "copy-memory", kind: "copy", role: "limit" },
   { key: "torch-save", label: "peer: torch.save + fsync", runner: "python", op: "save", kind: "save", role: "peer" },
   { key: "torch-load", label: "peer: torch.load", runner: "python", op: "load", kind: "load", role: "peer" },
@@ -98,7 +105,8 @@ function parseOptions(argv: string[]): Options {
     console.log(USAGE);
     process.exit(0);
   }
-  const runs = values.runs === undefined ? (values.quick ? 3 : 5) : Number(values.runs);
+  // 3 runs keep the whole benchmark (with its scaling sweep) to about 5 minutes.
+  const runs = values.runs === undefined ? 3 : Number(values.runs);
   if (!Number.isSafeInteger(runs) || runs < 1 || runs > 100) throw new Error(`--runs needs a whole number from 1 to 100, got ${values.runs}\n${USAGE}`);
   return { runs, quick: values.quick, python: !values["no-python"], writeDocs: values["write-docs"], label: values.label };
 }
@@ -179,10 +187,10 @@ function prepare(spec: ScenarioSpec, root: string, variants: Variant[], python: 
   return { spec, specPath, dir, variants, series };
 }
 
-function checkFreeSpace(dir: string, specs: ScenarioSpec[]): void {
+function checkFreeSpace(dir: string, specs: ScenarioSpec[], quick: boolean): void {
   // Prepared files (ours, the checkpoint, plain, torch) of every scenario, plus what one operation
   // writes (the background save: two checkpoints).
-  const needed = specs.reduce((sum, s) => sum + 4.2 * stateBytes(s), 0) + 2.2 * Math.max(...specs.map(stateBytes));
+  const needed = specs.reduce((sum, s) => sum + 4.2 * stateBytes(s), 0) + 2.2 * Math.max(...specs.map(stateBytes)) + scalingSpaceNeeded(quick);
   const stats = statfsSync(dir);
   const free = stats.bavail * stats.bsize;
   if (free < needed) throw new Error(`the benchmark needs about ${formatBytes(needed)} free in ${dir}, which has ${formatBytes(free)}`);
@@ -231,7 +239,21 @@ interface Rendered {
   targets: string;
   diagnostics: string;
   runs: string;
+  scaling: string;
+  flatness: string[];
   noteLines: string[];
+}
+
+/** Per tensor and per byte, the largest point's cost over the smallest's, for our save and load. */
+function flatnessLines(points: ScalingPoint[]): string[] {
+  const lines: string[] = [];
+  for (const [axis, unit] of [["tensors", "per tensor"], ["bytes", "per byte"]] as const) {
+    for (const op of ["save-ours", "load-ours", "torch-save", "torch-load"] as const) {
+      const ratio = flatness(points, axis, op);
+      if (ratio !== undefined) lines.push(`${op}: time ${unit} at the largest point is ${ratio.toFixed(2)}× that at the smallest (1 is flat)`);
+    }
+  }
+  return lines;
 }
 
 function renderDocs(options: Options, command: string, r: Rendered): string {
@@ -253,7 +275,7 @@ function renderDocs(options: Options, command: string, r: Rendered): string {
     "",
     "## Targets",
     "",
-    "The targets of issues 6 and 10 (c), as speed ratios (the other's median time over ours) and peak memory from the table above.",
+    "The targets of issues 6, 10 (c) and 14, as speed ratios (the other's median time over ours, unrounded in the verdict) and peak memory from the table above. The limit of a save is the faster of the plain write and the best plain write, of a load the faster of the plain read and the best plain read, both measured in this run.",
     "",
     r.targets,
     "",
@@ -262,6 +284,16 @@ function renderDocs(options: Options, command: string, r: Rendered): string {
     r.diagnostics,
     "",
     ...DIAGNOSTIC_NOTES.map((l) => `- ${l}`),
+    "",
+    "## How cost grows",
+    "",
+    "Each point is a state of its own (its files prepared first), every operation in a fresh process, one run each (a sweep of many points; the tables above have the repeated runs). Tensors: N tensors of 4 KiB; bytes: tensors of 16 MiB. In brackets, time per tensor or per MiB: flat means no step that grows faster than the work.",
+    "",
+    r.scaling,
+    "",
+    ...r.flatness.map((l) => `- ${l}`),
+    "",
+    "![Save and load time against the number of tensors and the state's size](benchmark-scaling.svg)",
     "",
     "<details><summary>Every run</summary>",
     "",
@@ -325,7 +357,7 @@ function main(): void {
   const pythonNote = !options.python ? "skipped: --no-python" : torch === null ? "skipped: PyTorch not found (set CKPT_PYTHON or apt-get install python3-torch)" : undefined;
 
   const tmpRoot = tmpdir();
-  checkFreeSpace(tmpRoot, specs);
+  checkFreeSpace(tmpRoot, specs, options.quick);
   const machine = describeMachine(ROOT, tmpRoot, torch, pythonNote ?? "");
   const root = mkdtempSync(join(tmpRoot, "ckpt-bench-"));
   const cleanUp = (): void => rmSync(root, { recursive: true, force: true });
@@ -337,9 +369,10 @@ function main(): void {
   }
 
   let results: ScenarioResult[];
+  let scaling: ScalingPoint[] = [];
   try {
     const prepared = specs.map((spec) => {
-      let variants = [...VARIANTS.filter((v) => v.runner === "node" || torch !== null), ...DIAGNOSTICS];
+      let variants = [...VARIANTS.filter((v) => (v.runner === "node" && v.needsTorch !== true) || torch !== null), ...DIAGNOSTICS];
       if (spec.id === "a") variants = [...variants, ASYNC_VARIANT];
       return prepare(spec, root, variants, torch?.python);
     });
@@ -366,7 +399,20 @@ function main(): void {
     }));
     progress("(c): 4 ranks under ckpt launch");
     results.push(measureDistributed(root, options.runs, options.quick ? 16 * 2 ** 20 : 256 * 2 ** 20));
+    progress("(e): S3 on loopback");
+    results.push(measureS3(options.runs, options.quick ? 16 * 2 ** 20 : 256 * 2 ** 20));
     results.push(backgroundRows(prepared.find((p) => p.spec.id === "a")!));
+    // The prepared files of (a) and (b) are not needed any more: the sweep's largest point needs the room.
+    for (const p of prepared) rmSync(p.dir, { recursive: true, force: true });
+    progress("how cost grows: the scaling sweep");
+    scaling = measureScaling(
+      root,
+      {
+        node: (ops, specPath, dir) => runChild(process.execPath, nodeArgs(ops.join(","), specPath, dir)),
+        python: (op, specPath, dir) => runChild(torch!.python, [PEER, op, specPath, dir]),
+      },
+      { quick: options.quick, runs: 1, python: torch !== null, progress },
+    );
   } finally {
     cleanUp();
   }
@@ -376,6 +422,7 @@ function main(): void {
     ...specs.map((s) => `(${s.id}) ${s.title}`),
     `(c) ${results.find((r) => r.id === "c")!.title}`,
     `(d) ${results.find((r) => r.id === "d")!.title}: how long training is blocked, how long until it is written, how late the event loop runs meanwhile`,
+    `(e) ${results.find((r) => r.id === "e")!.title}: ours against a plain PutObject / GetObject of the same bytes through the same SDK and server`,
   ];
   const targets: TargetResult[] = evaluateTargets(results);
   const rendered: Rendered = {
@@ -385,6 +432,8 @@ function main(): void {
     targets: renderTable(targetRows(targets), TARGET_HEADER, 3),
     diagnostics: renderTable(tableRows(results, { diagnostics: true }), DIAGNOSTIC_HEADER),
     runs: renderTable(runRows(results), RUNS_HEADER, 3),
+    scaling: renderTable(scalingRows(scaling), SCALING_HEADER),
+    flatness: flatnessLines(scaling),
     noteLines: notes(options, specs, pythonNote),
   };
   console.log(
@@ -396,9 +445,15 @@ function main(): void {
       "",
       rendered.table,
       "",
-      "Targets (issues 6 and 10):",
+      "Targets (issues 6, 10 and 14):",
       "",
       rendered.targets,
+      "",
+      "How cost grows:",
+      "",
+      rendered.scaling,
+      "",
+      ...rendered.flatness,
       "",
       "Diagnostics:",
       "",
@@ -413,10 +468,12 @@ function main(): void {
     const args = process.argv.slice(2);
     const command = args.length === 0 ? "npm run bench" : ["npm run bench --", ...args.map(quoteArg)].join(" ");
     writeDocs(renderDocs(options, command, rendered));
-    progress(`wrote ${DOCS}`);
+    writeFileSync(CHART, scalingSvg(scaling, `${command}, ${machine.date}, commit ${machine.code}; log-log; solid: ckpt, dashed: PyTorch ${machine.torch}, dotted: the disk's best plain I/O`));
+    progress(`wrote ${DOCS} and ${CHART}`);
   }
   progress(`benchmark finished in ${((performance.now() - started) / 1000).toFixed(0)} s`);
-  const failed = results.some((r) => r.series.some((s) => s.error !== undefined));
+  const failed = results.some((r) => r.series.some((s) => s.error !== undefined)) || scaling.some((p) => p.errors.length > 0);
+  for (const p of scaling) for (const error of p.errors) progress(`scaling (${p.spec.title}) failed: ${error}`);
   if (failed) {
     progress("some measurements failed: see the table");
     process.exitCode = 1;

@@ -1,7 +1,8 @@
-// Trains a small TensorFlow.js model with checkpoints: run it, interrupt it (Ctrl-C), run it again.
+// The advanced example: a hand-written training loop with checkpoints (examples/fit.ts does the same
+// with model.fit). Run it, interrupt it (Ctrl-C), run it again.
 //
-//   npm start                                   # trains 300 steps, checkpoints every 25 in ./checkpoints
-//   npm start -- --dir /tmp/run --steps 600     # see `npm start -- --help` for every option
+//   npm run start:loop                                   # trains 300 steps, checkpoints every 25 in ./checkpoints-loop
+//   npm run start:loop -- --dir /tmp/run --steps 600     # see `npm run start:loop -- --help` for every option
 import * as tf from "@tensorflow/tfjs";
 import cliProgress from "cli-progress";
 import { CheckpointNotFoundError, FileCheckpointManager, Tensor, type StateDict } from "ckpt";
@@ -9,13 +10,13 @@ import { captureModelState, captureOptimizerState, restoreModelState, restoreOpt
 import { parseCommandLine } from "./command-line.js";
 import { MODEL_CONFIG, MODEL_FAMILY, Random, buildModel, makeDataset } from "./model.js";
 
-const USAGE = `Usage: npm start -- [options]
+const USAGE = `Usage: npm run start:loop -- [options]
 
 Trains a small TensorFlow.js network with checkpoints. Interrupt it and run it again: it resumes
 from the last checkpoint and ends with the same weights as a run that was never interrupted.
 
 Options:
-  --dir DIR                 checkpoint directory (default: checkpoints)
+  --dir DIR                 checkpoint directory (default: checkpoints-loop)
   --steps N                 train until step N (default: 300)
   --checkpoint-every N      checkpoint every N steps (default: 25)
   --keep-best N             keep the N best checkpoints whole, and the last; the others keep only their model (default: 2)
@@ -25,7 +26,7 @@ Options:
   -h, --help                show this help`;
 
 const commandLine = parseCommandLine("train", USAGE, {
-  dir: { type: "string", default: "checkpoints" },
+  dir: { type: "string", default: "checkpoints-loop" },
   steps: { type: "string", default: "300" },
   "checkpoint-every": { type: "string", default: "25" },
   "keep-best": { type: "string", default: "2" },
@@ -130,7 +131,7 @@ Next:
   npx ckpt ls ${options.dir}                               # what is on disk: steps, scores, sizes
   npx ckpt verify ${options.dir}                           # re-check every file against its manifest
   /usr/bin/python3 examples/load_in_pytorch.py ${options.dir}   # the same network in PyTorch, from model.pt
-  npm start -- --dir ${options.dir} --steps ${totalSteps * 2}   # train further: resumes from step ${stepNr}`);
+  npm run start:loop -- --dir ${options.dir} --steps ${totalSteps * 2}   # train further: resumes from step ${stepNr}`);
 
 /**
  * Training progress: a bar on a terminal, else (or with --log-every) a line every N steps, so a

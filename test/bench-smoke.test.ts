@@ -14,7 +14,7 @@ describe("the benchmark harness", () => {
       timeout: 120_000,
     });
     assert.equal(result.status, 0, `the benchmark failed:\n${result.stdout}\n${result.stderr}`);
-    const rows = result.stdout.split("\n").filter((line) => /^\| \([a-d]\)/.test(line));
+    const rows = result.stdout.split("\n").filter((line) => /^\| \([a-e]\)/.test(line));
     const row = (tag: string, text: string): string | undefined => rows.find((line) => line.startsWith(`| (${tag})`) && line.includes(text));
 
     for (const tag of ["a", "b"]) {
@@ -46,16 +46,29 @@ describe("the benchmark harness", () => {
       assert.ok(line, `no row for (d) ${operation} in:\n${result.stdout}`);
       assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
     }
+    // (e): S3 save and load against a plain PutObject / GetObject, each with a time.
+    for (const operation of ["save: FileCheckpointManager to s3://", "limit: one plain PutObject", "load: loadCheckpoint from s3://", "limit: one plain GetObject"]) {
+      const line = row("e", operation);
+      assert.ok(line, `no row for (e) ${operation} in:\n${result.stdout}`);
+      assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
+    }
     assert.match(row("d", "blocked: beginCheckpoint") ?? "", /\d\.\d\d× /, "the blocked time has no ratio to the memory copy");
 
     // The targets: each with a verdict (without the peer, its comparisons are NOT MEASURED).
-    const targets = result.stdout.slice(result.stdout.indexOf("Targets (issues 6 and 10):"), result.stdout.indexOf("Diagnostics:"));
+    const targets = result.stdout.slice(result.stdout.indexOf("Targets (issues 6, 10 and 14):"), result.stdout.indexOf("How cost grows:"));
     const verdicts = targets.split("\n").filter((line) => /^\| \([a-d]\)/.test(line));
-    for (const goal of ["the plain write", "the plain read", "torch.load", "peak memory", "blocked by a background checkpoint", "event loop", "4 plain parallel writes"]) {
+    for (const goal of ["the best plain write", "the best plain read", "torch.load", "peak memory", "blocked by a background checkpoint", "event loop", "4 plain parallel writes"]) {
       assert.ok(verdicts.some((line) => line.includes(goal)), `no target about ${goal} in:\n${targets}`);
     }
     for (const line of verdicts) assert.match(line, /\| (MET|NOT MET|NOT MEASURED) +\|$/, `no verdict in: ${line}`);
     assert.ok(verdicts.some((line) => /\| (MET|NOT MET) +\|$/.test(line)), "no target was judged");
+
+    // How cost grows: a row for each point of both sweeps, with a time for each Node operation.
+    const scaling = result.stdout.slice(result.stdout.indexOf("How cost grows:"), result.stdout.indexOf("Diagnostics:"));
+    const points = scaling.split("\n").filter((line) => /^\| (tensors|bytes) /.test(line));
+    assert.equal(points.length, 4, `not two points per sweep in:\n${scaling}`);
+    for (const line of points) assert.equal(line.match(/\d+(\.\d+)? (s|ms|µs) \(/g)?.length, 4, `not a time for each Node operation in: ${line}`);
+    assert.match(scaling, /time per tensor at the largest point is \d/);
 
     // The diagnostics that back the reasons for targets not met.
     const diagnostics = result.stdout.slice(result.stdout.indexOf("Diagnostics:"));

@@ -17,6 +17,8 @@ const PACKAGE = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as 
  * not the library (fixtures, bench data, source maps, a stray build) got in.
  */
 const MAX_TARBALL_BYTES = 320 * 1024;
+/** The files of `ckpt serve`'s page that are not compiled: copied from src/serve/page by the build. */
+const PAGE_ASSETS = ["dist/serve/page/index.html", "dist/serve/page/style.css"];
 
 /** What `npm pack --json` reports for one package. */
 interface PackReport {
@@ -87,14 +89,14 @@ after(async () => {
 describe("the package as npm pack makes it", () => {
   test("the tarball holds the built library, its types, the README and package.json, and nothing else", () => {
     const paths = packed.files.map((f) => f.path).sort();
-    const stray = paths.filter((p) => !(p === "package.json" || p === "README.md" || p === "LICENSE" || /^dist\/.+\.(js|d\.ts)$/.test(p)));
-    assert.deepEqual(stray, [], "only package.json, README.md, LICENSE and dist/**/*.js, *.d.ts belong in the tarball");
-    for (const entry of ["dist/index.js", "dist/index.d.ts", "dist/tfjs/index.js", "dist/tfjs/index.d.ts", "dist/cli/main.js"]) {
+    const stray = paths.filter((p) => !(p === "package.json" || p === "README.md" || p === "LICENSE" || /^dist\/.+\.(js|d\.ts)$/.test(p) || PAGE_ASSETS.includes(p)));
+    assert.deepEqual(stray, [], "only package.json, README.md, LICENSE, dist/**/*.js, *.d.ts and the dashboard page's HTML and CSS belong in the tarball");
+    for (const entry of ["dist/index.js", "dist/index.d.ts", "dist/tfjs/index.js", "dist/tfjs/index.d.ts", "dist/cli/main.js", "dist/serve/page/app.js", ...PAGE_ASSETS]) {
       assert.ok(paths.includes(entry), `${entry} is in the tarball`);
     }
     // Every built file comes from a source file: a stale dist/ (a renamed module) would ship dead code.
     const sources = new Set(listSources(join(ROOT, "src")));
-    const stale = paths.filter((p) => p.startsWith("dist/")).map((p) => p.slice("dist/".length).replace(/(\.d\.ts|\.js)$/, ".ts")).filter((p) => !sources.has(p));
+    const stale = paths.filter((p) => p.startsWith("dist/") && !PAGE_ASSETS.includes(p)).map((p) => p.slice("dist/".length).replace(/(\.d\.ts|\.js)$/, ".ts")).filter((p) => !sources.has(p));
     assert.deepEqual(stale, [], "files in dist/ without a source in src/: `rm -rf dist && npm run build`");
     assert.ok(packed.size < MAX_TARBALL_BYTES, `the tarball is ${packed.size} bytes, more than ${MAX_TARBALL_BYTES}`);
   });
@@ -115,6 +117,14 @@ describe("the package installed from its tarball into an empty project", () => {
     assert.deepEqual(report.restoredWeights, report.savedWeights, "the reloaded weights are the saved ones");
     assert.notDeepEqual(report.freshWeights, report.savedWeights, "the model restored into started from other weights");
     assert.deepEqual((await readdir(join(checkpointDir, "step_10"))).sort(), ["manifest.json", "model.pt", "rank_0.pt"]);
+  });
+
+  test("ckpt/s3 imports from the installed package without the AWS SDK, and an s3:// directory says what to install", async () => {
+    await writeFile(join(project, "use-s3.mjs"), USE_S3_MJS);
+    const report = JSON.parse(runOk(process.execPath, ["use-s3.mjs"], project)) as { s3: string; exported: string; message: string };
+    assert.ok(report.s3.startsWith(pathToFileURL(join(project, "node_modules", "ckpt") + sep).href), `ckpt/s3 resolved to ${report.s3}`);
+    assert.equal(report.exported, "function");
+    assert.match(report.message, /npm install @aws-sdk\/client-s3/);
   });
 
   test("TypeScript files type-check against the shipped .d.ts files, and a wrong call does not", async () => {
@@ -179,6 +189,20 @@ interface UseReport {
   freshWeights: number[][];
   restoredWeights: number[][];
 }
+
+// The project has no @aws-sdk/client-s3: ckpt/s3 loads, and using s3:// names the package to install.
+const USE_S3_MJS = `
+import { FileCheckpointManager } from "ckpt";
+import { S3FileSystem } from "ckpt/s3";
+
+let message = "no error";
+try {
+  await new FileCheckpointManager({ checkpointDir: "s3://bucket/run" }).getStepNumbers();
+} catch (error) {
+  message = error.message;
+}
+console.log(JSON.stringify({ s3: import.meta.resolve("ckpt/s3"), exported: typeof S3FileSystem, message }));
+`;
 
 // Plain JavaScript, as a user without TypeScript writes it.
 const USE_MJS = `

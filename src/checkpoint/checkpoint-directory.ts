@@ -103,8 +103,11 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, stepDir: string)
   };
   // A step pruned (renamed away) after it was listed is no longer there: not a damaged one.
   const vanished = async (): Promise<boolean> => !(await fileSystem.exists(stepDir).catch(() => true));
+  let links: string[];
   try {
-    files = (await fileSystem.listDirectory(stepDir)).map((entry) => entry.name);
+    const entries = await fileSystem.listDirectory(stepDir);
+    files = entries.map((entry) => entry.name);
+    links = entries.filter((entry) => entry.isSymbolicLink === true).map((entry) => entry.name);
   } catch (error) {
     if (await vanished()) return undefined;
     return unreadable(error);
@@ -115,7 +118,11 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, stepDir: string)
   // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
   let damaged: string | undefined;
   let manifest: Manifest | undefined;
-  if (files.includes(MANIFEST_FILE)) {
+  // Neither ckpt nor fairseq2 writes links: one in a checkpoint leads wherever its author chose
+  // (even to a byte-identical copy the checksums would pass), so nothing of the step is read.
+  if (links.length > 0) {
+    damaged = `${links.join(", ")} of step ${stepNr} ${links.length === 1 ? "is a symbolic link" : "are symbolic links"}: a checkpoint's files must be inside it`;
+  } else if (files.includes(MANIFEST_FILE)) {
     try {
       manifest = decodeManifest(await fileSystem.readFile(manifestPath), stepNr);
     } catch (error) {
@@ -135,7 +142,7 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, stepDir: string)
   // A bad score makes the step unscored, never unresumable: fairseq2 writes "nan" for a NaN loss.
   let score: number | undefined;
   let warning: string | undefined;
-  if (files.includes(SCORE_FILE)) {
+  if (files.includes(SCORE_FILE) && links.length === 0) {
     try {
       score = parseScore(new TextDecoder().decode(await fileSystem.readFile(joinPath(path, SCORE_FILE))), stepNr);
     } catch (error) {

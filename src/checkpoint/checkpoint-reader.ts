@@ -47,16 +47,27 @@ export class CheckpointReader {
       throw new CheckpointLoadError(stepNr, `checkpoint ${stepNr} has no ${rankFile} for this rank (dp rank ${dp.rank}, tp rank ${tp.rank})`);
     }
     const state: StateDict = Object.create(Object.prototype) as StateDict;
-    for (const name of [rankFile, replicatedFile]) {
-      if (hasFile(info, name)) mergeInto(state, await this.loadDict(info, name, options.into));
-    }
     const modelFile = modelFileName(tp.rank, tp.size);
+    const loadModelFile = (): Promise<StateDict> => this.loadDict(info, modelFile, modelInto(options.into?.[options.modelKey ?? "model"], options.modelKey));
+    // The files are read at once (one's parsing overlaps another's reads). The model file is read
+    // alongside only where it is sure to be needed: a checkpoint of ours saved by one data-parallel
+    // rank puts a model there and never in the rank file (see splitState).
+    const modelAlongside = info.manifest !== undefined && dp.size === 1 && hasFile(info, modelFile) ? loadModelFile() : undefined;
+    modelAlongside?.catch(() => undefined); // awaited below
+    const parts = await Promise.allSettled([rankFile, replicatedFile].filter((name) => hasFile(info, name)).map((name) => this.loadDict(info, name, options.into)));
+    const failed = parts.find((part) => part.status === "rejected");
+    if (failed !== undefined) {
+      await modelAlongside?.catch(() => undefined);
+      throw failed.reason;
+    }
+    for (const part of parts) mergeInto(state, (part as PromiseFulfilledResult<StateDict>).value);
     const namedKey = namedModelKey(state);
     if ((namedKey === undefined || state[namedKey] === undefined) && hasFile(info, modelFile)) {
-      const { modelKey, model, rest } = unwrapModelFile(await this.loadDict(info, modelFile, modelInto(options.into?.[options.modelKey ?? "model"], options.modelKey)));
+      const { modelKey, model, rest } = unwrapModelFile(await (modelAlongside ?? loadModelFile()));
       mergeInto(state, rest);
       if (model !== undefined) setOwn(state, modelKey, model);
     }
+    await modelAlongside; // (always used above in our layout; never left running)
     dropModelKeyEntry(state);
     return state;
   }

@@ -14,6 +14,7 @@ import { assembleModel, describeShards, findShardedTensors, mergeShardDescriptio
 import { manifestFile, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
 import { PendingSave } from "./pending-save.js";
 import { publishCheckpoint } from "./publish-checkpoint.js";
+import { ensureFreeSpace, storageBytes } from "./free-space.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
 import { MODEL_KEY_ENTRY, modelFileContent, splitState } from "./state-split.js";
@@ -33,6 +34,9 @@ interface OpenCheckpoint {
   stateSaved: boolean;
   /** How the score was saved (root only), for the manifest; undefined without a score. */
   lowerBetter: boolean | undefined;
+  /** performance.now() at beginCheckpoint, and the milliseconds the caller spent inside this save's calls (for the manifest's save cost). */
+  startedAt: number;
+  blockedMs: number;
 }
 
 /** What each rank reports at commit. */
@@ -56,6 +60,7 @@ export class CheckpointWriter {
   constructor(private readonly context: ManagerContext) {}
 
   async begin(stepNr: number, options: BeginOptions): Promise<void> {
+    const calledAt = performance.now(); // waiting for an earlier background save is part of this save's cost
     await this.context.exclusive(async () => {
       if (this.open !== undefined) {
         throw new CheckpointSaveError(stepNr, `beginCheckpoint(${stepNr}) called while checkpoint ${this.open.stepNr} is open: call commitCheckpoint() or abortCheckpoint() first`);
@@ -74,6 +79,8 @@ export class CheckpointWriter {
         sharded: [],
         stateSaved: false,
         lowerBetter: undefined,
+        startedAt: calledAt,
+        blockedMs: 0,
       };
       this.open = checkpoint;
       // Rank 0 chooses where the files go and tells the others (on object storage, a new place each save).
@@ -123,6 +130,7 @@ export class CheckpointWriter {
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
+      await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), storageBytes([parts.modelFile, parts.replicated, parts.rank]));
       if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
@@ -194,6 +202,8 @@ export class CheckpointWriter {
 
   async commit(): Promise<void> {
     const checkpoint = this.requireOpen("commitCheckpoint");
+    // A background commit returns before publishing: only the calls before it blocked the caller.
+    const commitCalledAt = checkpoint.background ? 0 : performance.now();
     const commit = async (): Promise<void> => {
       const report: CommitReport = { files: checkpoint.files, sharded: checkpoint.sharded };
       const { shared } = await agree(this.context.gangs.root, "commitCheckpoint:files", checkpoint.stepNr, async () => undefined, () => report as unknown as JsonValue);
@@ -205,6 +215,7 @@ export class CheckpointWriter {
         reported: reports.map((r) => r.files),
         sharded: mergeShardDescriptions(reports.map((r) => r.sharded)),
         lowerBetter: checkpoint.lowerBetter,
+        timing: { startedAt: checkpoint.startedAt, blockedMs: checkpoint.blockedMs, commitCalledAt },
       });
     };
     if (!checkpoint.background) {
@@ -243,6 +254,16 @@ export class CheckpointWriter {
       await this.pending.settle();
     } finally {
       this.arena.clear();
+    }
+  }
+
+  /** Runs one of the caller's calls of the open save, counting the time it blocked the caller (for the manifest's save cost). */
+  async blocking<T>(call: () => Promise<T>): Promise<T> {
+    const since = performance.now();
+    try {
+      return await call();
+    } finally {
+      if (this.open !== undefined) this.open.blockedMs += performance.now() - since;
     }
   }
 

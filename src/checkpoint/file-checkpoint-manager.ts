@@ -125,22 +125,22 @@ export class FileCheckpointManager implements CheckpointManager {
    */
   async beginCheckpoint(stepNr: number, options: BeginOptions = {}): Promise<void> {
     checkStepNr(stepNr);
-    await this.writer.begin(stepNr, options);
+    await this.writer.blocking(() => this.writer.begin(stepNr, options));
   }
 
   /** Writes this rank's part of `state` (see SaveStateOptions for the split). */
   async saveState(state: StateDict, options: SaveStateOptions = {}): Promise<void> {
-    await this.writer.saveState(state, options);
+    await this.writer.blocking(() => this.writer.saveState(state, options));
   }
 
   /** Saves `metadata.pt` (any state value), written by rank 0. */
   async saveMetadata(metadata: StateValue): Promise<void> {
-    await this.writer.saveMetadata(metadata);
+    await this.writer.blocking(() => this.writer.saveMetadata(metadata));
   }
 
   /** Saves the checkpoint's score (`score.txt`); retention keeps the best ones. */
   async saveScore(score: number, options: SaveScoreOptions = {}): Promise<void> {
-    await this.writer.saveScore(score, options);
+    await this.writer.blocking(() => this.writer.saveScore(score, options));
   }
 
   /**
@@ -149,7 +149,7 @@ export class FileCheckpointManager implements CheckpointManager {
    * consolidated state dict; dp rank 0 writes it.
    */
   async saveConsolidatedFsdpModel(model: StateDict): Promise<void> {
-    await this.writer.saveConsolidatedFsdpModel(model);
+    await this.writer.blocking(() => this.writer.saveConsolidatedFsdpModel(model));
   }
 
   /**

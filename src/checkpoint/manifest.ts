@@ -42,6 +42,21 @@ export interface Manifest {
    * the files sit next to the manifest.
    */
   filesDir?: string;
+  /** What this save cost (see SaveCost). Absent in manifests written before ckpt recorded it. */
+  save?: SaveCost;
+}
+
+/**
+ * What one save cost, measured on rank 0 up to the moment the manifest is written (the commit
+ * follows). `ckpt serve` shows it per step and derives the Young/Daly interval from it.
+ */
+export interface SaveCost {
+  /** Milliseconds the caller spent inside the save's calls: the whole save in the foreground, the snapshot copies in the background. */
+  blockedMs: number;
+  /** Milliseconds from beginCheckpoint until every file was written and durable. */
+  durableMs: number;
+  /** Bytes of the files the manifest lists. */
+  bytesWritten: number;
 }
 
 /** One sharded tensor of a checkpoint: the same key path in the rank files of one tp rank. */
@@ -102,5 +117,11 @@ export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
   if (m.sharded !== undefined && !Array.isArray(m.sharded)) fail("sharded is not a list");
   if (m.lowerBetter !== undefined && typeof m.lowerBetter !== "boolean") fail("lowerBetter is not a boolean");
   if (m.filesDir !== undefined && (typeof m.filesDir !== "string" || !isSaveDirName(m.filesDir))) fail(`filesDir ${JSON.stringify(m.filesDir)} is not a save directory name`);
+  if (m.save !== undefined) {
+    const save = m.save as Record<string, unknown> | null;
+    for (const key of ["blockedMs", "durableMs", "bytesWritten"] as const) {
+      if (typeof save?.[key] !== "number" || !Number.isFinite(save[key]) || save[key] < 0) fail(`save.${key} is not a non-negative number`);
+    }
+  }
   return value as Manifest;
 }

@@ -4,7 +4,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { CARBON_COPY_DIR, MANIFEST_FILE } from "./layout.js";
 import type { ManagerContext } from "./manager-context.js";
-import { MANIFEST_FORMAT, MANIFEST_VERSION, manifestFile, type Manifest, type ManifestFile, type ManifestShardedTensor } from "./manifest.js";
+import { MANIFEST_FORMAT, MANIFEST_VERSION, manifestFile, type Manifest, type ManifestFile, type ManifestShardedTensor, type SaveCost } from "./manifest.js";
 
 /** What rank 0 needs to know to publish a checkpoint every rank has written its files for. */
 export interface Publication {
@@ -16,6 +16,8 @@ export interface Publication {
   sharded: ManifestShardedTensor[];
   /** How the score was saved, when one was. */
   lowerBetter: boolean | undefined;
+  /** When beginCheckpoint was called and how long the caller has been blocked so far (performance.now() milliseconds). */
+  timing: { startedAt: number; blockedMs: number; commitCalledAt: number };
 }
 
 /**
@@ -37,6 +39,14 @@ export async function publishCheckpoint(context: ManagerContext, publication: Pu
   const missing = [...known.keys()].filter((name) => !(name in files));
   if (missing.length > 0) throw new Error(`files reported written are missing from ${tmpDir}: ${missing.join(", ")}`);
 
+  const now = performance.now();
+  const { startedAt, blockedMs, commitCalledAt } = publication.timing;
+  const save: SaveCost = {
+    // A foreground commit blocks its caller until here; a background one returned long ago.
+    blockedMs: Math.round(blockedMs + (commitCalledAt > 0 ? now - commitCalledAt : 0)),
+    durableMs: Math.round(now - startedAt),
+    bytesWritten: Object.values(files).reduce((sum, file) => sum + file.size, 0),
+  };
   const manifest: Manifest = {
     format: MANIFEST_FORMAT,
     version: MANIFEST_VERSION,
@@ -48,6 +58,7 @@ export async function publishCheckpoint(context: ManagerContext, publication: Pu
     files,
     ...(publication.lowerBetter === undefined ? {} : { lowerBetter: publication.lowerBetter }),
     ...(publication.sharded.length > 0 ? { sharded: publication.sharded } : {}),
+    save,
   };
   await context.commit.publish(checkpointDir, stepNr, tmpDir, manifest);
 }

@@ -119,6 +119,10 @@ async function verifyOne(
     problem(".", `the checkpoint's directory cannot be read: ${(error as Error).message}`);
     return;
   }
+  // A link leads wherever its author chose (see readInfo): reported, and nothing of the step read.
+  const links = (await fileSystem.listDirectory(dir).catch(() => [])).filter((entry) => entry.isSymbolicLink === true);
+  for (const link of links) problem(link.name, "is a symbolic link: a checkpoint's files must be inside it (not read)");
+  if (links.length > 0) return;
   const { files, sizes } = listed;
   let manifest: Manifest | undefined;
   if (sizes.has(MANIFEST_FILE)) {

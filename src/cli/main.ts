@@ -8,6 +8,7 @@ import { launchCommand } from "./commands/launch.js";
 import { lsCommand } from "./commands/ls.js";
 import { pruneCommand } from "./commands/prune.js";
 import { reshardCommand } from "./commands/reshard.js";
+import { serveCommand } from "./commands/serve.js";
 import { verifyCommand } from "./commands/verify.js";
 import { isCkptError } from "../index.js";
 import { CliError, EXIT_ERROR, printJson, stopPrinting } from "./output.js";
@@ -32,7 +33,7 @@ function buildProgram(): Command {
 Exit codes: 0 success; 1 verify found a damaged checkpoint or diff found differences; 2 bad input
 or an error. Progress bars appear on stderr only when it is a terminal.`,
     );
-  for (const add of [lsCommand, inspectCommand, verifyCommand, pruneCommand, convertCommand, reshardCommand, diffCommand, launchCommand]) add(program);
+  for (const add of [lsCommand, inspectCommand, verifyCommand, pruneCommand, convertCommand, reshardCommand, diffCommand, serveCommand, launchCommand]) add(program);
   return program;
 }
 

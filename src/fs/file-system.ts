@@ -23,6 +23,8 @@ export interface FileLock {
 export interface DirectoryEntry {
   name: string;
   isDirectory: boolean;
+  /** True for a symbolic link (a local disk); a checkpoint holding one is refused as damaged. */
+  isSymbolicLink?: boolean;
 }
 
 /**
@@ -51,6 +53,12 @@ export interface FileSystem {
    * that have no manifest (fairseq2's), and keeps such a checkpoint when a file system lacks it.
    */
   modifiedTime?(path: string): Promise<number | undefined>;
+  /**
+   * The bytes free for this process on the storage holding `path` (statfs on a disk), or
+   * undefined when unknown. Optional: object stores have no such figure. A save whose tensors
+   * alone exceed it is refused before anything is written.
+   */
+  freeSpace?(path: string): Promise<number | undefined>;
   /** Removes a file or a directory tree; succeeds when nothing is there. */
   remove(path: string): Promise<void>;
   /** Atomically renames a directory, replacing nothing: fails if `to` exists. */

@@ -11,6 +11,8 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
+/** Writes at least this large go to the file as they are, without a copy into the buffer. */
+const PASS_THROUGH_BYTES = 1 << 20;
 
 /**
  * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
@@ -94,7 +96,7 @@ export class LocalFileSystem implements FileSystem {
   async listDirectory(path: string): Promise<DirectoryEntry[]> {
     try {
       const entries = await fsp.readdir(path, { withFileTypes: true });
-      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory() }));
+      return entries.map((entry) => ({ name: entry.name, isDirectory: entry.isDirectory(), isSymbolicLink: entry.isSymbolicLink() }));
     } catch (error) {
       if (isNotFound(error)) return [];
       throw error;
@@ -103,6 +105,11 @@ export class LocalFileSystem implements FileSystem {
 
   async makeDirectory(path: string): Promise<void> {
     await fsp.mkdir(path, { recursive: true });
+  }
+
+  async freeSpace(path: string): Promise<number | undefined> {
+    const stats = await fsp.statfs(path);
+    return stats.bavail * stats.bsize;
   }
 
   async remove(path: string): Promise<void> {
@@ -193,6 +200,12 @@ class LocalFileWriter implements FileWriter {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    if (chunk.byteLength >= PASS_THROUGH_BYTES) {
+      // Already a large write (the zip writer stages small pieces itself): no copy.
+      await this.flush();
+      await writeAll(this.handle, chunk);
+      return;
+    }
     if (this.buffered + chunk.byteLength <= this.buffer.length) {
       this.buffer.set(chunk, this.buffered);
       this.buffered += chunk.byteLength;

@@ -1,5 +1,5 @@
 import { randomBytes } from "node:crypto";
-import { constants, promises as fsp } from "node:fs";
+import { constants, promises as fsp, readFileSync } from "node:fs";
 import { hostname } from "node:os";
 import * as nodePath from "node:path";
 import type { FileLock } from "./file-system.js";
@@ -10,6 +10,22 @@ interface LockOwner {
   host: string;
   token: string;
   since: string;
+  /** The kernel's boot id when taken: a lock from an earlier boot (a power cut) is stale whatever runs under its pid now. */
+  bootId?: string;
+}
+
+let bootIdCache: string | undefined | null = null;
+
+/** This boot's id (Linux), or undefined where the system has none. */
+function currentBootId(): string | undefined {
+  if (bootIdCache === null) {
+    try {
+      bootIdCache = readFileSync("/proc/sys/kernel/random/boot_id", "utf8").trim() || undefined;
+    } catch {
+      bootIdCache = undefined;
+    }
+  }
+  return bootIdCache;
 }
 
 /** A holder on another host proves it is alive by touching the lock this often... */
@@ -27,7 +43,8 @@ export class LockHeldError extends Error {
  * holder's lock is moved aside atomically (rename), so of two processes taking over, one wins.
  */
 export async function acquireLocalLock(path: string): Promise<FileLock> {
-  const owner: LockOwner = { pid: process.pid, host: hostname(), token: randomBytes(8).toString("hex"), since: new Date().toISOString() };
+  const bootId = currentBootId();
+  const owner: LockOwner = { pid: process.pid, host: hostname(), token: randomBytes(8).toString("hex"), since: new Date().toISOString(), ...(bootId === undefined ? {} : { bootId }) };
   for (let attempt = 0; attempt < 5; attempt++) {
     if (await createWithContent(path, JSON.stringify(owner), owner.token)) {
       await removeLeftAsides(path, owner.token).catch(() => undefined); // tidying: never fails the lock
@@ -78,6 +95,9 @@ async function readOwner(path: string): Promise<LockOwner | undefined> {
 
 async function isStale(path: string, holder: LockOwner): Promise<boolean> {
   if (holder.host === hostname()) {
+    // After a reboot, pids are handed out anew: the holder's may belong to anyone.
+    const bootId = currentBootId();
+    if (holder.bootId !== undefined && bootId !== undefined && holder.bootId !== bootId) return true;
     try {
       process.kill(holder.pid, 0);
       return false;

@@ -1,7 +1,7 @@
 import { isLegacyTorchFile } from "../formats/torch/legacy-reader.js";
 import { readLegacyTorchFile } from "../formats/torch/legacy-storages.js";
 import { isShardIndexPath } from "../formats/shard-index.js";
-import { readTorchArchive } from "../formats/torch/torch-reader.js";
+import { readTorchArchive, readTorchStorages, readTorchStructure, type TorchStructure } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
 import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
@@ -56,7 +56,6 @@ export class TorchTensorLoader implements TensorLoader {
       let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
-      let inMemory = false;
       const largeEntries = reader.size / Math.max(zip.entries.size, 1) >= LARGE_ENTRY_BYTES;
       // In place, large tensors are read straight into their targets; small ones are cheaper to read
       // with the whole file and copy (one read instead of one per tensor).
@@ -64,22 +63,35 @@ export class TorchTensorLoader implements TensorLoader {
         // Without a digest to check, the file's CRC (taken while reading) can vouch for every entry at
         // once, but only pays off for large entries; thousands of small ones are checked one by one.
         const vouch = expected === undefined && verifyCrc && largeEntries;
-        const whole = await readWholeFile(reader, { crc: expected !== undefined || vouch, onProgress: options.onProgress });
+        const reading = readWholeFile(reader, { crc: expected !== undefined || vouch, onProgress: options.onProgress });
+        reading.catch(() => undefined); // awaited below on every path
+        // The pickle is parsed (its few entries read on their own) while the whole file is read in
+        // the background: a file of many small tensors spends more time parsing than reading. With
+        // a digest to check, the digest vouches for these entries, and is checked first on failure.
+        let structure: TorchStructure;
+        try {
+          structure = await readTorchStructure(zip, { verifyCrc: expected === undefined && verifyCrc });
+        } catch (error) {
+          const whole = await reading;
+          if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
+          throw error;
+        }
+        const whole = await reading;
         zip = zip.withReader(new MemoryReader(whole.bytes));
-        inMemory = true;
         if (expected !== undefined) {
           checkDigestCrc(whole.crc32!, expected.crc32);
           verifyCrc = false;
         } else if (vouch && (await zip.expectedFileCrc(whole.bytes)) === whole.crc32) {
           verifyCrc = false; // if not, each entry is checked below, which names the damaged one
         }
+        return await readTorchStorages(zip, structure, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }) });
       }
-      if (!inMemory && expected !== undefined) {
+      if (expected !== undefined) {
         // Read piecewise, the file's CRC is what its checked entries and the bytes between them add up to.
         verifyCrc = true;
         checkDigestCrc(await zip.expectedFileCrc(), expected.crc32);
       }
-      const onProgress = inMemory ? undefined : options.onProgress;
+      const onProgress = options.onProgress;
       return await readTorchArchive(zip, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }), ...(onProgress === undefined ? {} : { onProgress }) });
     });
   }

@@ -1,5 +1,8 @@
 import { DTYPES, type DType } from "./dtype.js";
 
+/** What a pending storage is built from before its size is set (one shared empty array). */
+const NO_BYTES = new Uint8Array(0);
+
 /**
  * A flat block of elements that one or more tensors view (PyTorch's storage). Tensors that share a
  * `Storage` object are views of each other, and a `.pt` file holds the storage once.
@@ -24,7 +27,7 @@ export class Storage {
    * of a file first, then read each storage straight to where it belongs.
    */
   static pending(dtype: DType, numel: number): Storage {
-    const storage = new Storage(dtype, new Uint8Array(0));
+    const storage = new Storage(dtype, NO_BYTES);
     (storage as { numel: number }).numel = numel;
     storage.data = undefined;
     return storage;

@@ -8,9 +8,9 @@ import { MAX_SHOWN_DEPTH, MIN_WALK_ENTRIES, PathIds, childrenOf, containerType, 
 import { parseTolerance } from "./arguments.js";
 
 /** One side of a diff: a file's state, or a step's tensor files by name. */
-type Side = { kind: "file"; file: DiffSide } | { kind: "step"; files: Map<string, DiffSide>; checkpointDir: string; stepNr: number };
+export type Side = { kind: "file"; file: DiffSide } | { kind: "step"; files: Map<string, DiffSide>; checkpointDir: string; stepNr: number };
 
-type Change =
+export type Change =
   | { key: string; change: "only-in-a" | "only-in-b"; what: string }
   | { key: string; change: "dtype-or-shape"; a: string; b: string }
   | { key: string; change: "values"; maxAbsDiff: number; differing: number; numel: number; dtype: string; shape: number[] }
@@ -37,26 +37,7 @@ Exit code: 0 when nothing differs, 1 when something does, 2 on bad input.`,
     )
     .action(exitCodeOf(async (a: string, b: string, options: { atol?: number; json?: boolean }) => {
       const tolerance = options.atol ?? 0;
-      const [sideA, sideB] = [await loadSide(a), await loadSide(b)];
-      const changes: Change[] = [];
-      let same = 0;
-      const compare = (x: DiffSide, y: DiffSide, prefix: string): void => {
-        const result = diffStates(x, y, prefix, tolerance);
-        changes.push(...result.changes);
-        same += result.same;
-      };
-      if (sideA.kind === "step" && sideB.kind === "step") {
-        for (const name of new Set([...sideA.files.keys(), ...sideB.files.keys()])) {
-          const x = sideA.files.get(name);
-          const y = sideB.files.get(name);
-          if (x === undefined) changes.push({ key: name, change: "only-in-b", what: "file" });
-          else if (y === undefined) changes.push({ key: name, change: "only-in-a", what: "file" });
-          else compare(x, y, `${name}:`);
-        }
-      } else {
-        compare(await modelOf(sideA, a), await modelOf(sideB, b), "");
-      }
-
+      const { changes, same } = await compareSides(await loadSide(a), await loadSide(b), a, b, tolerance);
       const identical = changes.length === 0;
       if (options.json === true) {
         printJson({ a, b, atol: tolerance, identical, same, changes });
@@ -87,7 +68,34 @@ Exit code: 0 when nothing differs, 1 when something does, 2 on bad input.`,
     }));
 }
 
-async function loadSide(path: string): Promise<Side> {
+/**
+ * Compares two sides: two steps file by file (keys prefixed "FILE:"), anything else model against
+ * model. `ckpt diff` and `ckpt serve`'s /api/diff both answer with this.
+ */
+export async function compareSides(sideA: Side, sideB: Side, a: string, b: string, tolerance: number): Promise<{ changes: Change[]; same: number }> {
+  const changes: Change[] = [];
+  let same = 0;
+  const compare = (x: DiffSide, y: DiffSide, prefix: string): void => {
+    const result = diffStates(x, y, prefix, tolerance);
+    changes.push(...result.changes);
+    same += result.same;
+  };
+  if (sideA.kind === "step" && sideB.kind === "step") {
+    for (const name of new Set([...sideA.files.keys(), ...sideB.files.keys()])) {
+      const x = sideA.files.get(name);
+      const y = sideB.files.get(name);
+      if (x === undefined) changes.push({ key: name, change: "only-in-b", what: "file" });
+      else if (y === undefined) changes.push({ key: name, change: "only-in-a", what: "file" });
+      else compare(x, y, `${name}:`);
+    }
+  } else {
+    compare(await modelOf(sideA, a), await modelOf(sideB, b), "");
+  }
+  return { changes, same };
+}
+
+/** A tensor file, or a step directory's tensor files, loaded for comparing. */
+export async function loadSide(path: string): Promise<Side> {
   const target: Target = await classify(path);
   if (target.kind === "file") return { kind: "file", file: await loadDiffSide(path, path, target.fileSystem) };
   if (target.kind === "directory") throw new CliError(`${path} is a directory but not a checkpoint step (step_<N>): give a step or a file`);

@@ -43,7 +43,7 @@ std is PyTorch's default (unbiased, n - 1).`,
     }));
 }
 
-interface NamedFile {
+export interface NamedFile {
   /** The file's name within the step, or the path given. */
   name: string;
   outline: TensorFileOutline;
@@ -101,7 +101,8 @@ function placeText(event: WalkEvent, limit: number): string {
   }
 }
 
-function describeFile(file: NamedFile): unknown {
+/** A file's tensors (key, dtype, shape, bytes) and other values, as `inspect --json` and `ckpt serve` show them. */
+export function describeFile(file: NamedFile): unknown {
   const tensors: unknown[] = [];
   const values: { key: string; value: string }[] = [];
   let tensorBytes = 0;
@@ -206,6 +207,32 @@ function findPlace(files: NamedFile[], key: string): { found: Place | undefined;
 }
 
 async function showTensor(path: string, files: NamedFile[], key: string, json: boolean): Promise<number> {
+  const { file, key: foundPath, tensor, stats } = await tensorStatistics(path, files, key);
+  if (json) {
+    printJson({ file: file.name, key: foundPath, ...tensorSummary(tensor), stats });
+    return EXIT_OK;
+  }
+  print(`${foundPath}  ${tensor.dtype}  ${shapeText(tensor.shape)}  ${bytesText(tensor)}  (${file.name})`);
+  const rows = [
+    ["numel", String(stats.numel)],
+    ["min", formatNumber(stats.min)],
+    ["max", formatNumber(stats.max)],
+    ["mean", formatNumber(stats.mean)],
+    ["std", formatNumber(stats.std)],
+    ["nan", String(stats.nanCount)],
+    ["inf", String(stats.infCount)],
+  ];
+  if (tensor.dtype === "complex64") rows.push(["note", "statistics of |z|"]);
+  if (storedBytes(tensor) !== undefined) rows.push(["note", `over the ${tensor.numel} elements of a view of ${tensor.storage.numel} stored ones (stride 0 repeats counted, not re-read)`]);
+  for (const line of table(rows)) print(line);
+  return EXIT_OK;
+}
+
+/**
+ * Statistics of the tensor `key` names in `files` (prefix `FILE:` to pick a file): only that
+ * tensor's bytes are read. `ckpt inspect --tensor` and `ckpt serve`'s tensor route use it.
+ */
+export async function tensorStatistics(path: string, files: NamedFile[], key: string): Promise<{ file: NamedFile; key: string; tensor: Tensor; stats: ReturnType<typeof tensorStats>; summary: ReturnType<typeof tensorSummary> }> {
   let candidates = files;
   let inner = key;
   const colon = key.indexOf(":");
@@ -232,22 +259,5 @@ async function showTensor(path: string, files: NamedFile[], key: string, json: b
     if (error instanceof InvalidArgumentError) throw new CliError(`${found.path} in ${file.name}: ${error.message}`);
     throw error;
   }
-  if (json) {
-    printJson({ file: file.name, key: found.path, ...tensorSummary(tensor), stats });
-    return EXIT_OK;
-  }
-  print(`${found.path}  ${tensor.dtype}  ${shapeText(tensor.shape)}  ${bytesText(tensor)}  (${file.name})`);
-  const rows = [
-    ["numel", String(stats.numel)],
-    ["min", formatNumber(stats.min)],
-    ["max", formatNumber(stats.max)],
-    ["mean", formatNumber(stats.mean)],
-    ["std", formatNumber(stats.std)],
-    ["nan", String(stats.nanCount)],
-    ["inf", String(stats.infCount)],
-  ];
-  if (tensor.dtype === "complex64") rows.push(["note", "statistics of |z|"]);
-  if (storedBytes(tensor) !== undefined) rows.push(["note", `over the ${tensor.numel} elements of a view of ${tensor.storage.numel} stored ones (stride 0 repeats counted, not re-read)`]);
-  for (const line of table(rows)) print(line);
-  return EXIT_OK;
+  return { file, key: found.path, tensor, stats, summary: tensorSummary(tensor) };
 }

@@ -16,7 +16,7 @@ interface PruneOptions {
 }
 
 /** The files `preserveModel` removes: the training state (as the manager's prune decides). */
-const TRAINING_STATE = /^(rank_\d+(\.\d+)?\.pt|replicated(\.\d+)?\.pt|metadata\.pt)$/;
+export const TRAINING_STATE = /^(rank_\d+(\.\d+)?\.pt|replicated(\.\d+)?\.pt|metadata\.pt)$/;
 
 export function pruneCommand(program: Command): void {
   program

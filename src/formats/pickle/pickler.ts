@@ -34,7 +34,9 @@ export class Pickler {
   private length = 0;
   private readonly memo = new Map<unknown, number>();
   private readonly stringMemo = new Map<string, number>();
-  private readonly globalMemo = new Map<string, number>();
+  private readonly globalMemo = new Map<string, Map<string, number>>();
+  /** Memo entries written so far: the next one's index. */
+  private memoCount = 0;
   private readonly tuplesInProgress = new Set<unknown[]>();
   private depth = 0;
 
@@ -195,15 +197,41 @@ export class Pickler {
 
   /** Writes a global reference (memoized: PyTorch files name the same few globals thousands of times). */
   global(module: string, name: string): void {
-    const qualified = `${module}\n${name}\n`;
-    const index = this.globalMemo.get(qualified);
+    // Looked up by module, then name: no string built per reference.
+    let names = this.globalMemo.get(module);
+    if (names === undefined) this.globalMemo.set(module, (names = new Map()));
+    const index = names.get(name);
     if (index !== undefined) {
       this.memoGet(index);
       return;
     }
     this.byte(Op.GLOBAL);
-    this.ascii(qualified);
-    this.globalMemo.set(qualified, this.newMemoIndex());
+    this.ascii(`${module}\n${name}\n`);
+    names.set(name, this.newMemoIndex());
+  }
+
+  /** Writes MARK. */
+  mark(): void {
+    this.byte(Op.MARK);
+  }
+
+  /**
+   * Writes a tuple of safe integers (a shape, strides), not memoized: the bytes `tuple(items, [])`
+   * writes, without its per-item dispatch.
+   */
+  intTuple(items: readonly number[]): void {
+    const n = items.length;
+    if (n === 0) {
+      this.byte(Op.EMPTY_TUPLE);
+      return;
+    }
+    if (n > 3) this.byte(Op.MARK);
+    for (let i = 0; i < n; i++) {
+      const item = items[i]!;
+      if (Number.isSafeInteger(item) && !Object.is(item, -0)) this.int(item);
+      else this.float(item);
+    }
+    this.byte(n > 3 ? Op.TUPLE : Op.TUPLE1 + n - 1);
   }
 
   /** Writes `pid` (a tuple of items) as a persistent id. */
@@ -251,13 +279,37 @@ export class Pickler {
       }
     }
     // Encoded straight into the pickle: no intermediate buffer per string (states have thousands of keys).
-    const length = Buffer.byteLength(value, "utf8");
-    this.byte(Op.BINUNICODE);
-    this.ensure(4 + length);
-    this.view.setUint32(this.length, length, true);
-    this.length += 4;
-    this.length += this.buffer.write(value, this.length, length, "utf8");
+    if (value.length <= MEMO_STRING_LENGTH && this.shortAscii(value)) {
+      // written
+    } else {
+      const length = Buffer.byteLength(value, "utf8");
+      this.byte(Op.BINUNICODE);
+      this.ensure(4 + length);
+      this.view.setUint32(this.length, length, true);
+      this.length += 4;
+      this.length += this.buffer.write(value, this.length, length, "utf8");
+    }
     if (memoized) this.stringMemo.set(value, this.newMemoIndex());
+  }
+
+  /**
+   * Writes BINUNICODE of a short ASCII string byte by byte (a native UTF-8 encoder call costs more
+   * than the copy for keys like "layers.3.weight"); false, with nothing written, if it is not ASCII.
+   */
+  private shortAscii(value: string): boolean {
+    const n = value.length;
+    this.ensure(5 + n);
+    const buffer = this.buffer;
+    const at = this.length + 5;
+    for (let i = 0; i < n; i++) {
+      const code = value.charCodeAt(i);
+      if (code > 0x7f) return false;
+      buffer[at + i] = code;
+    }
+    buffer[this.length] = Op.BINUNICODE;
+    this.view.setUint32(this.length + 1, n, true);
+    this.length = at + n;
+    return true;
   }
 
   private getMemo(value: object): boolean {
@@ -273,7 +325,7 @@ export class Pickler {
   }
 
   private newMemoIndex(): number {
-    const index = this.memo.size + this.stringMemo.size + this.globalMemo.size;
+    const index = this.memoCount++;
     if (index < 0x100) {
       this.byte(Op.BINPUT);
       this.byte(index);

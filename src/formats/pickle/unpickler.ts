@@ -7,7 +7,7 @@ import {
   setOwn,
   type StateDict,
 } from "../../values/py-values.js";
-import { markTuple } from "../../values/py-values.js";
+import { markTuple, tupleKind } from "../../values/py-values.js";
 import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
 import { PickleReader, decodeLong, decodeUtf8, latin1 } from "./pickle-reader.js";
 
@@ -65,7 +65,9 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   const r = new PickleReader(bytes, start);
   let stack: unknown[] = [];
   const marks: unknown[][] = [];
-  const memo = new Map<number, unknown>();
+  // The memo: indices are dense from 0 in what picklers write (an array); others go to a Map.
+  const memoList: unknown[] = [];
+  const memoOther = new Map<number, unknown>();
   const fail = (code: string, message: string): never => {
     throw new FormatError(code, `${message} (at byte ${r.offset} of the pickle)`);
   };
@@ -79,12 +81,17 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
     return items;
   };
   const put = (index: number): void => {
-    memo.set(index, top());
+    const value = top();
+    if (index < memoList.length) memoList[index] = value;
+    else if (index === memoList.length && !memoOther.has(index)) memoList.push(value);
+    else memoOther.set(index, value);
   };
   const get = (index: number): void => {
-    if (!memo.has(index)) fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
-    stack.push(memo.get(index));
+    if (index < memoList.length) stack.push(memoList[index]);
+    else if (memoOther.has(index)) stack.push(memoOther.get(index));
+    else fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
   };
+  const memoSize = (): number => memoList.length + memoOther.size;
   const dictAt = (what: string): Map<unknown, unknown> => {
     const dict = top();
     return dict instanceof Map ? dict : fail("PICKLE_TYPE", `${what} on a ${describe(dict)}, not a dict`);
@@ -101,24 +108,31 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
     if (!(callable instanceof PickleCallable)) return fail("PICKLE_TYPE", `${opcode} on ${describe(callable)}, which cannot be called`);
     if (!Array.isArray(args)) return fail("PICKLE_TYPE", `${opcode} arguments must be a tuple, got ${describe(args)}`);
     try {
-      return callable.call(args, context);
+      const result = callable.call(args, context);
+      // An array a callable made is a list unless the callable marked it (torch.Size does).
+      if (Array.isArray(result) && tupleKind(result) === undefined) lists.add(result);
+      return result;
     } catch (error) {
       if (error instanceof FormatError) throw error;
       throw new FormatError("PICKLE_CALL", `${callable.qualifiedName}(...) refused its arguments: ${(error as Error).message}`, { cause: error });
     }
   };
 
-  // Most tuples only carry arguments (of tensor rebuilds, persistent ids) and are gone by the end:
-  // only those still in the result get the (costlier, WeakMap) tuple mark, in finalize().
-  const tuples = new Set<unknown[]>();
-  const ordered = new Map<Map<unknown, unknown>, Map<unknown, unknown> | undefined>();
+  // Tuples and lists are both arrays here. Most tuples only carry arguments (of tensor rebuilds,
+  // persistent ids) and are garbage long before the end, so it is the lists (few in a state) that
+  // are tracked: any other array still in the result is a tuple, marked in finalize(). Tracking
+  // every tuple kept that garbage alive to the end, and copying it is most of what the garbage
+  // collector did in a load of many small tensors. OrderedDicts carry their mark on themselves
+  // (a symbol property, removed in finalize()) for the same reason.
+  const lists = new Set<unknown[]>();
   const context: UnpickleContext = {
-    markOrderedDict: (dict) => void ordered.set(dict, undefined),
-    isOrderedDict: (dict) => ordered.has(dict),
-    setOrderedDictAttributes: (dict, attributes) => void ordered.set(dict, attributes),
+    markOrderedDict: (dict) => void ((dict as OrderedMark)[ORDERED] = undefined),
+    isOrderedDict: (dict) => ORDERED in dict,
+    setOrderedDictAttributes: (dict, attributes) => void ((dict as OrderedMark)[ORDERED] = attributes),
   };
-  const newTuple = (items: unknown[]): unknown[] => {
-    tuples.add(items);
+  const newTuple = (items: unknown[]): unknown[] => items;
+  const newList = (items: unknown[]): unknown[] => {
+    lists.add(items);
     return items;
   };
 
@@ -132,7 +146,7 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
     switch (op) {
       case Op.STOP: {
         if (marks.length > 0 || stack.length !== 1) fail("PICKLE_STACK", "STOP with an unbalanced stack");
-        return { value: finalize(stack[0], tuples, ordered), end: r.offset };
+        return { value: finalize(stack[0], lists), end: r.offset };
       }
       case Op.PROTO:
         r.u8("the protocol");
@@ -213,11 +227,11 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
         stack.push(r.take(r.u64Length("BINBYTES8"), "bytes").slice());
         break;
       case Op.EMPTY_LIST:
-        stack.push([]);
+        stack.push(newList([]));
         break;
       case Op.LIST: {
         const items = popMark(); // before `stack.` is read: popMark replaces the stack
-        stack.push(items);
+        stack.push(newList(items));
         break;
       }
       case Op.APPEND: {
@@ -274,7 +288,7 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
         put(r.u32("LONG_BINPUT"));
         break;
       case Op.MEMOIZE:
-        put(memo.size);
+        put(memoSize());
         break;
       case Op.BINGET:
         get(r.u8("BINGET"));
@@ -326,10 +340,15 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   }
 }
 
+/** The mark of a dict made by collections.OrderedDict while unpickling: its attributes, if any. */
+const ORDERED = Symbol("OrderedDict");
+type OrderedMark = Map<unknown, unknown> & { [ORDERED]?: Map<unknown, unknown> | undefined };
+
 /** Dict keys must be hashable in Python; JavaScript Maps compare by identity, so only scalars and tuples. */
 function dictKey(key: unknown): unknown {
   if (key instanceof PyFloat) return key.value;
-  if (key === null || ["string", "number", "bigint", "boolean"].includes(typeof key)) return key;
+  const type = typeof key;
+  if (key === null || type === "string" || type === "number" || type === "bigint" || type === "boolean") return key;
   if (Array.isArray(key)) return key;
   throw new FormatError("PICKLE_TYPE", `a dict key must be a str, int, float, bool, None or tuple, got ${describe(key)}`);
 }
@@ -348,7 +367,7 @@ function describe(value: unknown): string {
  * order an object keeps become plain objects, whole-valued floats become numbers with a mark on
  * their container. Iterative, and each container is visited once, so sharing and cycles survive.
  */
-function finalize(root: unknown, tuples: ReadonlySet<unknown[]>, ordered: ReadonlyMap<Map<unknown, unknown>, Map<unknown, unknown> | undefined>): unknown {
+function finalize(root: unknown, lists: ReadonlySet<unknown[]>): unknown {
   const replacement = new Map<Map<unknown, unknown>, StateDict>();
   const containers: (unknown[] | Map<unknown, unknown>)[] = [];
   const seen = new Set<unknown>();
@@ -364,14 +383,14 @@ function finalize(root: unknown, tuples: ReadonlySet<unknown[]>, ordered: Readon
       for (const [key, item] of value) {
         pending.push(key, item);
       }
-      if (ordered.has(value)) pending.push(ordered.get(value));
+      if (ORDERED in value) pending.push((value as OrderedMark)[ORDERED]);
       if (canBeObject(value)) replacement.set(value, Object.create(Object.prototype) as StateDict);
     }
   }
   const fix = (value: unknown): unknown => (value instanceof Map ? (replacement.get(value) ?? value) : value);
   for (const container of containers) {
     if (Array.isArray(container)) {
-      if (tuples.has(container)) markTuple(container);
+      if (!lists.has(container) && tupleKind(container) === undefined) markTuple(container);
       for (let i = 0; i < container.length; i++) {
         const item = container[i];
         if (item instanceof PyFloat) markFloatSlot(container, i);
@@ -387,8 +406,9 @@ function finalize(root: unknown, tuples: ReadonlySet<unknown[]>, ordered: Readon
       if (object !== undefined) setOwn(object, key as string, value as never);
       else container.set(key, value);
     }
-    if (ordered.has(container)) {
-      const attributes = ordered.get(container);
+    if (ORDERED in container) {
+      const attributes = (container as OrderedMark)[ORDERED];
+      delete (container as OrderedMark)[ORDERED];
       orderedDict(target, attributes === undefined ? undefined : (fix(attributes) as StateDict));
     }
   }

@@ -37,16 +37,26 @@ const MAX_ARCHIVE_VERSION = 10;
  */
 export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions = {}): Promise<StateValue> {
   const verifyCrc = options.verifyCrc ?? true;
-  const { state, storages, dataPrefix, bigEndian } = await readTorchStructure(zip, { verifyCrc });
+  return readTorchStorages(zip, await readTorchStructure(zip, { verifyCrc }), options);
+}
+
+/**
+ * Reads the storages of a structure read before (`readTorchStructure`, possibly from another
+ * reader of the same file: the loader parses the pickle while the whole file is being read).
+ */
+export async function readTorchStorages(zip: ZipReader, structure: TorchStructure, options: TorchReadOptions = {}): Promise<StateValue> {
+  const verifyCrc = options.verifyCrc ?? true;
+  const { state, storages, dataPrefix, bigEndian } = structure;
   const { result, targets, copies } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>(), copies: [] } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.
-  const order = [...storages].map(([key, storage]) => ({ key, storage, at: zip.entry(`${dataPrefix}${key}`).headerOffset })).sort((a, b) => a.at - b.at);
+  const order = [...storages].map(([key, storage]) => ({ storage, entry: zip.entry(dataPrefix + key) })).sort((a, b) => a.entry.headerOffset - b.entry.headerOffset);
   const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
   let done = 0;
-  for (const { key, storage } of order) {
+  for (const { entry, storage } of order) {
     const target = targets.get(storage);
-    const bytes = await zip.read(`${dataPrefix}${key}`, { verifyCrc, ...(target === undefined ? {} : { target }) });
+    // In memory, a storage is a checked view without a promise; else it is read (into its target).
+    const bytes = (target === undefined ? zip.viewInMemory(entry, verifyCrc) : undefined) ?? (await zip.readEntry(entry, { verifyCrc, ...(target === undefined ? {} : { target }) }));
     if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
     storage.attach(bytes);
     done += bytes.byteLength;
@@ -84,7 +94,11 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
       throw new FormatError("TORCH_PERSID", "a persistent id is not ('storage', type, key, location, numel)");
     }
-    const [, type, key, location, numel] = pid as unknown[];
+    // Indexed, not destructured: destructuring goes through the iterator protocol, once per tensor.
+    const type = pid[1] as unknown;
+    const key = pid[2] as unknown;
+    const location = pid[3] as unknown;
+    const numel = pid[4] as unknown;
     if (!(type instanceof TorchStorageType) || typeof key !== "string" || typeof location !== "string" || typeof numel !== "number") {
       throw new FormatError("TORCH_PERSID", "a storage's persistent id has fields of the wrong type");
     }

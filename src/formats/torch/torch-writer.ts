@@ -69,10 +69,15 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
           },
         };
   const zip = new ZipWriter(counted, options);
-  await zip.addEntry(`${root}/data.pkl`, pickle);
-  await zip.addEntry(`${root}/byteorder`, utf8.encode("little"));
-  for (const [storage, key] of storageKeys) await zip.addEntry(`${root}/data/${key}`, storage.bytes);
-  await zip.addEntry(`${root}/version`, utf8.encode("3\n"));
+  await zip.add(`${root}/data.pkl`, pickle);
+  await zip.add(`${root}/byteorder`, utf8.encode("little"));
+  // `add` returns a promise only when the caller must wait: no promise per small storage.
+  const dataPrefix = `${root}/data/`;
+  for (const [storage, key] of storageKeys) {
+    const waiting = zip.add(dataPrefix + key, storage.bytes);
+    if (waiting !== undefined) await waiting;
+  }
+  await zip.add(`${root}/version`, utf8.encode("3\n"));
   await zip.finish();
   return zip.digest;
 }
@@ -84,35 +89,50 @@ function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage,
     key = String(storageKeys.size);
     storageKeys.set(storage, key);
   }
-  const storageKey = key;
-  const writeRebuild = (): void => {
-    pickler.global("torch._utils", "_rebuild_tensor_v2");
-    pickler.byte(Op.MARK);
-    pickler.persistentId(["storage", new StorageClass(storage), storageKey, "cpu", storage.numel]);
-    pickler.int(tensor.offset);
-    pickler.tuple(tensor.shape, []);
-    pickler.tuple(tensor.strides, []);
-    pickler.value(tensor.requiresGrad);
-    emptyOrderedDict(pickler);
-    pickler.byte(Op.TUPLE);
-    pickler.byte(Op.REDUCE);
-  };
+  // Written op by op, without closures or generic tuples: this runs once per tensor, and states
+  // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
+  // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
   if (!tensor.isParameter) {
-    writeRebuild();
+    writeRebuild(pickler, tensor, key);
     pickler.memoize(tensor);
-  } else {
-    pickler.reduce("torch._utils", "_rebuild_parameter", () => {
-      pickler.byte(Op.MARK);
-      writeRebuild();
-      pickler.value(tensor.requiresGrad);
-      emptyOrderedDict(pickler);
-      pickler.byte(Op.TUPLE);
-    }, tensor);
+    return;
   }
+  pickler.global("torch._utils", "_rebuild_parameter");
+  pickler.mark();
+  writeRebuild(pickler, tensor, key);
+  pickler.value(tensor.requiresGrad);
+  emptyOrderedDict(pickler);
+  pickler.byte(Op.TUPLE);
+  pickler.byte(Op.REDUCE);
+  pickler.memoize(tensor);
+}
+
+function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: string): void {
+  const { storage } = tensor;
+  pickler.global("torch._utils", "_rebuild_tensor_v2");
+  pickler.mark();
+  // The persistent id ("storage", torch.<Type>Storage, key, "cpu", numel), a tuple of 5.
+  pickler.mark();
+  pickler.string("storage");
+  pickler.global("torch", DTYPES[storage.dtype].torchStorage);
+  pickler.string(storageKey);
+  pickler.string("cpu");
+  pickler.int(storage.numel);
+  pickler.byte(Op.TUPLE);
+  pickler.byte(Op.BINPERSID);
+  pickler.int(tensor.offset);
+  pickler.intTuple(tensor.shape);
+  pickler.intTuple(tensor.strides);
+  pickler.byte(tensor.requiresGrad ? Op.NEWTRUE : Op.NEWFALSE);
+  emptyOrderedDict(pickler);
+  pickler.byte(Op.TUPLE);
+  pickler.byte(Op.REDUCE);
 }
 
 function emptyOrderedDict(pickler: Pickler): void {
-  pickler.reduce("collections", "OrderedDict", () => pickler.byte(Op.EMPTY_TUPLE));
+  pickler.global("collections", "OrderedDict");
+  pickler.byte(Op.EMPTY_TUPLE);
+  pickler.byte(Op.REDUCE);
 }
 
 /** Placeholder written as the global `torch.<Type>Storage` inside a persistent id. */

@@ -68,12 +68,13 @@ export class ZipReader {
     return this.dataStart(entry, header);
   }
 
-  private dataStart(entry: ZipEntry, headerBytes: Uint8Array): number {
-    const header = Buffer.from(headerBytes.buffer, headerBytes.byteOffset, headerBytes.byteLength);
-    if (header.length < LOCAL_HEADER_SIZE || header.readUInt32LE(0) !== LOCAL_HEADER_SIGNATURE) {
+  private dataStart(entry: ZipEntry, header: Uint8Array): number {
+    // Read byte by byte: no Buffer object made per entry.
+    const signature = (header[0]! | (header[1]! << 8) | (header[2]! << 16) | (header[3]! << 24)) >>> 0;
+    if (header.length < LOCAL_HEADER_SIZE || signature !== LOCAL_HEADER_SIGNATURE) {
       throw new FormatError("ZIP_HEADER", `entry "${entry.name}" has no local header at offset ${entry.headerOffset}`);
     }
-    const start = entry.headerOffset + LOCAL_HEADER_SIZE + header.readUInt16LE(26) + header.readUInt16LE(28);
+    const start = entry.headerOffset + LOCAL_HEADER_SIZE + (header[26]! | (header[27]! << 8)) + (header[28]! | (header[29]! << 8));
     if (start + entry.size > this.dataEnd) {
       throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" (${entry.size} bytes at ${start}) runs past the end of the entry data (${this.dataEnd})`);
     }
@@ -105,7 +106,27 @@ export class ZipReader {
 
   /** Reads an entry's bytes (into `target` when given), checking its CRC-32 unless told not to. */
   async read(name: string, options: { target?: Uint8Array; verifyCrc?: boolean } = {}): Promise<Uint8Array> {
-    const entry = this.entry(name);
+    return this.readEntry(this.entry(name), options);
+  }
+
+  /**
+   * An entry's bytes when the archive is in memory and no target is given: a view, checked,
+   * without a promise (a load of many small tensors reads thousands); undefined otherwise.
+   */
+  viewInMemory(entry: ZipEntry, verifyCrc = true): Uint8Array | undefined {
+    if (!(this.reader instanceof MemoryReader)) return undefined;
+    const bytes = this.reader.bytes;
+    const start = this.dataStart(entry, bytes.subarray(entry.headerOffset, entry.headerOffset + LOCAL_HEADER_SIZE));
+    const data = bytes.subarray(start, start + entry.size);
+    if (verifyCrc && crc32(data) !== entry.crc) {
+      throw new FormatError("ZIP_CRC", `entry "${entry.name}" fails its CRC-32 check: the file is corrupt`);
+    }
+    return data;
+  }
+
+  /** As `read`, for an entry already looked up. */
+  async readEntry(entry: ZipEntry, options: { target?: Uint8Array; verifyCrc?: boolean } = {}): Promise<Uint8Array> {
+    const name = entry.name;
     const start = await this.dataOffset(entry);
     if (options.target !== undefined && options.target.byteLength < entry.size) {
       throw new FormatError("ZIP_BOUNDS", `entry "${name}" has ${entry.size} bytes, more than the ${options.target.byteLength} given`);
@@ -199,10 +220,16 @@ function parseCentralDirectory(directory: Uint8Array, entryCount: number, direct
     const next = at + CENTRAL_HEADER_SIZE + nameLength + extraLength + commentLength;
     if (next > bytes.length) throw new FormatError("ZIP_DIRECTORY", `central directory entry ${i} runs past the directory`);
     let name: string;
-    try {
-      name = utf8.decode(bytes.subarray(at + CENTRAL_HEADER_SIZE, at + CENTRAL_HEADER_SIZE + nameLength));
-    } catch (error) {
-      throw new FormatError("ZIP_NAME", `central directory entry ${i} has a name that is not UTF-8`, { cause: error });
+    const nameStart = at + CENTRAL_HEADER_SIZE;
+    if (isAscii(bytes, nameStart, nameStart + nameLength)) {
+      // ASCII (every name PyTorch writes): the same string, without a TextDecoder call per entry.
+      name = bytes.toString("latin1", nameStart, nameStart + nameLength);
+    } else {
+      try {
+        name = utf8.decode(bytes.subarray(nameStart, nameStart + nameLength));
+      } catch (error) {
+        throw new FormatError("ZIP_NAME", `central directory entry ${i} has a name that is not UTF-8`, { cause: error });
+      }
     }
     checkEntryName(name);
     if (flags & 0x1) throw new FormatError("ZIP_UNSUPPORTED", `entry "${name}" is encrypted`);
@@ -237,6 +264,11 @@ function parseCentralDirectory(directory: Uint8Array, entryCount: number, direct
     at = next;
   }
   return entries;
+}
+
+function isAscii(bytes: Uint8Array, start: number, end: number): boolean {
+  for (let i = start; i < end; i++) if (bytes[i]! > 0x7f) return false;
+  return true;
 }
 
 function checkedNumber(value: bigint, limit: number, what: string): number {

@@ -28,7 +28,8 @@ export interface ZipWriterOptions {
 }
 
 interface WrittenEntry {
-  name: Uint8Array;
+  name: string;
+  nameLength: number;
   crc: number;
   size: number;
   offset: number;
@@ -36,8 +37,13 @@ interface WrittenEntry {
 
 /** Entry data at least this long joins the file CRC by combining CRCs instead of a second pass. */
 const COMBINE_MIN_BYTES = 16 << 10;
-/** Small pieces are gathered into writes of about this size. */
+/** Headers and small entries are gathered into writes of this size. */
 const STAGE_BYTES = 1 << 20;
+/**
+ * Staged bytes sent but not yet written past which `add` asks the caller to wait: they are
+ * copies, and waiting lets the event loop see finished writes, so I/O overlaps the CPU work.
+ */
+const MAX_STAGED_IN_FLIGHT = 3 * STAGE_BYTES;
 /** Queued bytes past which adding an entry waits for the sink (the bytes are the caller's, not copies). */
 const MAX_QUEUED_BYTES = 64 << 20;
 
@@ -47,21 +53,30 @@ const DOS_TIME = 0;
 const VERSION_ZIP64 = 45;
 const VERSION_PLAIN = 20;
 
-const utf8 = new TextEncoder();
-
 /**
  * Writes a zip of Stored entries straight to a sink, one entry after another: the CRC is computed
  * before the header is written, so no data descriptors and no seeking are needed, and entry data
  * is never copied into a file-sized buffer. Writes are queued, so the CRC of the next entry is
  * computed while the sink writes the last one; the CRC of the whole file comes for free.
+ *
+ * Small entries cost no promise, no allocation of their own and one copy: `add` works
+ * synchronously when it can, and headers and small data are written straight into a staging
+ * buffer that goes to the sink in large writes (see docs/design.md, "Per-tensor cost").
  */
 export class ZipWriter {
   private offset = 0;
   private fileCrc = 0;
   private queue: Promise<void> = Promise.resolve();
   private pendingBytes = 0;
-  private staged: Uint8Array[] = [];
-  private stagedBytes = 0;
+  /** The staging buffer: bytes [stageStart, stageAt) are written but not yet sent to the sink. */
+  private stageBuffer: Buffer = Buffer.allocUnsafe(0);
+  private stageStart = 0;
+  private stageAt = 0;
+  /** Staging buffers whose bytes the sink has written: reused, so their memory is already touched. */
+  private readonly spareStages: Buffer[] = [];
+  /** Staged batches sent to the sink and not yet written, oldest first. */
+  private readonly stagedInFlight: { bytes: number; written: Promise<void> }[] = [];
+  private stagedInFlightBytes = 0;
   private readonly entries: WrittenEntry[] = [];
   private readonly names = new Set<string>();
   private readonly alignment: number;
@@ -77,30 +92,61 @@ export class ZipWriter {
 
   /** Adds an entry whose data is the concatenation of `chunks`. */
   async addEntry(name: string, chunks: Uint8Array | readonly Uint8Array[]): Promise<void> {
-    checkEntryName(name);
-    if (this.names.has(name)) throw new FormatError("ZIP_NAME", `zip entry "${name}" written twice`);
-    this.names.add(name);
-    const parts = chunks instanceof Uint8Array ? [chunks] : chunks;
+    if (chunks instanceof Uint8Array) {
+      await this.add(name, chunks);
+      return;
+    }
+    this.claimName(name);
     let crc = 0;
     let size = 0;
-    for (const part of parts) {
+    for (const part of chunks) {
       crc = await crc32Yielding(part, crc);
       size += part.byteLength;
     }
-    const encodedName = utf8.encode(name);
-    const header = this.localHeader(encodedName, crc, size);
-    const entry = { name: encodedName, crc, size, offset: this.offset };
-    this.stage(header);
+    this.writeEntry(name, crc, size, chunks);
+    await this.drainIfBehind();
+  }
+
+  /**
+   * Adds an entry of one piece of data. Returns a promise only when the caller must wait (data
+   * whose CRC is taken in pieces between which the event loop runs, or a sink far behind);
+   * otherwise the entry is written (or queued) when it returns: no promise per small entry.
+   */
+  add(name: string, data: Uint8Array): Promise<void> | undefined {
+    this.claimName(name);
+    if (data.byteLength > CRC_PIECE) {
+      return crc32Yielding(data, 0).then((crc) => {
+        this.writeEntry(name, crc, data.byteLength, [data]);
+        return this.drainIfBehind();
+      });
+    }
+    this.writeEntry(name, crc32(data), data.byteLength, [data]);
+    if (this.pendingBytes > MAX_QUEUED_BYTES) return this.queue;
+    if (this.stagedInFlightBytes > MAX_STAGED_IN_FLIGHT) return this.stagedInFlight[0]!.written;
+    return undefined;
+  }
+
+  private claimName(name: string): void {
+    checkEntryName(name);
+    if (this.names.has(name)) throw new FormatError("ZIP_NAME", `zip entry "${name}" written twice`);
+    this.names.add(name);
+  }
+
+  private writeEntry(name: string, crc: number, size: number, parts: readonly Uint8Array[]): void {
+    const nameLength = Buffer.byteLength(name, "utf8");
+    this.entries.push({ name, nameLength, crc, size, offset: this.offset });
+    this.localHeader(name, nameLength, crc, size);
     if (size >= COMBINE_MIN_BYTES) {
       // Large data goes to the sink as it is (no copy); its CRC joins the file's by combination.
       this.flushStaged();
       for (const part of parts) if (part.byteLength > 0) this.send(part);
       this.fileCrc = crc32Combine(this.fileCrc, crc, size);
     } else {
-      for (const part of parts) this.stage(part);
+      for (const part of parts) {
+        const at = this.reserve(part.byteLength);
+        this.stageBuffer.set(part, at);
+      }
     }
-    this.entries.push(entry);
-    await this.drainIfBehind();
   }
 
   /** Size and CRC-32 of everything written; complete once `finish()` has resolved. */
@@ -111,19 +157,19 @@ export class ZipWriter {
   /** Writes the central directory and end records; the sink then holds a complete zip. */
   async finish(): Promise<void> {
     const directoryOffset = this.offset;
-    const headers = this.entries.map((entry) => this.centralHeader(entry));
-    const directorySize = headers.reduce((sum, header) => sum + header.length, 0);
-    for (const header of headers) this.stage(header);
+    for (const entry of this.entries) this.centralHeader(entry);
+    const directorySize = this.offset - directoryOffset;
     const needZip64 =
       this.forceZip64 || this.entries.length >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
-    if (needZip64) this.stage(this.zip64End(directoryOffset, directorySize));
-    const end = Buffer.alloc(END_SIZE);
-    end.writeUInt32LE(END_SIGNATURE, 0);
-    end.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, 8);
-    end.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, 10);
-    end.writeUInt32LE(needZip64 ? UINT32_MAX : directorySize, 12);
-    end.writeUInt32LE(needZip64 ? UINT32_MAX : directoryOffset, 16);
-    this.stage(end);
+    if (needZip64) this.zip64End(directoryOffset, directorySize);
+    const at = this.reserve(END_SIZE);
+    const b = this.stageBuffer;
+    b.fill(0, at, at + END_SIZE);
+    b.writeUInt32LE(END_SIGNATURE, at);
+    b.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, at + 8);
+    b.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, at + 10);
+    b.writeUInt32LE(needZip64 ? UINT32_MAX : directorySize, at + 12);
+    b.writeUInt32LE(needZip64 ? UINT32_MAX : directoryOffset, at + 16);
     this.flushStaged();
     await this.queue;
   }
@@ -132,115 +178,139 @@ export class ZipWriter {
     return this.forceZip64 || size >= UINT32_MAX || offset >= UINT32_MAX;
   }
 
-  private localHeader(name: Uint8Array, crc: number, size: number): Buffer {
+  private localHeader(name: string, nameLength: number, crc: number, size: number): void {
     const zip64 = this.entryNeedsZip64(size, this.offset);
     const zip64Extra = zip64 ? 4 + 16 : 0;
-    const unpadded = this.offset + LOCAL_HEADER_SIZE + name.length + zip64Extra;
+    const unpadded = this.offset + LOCAL_HEADER_SIZE + nameLength + zip64Extra;
     let padding = (this.alignment - (unpadded % this.alignment)) % this.alignment;
     // A padding field needs 4 bytes of its own header: round up to the next aligned position.
     if (padding > 0 && padding < 4) padding += this.alignment;
     const extraLength = zip64Extra + padding;
-    const header = Buffer.alloc(LOCAL_HEADER_SIZE + name.length + extraLength);
-    header.writeUInt32LE(LOCAL_HEADER_SIGNATURE, 0);
-    header.writeUInt16LE(zip64 ? VERSION_ZIP64 : VERSION_PLAIN, 4);
-    header.writeUInt16LE(0, 6); // flags
-    header.writeUInt16LE(METHOD_STORED, 8);
-    header.writeUInt16LE(DOS_TIME, 10);
-    header.writeUInt16LE(DOS_DATE, 12);
-    header.writeUInt32LE(crc, 14);
-    header.writeUInt32LE(zip64 ? UINT32_MAX : size, 18);
-    header.writeUInt32LE(zip64 ? UINT32_MAX : size, 22);
-    header.writeUInt16LE(name.length, 26);
-    header.writeUInt16LE(extraLength, 28);
-    header.set(name, LOCAL_HEADER_SIZE);
-    let at = LOCAL_HEADER_SIZE + name.length;
+    const length = LOCAL_HEADER_SIZE + nameLength + extraLength;
+    const start = this.reserve(length);
+    const b = this.stageBuffer;
+    writeU32(b, start, LOCAL_HEADER_SIGNATURE);
+    writeU16(b, start + 4, zip64 ? VERSION_ZIP64 : VERSION_PLAIN);
+    writeU16(b, start + 6, 0); // flags
+    writeU16(b, start + 8, METHOD_STORED);
+    writeU16(b, start + 10, DOS_TIME);
+    writeU16(b, start + 12, DOS_DATE);
+    writeU32(b, start + 14, crc);
+    writeU32(b, start + 18, zip64 ? UINT32_MAX : size);
+    writeU32(b, start + 22, zip64 ? UINT32_MAX : size);
+    writeU16(b, start + 26, nameLength);
+    writeU16(b, start + 28, extraLength);
+    b.write(name, start + LOCAL_HEADER_SIZE, nameLength, "utf8");
+    let at = start + LOCAL_HEADER_SIZE + nameLength;
     if (zip64) {
-      header.writeUInt16LE(ZIP64_EXTRA_ID, at);
-      header.writeUInt16LE(16, at + 2);
-      header.writeBigUInt64LE(BigInt(size), at + 4);
-      header.writeBigUInt64LE(BigInt(size), at + 12);
+      writeU16(b, at, ZIP64_EXTRA_ID);
+      writeU16(b, at + 2, 16);
+      b.writeBigUInt64LE(BigInt(size), at + 4);
+      b.writeBigUInt64LE(BigInt(size), at + 12);
       at += zip64Extra;
     }
     if (padding > 0) {
-      header.writeUInt16LE(PADDING_EXTRA_ID, at);
-      header.writeUInt16LE(padding - 4, at + 2);
-      // the rest stays zero-filled (PyTorch fills with 'Z'; readers ignore the content)
+      writeU16(b, at, PADDING_EXTRA_ID);
+      writeU16(b, at + 2, padding - 4);
+      // the rest is zero-filled (PyTorch fills with 'Z'; readers ignore the content)
+      b.fill(0, at + 4, at + padding);
     }
-    return header;
   }
 
-  private centralHeader(entry: WrittenEntry): Buffer {
+  private centralHeader(entry: WrittenEntry): void {
     const bigSize = this.forceZip64 || entry.size >= UINT32_MAX;
     const bigOffset = this.forceZip64 || entry.offset >= UINT32_MAX;
     const zip64Fields = (bigSize ? 2 : 0) + (bigOffset ? 1 : 0);
     const extraLength = zip64Fields > 0 ? 4 + 8 * zip64Fields : 0;
-    const header = Buffer.alloc(CENTRAL_HEADER_SIZE + entry.name.length + extraLength);
+    const start = this.reserve(CENTRAL_HEADER_SIZE + entry.nameLength + extraLength);
+    const b = this.stageBuffer;
     const version = zip64Fields > 0 ? VERSION_ZIP64 : VERSION_PLAIN;
-    header.writeUInt32LE(CENTRAL_HEADER_SIGNATURE, 0);
-    header.writeUInt16LE(version, 4);
-    header.writeUInt16LE(version, 6);
-    header.writeUInt16LE(0, 8);
-    header.writeUInt16LE(METHOD_STORED, 10);
-    header.writeUInt16LE(DOS_TIME, 12);
-    header.writeUInt16LE(DOS_DATE, 14);
-    header.writeUInt32LE(entry.crc, 16);
-    header.writeUInt32LE(bigSize ? UINT32_MAX : entry.size, 20);
-    header.writeUInt32LE(bigSize ? UINT32_MAX : entry.size, 24);
-    header.writeUInt16LE(entry.name.length, 28);
-    header.writeUInt16LE(extraLength, 30);
-    header.writeUInt32LE(bigOffset ? UINT32_MAX : entry.offset, 42);
-    header.set(entry.name, CENTRAL_HEADER_SIZE);
+    b.fill(0, start, start + CENTRAL_HEADER_SIZE);
+    writeU32(b, start, CENTRAL_HEADER_SIGNATURE);
+    writeU16(b, start + 4, version);
+    writeU16(b, start + 6, version);
+    writeU16(b, start + 10, METHOD_STORED);
+    writeU16(b, start + 12, DOS_TIME);
+    writeU16(b, start + 14, DOS_DATE);
+    writeU32(b, start + 16, entry.crc);
+    writeU32(b, start + 20, bigSize ? UINT32_MAX : entry.size);
+    writeU32(b, start + 24, bigSize ? UINT32_MAX : entry.size);
+    writeU16(b, start + 28, entry.nameLength);
+    writeU16(b, start + 30, extraLength);
+    writeU32(b, start + 42, bigOffset ? UINT32_MAX : entry.offset);
+    b.write(entry.name, start + CENTRAL_HEADER_SIZE, entry.nameLength, "utf8");
     if (zip64Fields > 0) {
-      let at = CENTRAL_HEADER_SIZE + entry.name.length;
-      header.writeUInt16LE(ZIP64_EXTRA_ID, at);
-      header.writeUInt16LE(8 * zip64Fields, at + 2);
+      let at = start + CENTRAL_HEADER_SIZE + entry.nameLength;
+      writeU16(b, at, ZIP64_EXTRA_ID);
+      writeU16(b, at + 2, 8 * zip64Fields);
       at += 4;
       if (bigSize) {
-        header.writeBigUInt64LE(BigInt(entry.size), at);
-        header.writeBigUInt64LE(BigInt(entry.size), at + 8);
+        b.writeBigUInt64LE(BigInt(entry.size), at);
+        b.writeBigUInt64LE(BigInt(entry.size), at + 8);
         at += 16;
       }
-      if (bigOffset) header.writeBigUInt64LE(BigInt(entry.offset), at);
+      if (bigOffset) b.writeBigUInt64LE(BigInt(entry.offset), at);
     }
-    return header;
   }
 
-  private zip64End(directoryOffset: number, directorySize: number): Buffer {
+  private zip64End(directoryOffset: number, directorySize: number): void {
     const endOffset = this.offset;
-    const out = Buffer.alloc(ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE);
-    out.writeUInt32LE(ZIP64_END_SIGNATURE, 0);
-    out.writeBigUInt64LE(BigInt(ZIP64_END_SIZE - 12), 4);
-    out.writeUInt16LE(VERSION_ZIP64, 12);
-    out.writeUInt16LE(VERSION_ZIP64, 14);
-    out.writeBigUInt64LE(BigInt(this.entries.length), 24);
-    out.writeBigUInt64LE(BigInt(this.entries.length), 32);
-    out.writeBigUInt64LE(BigInt(directorySize), 40);
-    out.writeBigUInt64LE(BigInt(directoryOffset), 48);
-    out.writeUInt32LE(ZIP64_LOCATOR_SIGNATURE, ZIP64_END_SIZE);
-    out.writeBigUInt64LE(BigInt(endOffset), ZIP64_END_SIZE + 8);
-    out.writeUInt32LE(1, ZIP64_END_SIZE + 16); // total number of disks
-    return out;
+    const start = this.reserve(ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE);
+    const out = this.stageBuffer;
+    out.fill(0, start, start + ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE);
+    out.writeUInt32LE(ZIP64_END_SIGNATURE, start);
+    out.writeBigUInt64LE(BigInt(ZIP64_END_SIZE - 12), start + 4);
+    out.writeUInt16LE(VERSION_ZIP64, start + 12);
+    out.writeUInt16LE(VERSION_ZIP64, start + 14);
+    out.writeBigUInt64LE(BigInt(this.entries.length), start + 24);
+    out.writeBigUInt64LE(BigInt(this.entries.length), start + 32);
+    out.writeBigUInt64LE(BigInt(directorySize), start + 40);
+    out.writeBigUInt64LE(BigInt(directoryOffset), start + 48);
+    out.writeUInt32LE(ZIP64_LOCATOR_SIGNATURE, start + ZIP64_END_SIZE);
+    out.writeBigUInt64LE(BigInt(endOffset), start + ZIP64_END_SIZE + 8);
+    out.writeUInt32LE(1, start + ZIP64_END_SIZE + 16); // total number of disks
   }
 
   /**
-   * Gathers small pieces (headers, small tensors) to send as one write of STAGE_BYTES: thousands
-   * of tiny writes would each cost a promise and a system call. The file CRC is taken per batch.
+   * Makes room for `length` bytes in the staging buffer and advances the file offset; returns
+   * where they go. Thousands of tiny writes would each cost a promise and a system call, so small
+   * pieces (headers, small tensors) are gathered and sent as one write of about STAGE_BYTES; the
+   * file CRC is taken per batch. A full buffer is sent and a new one started (the sink may keep
+   * what it was given until its write resolves, so a buffer is never reused).
    */
-  private stage(bytes: Uint8Array): void {
-    if (bytes.byteLength === 0) return;
-    this.offset += bytes.byteLength;
-    this.staged.push(bytes);
-    this.stagedBytes += bytes.byteLength;
-    if (this.stagedBytes >= STAGE_BYTES) this.flushStaged();
+  private reserve(length: number): number {
+    if (this.stageAt + length > this.stageBuffer.length) {
+      this.flushStaged();
+      const retired = this.stageBuffer;
+      if (retired.length === STAGE_BYTES) {
+        // Reused once the sink has written its last batch (writes complete in order).
+        this.queue.then(() => void this.spareStages.push(retired), () => undefined);
+      }
+      // Small archives stay small: the buffer grows from 64 KiB to STAGE_BYTES.
+      const next = Math.min(STAGE_BYTES, Math.max(64 << 10, 2 * retired.length));
+      this.stageBuffer = length <= next && next === STAGE_BYTES ? (this.spareStages.pop() ?? Buffer.allocUnsafeSlow(next)) : Buffer.allocUnsafeSlow(Math.max(next, length));
+      this.stageStart = 0;
+      this.stageAt = 0;
+    }
+    const at = this.stageAt;
+    this.stageAt += length;
+    this.offset += length;
+    return at;
   }
 
   private flushStaged(): void {
-    if (this.stagedBytes === 0) return;
-    const batch = this.staged.length === 1 ? this.staged[0]! : Buffer.concat(this.staged, this.stagedBytes);
-    this.staged = [];
-    this.stagedBytes = 0;
+    if (this.stageAt === this.stageStart) return;
+    const batch = this.stageBuffer.subarray(this.stageStart, this.stageAt);
+    this.stageStart = this.stageAt;
     this.fileCrc = crc32(batch, this.fileCrc);
     this.enqueue(batch);
+    const inFlight = { bytes: batch.byteLength, written: this.queue };
+    this.stagedInFlight.push(inFlight);
+    this.stagedInFlightBytes += inFlight.bytes;
+    this.queue.then(() => {
+      this.stagedInFlight.shift();
+      this.stagedInFlightBytes -= inFlight.bytes;
+    }, () => undefined);
   }
 
   /** Sends large data untouched; the caller accounts for it in the file CRC. */
@@ -263,6 +333,18 @@ export class ZipWriter {
   private async drainIfBehind(): Promise<void> {
     if (this.pendingBytes > MAX_QUEUED_BYTES) await this.queue;
   }
+}
+
+function writeU16(b: Uint8Array, at: number, value: number): void {
+  b[at] = value & 0xff;
+  b[at + 1] = (value >>> 8) & 0xff;
+}
+
+function writeU32(b: Uint8Array, at: number, value: number): void {
+  b[at] = value & 0xff;
+  b[at + 1] = (value >>> 8) & 0xff;
+  b[at + 2] = (value >>> 16) & 0xff;
+  b[at + 3] = (value >>> 24) & 0xff;
 }
 
 /** CRC pieces between which the event loop may run: a background save must not freeze training. */

@@ -1,0 +1,55 @@
+import assert from "node:assert/strict";
+import { readdir } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { CheckpointSaveError, FileCheckpointManager, LocalFileSystem, Tensor } from "../src/index.js";
+import { diskFull } from "../torture/classes/disk-full.js";
+import { modelState, useTempDirs } from "./helpers/checkpoint-helpers.js";
+
+const tempDir = useTempDirs("disk-full");
+
+test("saves onto a full small disk fail with ENOSPC named, keep earlier checkpoints and leave nothing behind", async () => {
+  const result = await diskFull({ seed: 1, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true });
+  assert.deepEqual(result.failures, []);
+  assert.equal(Object.keys(result.cases).length, 5, JSON.stringify(result.cases));
+  // Both ways of running out must have happened: refused up front, and ENOSPC from a write.
+  assert.ok(Number(result.figures["refused before writing"]) > 0, JSON.stringify(result.figures));
+  assert.ok(Number(result.figures["ENOSPC while writing"]) > 0, JSON.stringify(result.figures));
+});
+
+test("where no tmpfs can be mounted, an injected ENOSPC past a quota gives the same guarantees, and the report says which disk it was", async () => {
+  process.env.CKPT_TORTURE_NO_MOUNT = "1";
+  try {
+    const result = await diskFull({ seed: 2, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true });
+    assert.deepEqual(result.failures, []);
+    assert.match(String(result.figures.disk), /injected ENOSPC/);
+    assert.ok(Number(result.figures["ENOSPC while writing"]) > 0, JSON.stringify(result.figures));
+  } finally {
+    delete process.env.CKPT_TORTURE_NO_MOUNT;
+  }
+});
+
+class TinyDisk extends LocalFileSystem {
+  override async freeSpace(): Promise<number> {
+    return 1000;
+  }
+}
+
+test("a save whose tensors exceed the free space is refused before anything is written, naming needed and free bytes", async () => {
+  const checkpointDir = join(await tempDir(), "checkpoints");
+  const manager = new FileCheckpointManager({ checkpointDir, fileSystem: new TinyDisk() });
+  await manager.beginCheckpoint(1);
+  await assert.rejects(manager.saveState({ model: modelState(1), big: Tensor.zeros([1000]) }), (error: unknown) => {
+    assert.ok(error instanceof CheckpointSaveError);
+    assert.match(error.message, /tensors alone need 4064 bytes and 1000 bytes are free \(ENOSPC\)/);
+    assert.equal((error.cause as NodeJS.ErrnoException).code, "ENOSPC");
+    return true;
+  });
+  assert.deepEqual((await readdir(checkpointDir)).filter((name) => name !== ".ckpt.lock"), []);
+  // A state that fits is saved by the same manager.
+  await manager.beginCheckpoint(1);
+  await manager.saveState({ step: 1 });
+  await manager.commitCheckpoint();
+  assert.deepEqual(await manager.getStepNumbers(), [1]);
+  await manager.close();
+});
