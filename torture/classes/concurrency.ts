@@ -118,7 +118,7 @@ interface RaceTally {
   raced: number;
 }
 
-async function raceCase(random: Random, dir: string, steps: number, context: string, tally: RaceTally): Promise<void> {
+async function raceCase(random: Random, dir: string, steps: number, context: string, tally: RaceTally, quick: boolean): Promise<void> {
   const fail = (kind: string, detail: string): void => void tally.failures.push({ kind, detail: `${context}: ${detail}` });
   const stopFile = `${dir}.stop`;
   const writer = spawn(process.execPath, ["--import", "tsx", WRITER, dir, String(steps), String(random.fork())], { stdio: ["ignore", "pipe", "pipe"] });
@@ -132,8 +132,10 @@ async function raceCase(random: Random, dir: string, steps: number, context: str
   const writerDone = once(writer, "close");
   let writerExited = false;
   void writerDone.then(() => (writerExited = true));
-  // The CLI readers run in turns while the writer works.
-  for (let turn = 0; !writerExited; turn++) {
+  // The CLI readers run in turns while the writer works (a quick run that was faster than both
+  // readers runs each once more on the finished directory, so every kind is tried).
+  const bothTried = (): boolean => (tally.cases[LS] ?? 0) > 0 && (tally.cases[VERIFY] ?? 0) > 0;
+  for (let turn = 0; !writerExited || (quick && !bothTried() && turn < 8); turn++) {
     const useVerify = turn % 2 === 1;
     const before = await forms(dir).catch(() => new Map<number, string>());
     const run = await runCli(useVerify ? ["verify", "--json", dir] : ["ls", "--json", dir]);
@@ -201,7 +203,7 @@ export async function concurrency(options: ClassOptions): Promise<ClassResult> {
     const context = `round ${round} (seed ${roundSeed})`;
     failures.push(...(await refusalCase(roundRandom, join(options.workDir, `refusal-${round}`), context)));
     countCase(cases, REFUSED);
-    await raceCase(roundRandom, join(options.workDir, `race-${round}`), options.quick ? 6 : 16, context, tally);
+    await raceCase(roundRandom, join(options.workDir, `race-${round}`), options.quick ? 8 : 16, context, tally, options.quick);
   }
   return { name: "Concurrency", cases, failures, figures: { "reads that raced with a prune (allowed)": tally.raced } };
 }

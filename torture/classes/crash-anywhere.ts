@@ -176,11 +176,12 @@ export async function crashAnywhere(options: ClassOptions): Promise<ClassResult>
     const recording: Recording = { points: pointsOf(recorded.lines, plan), states: parseStates(recorded.lines), workMs: recorded.workMs ?? 1000 };
 
     const kills = options.quick ? AIMED_KINDS.length + 1 : 8;
-    for (let k = 0; k < kills && (options.quick || performance.now() < deadline); k++) {
+    for (let k = 0; k < kills && (options.quick ? !quickDone() : performance.now() < deadline); k++) {
       const dir = await freshCopy();
       let run: ChildRun & { hung: boolean };
       let aimed: AimedKind | undefined;
-      if (k === kills - 1) {
+      // Quick: once every aimed kind has landed, the kill from outside comes next.
+      if (k === kills - 1 || (options.quick && missing().length === 0)) {
         run = await runChild(WRITER, [dir, planText], {}, { killAfterMs: workloadRandom.int(Math.max(1, Math.floor(recording.workMs))) });
       } else {
         // Aim at a kind not tried yet when this workload has one, else at any kind it has.

@@ -17,8 +17,8 @@ export const LAUNCH_KIND = "kill a rank of a 2-process ckpt launch while it save
 const WRITER = join(dirname(dirname(fileURLToPath(import.meta.url))), "children", "launched-writer.ts");
 const FLAGS = ["--nproc", "2"];
 
-/** The number of kill points of each rank in a save of step 200, measured once per template. */
-const pointCounts = new Map<string, number[]>();
+/** The number of kill points of a rank in a save of step 200, measured once per template and rank. */
+const pointCounts = new Map<string, number>();
 
 function launchProblem(run: Launch, ranks: number): string | undefined {
   if (run.code !== 0) return `exit ${run.code}: ${run.stdout.slice(-1500)} ${run.stderr.slice(-1500)}`;
@@ -33,21 +33,19 @@ export async function prepareLaunchTemplate(dir: string): Promise<string> {
   return dir;
 }
 
-async function countPoints(template: string, scratch: string): Promise<number[]> {
-  const known = pointCounts.get(template);
+async function countPoints(template: string, scratch: string, rank: number): Promise<number> {
+  const key = `${template}#${rank}`;
+  const known = pointCounts.get(key);
   if (known !== undefined) return known;
-  const counts: number[] = [];
-  for (const rank of [0, 1]) {
-    const dir = `${scratch}-count-${rank}`;
-    await cp(template, dir, { recursive: true });
-    const run = await launch(FLAGS, [dir, "save", "200"], { worker: WRITER, env: { TORTURE_KILL_RANK: String(rank) } });
-    const problem = launchProblem(run, 2);
-    if (problem !== undefined) throw new Error(`a launch without a kill failed: ${problem}`);
-    counts.push([...run.stdout.matchAll(new RegExp(`^\\[rank ${rank}\\] point `, "gm"))].length);
-    await rm(dir, { recursive: true, force: true });
-  }
-  pointCounts.set(template, counts);
-  return counts;
+  const dir = `${scratch}-count-${rank}`;
+  await cp(template, dir, { recursive: true });
+  const run = await launch(FLAGS, [dir, "save", "200"], { worker: WRITER, env: { TORTURE_KILL_RANK: String(rank) } });
+  const problem = launchProblem(run, 2);
+  if (problem !== undefined) throw new Error(`a launch without a kill failed: ${problem}`);
+  const count = [...run.stdout.matchAll(new RegExp(`^\\[rank ${rank}\\] point `, "gm"))].length;
+  await rm(dir, { recursive: true, force: true });
+  pointCounts.set(key, count);
+  return count;
 }
 
 export async function launchCrashCase(random: Random, template: string, dir: string, context: string): Promise<{ landed: boolean; failures: ClassFailure[] }> {
@@ -57,14 +55,14 @@ export async function launchCrashCase(random: Random, template: string, dir: str
     return { landed: true, failures };
   };
   try {
-    const counts = await countPoints(template, dir);
     const rank = random.int(2);
-    const at = random.between(1, counts[rank]!);
+    const count = await countPoints(template, dir, rank);
+    const at = random.between(1, count);
     await cp(template, dir, { recursive: true });
     const killed = await launch(FLAGS, [dir, "save", "200"], { worker: WRITER, env: { TORTURE_KILL_RANK: String(rank), CRASH_AT: String(at) } });
     const where = new RegExp(`^\\[rank ${rank}\\] kill (.*)$`, "m").exec(killed.stdout)?.[1];
     if (where === undefined) return { landed: false, failures };
-    const what = `rank ${rank} killed before point ${at} of ${counts[rank]} ("${where}")`;
+    const what = `rank ${rank} killed before point ${at} of ${count} ("${where}")`;
     if (killed.code === 0) return fail("a killed rank went unnoticed", `${what}: the launch exited 0`);
 
     const report = await verifyCheckpoints(dir);
