@@ -27,6 +27,9 @@ const CHILD = join(import.meta.dirname, "helpers", "crash-child.ts");
 const MIN_KILL_POINTS = 50;
 /** Kills at random times in the large-state scenario. */
 const RANDOM_KILLS = 8;
+/** Kills aimed at random renames, and at random points of the pruning, in the large-state scenario. */
+const AIMED_AT_RENAMES = 4;
+const AIMED_AT_PRUNING = 6;
 /** The step the run after a kill saves, with this content. */
 const NEXT_STEP = 100;
 const LEFTOVER_DIR = /^step_\d+\.(tmp|deleting|replaced)$/;
@@ -143,8 +146,8 @@ async function checkAfterKill(dir: string, scenario: CrashScenario, alternatives
 /** Where a scenario's directories go: `<root>/<scenario index>-<what>`. */
 const scenarioPath = (name: CrashScenarioName, what: string): string => join(root, `${Object.keys(CRASH_SCENARIOS).indexOf(name)}-${what}`);
 
-async function prepareTemplate(name: CrashScenarioName): Promise<string> {
-  const template = scenarioPath(name, "template");
+async function prepareTemplate(name: CrashScenarioName, what = "template"): Promise<string> {
+  const template = scenarioPath(name, what);
   await mkdir(template);
   await CRASH_SCENARIOS[name].prepare(template);
   return template;
@@ -191,6 +194,14 @@ const ENUMERATED: CrashScenarioName[] = [
   "recover from an earlier crash, then save",
 ];
 
+/** Scenarios that remove whole directories (a pruned step, a dead run's leftovers). */
+const DELETES_TREES = new Set<CrashScenarioName>([
+  "delete and keep the last with preserveModel",
+  "prune by several rules, deleting in the background",
+  "recover from an earlier crash, then save",
+]);
+const INSIDE_A_TREE = "(inside a recursive delete)";
+
 describe("a writer killed with SIGKILL", () => {
   for (const name of ENUMERATED) {
     it(`never loses a committed checkpoint, killed point by point while it does: ${name}`, async (t) => {
@@ -199,6 +210,11 @@ describe("a writer killed with SIGKILL", () => {
       const { points } = await runToTheEnd(name, template);
       const selected = selectKillPoints(points);
       assert.ok(selected.length >= 10, `only ${selected.length} kill points`);
+      if (DELETES_TREES.has(name)) {
+        // A recursive delete is several points: kills land halfway through removing a directory.
+        const inside = selected.filter((k) => points[k - 1]!.endsWith(INSIDE_A_TREE));
+        assert.ok(inside.length >= 3, `only ${inside.length} kill points inside recursive deletes: ${points.join(", ")}`);
+      }
       t.diagnostic(`killed at ${selected.length} of its ${points.length} points`);
       for (const k of selected) {
         const dir = scenarioPath(name, `kill-${k}`);
@@ -246,6 +262,32 @@ describe("a writer killed with SIGKILL", () => {
     }
     assert.equal(landed, RANDOM_KILLS, `only ${landed} random kills landed before the child finished`);
     t.diagnostic(`killed at random inside: ${[...where].join("; ")}`);
+  });
+
+  it("never loses a committed checkpoint, killed at random renames, and at random points of its pruning, while handling large states", async (t) => {
+    const name = "save, re-save and prune large states";
+    const scenario: CrashScenario = CRASH_SCENARIOS[name];
+    const template = await prepareTemplate(name, "aimed-template");
+    const { points } = await runToTheEnd(name, template);
+    // Pruning starts after the re-save of step 2 is committed.
+    const pruneStart = points.indexOf("rename step_2.tmp → step_2") + 1;
+    const renames = points.flatMap((point, index) => (point.startsWith("rename ") ? [index + 1] : []));
+    const prunes = points.flatMap((point, index) => (index >= pruneStart && /^(rename|remove) /.test(point) ? [index + 1] : []));
+    assert.ok(renames.length >= 4 && prunes.length >= 3, `renames ${renames.length}, prune points ${prunes.length}: ${points.join(", ")}`);
+    // Distinct points, drawn at random: AIMED_AT_RENAMES renames, AIMED_AT_PRUNING points of the pruning.
+    const draw = (from: number[], count: number): number[] => [...from].sort(() => Math.random() - 0.5).slice(0, count);
+    const aimed = [...draw(renames, AIMED_AT_RENAMES), ...draw(prunes, AIMED_AT_PRUNING)];
+    for (const [attempt, k] of aimed.entries()) {
+      const dir = scenarioPath(name, `aimed-${attempt}`);
+      await cp(template, dir, { recursive: true });
+      const run = await runChild(dir, name, { at: k });
+      const context = `${name}, killed before point ${k} (${points[k - 1]})`;
+      assert.equal(run.signal, "SIGKILL", `${context}: the child was not killed (code ${run.code}): ${run.stderr}`);
+      assert.equal(run.lines.at(-1), `kill ${points[k - 1]}`, `${context}: the kill landed elsewhere`);
+      await checkAfterKill(dir, scenario, [new Set(points.slice(0, k - 1))], context);
+      await rm(dir, { recursive: true });
+    }
+    t.diagnostic(`killed at: ${aimed.map((k) => points[k - 1]).join("; ")}`);
   });
 
   it(`was killed at ${MIN_KILL_POINTS} or more distinct points`, () => {

@@ -1,11 +1,11 @@
 import assert from "node:assert/strict";
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
-import { chmod, rm, writeFile } from "node:fs/promises";
+import { chmod, readFile, rename, rm, writeFile } from "node:fs/promises";
 import { dirname, join } from "node:path";
 import { test } from "node:test";
 import { fileURLToPath } from "node:url";
 
-import { FileCheckpointManager } from "../src/index.js";
+import { FileCheckpointManager, LocalFileSystem, listCheckpointDirectory, type DirectoryEntry } from "../src/index.js";
 import { assertSameState, saveStep, trainingState, useTempDirs } from "./helpers/checkpoint-helpers.js";
 
 const tempDir = useTempDirs("damaged");
@@ -104,4 +104,44 @@ test("ckpt verify notes a fairseq2 step whose score is no number as unscored, no
   const run = spawnSync(process.execPath, [CLI, "verify", dir], { encoding: "utf8" });
   assert.equal(run.status, 0, `${run.stdout}${run.stderr}`);
   assert.match(run.stdout, /^step_3: sound .*\n(  note: .*\n)*  note: score\.txt of step 3 does not hold a finite number: "nan": the step is treated as unscored$/m);
+});
+
+test("a step pruned while a listing reads it is left out, not shown as damaged or unfinished", async () => {
+  const dir = await tempDir();
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  await saveStep(manager, 1);
+  await saveStep(manager, 2);
+  await manager.close();
+  // The prune of another process lands between the listing of the directory and the read of step 2.
+  class PrunedMeanwhile extends LocalFileSystem {
+    pruned = false;
+    override async listDirectory(path: string): Promise<DirectoryEntry[]> {
+      if (path === join(dir, "step_2") && !this.pruned) {
+        this.pruned = true;
+        await rename(path, join(dir, "step_2.deleting"));
+      }
+      return super.listDirectory(path);
+    }
+  }
+  const listing = await listCheckpointDirectory(dir, { fileSystem: new PrunedMeanwhile() });
+  assert.deepEqual(listing.checkpoints.map((c) => [c.stepNr, c.status]), [[1, "committed"]]);
+  await rename(join(dir, "step_2.deleting"), join(dir, "step_2"));
+  const reader = new FileCheckpointManager({ checkpointDir: dir, fileSystem: new PrunedMeanwhile() });
+  assert.deepEqual((await reader.listCheckpoints()).map((c) => [c.stepNr, c.damaged]), [[1, undefined]]);
+  await reader.close();
+});
+
+test("a manifest whose createdAt is no longer a time is damaged, and the message says so", async () => {
+  const dir = await tempDir();
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  await saveStep(manager, 1);
+  await saveStep(manager, 2);
+  await manager.close();
+  const path = join(dir, "step_2", "manifest.json");
+  const text = await readFile(path, "utf8");
+  await writeFile(path, text.replace(/"createdAt": "2/, '"createdAt": "e')); // one byte flipped
+  const listing = await listCheckpointDirectory(dir);
+  const step2 = listing.checkpoints.find((c) => c.stepNr === 2);
+  assert.equal(step2?.status, "damaged");
+  assert.match(step2?.problem ?? "", /manifest\.json of step 2 is damaged: createdAt "e\d{3}-/);
 });

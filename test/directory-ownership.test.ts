@@ -38,6 +38,22 @@ test("a manager refused the lock touches nothing: the holder's checkpoint in pro
   await holder.close();
 });
 
+test("a beginCheckpoint refused the lock opens nothing, in background mode too: once the holder closes, the next begin works", async () => {
+  const dir = await tempDir();
+  const holder = new FileCheckpointManager({ checkpointDir: dir });
+  const intruder = new FileCheckpointManager({ checkpointDir: dir });
+  await saveStep(holder, 1);
+  await assert.rejects(intruder.beginCheckpoint(2, { background: true }), inUse);
+  await assert.rejects(intruder.beginCheckpoint(3), inUse);
+  await holder.close();
+  await intruder.beginCheckpoint(4, { background: true });
+  await intruder.saveState(trainingState(4));
+  await intruder.commitCheckpoint();
+  await intruder.waitForPendingSave();
+  assert.deepEqual(await intruder.getStepNumbers(), [1, 4]);
+  await intruder.close();
+});
+
 test("two processes racing for a directory: the one refused the lock leaves the holder's save untouched", async () => {
   const dir = await tempDir();
   const child = spawn(process.execPath, ["--import", "tsx", LOCK_HOLDER, dir, "5"], { stdio: ["pipe", "pipe", "inherit"] });

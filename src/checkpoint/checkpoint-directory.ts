@@ -101,14 +101,19 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, stepDir: string)
     const damaged = `step ${stepNr} cannot be read: ${(error as Error).message}`;
     return { stepNr, path, files: [], manifestPath, manifest: undefined, modelOnly: false, score: undefined, lowerBetter: undefined, scoreAsSaved: undefined, createdAt: undefined, damaged, warning: undefined };
   };
+  // A step pruned (renamed away) after it was listed is no longer there: not a damaged one.
+  const vanished = async (): Promise<boolean> => !(await fileSystem.exists(stepDir).catch(() => true));
   let links: string[];
   try {
     const entries = await fileSystem.listDirectory(stepDir);
     files = entries.map((entry) => entry.name);
     links = entries.filter((entry) => entry.isSymbolicLink === true).map((entry) => entry.name);
   } catch (error) {
+    if (await vanished()) return undefined;
     return unreadable(error);
   }
+  // A directory that is gone lists as empty on a local disk.
+  if (files.length === 0 && (await vanished())) return undefined;
   if (!fileSystem.supportsRename && !files.includes(MANIFEST_FILE)) return undefined;
   // One checkpoint's bit rot must not hide the others: it is marked damaged, not thrown.
   let damaged: string | undefined;
@@ -121,6 +126,7 @@ async function readInfo(fileSystem: FileSystem, stepNr: number, stepDir: string)
     try {
       manifest = decodeManifest(await fileSystem.readFile(manifestPath), stepNr);
     } catch (error) {
+      if (await vanished()) return undefined;
       damaged = (error as Error).message;
     }
   }

@@ -99,6 +99,8 @@ export async function listCheckpointDirectory(checkpointDir: string, options: { 
       problem = (error as Error).message;
     }
     if (info === undefined && problem === undefined) {
+      // On a local disk the step was pruned while this listing ran: it is gone, not unfinished.
+      if (fileSystem.supportsRename) continue;
       // Object storage: a step with no manifest is a save that never committed (or a deletion under way).
       others.push({ stepNr, name, status: "unfinished" });
       continue;

@@ -85,6 +85,12 @@ export class CheckpointWriter {
       this.open = checkpoint;
       // Rank 0 chooses where the files go and tells the others (on object storage, a new place each save).
       let staging: string | undefined;
+      // A failed begin opens nothing, in background mode too (drop keeps a background checkpoint
+      // open for the calls that follow a failure, but after begin none were made): the next begin works.
+      const forgetOnFailure = (error: unknown): never => {
+        if (this.open === checkpoint) this.open = undefined;
+        throw error;
+      };
       await this.saveStep(checkpoint, "beginCheckpoint", async () => {
         if (!isRoot(this.context)) return;
         await this.context.owner.own();
@@ -94,7 +100,7 @@ export class CheckpointWriter {
         const chosen = shared[0] ?? this.context.commit.fixedStaging(this.context.checkpointDir, stepNr);
         if (typeof chosen !== "string") throw new CheckpointSaveError(stepNr, "beginCheckpoint: rank 0 named no directory for the checkpoint's files (a rank played by a FakeGang cannot save on object storage)");
         checkpoint.tmpDir = chosen;
-      }, () => staging ?? null);
+      }, () => staging ?? null).catch(forgetOnFailure);
     });
   }
 
@@ -109,7 +115,12 @@ export class CheckpointWriter {
     if (modelKey === MODEL_KEY_ENTRY || Object.hasOwn(state, MODEL_KEY_ENTRY)) {
       throw new InvalidArgumentError(`"${MODEL_KEY_ENTRY}" is reserved: the checkpoint files record the model's key under it (fairseq2's layout) and loading removes it; rename that key`);
     }
-    const replicatedKeys = new Set(options.replicatedKeys ?? []);
+    const given = options.replicatedKeys ?? [];
+    // A string is iterable too: "epoch" would silently mean the keys "e", "p", "o", "c" and "h".
+    if (typeof given === "string" || typeof (given as Partial<Iterable<string>>)[Symbol.iterator] !== "function") {
+      throw new InvalidArgumentError(`replicatedKeys must be an array of key names, got ${typeof given === "string" ? JSON.stringify(given) : String(given)}`);
+    }
+    const replicatedKeys = new Set(given);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
     const unsaveable = findUnsaveable(state, "state"); // synchronous: no call may slip in before this one's step
     if (unsaveable !== undefined) return this.refuse(checkpoint, "saveState", unsaveable);
@@ -141,6 +152,9 @@ export class CheckpointWriter {
   async saveScore(score: number, options: SaveScoreOptions): Promise<void> {
     const checkpoint = this.requireOpen("saveScore");
     if (typeof score !== "number" || !Number.isFinite(score)) throw new InvalidArgumentError(`a score must be a finite number, got ${String(score)}`);
+    if (options.lowerBetter !== undefined && typeof options.lowerBetter !== "boolean") {
+      throw new InvalidArgumentError(`lowerBetter must be true or false, got ${String(options.lowerBetter)}`);
+    }
     await this.runStep(checkpoint, "saveScore", async () => {
       if (!isRoot(this.context)) return;
       const lowerBetter = options.lowerBetter ?? false;

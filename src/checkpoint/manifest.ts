@@ -78,6 +78,9 @@ export function encodeManifest(manifest: Manifest): Uint8Array {
 }
 
 /** Parses and checks a manifest; anything malformed is a CheckpointLoadError naming the problem. */
+/** What Date.prototype.toISOString writes. */
+const ISO_UTC_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
+
 export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
   const fail = (what: string): never => {
     throw new CheckpointLoadError(stepNr, `manifest.json of step ${stepNr} is damaged: ${what}`);
@@ -99,6 +102,10 @@ export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
     if (!Number.isInteger(m[key]) || (m[key] as number) < 1) fail(`${key} is not a positive integer`);
   }
   if (typeof m.modelOnly !== "boolean") fail("modelOnly is not a boolean");
+  // Time-based retention reads it: a damaged time must not silently reorder what is kept.
+  if (m.createdAt !== undefined && (typeof m.createdAt !== "string" || !ISO_UTC_TIME.test(m.createdAt) || Number.isNaN(Date.parse(m.createdAt)))) {
+    fail(`createdAt ${JSON.stringify(m.createdAt)} is not a UTC time such as "2024-05-01T12:00:00.000Z"`);
+  }
   if (typeof m.files !== "object" || m.files === null) return fail("files is not an object");
   for (const [name, file] of Object.entries(m.files as Record<string, unknown>)) {
     const f = file as Record<string, unknown>;
