@@ -38,6 +38,8 @@ export interface ScenarioResult {
   references?: Series[];
   /** Instead of measurements: why the scenario is not measured. */
   notMeasured?: string;
+  /** What this scenario's rows are compared with, where not the usual limit and peer (COMPARED_WITH). */
+  comparedWith?: Partial<Record<Kind, { limit?: string; peer?: string }>>;
 }
 
 /** What each kind of operation is compared with: the limit and the peer, by variant key. */
@@ -132,7 +134,7 @@ export function tableRows(results: ScenarioResult[], options: { diagnostics?: bo
         continue;
       }
       const times = s.samples.map((x) => x.seconds);
-      const { limit, peer } = COMPARED_WITH[s.variant.kind];
+      const { limit, peer } = result.comparedWith?.[s.variant.kind] ?? COMPARED_WITH[s.variant.kind];
       // Ratios are speed ratios: above 1 is faster than what it is compared with.
       const ratio = (key: string | undefined): string => {
         if (key === undefined || key === s.variant.key) return "";

@@ -37,5 +37,7 @@ export function measureS3(runs: number, bytes: number): ScenarioResult {
     const why = result.error?.message ?? `exit code ${result.status}: ${(result.stderr ?? "").trim().split("\n").at(-1) ?? ""}`;
     for (const s of series) s.error = `the S3 bench failed (${why})`;
   }
-  return { id: "e", title: S3_TITLE, bytes, tensors: Math.ceil(bytes / (16 * 2 ** 20)), series };
+  // Against the same server's plain PUT and GET; there is no PyTorch peer on S3 here.
+  const comparedWith = { save: { limit: "s3-put" }, load: { limit: "s3-get" } };
+  return { id: "e", title: S3_TITLE, bytes, tensors: Math.ceil(bytes / (16 * 2 ** 20)), series, comparedWith };
 }
