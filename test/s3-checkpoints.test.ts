@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url";
 import { CheckpointLoadError, CheckpointSaveError, FileCheckpointManager, Tensor, listCheckpointDirectory } from "../src/index.js";
 import { S3FileSystem } from "../src/s3/index.js";
 import { joinPath } from "../src/fs/paths.js";
-import { assertSameState, trainingState } from "./helpers/checkpoint-helpers.js";
+import { assertSameState, saveStep, trainingState } from "./helpers/checkpoint-helpers.js";
 import { FaultProxy } from "./helpers/fault-proxy.js";
 import { assertSucceeded, launch } from "./helpers/launch-job.js";
 import { manifestCommitCases } from "./helpers/manifest-commit-cases.js";
@@ -49,20 +49,15 @@ test("S3: a manager on an s3:// checkpointDir picks S3 from the AWS environment;
   assertSameState(await manager.loadModel(), trainingState(30).model);
   await manager.keepBestNCheckpoints(1, { preserveModel: true });
   assert.deepEqual(await manager.getStepNumbers({ includeModelOnly: true }), [10, 20, 30]);
-  assert.deepEqual(await manager.getStepNumbers(), [30], "10 (best: lowest loss) kept whole? no: only its model; 30 is last");
+  assert.deepEqual(await manager.getStepNumbers(), [30], "steps 10 and 20 keep only their models; 30 is both the best (lowest loss) and the last");
   await manager.close();
 });
 
 test("S3: the CLI works on s3:// paths: ls, inspect, verify, diff, convert, prune", async () => {
   const dir = await newDir();
   const manager = new FileCheckpointManager({ checkpointDir: dir });
-  for (const step of [1, 2]) {
-    await manager.beginCheckpoint(step);
-    await manager.saveState(trainingState(step), { replicatedKeys: ["epoch"] });
-    await manager.commitCheckpoint();
-  }
+  for (const step of [1, 2]) await saveStep(manager, step);
   await manager.close();
-  // Asynchronous: the S3 server runs in this process and must keep answering meanwhile.
   const ckpt = (...args: string[]): Promise<{ status: number | null; stdout: string; stderr: string }> =>
     new Promise((resolve) => {
       const child = spawn(process.execPath, [CLI, ...args], { env: { ...process.env, ...awsEnv }, stdio: ["ignore", "pipe", "pipe"] });
@@ -251,11 +246,7 @@ test("S3: dp=2 × tp=2 ranks under ckpt launch save into one s3:// directory and
 test("S3: ckpt serve shows an s3:// directory: its checkpoints, a step's files, a diff and verify", async () => {
   const dir = await newDir();
   const manager = new FileCheckpointManager({ checkpointDir: dir });
-  for (const step of [1, 2]) {
-    await manager.beginCheckpoint(step);
-    await manager.saveState(trainingState(step), { replicatedKeys: ["epoch"] });
-    await manager.commitCheckpoint();
-  }
+  for (const step of [1, 2]) await saveStep(manager, step);
   await manager.close();
   const serve = spawn(process.execPath, [CLI, "serve", dir, "--port", "0"], { env: { ...process.env, ...awsEnv }, stdio: ["ignore", "pipe", "pipe"] });
   try {

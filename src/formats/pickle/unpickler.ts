@@ -1,13 +1,6 @@
 import { FormatError } from "../../errors.js";
-import {
-  PyFloat,
-  markFloatSlot,
-  objectKeepsOrder,
-  orderedDict,
-  setOwn,
-  type StateDict,
-} from "../../values/py-values.js";
-import { markTuple, tupleKind } from "../../values/py-values.js";
+import { PyFloat, tupleKind } from "../../values/py-values.js";
+import { finalize, isMarkedOrdered, markOrdered } from "./finalize-state.js";
 import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
 import { PickleReader, decodeLong, decodeUtf8, latin1 } from "./pickle-reader.js";
 
@@ -126,9 +119,9 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   // (a symbol property, removed in finalize()) for the same reason.
   const lists = new Set<unknown[]>();
   const context: UnpickleContext = {
-    markOrderedDict: (dict) => void ((dict as OrderedMark)[ORDERED] = undefined),
-    isOrderedDict: (dict) => ORDERED in dict,
-    setOrderedDictAttributes: (dict, attributes) => void ((dict as OrderedMark)[ORDERED] = attributes),
+    markOrderedDict: (dict) => markOrdered(dict, undefined),
+    isOrderedDict: isMarkedOrdered,
+    setOrderedDictAttributes: markOrdered,
   };
   const newTuple = (items: unknown[]): unknown[] => items;
   const newList = (items: unknown[]): unknown[] => {
@@ -340,10 +333,6 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   }
 }
 
-/** The mark of a dict made by collections.OrderedDict while unpickling: its attributes, if any. */
-const ORDERED = Symbol("OrderedDict");
-type OrderedMark = Map<unknown, unknown> & { [ORDERED]?: Map<unknown, unknown> | undefined };
-
 /** Dict keys must be hashable in Python; JavaScript Maps compare by identity, so only scalars and tuples. */
 function dictKey(key: unknown): unknown {
   if (key instanceof PyFloat) return key.value;
@@ -360,62 +349,4 @@ function describe(value: unknown): string {
   if (Array.isArray(value)) return "list or tuple";
   if (typeof value === "object") return value.constructor?.name ?? "object";
   return typeof value;
-}
-
-/**
- * Turns the unpickler's working form into state values: dicts (Maps) with only string keys in an
- * order an object keeps become plain objects, whole-valued floats become numbers with a mark on
- * their container. Iterative, and each container is visited once, so sharing and cycles survive.
- */
-function finalize(root: unknown, lists: ReadonlySet<unknown[]>): unknown {
-  const replacement = new Map<Map<unknown, unknown>, StateDict>();
-  const containers: (unknown[] | Map<unknown, unknown>)[] = [];
-  const seen = new Set<unknown>();
-  const pending: unknown[] = [root];
-  while (pending.length > 0) {
-    const value = pending.pop();
-    if (seen.has(value) || !(Array.isArray(value) || value instanceof Map)) continue;
-    seen.add(value);
-    containers.push(value);
-    if (Array.isArray(value)) {
-      for (const item of value) pending.push(item);
-    } else {
-      for (const [key, item] of value) {
-        pending.push(key, item);
-      }
-      if (ORDERED in value) pending.push((value as OrderedMark)[ORDERED]);
-      if (canBeObject(value)) replacement.set(value, Object.create(Object.prototype) as StateDict);
-    }
-  }
-  const fix = (value: unknown): unknown => (value instanceof Map ? (replacement.get(value) ?? value) : value);
-  for (const container of containers) {
-    if (Array.isArray(container)) {
-      if (!lists.has(container) && tupleKind(container) === undefined) markTuple(container);
-      for (let i = 0; i < container.length; i++) {
-        const item = container[i];
-        if (item instanceof PyFloat) markFloatSlot(container, i);
-        container[i] = item instanceof PyFloat ? item.value : fix(item);
-      }
-      continue;
-    }
-    const object = replacement.get(container);
-    const target: object = object ?? container;
-    for (const [key, item] of container) {
-      if (item instanceof PyFloat) markFloatSlot(target, key);
-      const value = item instanceof PyFloat ? item.value : fix(item);
-      if (object !== undefined) setOwn(object, key as string, value as never);
-      else container.set(key, value);
-    }
-    if (ORDERED in container) {
-      const attributes = (container as OrderedMark)[ORDERED];
-      delete (container as OrderedMark)[ORDERED];
-      orderedDict(target, attributes === undefined ? undefined : (fix(attributes) as StateDict));
-    }
-  }
-  return root instanceof PyFloat ? root : fix(root);
-}
-
-function canBeObject(dict: Map<unknown, unknown>): boolean {
-  for (const key of dict.keys()) if (typeof key !== "string") return false;
-  return objectKeepsOrder(dict.keys() as Iterable<string>);
 }
