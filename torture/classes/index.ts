@@ -7,6 +7,7 @@ import { badCalls } from "./bad-calls.js";
 import { concurrency } from "./concurrency.js";
 import { corruption } from "./corruption.js";
 import { crashAnywhere } from "./crash-anywhere.js";
+import { crashS3 } from "./crash-s3.js";
 import { diskFull } from "./disk-full.js";
 import { hostileInput } from "./hostile-input.js";
 import { powerLoss } from "./power-loss.js";
@@ -22,6 +23,7 @@ export interface RegisteredClass {
 /** In the order (1 to 7). */
 export const faultClasses: RegisteredClass[] = [
   { id: "crash-anywhere", run: crashAnywhere, weight: 3 },
+  { id: "crash-s3", run: crashS3, weight: 1 },
   { id: "power-loss", run: powerLoss },
   { id: "disk-full", run: diskFull },
   { id: "corruption", run: corruption },
