@@ -6,6 +6,7 @@ import type { FaultClass } from "../types.js";
 import { badCalls } from "./bad-calls.js";
 import { concurrency } from "./concurrency.js";
 import { corruption } from "./corruption.js";
+import { corruptionS3 } from "./corruption-s3.js";
 import { crashAnywhere } from "./crash-anywhere.js";
 import { crashS3 } from "./crash-s3.js";
 import { diskFull } from "./disk-full.js";
@@ -27,6 +28,7 @@ export const faultClasses: RegisteredClass[] = [
   { id: "power-loss", run: powerLoss },
   { id: "disk-full", run: diskFull },
   { id: "corruption", run: corruption },
+  { id: "corruption-s3", run: corruptionS3, weight: 0.5 },
   { id: "hostile-input", run: hostileInput },
   { id: "concurrency", run: concurrency },
   { id: "bad-calls", run: badCalls, weight: 0.5 },
