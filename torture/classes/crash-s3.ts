@@ -51,6 +51,7 @@ export const S3_CRASH_KINDS = [...AIMED_KINDS, RANDOM_KIND];
 const QUICK_TEMPLATE_STEPS = [1, 2];
 const QUICK_PLAN: S3CrashOp[] = [
   { type: "save", stepNr: 4, content: contentOf(4, 0), background: true, big: true },
+  { type: "save", stepNr: 2, content: contentOf(2, 1), background: false },
   { type: "delete", stepNr: 1, preserveModel: false },
   { type: "keepLast", n: 1, preserveModel: false, background: true },
 ];
@@ -138,6 +139,7 @@ export async function crashS3(options: ClassOptions): Promise<ClassResult> {
   const s3 = new S3FileSystem({ endpoint: server.endpoint, credentials: server.credentials, retryBaseDelayMs: 5 });
   const env = { AWS_ACCESS_KEY_ID: server.credentials.accessKeyId, AWS_SECRET_ACCESS_KEY: server.credentials.secretAccessKey, AWS_REGION: "us-east-1" };
   const bucketDir = join(server.directory, server.bucket);
+  let pendingCheck: Promise<void> = Promise.resolve();
   try {
     await s3.writeFile(joinPath(server.url(TEMPLATE), "cc", "tokenizer.txt"), new TextEncoder().encode("a carbon copy in every checkpoint\n"));
     const templateManager = new FileCheckpointManager({ checkpointDir: server.url(TEMPLATE), fileSystem: s3 });
@@ -186,16 +188,28 @@ export async function crashS3(options: ClassOptions): Promise<ClassResult> {
         if (run.hung) failures.push({ kind: "hang", detail: context("the writer did not finish") });
         const killed = run.signal === "SIGKILL" && run.lines.at(-1) !== "done";
         if (!killed && run.code !== 0) failures.push({ kind: "workload failed", detail: context(`exit ${run.code}: ${run.stderr.slice(-2000)}`) });
+        let check: (() => Promise<ClassFailure[]>) | undefined;
         if (killed) {
           const last = pointsOf(run.lines, plan).at(-1);
           const kind = aimed === undefined ? RANDOM_KIND : kindOf(last, aimed);
           countCase(cases, kind);
-          failures.push(...(await checkAfterKill({ server, s3 }, copy.dir, run, recording, context(`${kind}: killed at "${last?.label ?? "(start)"}"`))));
+          check = () => checkAfterKill({ server, s3 }, copy.dir, run, recording, context(`${kind}: killed at "${last?.label ?? "(start)"}"`));
         }
-        await copy.remove();
+        // The check of this kill runs while the next writer runs (on its own prefix): one check at a time.
+        await pendingCheck;
+        pendingCheck = (async () => {
+          try {
+            if (check !== undefined) failures.push(...(await check()));
+          } catch (error) {
+            failures.push({ kind: "uncaught exception", detail: context(`the check threw ${(error as Error).stack ?? String(error)}`) });
+          }
+          await copy.remove();
+        })();
       }
+      await pendingCheck;
     }
   } finally {
+    await pendingCheck;
     await server.stop();
   }
   const total = Object.values(cases).reduce((a, b) => a + b, 0);
