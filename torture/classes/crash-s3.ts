@@ -171,7 +171,8 @@ export async function crashS3(options: ClassOptions): Promise<ClassResult> {
       }
       const recording: Recording = { points: pointsOf(recorded.lines, plan), states: parseStates(recorded.lines), workMs: Number(recorded.lines.find((line) => line.startsWith("work-ms "))?.slice(8) ?? 1000) };
 
-      const kills = options.quick ? AIMED_KINDS.length + 1 : 6;
+      // Quick: a kill from outside can miss (the writer finished first): up to three tries before a new workload.
+      const kills = options.quick ? AIMED_KINDS.length + 3 : 6;
       for (let k = 0; k < kills && (options.quick ? !quickDone() : performance.now() < deadline); k++) {
         const copy = await freshCopy();
         let run: ChildRun & { hung: boolean };
