@@ -47,8 +47,9 @@ export class Tensor {
     const offset = parts.offset ?? 0;
     checkView(shape, strides, offset, storage.numel);
     this.storage = storage;
-    this.shape = Object.freeze([...shape]);
-    this.strides = Object.freeze([...strides]);
+    // A frozen array cannot change, so it is kept as it is (readers share one between the tensors of a shape).
+    this.shape = frozenCopy(shape);
+    this.strides = frozenCopy(strides);
     this.offset = offset;
     this.requiresGrad = parts.requiresGrad ?? false;
     this.isParameter = parts.isParameter ?? false;
@@ -200,6 +201,10 @@ function missingDTypeMessage(array: object): string {
     default:
       return `a ${name} cannot hold a tensor's elements (${supported}; float16 and bfloat16 are raw words in a Uint16Array)`;
   }
+}
+
+function frozenCopy(items: readonly number[]): readonly number[] {
+  return Array.isArray(items) && Object.isFrozen(items) ? items : Object.freeze([...items]);
 }
 
 export function shapeNumel(shape: readonly number[]): number {

@@ -14,6 +14,12 @@ export class PickleReader {
     return this.pos;
   }
 
+  /** Continues at `offset` (after a run of opcodes read elsewhere: rebuild-fast-path.ts). */
+  moveTo(offset: number): void {
+    if (offset < this.pos || offset > this.bytes.length) throw new RangeError(`cannot move a pickle cursor from ${this.pos} to ${offset}`);
+    this.pos = offset;
+  }
+
   private need(n: number, what: string): number {
     if (n > this.bytes.length - this.pos) {
       throw new FormatError("PICKLE_TRUNCATED", `pickle ends inside ${what} at byte ${this.pos} (needs ${n} more bytes, has ${this.bytes.length - this.pos})`);

@@ -7,7 +7,7 @@ import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
 import type { ZipReader } from "../zip/zip-reader.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
-import { TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
+import { TENSOR_REBUILD, TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
 import { matchTargets } from "./target-matching.js";
 
 export { matchTargets } from "./target-matching.js";
@@ -90,7 +90,7 @@ export interface TorchStructure {
  * state with every storage pending, checking each storage's size against its entry: everything
  * but the tensors' bytes, which `readTorchArchive` reads next (or a caller reads on demand).
  */
-export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: boolean } = {}): Promise<TorchStructure> {
+export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: boolean; fastRebuild?: boolean } = {}): Promise<TorchStructure> {
   const verifyCrc = options.verifyCrc ?? true;
   const root = findRoot(zip);
   await checkVersion(zip, root, verifyCrc);
@@ -130,7 +130,7 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   };
 
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
-  const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject });
+  const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject, ...(options.fastRebuild === false ? {} : { fastRebuild: TENSOR_REBUILD }) });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
   return { state, storages, dataPrefix, bigEndian };
 }
