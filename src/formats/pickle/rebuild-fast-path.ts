@@ -1,6 +1,6 @@
 import { Op } from "./opcodes.js";
 import { MISSING, type DeferredValue, type PickleMemo } from "./pickle-memo.js";
-import { decodeUtf8 } from "./pickle-reader.js";
+import { decodeUtf8Range } from "./pickle-reader.js";
 import type { PickleCallable, UnpickleContext } from "./unpickler.js";
 
 /**
@@ -214,14 +214,14 @@ export class RebuildFastPath {
       const from = at + (long ? 5 : 2);
       if (length > bytes.length - from) return NO;
       this.at = from + length;
-      return decodeText(bytes, from, from + length);
+      return decodeUtf8Range(bytes, from, from + length);
     }
     if (op === Op.GLOBAL) {
       const moduleEnd = bytes.indexOf(0x0a, at + 1);
       const nameEnd = moduleEnd < 0 ? -1 : bytes.indexOf(0x0a, moduleEnd + 1);
       if (nameEnd < 0) return NO;
-      const module = decodeText(bytes, at + 1, moduleEnd);
-      const name = decodeText(bytes, moduleEnd + 1, nameEnd);
+      const module = decodeUtf8Range(bytes, at + 1, moduleEnd);
+      const name = decodeUtf8Range(bytes, moduleEnd + 1, nameEnd);
       this.at = nameEnd + 1;
       return this.machine.findGlobal(module, name); // a refusal throws: the general path refuses it again
     }
@@ -297,14 +297,4 @@ class RebuildRecord implements DeferredValue {
 
 function u32(bytes: Uint8Array, at: number): number {
   return (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
-}
-
-/** UTF-8 text exactly as decodeUtf8 gives it; short ASCII (pid fields) without a decoder call. */
-function decodeText(bytes: Uint8Array, from: number, to: number): string {
-  if (to - from <= 16) {
-    let ascii = true;
-    for (let i = from; i < to; i++) if (bytes[i]! > 0x7f) ascii = false;
-    if (ascii) return String.fromCharCode.apply(null, bytes.subarray(from, to) as unknown as number[]);
-  }
-  return decodeUtf8(bytes.subarray(from, to));
 }
