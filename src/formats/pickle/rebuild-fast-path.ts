@@ -13,7 +13,7 @@ import type { PickleCallable, UnpickleContext } from "./unpickler.js";
  * with a BINPUT/LONG_BINPUT after any value, as both writers put them.
  */
 export interface FastRebuild {
-  /** The callable the sequence ends with (`torch._utils._rebuild_tensor_v2`). */
+  /** The callable the sequence ends with (`torch._utils._rebuild_tensor_v2`); must not keep its arguments. */
   readonly rebuild: PickleCallable;
   /** The callable that makes the backward-hooks dict (`collections.OrderedDict`). */
   readonly orderedDict: PickleCallable;
@@ -26,7 +26,10 @@ export interface FastRebuildMachine {
   readonly memo: PickleMemo;
   /** Must have no side effects (the general path may look the same name up again). */
   findGlobal(module: string, name: string): unknown;
-  /** Must give the same result when called again with an equal id (the general path may redo it). */
+  /**
+   * Must give the same result when called again with an equal id (the general path may redo it),
+   * and must not keep the id array (the fast path reuses it).
+   */
   persistentLoad(pid: unknown): unknown;
 }
 
@@ -59,10 +62,18 @@ const enum Slot {
  */
 export class RebuildFastPath {
   private at = 0;
-  // Memo writes seen in the current sequence, in order: index, slot, and a Slot.Value's value.
+  // Memo writes seen in the current sequence, in order: index, slot, and a Slot.Value's value
+  // (reused from one sequence to the next: only the first `putCount` are this sequence's).
+  private putCount = 0;
   private readonly putIndices: number[] = [];
   private readonly putSlots: Slot[] = [];
   private readonly putValues: unknown[] = [];
+  /** The ints of the tuple being read (reused). */
+  private readonly ints: number[] = [];
+  // The persistent id and the arguments handed to persistentLoad and the rebuild, which do not
+  // keep them (reused: no two arrays per tensor; a memoized id or tuple is built on its own).
+  private readonly pid: unknown[] = [undefined, undefined, undefined, undefined, undefined];
+  private readonly args: unknown[] = [undefined, undefined, undefined, undefined, undefined, undefined];
   // The last size and strides (frozen, shared by the tensors that have them: most of a state's).
   private lastSize: readonly number[] = Object.freeze([]);
   private lastStride: readonly number[] = Object.freeze([]);
@@ -80,9 +91,7 @@ export class RebuildFastPath {
    */
   run(start: number, stack: unknown[]): number {
     this.at = start;
-    this.putIndices.length = 0;
-    this.putSlots.length = 0;
-    this.putValues.length = 0;
+    this.putCount = 0;
     try {
       return this.read(stack);
     } catch {
@@ -135,13 +144,25 @@ export class RebuildFastPath {
 
     // Everything read: do what the general path does, in its order.
     const { machine } = this;
-    const storage = machine.persistentLoad([p0, p1, p2, p3, p4]);
+    const pid = this.pid;
+    pid[0] = p0;
+    pid[1] = p1;
+    pid[2] = p2;
+    pid[3] = p3;
+    pid[4] = p4;
+    const storage = machine.persistentLoad(pid);
     const requiresGrad = flag === Op.NEWTRUE;
-    const result = this.fast.rebuild.call([storage, offset, size, stride, requiresGrad, undefined], machine.context);
+    const args = this.args;
+    args[0] = storage;
+    args[1] = offset;
+    args[2] = size;
+    args[3] = stride;
+    args[4] = requiresGrad;
+    const result = this.fast.rebuild.call(args, machine.context);
     this.lastSize = size;
     this.lastStride = stride;
     let record: RebuildRecord | undefined;
-    for (let i = 0; i < this.putIndices.length; i++) {
+    for (let i = 0; i < this.putCount; i++) {
       const slot = this.putSlots[i]!;
       if (slot === Slot.Value) machine.memo.put(this.putIndices[i]!, this.putValues[i]);
       else if (slot === Slot.Result) machine.memo.put(this.putIndices[i]!, result);
@@ -167,9 +188,15 @@ export class RebuildFastPath {
     } else {
       return;
     }
-    this.putIndices.push(index);
-    this.putSlots.push(slot);
-    this.putValues.push(value);
+    const n = this.putCount++;
+    this.putIndices[n] = index;
+    this.putSlots[n] = slot;
+    this.putValues[n] = value;
+  }
+
+  private isPutHere(index: number): boolean {
+    for (let i = 0; i < this.putCount; i++) if (this.putIndices[i] === index) return true;
+    return false;
   }
 
   /** One int (BININT1, BININT2, BININT), or undefined. */
@@ -202,7 +229,7 @@ export class RebuildFastPath {
       if (at + (long ? 4 : 1) >= bytes.length) return NO;
       const index = long ? u32(bytes, at + 1) : bytes[at + 1]!;
       // A value written inside this sequence is not stored yet: the general path reads it.
-      if (this.putIndices.includes(index)) return NO;
+      if (this.isPutHere(index)) return NO;
       this.at += long ? 5 : 2;
       const value = this.machine.memo.get(index);
       return value === MISSING ? NO : value;
@@ -240,16 +267,18 @@ export class RebuildFastPath {
       return last.length === 0 ? last : Object.freeze([]);
     }
     if (marked) this.at++;
-    const items: number[] = [];
+    const ints = this.ints;
+    let count = 0;
     for (;;) {
       const item = this.readInt();
       if (item === undefined) break;
-      items.push(item);
+      ints[count++] = item;
     }
     const close = bytes[this.at++];
-    if (marked ? close !== Op.TUPLE : items.length === 0 || items.length > 3 || close !== Op.TUPLE1 + items.length - 1) return undefined;
-    if (items.length === last.length && items.every((item, d) => item === last[d])) return last;
-    return Object.freeze(items);
+    if (marked ? close !== Op.TUPLE : count === 0 || count > 3 || close !== Op.TUPLE1 + count - 1) return undefined;
+    let same = count === last.length;
+    for (let d = 0; same && d < count; d++) same = ints[d] === last[d];
+    return same ? last : Object.freeze(ints.slice(0, count));
   }
 }
 

@@ -39,7 +39,7 @@ export interface UnpickleOptions {
   build?(object: unknown, state: unknown, context: UnpickleContext): void;
   /**
    * Runs tensor rebuilds through a faster path that gives the same result (rebuild-fast-path.ts);
-   * `persistentLoad` must then give the same result when called again with an equal id.
+   * `persistentLoad` must then give the same result when called again with an equal id, and not keep the id.
    */
   fastRebuild?: FastRebuild;
 }

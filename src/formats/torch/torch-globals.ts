@@ -76,7 +76,9 @@ function rebuildTensor(storage: unknown, offset: unknown, size: unknown, stride:
 }
 
 function isIntList(value: unknown): value is number[] {
-  return Array.isArray(value) && value.every((item) => typeof item === "number" && Number.isSafeInteger(item));
+  if (!Array.isArray(value)) return false;
+  for (let i = 0; i < value.length; i++) if (!Number.isSafeInteger(value[i])) return false; // no closure per tensor
+  return true;
 }
 
 const torchSize = new PickleCallable("torch.Size", (args) => {

@@ -5,7 +5,7 @@ import { Storage } from "../../tensor/storage.js";
 import type { StateValue } from "../../values/py-values.js";
 import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
-import type { ZipReader } from "../zip/zip-reader.js";
+import type { ZipEntry, ZipReader } from "../zip/zip-reader.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import { TENSOR_REBUILD, TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
 import { matchTargets } from "./target-matching.js";
@@ -50,10 +50,14 @@ export async function readTorchStorages(zip: ZipReader, structure: TorchStructur
   const { result, targets, copies } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>(), copies: [] } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.
-  const order = [...storages].map(([key, storage]) => ({ storage, entry: zip.entry(dataPrefix + key) })).sort((a, b) => a.entry.headerOffset - b.entry.headerOffset);
-  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
+  const list = [...storages.values()];
+  const entries = structure.entries ?? [...storages.keys()].map((key) => zip.entry(dataPrefix + key));
+  const order = list.map((_, i) => i).sort((a, b) => entries[a]!.headerOffset - entries[b]!.headerOffset);
+  const total = list.reduce((sum, storage) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
   let done = 0;
-  for (const { entry, storage } of order) {
+  for (const i of order) {
+    const entry = entries[i]!;
+    const storage = list[i]!;
     const target = targets.get(storage);
     // In memory, a storage is a checked view without a promise (copied into its target, once
     // checked); else it is read (into its target).
@@ -81,6 +85,8 @@ export interface TorchStructure {
   /** Each storage by its key; its bytes are in the entry `${dataPrefix}${key}`. */
   storages: Map<string, Storage>;
   dataPrefix: string;
+  /** Each storage's entry, in the order of `storages` (as found while unpickling; else looked up). */
+  entries?: ZipEntry[];
   /** The storages' bytes are big-endian (`byteorder` says "big") and must be swapped once read. */
   bigEndian: boolean;
 }
@@ -98,6 +104,7 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   const dataPrefix = `${root}/data/`;
 
   const storages = new Map<string, Storage>();
+  const entries: ZipEntry[] = [];
   const persistentLoad = (pid: unknown): Storage => {
     if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
       throw new FormatError("TORCH_PERSID", "a persistent id is not ('storage', type, key, location, numel)");
@@ -126,13 +133,14 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     }
     const storage = Storage.pending(type.dtype, numel);
     storages.set(key, storage);
+    entries.push(entry);
     return storage;
   };
 
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
   const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject, ...(options.fastRebuild === false ? {} : { fastRebuild: TENSOR_REBUILD }) });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
-  return { state, storages, dataPrefix, bigEndian };
+  return { state, storages, dataPrefix, bigEndian, entries };
 }
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */
