@@ -145,7 +145,9 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */
 function findRoot(zip: ZipReader): string {
-  const roots = [...zip.entries.keys()].filter((name) => /^[^/]+\/data\.pkl$/.test(name));
+  // The cheap suffix test first: an archive of many small tensors has tens of thousands of names.
+  const roots: string[] = [];
+  for (const name of zip.entries.keys()) if (name.endsWith("/data.pkl") && /^[^/]+\/data\.pkl$/.test(name)) roots.push(name);
   if (roots.length !== 1) {
     throw new FormatError("TORCH_LAYOUT", roots.length === 0 ? "not a PyTorch archive: no <root>/data.pkl entry" : "the archive has more than one data.pkl");
   }
