@@ -3,13 +3,16 @@
 //
 //   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR | --library DIR] WORKDIR
 //
-// OP is save, discard (a save whose bytes are thrown away), load (our file), into (our file
-// loaded into existing tensors with `{ into }`, each checked to be filled in place), into-torch (the
-// same from the torch file) or load-torch (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
-// `--write-spec` writes that spec.json). --baseline DIR also runs the same operations with the
-// library of another checkout (e.g. /work/main), interleaved round by round in this process: on a
-// shared machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses dist/ (build
-// first), so profiles show lines of plain JavaScript. Every load's values are checked.
+// OP is save, discard (a save whose bytes are thrown away), load (our file), load-torch
+// (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
+// `--write-spec` writes that spec.json), into (our file loaded into existing tensors with
+// `{ into }`, each checked to be filled in place; the targets are zeroed untimed) or into-torch
+// (the same from torch.pt). --baseline DIR also runs the same operations with the library of
+// another checkout (e.g. /work/main), interleaved round by round in this process: on a shared
+// machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses dist/ (build first),
+// so profiles show lines of plain JavaScript; prefer it for ratios too: tsx keeps function names
+// by wrapping every closure it creates in a `__name(...)` call, a cost the built library does not
+// have. Every load's values are checked.
 import { existsSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
