@@ -13,10 +13,12 @@ const ROOT = join(import.meta.dirname, "..");
 const PACKAGE = JSON.parse(readFileSync(join(ROOT, "package.json"), "utf8")) as { version: string };
 
 /**
- * Upper bound for the packed tarball (about 180 KB at 0.1.0): well above it means something that is
- * not the library (fixtures, bench data, source maps, a stray build) got in.
+ * Upper bound for the packed tarball: well above the library's own size means something that is not
+ * the library (fixtures, bench data, source maps, a stray build) got in. About 180 KB at the first
+ * 0.1.0 build, 324 KB once S3, the dashboard and the TF.js fit callbacks were in (2026-11-30); the
+ * stray-file check above catches junk by name, this one by weight.
  */
-const MAX_TARBALL_BYTES = 320 * 1024;
+const MAX_TARBALL_BYTES = 400 * 1024;
 /** The files of `ckpt serve`'s page that are not compiled: copied from src/serve/page by the build. */
 const PAGE_ASSETS = ["dist/serve/page/index.html", "dist/serve/page/style.css"];
 
