@@ -3,13 +3,15 @@
 //
 //   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR | --library DIR] WORKDIR
 //
-// OP is save, discard (a save whose bytes are thrown away), load (our file) or load-torch
+// OP is save, discard (a save whose bytes are thrown away), manager (FileCheckpointManager
+// begin/saveState/commit of the same state into WORKDIR/ckpt-NAME, a new step each run), load
+// (our file) or load-torch
 // (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
 // `--write-spec` writes that spec.json). --baseline DIR also runs the same operations with the
 // library of another checkout (e.g. /work/main), interleaved round by round in this process: on a
 // shared machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses dist/ (build
 // first), so profiles show lines of plain JavaScript. Every load's values are checked.
-import { existsSync, writeFileSync } from "node:fs";
+import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { ScenarioSpec } from "./scenarios.js";
@@ -68,12 +70,28 @@ function discarding(lib: Library): import("../src/index.js").FileSystem {
 }
 
 const torchFile = join(dir, "torch.pt");
-function operations(name: string, lib: Library): [string, () => Promise<unknown>][] {
+/** [name, the timed run, untimed work before each run]. */
+type Operation = [string, () => Promise<unknown>, (() => Promise<unknown>)?];
+function operations(name: string, lib: Library): Operation[] {
   const state = buildState(lib);
   const ours = join(dir, `ours-${name}.pt`);
+  const manager = new lib.FileCheckpointManager({ checkpointDir: join(dir, `ckpt-${name}`) });
+  let step = 0;
   return [
     [`save`, () => new lib.TorchTensorDumper().dump(state as never, ours)],
     [`discard`, () => new lib.TorchTensorDumper({ fileSystem: discarding(lib) }).dump(state as never, ours)],
+    [
+      `manager`,
+      async () => {
+        await manager.beginCheckpoint(++step);
+        await manager.saveState(state as never);
+        await manager.commitCheckpoint();
+      },
+      // Untimed, before each run: the checkpoint of the run before is deleted (disk space).
+      async () => {
+        if (step > 0) await manager.deleteCheckpoint(step);
+      },
+    ],
     [`load`, async () => check(await new lib.TorchTensorLoader().load(ours))],
     [`load-torch`, async () => check(await new lib.TorchTensorLoader().load(torchFile))],
   ];
@@ -82,17 +100,24 @@ function operations(name: string, lib: Library): [string, () => Promise<unknown>
 // --library DIR measures another checkout alone (to profile it the same way).
 const libraries: [string, Library][] = [["this", await library(values.library === undefined ? here : resolve(values.library))]];
 if (values.baseline !== undefined) libraries.push(["baseline", await library(resolve(values.baseline))]);
+for (const [name] of libraries) rmSync(join(dir, `ckpt-${name}`), { recursive: true, force: true });
 const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib).filter(([op]) => (values.only === undefined || values.only.split(",").includes(op)) && (op !== "load-torch" || existsSync(torchFile))) }));
 // Each library writes the file its loads read, and every operation runs once untimed (warm-up).
 for (const [name, lib] of libraries) await operations(name, lib)[0]![1]();
-for (const plan of plans) for (const [, run] of plan.ops) await run();
+for (const plan of plans) {
+  for (const [, run, prepare] of plan.ops) {
+    await prepare?.();
+    await run();
+  }
+}
 
 /** Wall-clock and CPU (every thread) µs per tensor: on a crowded machine the CPU time is steadier. */
 const results = new Map<string, number[]>();
 const cpuResults = new Map<string, number[]>();
 for (let round = 0; round < Number(values.rounds); round++) {
   for (const plan of round % 2 === 0 ? plans : [...plans].reverse()) {
-    for (const [op, run] of plan.ops) {
+    for (const [op, run, prepare] of plan.ops) {
+      await prepare?.();
       const cpuStart = process.cpuUsage();
       const start = performance.now();
       await run();

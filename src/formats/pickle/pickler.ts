@@ -34,6 +34,11 @@ export class Pickler {
   private length = 0;
   private readonly memo = new Map<unknown, number>();
   private readonly stringMemo = new Map<string, number>();
+  /**
+   * The memo of strings that are decimal numbers ("0" … "999999999"), indexed by their value: the
+   * storage keys of a state are these, one per tensor, and writing them needs no string then.
+   */
+  private readonly decimalMemo: number[] = [];
   private readonly globalMemo = new Map<string, Map<string, number>>();
   /** Memo entries written so far: the next one's index. */
   private memoCount = 0;
@@ -271,6 +276,10 @@ export class Pickler {
 
   string(value: string, memoize = true): void {
     const memoized = memoize && value.length <= MEMO_STRING_LENGTH;
+    if (memoized && isDecimalKey(value)) {
+      this.decimalString(Number(value));
+      return;
+    }
     if (memoized) {
       const index = this.stringMemo.get(value);
       if (index !== undefined) {
@@ -290,6 +299,35 @@ export class Pickler {
       this.length += this.buffer.write(value, this.length, length, "utf8");
     }
     if (memoized) this.stringMemo.set(value, this.newMemoIndex());
+  }
+
+  /**
+   * Writes the string of `n`, a non-negative integer (what `string(String(n))` writes, memo
+   * included), without making the string.
+   */
+  decimalString(n: number): void {
+    if (!(Number.isInteger(n) && n >= 0 && n <= MAX_DECIMAL_KEY)) {
+      this.string(String(n));
+      return;
+    }
+    const index = this.decimalMemo[n];
+    if (index !== undefined) {
+      this.memoGet(index);
+      return;
+    }
+    let digits = 1;
+    for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+    this.ensure(5 + digits);
+    const buffer = this.buffer;
+    buffer[this.length] = Op.BINUNICODE;
+    this.view.setUint32(this.length + 1, digits, true);
+    let rest = n;
+    for (let i = this.length + 4 + digits; i > this.length + 4; i--) {
+      buffer[i] = 48 + (rest % 10);
+      rest = Math.floor(rest / 10);
+    }
+    this.length += 5 + digits;
+    this.decimalMemo[n] = this.newMemoIndex();
   }
 
   /**
@@ -390,6 +428,22 @@ function encodeLong(value: bigint): Uint8Array {
   }
   if (bytes.length > 255) throw new FormatError("PICKLE_LIMIT", "an int longer than 255 bytes cannot be saved");
   return Uint8Array.from(bytes);
+}
+
+/** Decimal strings up to this value are memoized in `decimalMemo`. */
+const MAX_DECIMAL_KEY = 999_999_999;
+
+/** "0", "7", "12345": digits without a leading zero, at most 9 of them (what decimalString memoizes). */
+function isDecimalKey(value: string): boolean {
+  const n = value.length;
+  if (n === 0 || n > 9) return false;
+  const first = value.charCodeAt(0);
+  if (first < 48 || first > 57 || (first === 48 && n > 1)) return false;
+  for (let i = 1; i < n; i++) {
+    const code = value.charCodeAt(i);
+    if (code < 48 || code > 57) return false;
+  }
+  return true;
 }
 
 function isPlainObject(value: object): boolean {

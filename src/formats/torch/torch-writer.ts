@@ -26,7 +26,8 @@ const utf8 = new TextEncoder();
  */
 export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
   const root = options.root ?? "archive";
-  const storageKeys = new Map<Storage, string>();
+  // Storage keys are the numbers 0, 1, …, in the order storages are first met.
+  const storageKeys = new Map<Storage, number>();
 
   // Refuses, naming the key path, what could not be written or would not load back (a Map key
   // that is an object, undefined, a function…), before the first byte reaches the sink.
@@ -71,10 +72,11 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const zip = new ZipWriter(counted, options);
   await zip.add(`${root}/data.pkl`, pickle);
   await zip.add(`${root}/byteorder`, utf8.encode("little"));
-  // `add` returns a promise only when the caller must wait: no promise per small storage.
+  // `addNumbered` returns a promise only when the caller must wait: no promise per small storage,
+  // and no name string either (see docs/design.md, "Per-tensor cost").
   const dataPrefix = `${root}/data/`;
   for (const [storage, key] of storageKeys) {
-    const waiting = zip.add(dataPrefix + key, storage.bytes);
+    const waiting = zip.addNumbered(dataPrefix, key, storage.bytes);
     if (waiting !== undefined) await waiting;
   }
   await zip.add(`${root}/version`, utf8.encode("3\n"));
@@ -82,11 +84,11 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   return zip.digest;
 }
 
-function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage, string>): void {
+function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage, number>): void {
   const { storage } = tensor;
   let key = storageKeys.get(storage);
   if (key === undefined) {
-    key = String(storageKeys.size);
+    key = storageKeys.size;
     storageKeys.set(storage, key);
   }
   // Written op by op, without closures or generic tuples: this runs once per tensor, and states
@@ -107,7 +109,7 @@ function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage,
   pickler.memoize(tensor);
 }
 
-function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: string): void {
+function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: number): void {
   const { storage } = tensor;
   pickler.global("torch._utils", "_rebuild_tensor_v2");
   pickler.mark();
@@ -115,7 +117,7 @@ function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: string): voi
   pickler.mark();
   pickler.string("storage");
   pickler.global("torch", DTYPES[storage.dtype].torchStorage);
-  pickler.string(storageKey);
+  pickler.decimalString(storageKey); // the string "0", "1", … (as torch writes it)
   pickler.string("cpu");
   pickler.int(storage.numel);
   pickler.byte(Op.TUPLE);
