@@ -11,6 +11,14 @@ export class Storage {
   readonly dtype: DType;
   readonly numel: number;
   private data: Uint8Array | undefined;
+  /**
+   * @internal The archive write that last numbered this storage (`archiveStamp`) and the number it
+   * gave it: a field read per tensor instead of a Map lookup (see torch-writer.ts, and
+   * docs/design.md "Per-tensor cost"). Pickling is synchronous, so two writes never interleave here.
+   */
+  archiveStamp = 0;
+  /** @internal See archiveStamp. */
+  archiveKey = 0;
 
   constructor(dtype: DType, bytes: Uint8Array) {
     const { itemSize } = DTYPES[dtype];

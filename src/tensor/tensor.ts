@@ -40,6 +40,13 @@ export class Tensor {
   readonly offset: number;
   requiresGrad: boolean;
   isParameter: boolean;
+  /**
+   * @internal The archive write that last pickled this tensor and its pickle memo index there: a
+   * field read per tensor instead of a memo Map lookup (see torch-writer.ts, "Per-tensor cost").
+   */
+  archiveStamp = 0;
+  /** @internal See archiveStamp. */
+  archiveMemo = 0;
 
   constructor(parts: TensorViewParts) {
     const { storage, shape } = parts;

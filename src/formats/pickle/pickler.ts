@@ -15,6 +15,13 @@ import { Op } from "./opcodes.js";
  */
 export type EncodeObject = (pickler: Pickler, value: object) => boolean;
 
+/**
+ * Like EncodeObject, but asked first for every object, before the pickler's own memo: for the one
+ * class of object a state holds by the ten thousand (tensors), which memoizes itself cheaper
+ * (`putMemo`, `getMemo`) than a Map lookup per object.
+ */
+export type EncodeFirst = (pickler: Pickler, value: object) => boolean;
+
 /** Python's pickler batches APPENDS/SETITEMS in groups of this size; we do the same. */
 const BATCH_SIZE = 1000;
 /** Strings up to this length are memoized by value, so repeated keys are written once. */
@@ -45,11 +52,14 @@ export class Pickler {
   private readonly tuplesInProgress = new Set<unknown[]>();
   private depth = 0;
 
-  constructor(private readonly encodeObject: EncodeObject = () => false) {}
+  constructor(
+    private readonly encodeObject: EncodeObject = () => false,
+    private readonly encodeFirst: EncodeFirst = () => false,
+  ) {}
 
   /** Pickles `value` and returns the bytes (PROTO 2 … STOP). */
-  static dump(value: unknown, encodeObject?: EncodeObject): Uint8Array {
-    const pickler = new Pickler(encodeObject);
+  static dump(value: unknown, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst): Uint8Array {
+    const pickler = new Pickler(encodeObject, encodeFirst);
     pickler.byte(Op.PROTO);
     pickler.byte(2);
     pickler.value(value);
@@ -85,6 +95,7 @@ export class Pickler {
       default:
         throw new FormatError("PICKLE_UNSUPPORTED", `a ${typeof value} cannot be saved in a state`);
     }
+    if (this.encodeFirst(this, value)) return;
     if (value instanceof PyFloat) {
       this.float(value.value);
       return;
@@ -355,6 +366,16 @@ export class Pickler {
     if (index === undefined) return false;
     this.memoGet(index);
     return true;
+  }
+
+  /** Memoizes the object on top of the pickle stack without a key (see EncodeFirst); returns its index. */
+  putMemo(): number {
+    return this.newMemoIndex();
+  }
+
+  /** Writes a reference to memo entry `index` (from putMemo). */
+  getMemoEntry(index: number): void {
+    this.memoGet(index);
   }
 
   /** Records `value` as the object on top of the pickle stack, so later references reuse it. */

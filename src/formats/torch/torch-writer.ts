@@ -26,17 +26,26 @@ const utf8 = new TextEncoder();
  */
 export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
   const root = options.root ?? "archive";
-  // Storage keys are the numbers 0, 1, …, in the order storages are first met.
-  const storageKeys = new Map<Storage, number>();
+  // Storage keys are the numbers 0, 1, …: the index in `storages`, in the order first met.
+  const storages: Storage[] = [];
+  const stamp = ++lastArchiveStamp;
 
   // Refuses, naming the key path, what could not be written or would not load back (a Map key
   // that is an object, undefined, a function…), before the first byte reaches the sink.
   checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
-  const pickle = Pickler.dump(state, (pickler, value) => {
-    if (value instanceof Tensor) {
-      writeTensor(pickler, value, storageKeys);
+  // Tensors are written first and memoized by a field on each (a tensor met again is a memo get).
+  const encodeTensor = (pickler: Pickler, value: object): boolean => {
+    if (!(value instanceof Tensor)) return false;
+    if (value.archiveStamp === stamp) {
+      pickler.getMemoEntry(value.archiveMemo);
       return true;
     }
+    writeTensor(pickler, value, storages, stamp);
+    value.archiveStamp = stamp;
+    value.archiveMemo = pickler.putMemo();
+    return true;
+  };
+  const pickle = Pickler.dump(state, (pickler, value) => {
     if (value instanceof StorageClass) {
       pickler.global("torch", DTYPES[value.storage.dtype].torchStorage);
       return true;
@@ -53,10 +62,10 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
       throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor.name} cannot be saved as it is; wrap it with Tensor.from(array, { shape })`);
     }
     return false;
-  });
+  }, encodeTensor);
 
   let total = pickle.byteLength;
-  for (const storage of storageKeys.keys()) total += storage.bytes.byteLength;
+  for (const storage of storages) total += storage.bytes.byteLength;
   const { onProgress } = options;
   let done = 0;
   const counted: ByteSink =
@@ -75,8 +84,8 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   // `addNumbered` returns a promise only when the caller must wait: no promise per small storage,
   // and no name string either (see docs/design.md, "Per-tensor cost").
   const dataPrefix = `${root}/data/`;
-  for (const [storage, key] of storageKeys) {
-    const waiting = zip.addNumbered(dataPrefix, key, storage.bytes);
+  for (let key = 0; key < storages.length; key++) {
+    const waiting = zip.addNumbered(dataPrefix, key, storages[key]!.bytes);
     if (waiting !== undefined) await waiting;
   }
   await zip.add(`${root}/version`, utf8.encode("3\n"));
@@ -84,19 +93,23 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   return zip.digest;
 }
 
-function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage, number>): void {
+/** Numbers each archive write, so a storage's `archiveStamp` tells whether this write has numbered it. */
+let lastArchiveStamp = 0;
+
+function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): void {
   const { storage } = tensor;
-  let key = storageKeys.get(storage);
-  if (key === undefined) {
-    key = storageKeys.size;
-    storageKeys.set(storage, key);
+  // Each storage once, however many tensors view it; a field, not a Map lookup, per tensor.
+  if (storage.archiveStamp !== stamp) {
+    storage.archiveStamp = stamp;
+    storage.archiveKey = storages.length;
+    storages.push(storage);
   }
+  const key = storage.archiveKey;
   // Written op by op, without closures or generic tuples: this runs once per tensor, and states
   // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
   // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
   if (!tensor.isParameter) {
     writeRebuild(pickler, tensor, key);
-    pickler.memoize(tensor);
     return;
   }
   pickler.global("torch._utils", "_rebuild_parameter");
@@ -106,7 +119,6 @@ function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage,
   emptyOrderedDict(pickler);
   pickler.byte(Op.TUPLE);
   pickler.byte(Op.REDUCE);
-  pickler.memoize(tensor);
 }
 
 function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: number): void {
