@@ -1,6 +1,6 @@
 import type { FileSystem } from "../fs/file-system.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
-import type { Storage } from "../tensor/storage.js";
+import { newStorageVisit } from "../tensor/storage.js";
 import { Tensor } from "../tensor/tensor.js";
 
 /**
@@ -11,7 +11,7 @@ import { Tensor } from "../tensor/tensor.js";
 export function storageBytes(values: readonly unknown[]): number {
   // Runs before every save, over states of tens of thousands of tensors: plain loops, no spread
   // of a container's values onto the stack, and tensors counted where they are met.
-  const storages = new Set<Storage>();
+  const visit = newStorageVisit();
   let total = 0;
   const pending: object[] = [];
   // Containers met before (shared or cyclic: a state may hold a list that holds itself) are skipped.
@@ -24,8 +24,8 @@ export function storageBytes(values: readonly unknown[]): number {
         seen.add(value);
         pending.push(value);
       }
-    } else if (!storages.has(storage)) {
-      storages.add(storage);
+    } else if (storage.visitStamp !== visit) {
+      storage.visitStamp = visit; // counted once, however many tensors view it
       total += storage.bytes.byteLength;
     }
   };

@@ -3,6 +3,13 @@ import { DTYPES, type DType } from "./dtype.js";
 /** What a pending storage is built from before its size is set (one shared empty array). */
 const NO_BYTES = new Uint8Array(0);
 
+let lastStorageVisit = 0;
+
+/** @internal A stamp for one synchronous walk that marks storages as met (see Storage.visitStamp). */
+export function newStorageVisit(): number {
+  return ++lastStorageVisit;
+}
+
 /**
  * A flat block of elements that one or more tensors view (PyTorch's storage). Tensors that share a
  * `Storage` object are views of each other, and a `.pt` file holds the storage once.
@@ -12,13 +19,15 @@ export class Storage {
   readonly numel: number;
   private data: Uint8Array | undefined;
   /**
-   * @internal The archive write that last numbered this storage (`archiveStamp`) and the number it
-   * gave it: a field read per tensor instead of a Map lookup (see torch-writer.ts, and
-   * docs/design.md "Per-tensor cost"). Pickling is synchronous, so two writes never interleave here.
+   * @internal The synchronous walk over a state that last met this storage (a number from
+   * `newStorageVisit`) and the index it gave it: walks that count each storage once (an archive
+   * write numbering its storages, the free-space estimate) read a field per tensor instead of
+   * looking the storage up in a Map or Set (see docs/design.md, "Per-tensor cost"). A walk is
+   * synchronous, so two never interleave.
    */
-  archiveStamp = 0;
-  /** @internal See archiveStamp. */
-  archiveKey = 0;
+  visitStamp = 0;
+  /** @internal See visitStamp. */
+  visitIndex = 0;
 
   constructor(dtype: DType, bytes: Uint8Array) {
     const { itemSize } = DTYPES[dtype];

@@ -41,8 +41,9 @@ export class Tensor {
   requiresGrad: boolean;
   isParameter: boolean;
   /**
-   * @internal The archive write that last pickled this tensor and its pickle memo index there: a
-   * field read per tensor instead of a memo Map lookup (see torch-writer.ts, "Per-tensor cost").
+   * @internal The archive write that last pickled this tensor (a number from newStorageVisit) and
+   * its pickle memo index there: a field read per tensor instead of a memo Map lookup (see
+   * torch-writer.ts, and docs/design.md "Per-tensor cost").
    */
   archiveStamp = 0;
   /** @internal See archiveStamp. */

@@ -1,6 +1,6 @@
 import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
-import type { Storage } from "../../tensor/storage.js";
+import { newStorageVisit, type Storage } from "../../tensor/storage.js";
 import { ShardedTensor } from "../../tensor/sharded-tensor.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { shardedRecord } from "./sharded-record.js";
@@ -28,7 +28,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const root = options.root ?? "archive";
   // Storage keys are the numbers 0, 1, …: the index in `storages`, in the order first met.
   const storages: Storage[] = [];
-  const stamp = ++lastArchiveStamp;
+  const stamp = newStorageVisit();
 
   // Refuses, naming the key path, what could not be written or would not load back (a Map key
   // that is an object, undefined, a function…), before the first byte reaches the sink.
@@ -93,18 +93,15 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   return zip.digest;
 }
 
-/** Numbers each archive write, so a storage's `archiveStamp` tells whether this write has numbered it. */
-let lastArchiveStamp = 0;
-
 function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): void {
   const { storage } = tensor;
   // Each storage once, however many tensors view it; a field, not a Map lookup, per tensor.
-  if (storage.archiveStamp !== stamp) {
-    storage.archiveStamp = stamp;
-    storage.archiveKey = storages.length;
+  if (storage.visitStamp !== stamp) {
+    storage.visitStamp = stamp;
+    storage.visitIndex = storages.length;
     storages.push(storage);
   }
-  const key = storage.archiveKey;
+  const key = storage.visitIndex;
   // Written op by op, without closures or generic tuples: this runs once per tensor, and states
   // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
   // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
