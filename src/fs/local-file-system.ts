@@ -11,8 +11,12 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
-/** Writes at least this large go to the file as they are, without a copy into the buffer. */
-const PASS_THROUGH_BYTES = 1 << 20;
+/**
+ * Writes at least this large go to the file as they are, without a copy into the buffer. Below the
+ * zip writer's staged batches (up to 1 MiB, but a batch ends where the next header or entry would
+ * not fit, so it is a little less): at 1 MiB, every small tensor was copied a second time here.
+ */
+const PASS_THROUGH_BYTES = 256 << 10;
 
 /**
  * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
