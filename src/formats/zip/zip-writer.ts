@@ -1,8 +1,10 @@
 import { crc32 } from "../crc32.js";
-import { FormatError } from "../../errors.js";
 import type { ByteSink } from "../byte-io.js";
 import { Crc32Shifter, crc32Combine, shiftAndCombine } from "./crc32-combine.js";
 import { crc32Small } from "./crc32-small.js";
+import { EntryNames } from "./zip-entry-names.js";
+
+export { checkEntryName } from "./zip-entry-names.js";
 import {
   CENTRAL_HEADER_SIGNATURE,
   CENTRAL_HEADER_SIZE,
@@ -80,18 +82,13 @@ export class ZipWriter {
   private readonly shifter = new Crc32Shifter();
   /**
    * The entries written, column by column (no object per entry: archives hold tens of thousands).
-   * A name that is a number is the entry `numberedPrefix` + that number (see addNumbered).
+   * A name that is a number is a numbered entry (see addNumbered and EntryNames).
    */
   private readonly entryNames: (string | number)[] = [];
   private readonly entryCrcs: number[] = [];
   private readonly entrySizes: number[] = [];
   private readonly entryOffsets: number[] = [];
-  private readonly names = new Set<string>();
-  private numberedPrefix: string | undefined;
-  private numberedPrefixBytes: Uint8Array = new Uint8Array(0);
-  private numberedCount = 0;
-  /** Names in `names` that start with numberedPrefix (usually none, so numbered names need no lookup). */
-  private namesUnderPrefix = 0;
+  private readonly names = new EntryNames();
   private readonly alignment: number;
   private readonly forceZip64: boolean;
 
@@ -109,7 +106,7 @@ export class ZipWriter {
       await this.add(name, chunks);
       return;
     }
-    this.claimName(name);
+    this.names.claim(name);
     let crc = 0;
     let size = 0;
     for (const part of chunks) {
@@ -126,7 +123,7 @@ export class ZipWriter {
    * otherwise the entry is written (or queued) when it returns: no promise per small entry.
    */
   add(name: string, data: Uint8Array): Promise<void> | undefined {
-    this.claimName(name);
+    this.names.claim(name);
     if (data.byteLength > CRC_PIECE) {
       return crc32Yielding(data, 0).then((crc) => {
         this.writeEntry(name, crc, data.byteLength, [data]);
@@ -143,7 +140,7 @@ export class ZipWriter {
    * a set. Indices come in order from 0, and a writer has one such prefix.
    */
   addNumbered(prefix: string, index: number, data: Uint8Array): Promise<void> | undefined {
-    this.claimNumbered(prefix, index);
+    this.names.claimNumbered(prefix, index);
     if (data.byteLength > CRC_PIECE) {
       return crc32Yielding(data, 0).then((crc) => {
         this.writeEntry(index, crc, data.byteLength, [data]);
@@ -160,61 +157,8 @@ export class ZipWriter {
     return undefined;
   }
 
-  private claimName(name: string): void {
-    checkEntryName(name);
-    if (this.names.has(name) || this.isNumberedName(name)) throw new FormatError("ZIP_NAME", `zip entry "${name}" written twice`);
-    this.names.add(name);
-    if (this.numberedPrefix !== undefined && name.startsWith(this.numberedPrefix)) this.namesUnderPrefix++;
-  }
-
-  private claimNumbered(prefix: string, index: number): void {
-    if (prefix !== this.numberedPrefix) {
-      if (this.numberedPrefix !== undefined) {
-        throw new FormatError("ZIP_NAME", `a zip writer numbers entries under one prefix ("${this.numberedPrefix}"), not also under "${prefix}"`);
-      }
-      // A digit is never a "." or ".." segment: the prefix is safe if its first name is.
-      checkEntryName(`${prefix}0`);
-      this.numberedPrefix = prefix;
-      this.numberedPrefixBytes = Buffer.from(prefix, "utf8");
-      for (const name of this.names) if (name.startsWith(prefix)) this.namesUnderPrefix++;
-    }
-    if (index !== this.numberedCount) {
-      throw new FormatError("ZIP_NAME", `numbered zip entries come in order: expected "${prefix}${this.numberedCount}", got "${prefix}${index}"`);
-    }
-    if (this.namesUnderPrefix > 0 && this.names.has(prefix + index)) throw new FormatError("ZIP_NAME", `zip entry "${prefix}${index}" written twice`);
-    this.numberedCount++;
-  }
-
-  /** Whether `name` is one of the numbered entries written so far. */
-  private isNumberedName(name: string): boolean {
-    const prefix = this.numberedPrefix;
-    if (prefix === undefined || !name.startsWith(prefix)) return false;
-    const digits = name.slice(prefix.length);
-    return /^(0|[1-9][0-9]{0,15})$/.test(digits) && Number(digits) < this.numberedCount;
-  }
-
-  private nameLength(name: string | number): number {
-    return typeof name === "number" ? this.numberedPrefixBytes.length + decimalLength(name) : Buffer.byteLength(name, "utf8");
-  }
-
-  private writeName(b: Buffer, at: number, name: string | number, nameLength: number): void {
-    if (typeof name === "string") {
-      b.write(name, at, nameLength, "utf8");
-      return;
-    }
-    // Byte by byte: a native copy call costs more than these dozen bytes.
-    const prefix = this.numberedPrefixBytes;
-    const n = prefix.length;
-    for (let i = 0; i < n; i++) b[at + i] = prefix[i]!;
-    let rest = name;
-    for (let i = at + nameLength - 1; i >= at + n; i--) {
-      b[i] = 48 + (rest % 10);
-      rest = Math.floor(rest / 10);
-    }
-  }
-
   private writeEntry(name: string | number, crc: number, size: number, parts: readonly Uint8Array[]): void {
-    const nameLength = this.nameLength(name);
+    const nameLength = this.names.byteLength(name);
     this.entryNames.push(name);
     this.entryCrcs.push(crc);
     this.entrySizes.push(size);
@@ -310,7 +254,7 @@ export class ZipWriter {
     writeU32(b, start + 22, zip64 ? UINT32_MAX : size);
     writeU16(b, start + 26, nameLength);
     writeU16(b, start + 28, extraLength);
-    this.writeName(b, start + LOCAL_HEADER_SIZE, name, nameLength);
+    this.names.write(b, start + LOCAL_HEADER_SIZE, name, nameLength);
     let at = start + LOCAL_HEADER_SIZE + nameLength;
     if (zip64) {
       writeU16(b, at, ZIP64_EXTRA_ID);
@@ -329,7 +273,7 @@ export class ZipWriter {
   }
 
   private centralHeader(name: string | number, crc: number, size: number, offset: number): void {
-    const nameLength = this.nameLength(name);
+    const nameLength = this.names.byteLength(name);
     const bigSize = this.forceZip64 || size >= UINT32_MAX;
     const bigOffset = this.forceZip64 || offset >= UINT32_MAX;
     const zip64Fields = (bigSize ? 2 : 0) + (bigOffset ? 1 : 0);
@@ -350,7 +294,7 @@ export class ZipWriter {
     writeU16(b, start + 28, nameLength);
     writeU16(b, start + 30, extraLength);
     writeU32(b, start + 42, bigOffset ? UINT32_MAX : offset);
-    this.writeName(b, start + CENTRAL_HEADER_SIZE, name, nameLength);
+    this.names.write(b, start + CENTRAL_HEADER_SIZE, name, nameLength);
     if (zip64Fields > 0) {
       let at = start + CENTRAL_HEADER_SIZE + nameLength;
       writeU16(b, at, ZIP64_EXTRA_ID);
@@ -471,17 +415,3 @@ async function crc32Yielding(bytes: Uint8Array, crc: number): Promise<number> {
   return crc;
 }
 
-/** Digits of a non-negative integer in decimal. */
-function decimalLength(n: number): number {
-  let digits = 1;
-  for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) digits++;
-  return digits;
-}
-
-/** Entry names are relative paths without `..`: a reader that extracts them must stay inside. */
-export function checkEntryName(name: string): void {
-  if (UNSAFE_NAME.test(name)) throw new FormatError("ZIP_NAME", `unsafe zip entry name ${JSON.stringify(name)}`);
-}
-
-/** Empty, absolute, with a backslash or NUL, or with a "." or ".." segment. */
-const UNSAFE_NAME = /^$|^\/|[\\\0]|(^|\/)\.{1,2}(\/|$)/;
