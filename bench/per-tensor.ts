@@ -87,9 +87,11 @@ function operations(name: string, lib: Library): Operation[] {
         await manager.saveState(state as never);
         await manager.commitCheckpoint();
       },
-      // Untimed, before each run: the checkpoint of the run before is deleted (disk space).
+      // Untimed, before each run: the checkpoint of the run before is deleted (disk space), and
+      // the deletion finishes first so its work is not counted in the save.
       async () => {
         if (step > 0) await manager.deleteCheckpoint(step);
+        await manager.waitForPendingDeletions();
       },
     ],
     [`load`, async () => check(await new lib.TorchTensorLoader().load(ours))],
