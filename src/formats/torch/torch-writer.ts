@@ -16,6 +16,8 @@ export interface TorchWriteOptions extends ZipWriterOptions {
   root?: string;
   /** Called as bytes reach the sink, with bytes done and (about) bytes in all. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** `state` was checked by the caller (see TensorDumpOptions.stateChecked): no second walk. */
+  stateChecked?: boolean;
 }
 
 const utf8 = new TextEncoder();
@@ -32,7 +34,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
 
   // Refuses, naming the key path, what could not be written or would not load back (a Map key
   // that is an object, undefined, a function…), before the first byte reaches the sink.
-  checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
+  if (options.stateChecked !== true) checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
   // Tensors are written first and memoized by a field on each (a tensor met again is a memo get).
   const encodeTensor = (pickler: Pickler, value: object): boolean => {
     if (!(value instanceof Tensor)) return false;
