@@ -37,6 +37,7 @@ export class PickleOutput {
   mark(): void {
     this.byte(Op.MARK);
   }
+
   /**
    * Writes a tuple of safe integers (a shape, strides), not memoized: the bytes `tuple(items, [])`
    * writes, without its per-item dispatch.
@@ -55,6 +56,7 @@ export class PickleOutput {
     }
     this.byte(n > 3 ? Op.TUPLE : Op.TUPLE1 + n - 1);
   }
+
   int(value: number | bigint): void {
     if (typeof value === "number" && value >= 0 && value < 0x100) {
       this.byte(Op.BININT1);
@@ -76,12 +78,14 @@ export class PickleOutput {
       this.bytes(bytes);
     }
   }
+
   float(value: number): void {
     this.byte(Op.BINFLOAT);
     this.ensure(8);
     this.view.setFloat64(this.length, value, false);
     this.length += 8;
   }
+
   string(value: string, memoize = true): void {
     const memoized = memoize && value.length <= MEMO_STRING_LENGTH;
     if (memoized && isDecimalKey(value)) {
@@ -108,6 +112,7 @@ export class PickleOutput {
     }
     if (memoized) this.stringMemo.set(value, this.newMemoIndex());
   }
+
   /**
    * Writes the string of `n`, a non-negative integer (what `string(String(n))` writes, memo
    * included), without making the string.
@@ -136,6 +141,7 @@ export class PickleOutput {
     this.length += 5 + digits;
     this.decimalMemo[n] = this.newMemoIndex();
   }
+
   /**
    * Writes BINUNICODE of a short ASCII string byte by byte (a native UTF-8 encoder call costs more
    * than the copy for keys like "layers.3.weight"); false, with nothing written, if it is not ASCII.
@@ -155,14 +161,17 @@ export class PickleOutput {
     this.length = at + n;
     return true;
   }
+
   /** Memoizes the object on top of the pickle stack without a key (see EncodeFirst); returns its index. */
   putMemo(): number {
     return this.newMemoIndex();
   }
+
   /** Writes a reference to memo entry `index` (from putMemo). */
   getMemoEntry(index: number): void {
     this.memoGet(index);
   }
+
   protected newMemoIndex(): number {
     const index = this.memoCount++;
     if (index < 0x100) {
@@ -176,6 +185,7 @@ export class PickleOutput {
     }
     return index;
   }
+
   protected memoGet(index: number): void {
     if (index < 0x100) {
       this.byte(Op.BINGET);
@@ -187,19 +197,23 @@ export class PickleOutput {
       this.length += 4;
     }
   }
+
   byte(value: number): void {
     this.ensure(1);
     this.buffer[this.length++] = value;
   }
+
   private bytes(bytes: Uint8Array): void {
     this.ensure(bytes.length);
     this.buffer.set(bytes, this.length);
     this.length += bytes.length;
   }
+
   protected ascii(text: string): void {
     this.ensure(text.length);
     this.length += this.buffer.write(text, this.length, "latin1");
   }
+
   private ensure(extra: number): void {
     if (this.length + extra <= this.buffer.length) return;
     let size = this.buffer.length * 2;
@@ -222,6 +236,7 @@ function encodeLong(value: bigint): Uint8Array {
     const signBitSet = (bytes[bytes.length - 1]! & 0x80) !== 0;
     if ((rest === 0n && !signBitSet) || (rest === -1n && signBitSet)) break;
   }
+
   if (bytes.length > 255) throw new FormatError("PICKLE_LIMIT", "an int longer than 255 bytes cannot be saved");
   return Uint8Array.from(bytes);
 }
@@ -236,5 +251,6 @@ function isDecimalKey(value: string): boolean {
     const code = value.charCodeAt(i);
     if (code < 48 || code > 57) return false;
   }
+
   return true;
 }
