@@ -24,8 +24,8 @@ export function storageBytes(values: readonly unknown[]): number {
         seen.add(value);
         pending.push(value);
       }
-    } else if (storage.visitStamp !== visit) {
-      storage.visitStamp = visit; // counted once, however many tensors view it
+    } else if (storage.indexInVisit(visit) < 0) {
+      storage.markVisited(visit, 0); // counted once, however many tensors view it
       total += storage.bytes.byteLength;
     }
   };

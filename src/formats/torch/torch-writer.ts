@@ -38,13 +38,13 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   // Tensors are written first and memoized by a field on each (a tensor met again is a memo get).
   const encodeTensor = (pickler: Pickler, value: object): boolean => {
     if (!(value instanceof Tensor)) return false;
-    if (value.archiveStamp === stamp) {
-      pickler.getMemoEntry(value.archiveMemo);
+    const memoIndex = value.memoInArchive(stamp);
+    if (memoIndex >= 0) {
+      pickler.getMemoEntry(memoIndex);
       return true;
     }
     writeTensor(pickler, value, storages, stamp);
-    value.archiveStamp = stamp;
-    value.archiveMemo = pickler.putMemo();
+    value.markArchived(stamp, pickler.putMemo());
     return true;
   };
   const pickle = Pickler.dump(state, (pickler, value) => {
@@ -98,12 +98,12 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
 function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): void {
   const { storage } = tensor;
   // Each storage once, however many tensors view it; a field, not a Map lookup, per tensor.
-  if (storage.visitStamp !== stamp) {
-    storage.visitStamp = stamp;
-    storage.visitIndex = storages.length;
+  let key = storage.indexInVisit(stamp);
+  if (key < 0) {
+    key = storages.length;
+    storage.markVisited(stamp, key);
     storages.push(storage);
   }
-  const key = storage.visitIndex;
   // Written op by op, without closures or generic tuples: this runs once per tensor, and states
   // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
   // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
