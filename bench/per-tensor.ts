@@ -4,13 +4,16 @@
 //   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR | --library DIR] WORKDIR
 //
 // OP is save, discard (a save whose bytes are thrown away), manager (FileCheckpointManager
-// begin/saveState/commit of the same state into WORKDIR/ckpt-NAME, a new step each run), load
-// (our file) or load-torch
-// (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
-// `--write-spec` writes that spec.json). --baseline DIR also runs the same operations with the
-// library of another checkout (e.g. /work/main), interleaved round by round in this process: on a
-// shared machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses dist/ (build
-// first), so profiles show lines of plain JavaScript. Every load's values are checked.
+// begin/saveState/commit of the same state into WORKDIR/ckpt-NAME, a new step each run), load (our
+// file), load-torch (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare
+// WORKDIR/spec.json WORKDIR`; `--write-spec` writes that spec.json), into (our file loaded into
+// existing tensors with `{ into }`, each checked to be filled in place; the targets are zeroed
+// untimed) or into-torch (the same from torch.pt). --baseline DIR also runs the same operations
+// with the library of another checkout (e.g. /work/main), interleaved round by round in this
+// process: on a shared machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses
+// dist/ (build first), so profiles show lines of plain JavaScript; prefer it for ratios too: tsx
+// keeps function names by wrapping every closure it creates in a `__name(...)` call, a cost the
+// built library does not have. Every load's values are checked.
 import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
@@ -53,10 +56,12 @@ function buildState(lib: Library): Record<string, unknown> {
   return { model, step_nr: 1000 };
 }
 
-/** Checks every loaded tensor's values, not only the byte count. */
-function check(value: unknown): void {
+/** Checks every loaded tensor's values, not only the byte count; with `live`, that each is that state's tensor. */
+function check(value: unknown, live?: Record<string, unknown>): void {
   const model = (value as { model: Record<string, { data: Float32Array }> }).model;
+  const liveModel = live?.model as Record<string, unknown> | undefined;
   for (let i = 0; i < count; i++) {
+    if (liveModel !== undefined && model[`params.${i}`] !== liveModel[`params.${i}`]) throw new Error(`params.${i} was not loaded in place`);
     const data = model[`params.${i}`]?.data;
     const expected = Math.fround((i + 1) * 1e-3);
     if (data?.length !== ELEMENTS || data[0] !== expected || data[ELEMENTS - 1] !== expected) throw new Error(`params.${i} did not load its values`);
@@ -70,13 +75,18 @@ function discarding(lib: Library): import("../src/index.js").FileSystem {
 }
 
 const torchFile = join(dir, "torch.pt");
-/** [name, the timed run, untimed work before each run]. */
-type Operation = [string, () => Promise<unknown>, (() => Promise<unknown>)?];
-function operations(name: string, lib: Library): Operation[] {
+/** Each operation: its name, what is timed, and what runs untimed before it. */
+function operations(name: string, lib: Library): [string, () => Promise<unknown>, (() => unknown)?][] {
   const state = buildState(lib);
   const ours = join(dir, `ours-${name}.pt`);
   const manager = new lib.FileCheckpointManager({ checkpointDir: join(dir, `ckpt-${name}`) });
   let step = 0;
+  // The tensors a resuming process already has (built once; each load overwrites them all).
+  const live = buildState(lib);
+  const zeroLive = (): void => {
+    for (const tensor of Object.values(live.model as Record<string, { data: Float32Array }>)) tensor.data.fill(0);
+  };
+  const into = async (path: string): Promise<void> => check(await new lib.TorchTensorLoader().load(path, { into: live as never }), live);
   return [
     [`save`, () => new lib.TorchTensorDumper().dump(state as never, ours)],
     [`discard`, () => new lib.TorchTensorDumper({ fileSystem: discarding(lib) }).dump(state as never, ours)],
@@ -96,6 +106,8 @@ function operations(name: string, lib: Library): Operation[] {
     ],
     [`load`, async () => check(await new lib.TorchTensorLoader().load(ours))],
     [`load-torch`, async () => check(await new lib.TorchTensorLoader().load(torchFile))],
+    [`into`, () => into(ours), zeroLive],
+    [`into-torch`, () => into(torchFile), zeroLive],
   ];
 }
 
@@ -103,12 +115,12 @@ function operations(name: string, lib: Library): Operation[] {
 const libraries: [string, Library][] = [["this", await library(values.library === undefined ? here : resolve(values.library))]];
 if (values.baseline !== undefined) libraries.push(["baseline", await library(resolve(values.baseline))]);
 for (const [name] of libraries) rmSync(join(dir, `ckpt-${name}`), { recursive: true, force: true });
-const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib).filter(([op]) => (values.only === undefined || values.only.split(",").includes(op)) && (op !== "load-torch" || existsSync(torchFile))) }));
+const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib).filter(([op]) => (values.only === undefined || values.only.split(",").includes(op)) && (!op.endsWith("-torch") || existsSync(torchFile))) }));
 // Each library writes the file its loads read, and every operation runs once untimed (warm-up).
 for (const [name, lib] of libraries) await operations(name, lib)[0]![1]();
 for (const plan of plans) {
-  for (const [, run, prepare] of plan.ops) {
-    await prepare?.();
+  for (const [, run, before] of plan.ops) {
+    await before?.();
     await run();
   }
 }
@@ -118,8 +130,8 @@ const results = new Map<string, number[]>();
 const cpuResults = new Map<string, number[]>();
 for (let round = 0; round < Number(values.rounds); round++) {
   for (const plan of round % 2 === 0 ? plans : [...plans].reverse()) {
-    for (const [op, run, prepare] of plan.ops) {
-      await prepare?.();
+    for (const [op, run, before] of plan.ops) {
+      await before?.();
       const cpuStart = process.cpuUsage();
       const start = performance.now();
       await run();

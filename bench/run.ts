@@ -120,6 +120,9 @@ function progress(message: string): void {
  * (tagged with its op when the worker ran several); `error` says why the rest are missing.
  */
 function runChild(command: string, args: string[]): { samples: (Sample & { op?: string })[]; error?: string } {
+  // Every measurement starts with nothing dirty in the page cache: otherwise a save pays for the
+  // writeback of whatever ran before it (prepared files, the previous point of the sweep).
+  spawnSync("sync");
   const result = spawnSync(command, args, { cwd: ROOT, encoding: "utf8", timeout: WORKER_TIMEOUT_MS, maxBuffer: 16 << 20 });
   const samples = (result.stdout ?? "")
     .split("\n")

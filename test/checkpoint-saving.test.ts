@@ -227,7 +227,8 @@ test("dp=1 writes model.pt, replicated.pt, rank_0.pt, metadata.pt, score.txt and
 
   const manifest = await assertManifestMatchesFiles(dir, 1000);
   assert.equal(manifest.format, "ckpt-manifest");
-  assert.equal(manifest.version, 1);
+  assert.equal(manifest.version, 2);
+  assert.match(await readFile(join(step, "manifest.json"), "utf8"), /,\n {2}"checksum": "crc32:[0-9a-f]{8}"\n\}\n$/, "sealed: the checksum is its last field");
   assert.equal(manifest.stepNr, 1000);
   assert.equal(manifest.dpSize, 1);
   assert.equal(manifest.tpSize, 1);

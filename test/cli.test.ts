@@ -19,6 +19,7 @@ import {
 } from "../src/index.js";
 import { arange, assertSameState, entries, modelState, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { describe as describeState } from "./helpers/describe.js";
+import { asVersion1Manifest } from "./helpers/manifest-edits.js";
 import { writeShardedModel } from "./helpers/sharded-model.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
 
@@ -185,7 +186,7 @@ describe("ckpt ls", () => {
     // Step 3's manifest as an earlier version wrote it: no direction.
     const manifestPath = join(dir, "step_3", "manifest.json");
     const { lowerBetter: _, ...older } = JSON.parse(await readFile(manifestPath, "utf8")) as Record<string, unknown>;
-    await writeFile(manifestPath, JSON.stringify(older));
+    await writeFile(manifestPath, asVersion1Manifest(older));
     const run = ckpt("ls", dir);
     assert.equal(run.status, 0, run.stderr);
     assert.match(run.stdout, /^1\s+0\.478975 ↓\s/m);

@@ -1,5 +1,5 @@
 import assert from "node:assert/strict";
-import { readFile, readdir, utimes, writeFile } from "node:fs/promises";
+import { readdir, utimes } from "node:fs/promises";
 import { join } from "node:path";
 import { describe, it } from "node:test";
 
@@ -16,6 +16,7 @@ import {
   type RetentionCandidate,
   type RetentionReport,
 } from "../src/index.js";
+import { editManifest } from "./helpers/manifest-edits.js";
 import { entries, inProcessGangs, modelState, onAllRanks, saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
 
@@ -32,9 +33,9 @@ function decided(report: RetentionReport): Record<number, string> {
 /** Sets the `createdAt` of a committed checkpoint's manifest, as if it had been committed then. */
 async function backdate(dir: string, stepNr: number, time: number): Promise<void> {
   const path = join(dir, `step_${stepNr}`, "manifest.json");
-  const manifest = JSON.parse(await readFile(path, "utf8")) as { createdAt: string };
-  manifest.createdAt = new Date(time).toISOString();
-  await writeFile(path, `${JSON.stringify(manifest, null, 2)}\n`);
+  await editManifest(path, (manifest) => {
+    manifest.createdAt = new Date(time).toISOString();
+  });
 }
 
 const stepDirs = async (dir: string): Promise<string[]> => (await entries(dir)).filter((name) => name.startsWith("step_"));

@@ -9,6 +9,7 @@ import { test } from "node:test";
 
 import { FileCheckpointManager, listCheckpointDirectory } from "../src/index.js";
 import { readManifest, trainingState, useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { asVersion1Manifest, resealManifest } from "./helpers/manifest-edits.js";
 
 const tempDir = useTempDirs("score-direction");
 
@@ -56,7 +57,7 @@ test("a manifest written before the direction was recorded still lists and loads
   const manager = await saveSteps(dir, [{ score: 0.5, lowerBetter: true }]);
   const path = join(dir, "step_1", "manifest.json");
   const { lowerBetter: _, ...older } = JSON.parse(await readFile(path, "utf8")) as Record<string, unknown>;
-  await writeFile(path, JSON.stringify(older));
+  await writeFile(path, asVersion1Manifest(older));
   const [summary] = (await listCheckpointDirectory(dir)).checkpoints;
   assert.equal(summary?.status, "committed");
   assert.deepEqual([summary?.score, summary?.scoreAsSaved, summary?.lowerBetter], [-0.5, undefined, undefined]);
@@ -68,7 +69,7 @@ test("a manifest whose lowerBetter is not a boolean marks the checkpoint damaged
   const dir = await tempDir();
   const manager = await saveSteps(dir, [{ score: 0.5, lowerBetter: true }]);
   const path = join(dir, "step_1", "manifest.json");
-  await writeFile(path, JSON.stringify({ ...(JSON.parse(await readFile(path, "utf8")) as object), lowerBetter: "yes" }));
+  await writeFile(path, resealManifest({ ...(JSON.parse(await readFile(path, "utf8")) as object), lowerBetter: "yes" }));
   const [summary] = (await listCheckpointDirectory(dir)).checkpoints;
   assert.equal(summary?.status, "damaged");
   assert.match(summary?.problem ?? "", /lowerBetter is not a boolean/);

@@ -8,6 +8,7 @@ import { FileCheckpointManager, Tensor, listCheckpointDirectory, type StateDict 
 import { startDashboard, type Dashboard } from "../src/serve/dashboard-server.js";
 import { youngDalyIntervalSeconds } from "../src/serve/save-cost.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { asVersion1Manifest, resealManifest } from "./helpers/manifest-edits.js";
 import { getJson, httpRequest, openEvents, rawRequest } from "./helpers/serve-client.js";
 
 const tempDir = useTempDirs("serve-api");
@@ -317,11 +318,11 @@ describe("the manifest's save cost", () => {
     const old = JSON.parse(await readFile(path1, "utf8"));
     assert.deepEqual(Object.keys(old.save).sort(), ["blockedMs", "bytesWritten", "durableMs"]);
     delete old.save;
-    await writeFile(path1, JSON.stringify(old));
+    await writeFile(path1, asVersion1Manifest(old));
     const path2 = join(dir, "step_2", "manifest.json");
     const bad = JSON.parse(await readFile(path2, "utf8"));
     bad.save.blockedMs = -1;
-    await writeFile(path2, JSON.stringify(bad));
+    await writeFile(path2, resealManifest(bad));
     const reader = new FileCheckpointManager({ checkpointDir: dir });
     assert.deepEqual(Object.keys(await reader.loadModel(1)), ["w"]);
     await assert.rejects(reader.loadModel(2), /manifest\.json of step 2 is damaged: save\.blockedMs is not a non-negative number/);

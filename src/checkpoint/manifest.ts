@@ -1,9 +1,16 @@
 import { CheckpointLoadError } from "../errors.js";
 import type { FileDigest } from "../io/tensor-io.js";
 import { isSaveDirName } from "./layout.js";
+import { MANIFEST_SEAL_FIELD, checkSeal, sealJsonObject } from "./manifest-seal.js";
 
 export const MANIFEST_FORMAT = "ckpt-manifest";
-export const MANIFEST_VERSION = 1;
+/**
+ * 2: the manifest ends with a checksum of its own bytes (manifest-seal.ts). Version 1 (no checksum,
+ * written by ckpt before it sealed its manifests) is still read, with only its fields checked.
+ */
+export const MANIFEST_VERSION = 2;
+/** The oldest version this library reads. */
+const OLDEST_MANIFEST_VERSION = 1;
 
 export interface ManifestFile {
   size: number;
@@ -73,30 +80,49 @@ export function manifestFile(digest: FileDigest): ManifestFile {
   return { size: digest.size, crc32: (digest.crc32 >>> 0).toString(16).padStart(8, "0") };
 }
 
+/**
+ * The bytes of `manifest.json`: always the current version, sealed with a checksum of its own
+ * bytes (a manifest read from an older version is upgraded when it is rewritten, e.g. by retention).
+ */
 export function encodeManifest(manifest: Manifest): Uint8Array {
-  return new TextEncoder().encode(`${JSON.stringify(manifest, null, 2)}\n`);
+  const { [MANIFEST_SEAL_FIELD]: _oldSeal, ...fields } = manifest as Manifest & { [MANIFEST_SEAL_FIELD]?: unknown };
+  return sealJsonObject(JSON.stringify({ ...fields, version: MANIFEST_VERSION }, null, 2));
 }
 
-/** Parses and checks a manifest; anything malformed is a CheckpointLoadError naming the problem. */
 /** What Date.prototype.toISOString writes. */
 const ISO_UTC_TIME = /^\d{4}-\d{2}-\d{2}T\d{2}:\d{2}:\d{2}(\.\d{1,3})?Z$/;
 
+/** Parses and checks a manifest; anything malformed is a CheckpointLoadError naming the problem. */
 export function decodeManifest(bytes: Uint8Array, stepNr: number): Manifest {
   const fail = (what: string): never => {
     throw new CheckpointLoadError(stepNr, `manifest.json of step ${stepNr} is damaged: ${what}`);
   };
+  const seal = checkSeal(bytes);
+  const mismatch = seal.kind === "mismatch" ? `its checksum does not match its contents (crc32:${JSON.stringify(seal.recorded).slice(1, -1)} recorded, crc32:${seal.computed} computed)` : undefined;
   let value: unknown;
   try {
     value = JSON.parse(new TextDecoder("utf-8", { fatal: true }).decode(bytes));
   } catch (error) {
+    // A sealed manifest damaged into bad JSON: the seal says more than the parser.
+    if (mismatch !== undefined) fail(mismatch);
     throw new CheckpointLoadError(stepNr, `manifest.json of step ${stepNr} is not valid JSON`, { cause: error });
   }
-  if (typeof value !== "object" || value === null) return fail("not an object");
+  if (typeof value !== "object" || value === null || Array.isArray(value)) return fail(mismatch ?? "not an object");
   const m = value as Record<string, unknown>;
-  if (m.format !== MANIFEST_FORMAT) fail(`format is ${JSON.stringify(m.format)}, expected "${MANIFEST_FORMAT}"`);
-  if (typeof m.version !== "number" || m.version > MANIFEST_VERSION) {
-    fail(`version ${String(m.version)} is newer than this library understands (${MANIFEST_VERSION}); upgrade ckpt`);
+  // A later version may seal differently: it is refused as newer, not called damaged.
+  if (Number.isInteger(m.version) && (m.version as number) > MANIFEST_VERSION) {
+    fail(`version ${String(m.version)} is newer than this library understands (${MANIFEST_VERSION}); upgrade ckpt${mismatch === undefined ? "" : ` (or the file was damaged: ${mismatch})`}`);
   }
+  if (mismatch !== undefined) fail(mismatch);
+  if (m.format !== MANIFEST_FORMAT) fail(`format is ${JSON.stringify(m.format)}, expected "${MANIFEST_FORMAT}"`);
+  if (!Number.isInteger(m.version) || (m.version as number) < OLDEST_MANIFEST_VERSION) fail(`version ${JSON.stringify(m.version)} is not a manifest version`);
+  // Every version from 2 on is sealed; version 1 never was, so a checksum there means the version
+  // itself was changed (a "2" flipped to "1" must not switch the check off).
+  if (m.version === OLDEST_MANIFEST_VERSION && MANIFEST_SEAL_FIELD in m) fail(`a version-1 manifest has no ${MANIFEST_SEAL_FIELD}, and this one has`);
+  if ((m.version as number) > OLDEST_MANIFEST_VERSION && seal.kind !== "intact") {
+    fail(`it does not end with its checksum ("${MANIFEST_SEAL_FIELD}": "crc32:…" as the last field), as every version-${String(m.version)} manifest does: cut short, extended or edited`);
+  }
+  delete m[MANIFEST_SEAL_FIELD];
   if (m.stepNr !== stepNr) fail(`it names step ${String(m.stepNr)}`);
   for (const key of ["dpSize", "tpSize"] as const) {
     if (!Number.isInteger(m[key]) || (m[key] as number) < 1) fail(`${key} is not a positive integer`);

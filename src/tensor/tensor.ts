@@ -54,8 +54,9 @@ export class Tensor {
     const offset = parts.offset ?? 0;
     checkView(shape, strides, offset, storage.numel);
     this.storage = storage;
-    this.shape = Object.freeze([...shape]);
-    this.strides = Object.freeze([...strides]);
+    // A frozen array cannot change, so it is kept as it is (readers share one between the tensors of a shape).
+    this.shape = frozenCopy(shape);
+    this.strides = frozenCopy(strides);
     this.offset = offset;
     this.requiresGrad = parts.requiresGrad ?? false;
     this.isParameter = parts.isParameter ?? false;
@@ -220,6 +221,10 @@ function missingDTypeMessage(array: object): string {
   }
 }
 
+function frozenCopy(items: readonly number[]): readonly number[] {
+  return Array.isArray(items) && Object.isFrozen(items) ? items : Object.freeze([...items]);
+}
+
 export function shapeNumel(shape: readonly number[]): number {
   let numel = 1;
   for (const size of shape) numel *= size;
@@ -252,23 +257,27 @@ export function contiguousStrides(shape: readonly number[]): number[] {
  * never go out of bounds whatever a file claims.
  */
 function checkView(shape: readonly number[], strides: readonly number[], offset: number, storageNumel: number): void {
-  const where = `shape [${shape.join(", ")}], strides [${strides.join(", ")}], offset ${offset}`;
-  if (shape.length !== strides.length) throw new InvalidArgumentError(`${where}: shape and strides differ in length`);
-  if (!Number.isSafeInteger(offset) || offset < 0) throw new InvalidArgumentError(`${where}: bad offset`);
+  // Each message's prefix is built only for its error (a load builds thousands of tensors).
+  if (shape.length !== strides.length) throw new InvalidArgumentError(`${describeView(shape, strides, offset)}: shape and strides differ in length`);
+  if (!Number.isSafeInteger(offset) || offset < 0) throw new InvalidArgumentError(`${describeView(shape, strides, offset)}: bad offset`);
   let numel = 1;
   let last = offset;
   for (let d = 0; d < shape.length; d++) {
     const size = shape[d]!;
     const stride = strides[d]!;
-    if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError(`${where}: bad size in dimension ${d}`);
-    if (!Number.isSafeInteger(stride) || stride < 0) throw new InvalidArgumentError(`${where}: bad stride in dimension ${d}`);
+    if (!Number.isSafeInteger(size) || size < 0) throw new InvalidArgumentError(`${describeView(shape, strides, offset)}: bad size in dimension ${d}`);
+    if (!Number.isSafeInteger(stride) || stride < 0) throw new InvalidArgumentError(`${describeView(shape, strides, offset)}: bad stride in dimension ${d}`);
     numel *= size;
     if (size > 0) last += (size - 1) * stride;
   }
-  if (!Number.isSafeInteger(numel) || !Number.isSafeInteger(last)) throw new InvalidArgumentError(`${where}: too many elements`);
+  if (!Number.isSafeInteger(numel) || !Number.isSafeInteger(last)) throw new InvalidArgumentError(`${describeView(shape, strides, offset)}: too many elements`);
   if (numel > 0 && last >= storageNumel) {
-    throw new InvalidArgumentError(`${where}: reaches element ${last} of a storage of ${storageNumel} elements`);
+    throw new InvalidArgumentError(`${describeView(shape, strides, offset)}: reaches element ${last} of a storage of ${storageNumel} elements`);
   }
+}
+
+function describeView(shape: readonly number[], strides: readonly number[], offset: number): string {
+  return `shape [${shape.join(", ")}], strides [${strides.join(", ")}], offset ${offset}`;
 }
 
 /** Calls `visit` with the storage index of every element, in row-major order. */

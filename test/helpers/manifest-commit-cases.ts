@@ -4,6 +4,7 @@ import { test } from "node:test";
 import { CheckpointSaveError, FileCheckpointManager, Tensor, listCheckpointDirectory, verifyCheckpoints, type FileSystem } from "../../src/index.js";
 import { joinPath } from "../../src/fs/paths.js";
 import { assertSameState, trainingState } from "./checkpoint-helpers.js";
+import { resealManifest } from "./manifest-edits.js";
 import { filesUnder, type StorageWithoutRename } from "./storages-without-rename.js";
 
 const SAVE_DIR = /^save-[0-9a-z]+-[0-9a-f]{8}$/;
@@ -168,7 +169,7 @@ export function manifestCommitCases(storage: StorageWithoutRename): void {
       await fileSystem.writeFile(joinPath(dir, "step_3", name), await fileSystem.readFile(joinPath(dir, "step_3", saveDir, name)));
     }
     delete manifest.filesDir;
-    await fileSystem.writeFile(joinPath(dir, "step_3", "manifest.json"), new TextEncoder().encode(JSON.stringify(manifest)));
+    await fileSystem.writeFile(joinPath(dir, "step_3", "manifest.json"), resealManifest(manifest));
     await fileSystem.remove(joinPath(dir, "step_3", saveDir));
     assertSameState(await m.loadCheckpoint(3), trainingState(3));
     assert.equal((await verifyCheckpoints(dir, { fileSystem })).sound, true);

@@ -6,6 +6,7 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
+import { makePutObjectAtomic } from "./s3rver-atomic-put.js";
 import { fixDelimitedListing } from "./s3rver-listing-fix.js";
 // @ts-expect-error s3rver ships no type declarations
 import S3rver from "s3rver";
@@ -80,6 +81,7 @@ export async function startS3Server(options: S3TestServerOptions = {}): Promise<
         await exited;
       }
       rmSync(directory, { recursive: true, force: true });
+      rmSync(`${directory}.staging`, { recursive: true, force: true });
     },
   };
 }
@@ -89,6 +91,7 @@ async function serve(directory: string, bucket: string, withMultipartAdmin: bool
   const server = new S3rver({ port: 0, address: "127.0.0.1", silent: true, directory, configureBuckets: [{ name: bucket }] });
   if (withMultipartAdmin) server.middleware.unshift(multipartAdmin(bucket, join(directory, bucket, "._S3rver_uploads")));
   fixDelimitedListing((server as { store: Parameters<typeof fixDelimitedListing>[0] }).store);
+  makePutObjectAtomic((server as { store: Parameters<typeof makePutObjectAtomic>[0] }).store, `${directory}.staging`);
   const { port } = (await server.run()) as { port: number };
   process.stdout.write(`listening ${port}\n`);
   process.stdin.on("end", () => process.exit(0));

@@ -42,21 +42,21 @@ const AIMED_KINDS = Object.keys(AIMED) as AimedKind[];
 const RANDOM_KIND = "kill at a random time, from outside";
 export const CRASH_KINDS = [...AIMED_KINDS, RANDOM_KIND, LAUNCH_KIND];
 
-interface Point {
+export interface Point {
   index: number;
   label: string;
   op: CrashOp | undefined;
   afterReturned: boolean;
 }
 
-interface Recording {
+export interface Recording {
   points: Point[];
   states: Map<number, Observation>;
   workMs: number;
 }
 
 /** The points of a run, each with the operation under way, from its lines. */
-function pointsOf(lines: string[], plan: CrashOp[]): Point[] {
+export function pointsOf(lines: string[], plan: CrashOp[]): Point[] {
   const points: Point[] = [];
   let op: CrashOp | undefined;
   let afterReturned = false;
@@ -82,7 +82,7 @@ async function prepareTemplate(dir: string): Promise<void> {
   await manager.close();
 }
 
-const parseStates = (lines: string[]): Map<number, Observation> =>
+export const parseStates = (lines: string[]): Map<number, Observation> =>
   new Map(
     lines
       .filter((line) => line.startsWith("state "))
@@ -92,7 +92,7 @@ const parseStates = (lines: string[]): Map<number, Observation> =>
       }),
   );
 
-const canonical = (observation: Observation): string =>
+export const canonical = (observation: Observation): string =>
   [...observation].sort(([a], [b]) => a - b).map(([step, found]) => `${step}:${found.content}:${found.modelOnly}`).join(",");
 
 /** What a fresh manager finds after `run`; failures, or none. */

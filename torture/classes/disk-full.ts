@@ -10,6 +10,7 @@ import { isDeepStrictEqual } from "node:util";
 import { CheckpointSaveError, FileCheckpointManager, Tensor, type StateDict } from "../../src/index.js";
 import { storageBytes } from "../../src/checkpoint/free-space.js";
 import { smallDisk } from "../disk-full/small-disk.js";
+import { arrayBufferPeak } from "../lib/memory-peak.js";
 import { plainValues, seededRandom } from "../plain-values.js";
 import type { ClassFailure, ClassOptions, ClassResult, FaultClass } from "../types.js";
 
@@ -17,6 +18,11 @@ import type { ClassFailure, ClassOptions, ClassResult, FaultClass } from "../typ
 const DISK_BYTES = 8 << 20;
 const KINDS = ["far too small", "tight", "many small tensors", "no space at all", "retention on a full disk"] as const;
 type CaseKind = (typeof KINDS)[number];
+/**
+ * A save holds about 13 MiB of fixed buffers whatever the state (the file writer's 4 MiB, the
+ * digest's 8 MiB chunk, the zip stage's 1 MiB): below this the ratio would measure those, not the state.
+ */
+const MEMORY_RATIO_FLOOR_BYTES = 16 << 20;
 
 /** A state of `count` float32 tensors of `elements` each, its values drawn from `seed`. */
 function makeState(seed: number, count: number, elements: number): StateDict {
@@ -41,6 +47,8 @@ export const diskFull: FaultClass = async (options: ClassOptions): Promise<Class
   let early = 0;
   let midWrite = 0;
   let fitted = 0;
+  let worstMemoryRatio = 0;
+  let worstMemoryBytes = 0;
   try {
     await save(1, makeState(1, 2, 1000));
     committed.set(1, makeState(1, 2, 1000));
@@ -64,7 +72,9 @@ export const diskFull: FaultClass = async (options: ClassOptions): Promise<Class
           const freeAtSave = await disk.freeBytes();
           let error: unknown;
           try {
-            await save(stepNr, state);
+            const { peakBytes } = await arrayBufferPeak(() => save(stepNr, state));
+            worstMemoryRatio = Math.max(worstMemoryRatio, peakBytes / Math.max(needed, MEMORY_RATIO_FLOOR_BYTES));
+            worstMemoryBytes = Math.max(worstMemoryBytes, peakBytes);
             committed.set(stepNr, state);
             fitted++;
           } catch (caught) {
@@ -107,6 +117,8 @@ export const diskFull: FaultClass = async (options: ClassOptions): Promise<Class
   result.figures["refused before writing"] = early;
   result.figures["ENOSPC while writing"] = midWrite;
   result.figures["fitted"] = fitted;
+  result.figures["peak memory: ArrayBuffer growth during a save that fits / max(its tensor bytes, 16 MiB)"] = Number(worstMemoryRatio.toFixed(2));
+  result.figures["largest ArrayBuffer growth during a save (bytes)"] = worstMemoryBytes;
   return result;
 };
 

@@ -77,7 +77,7 @@ export const hostileInput: FaultClass = async (options: ClassOptions): Promise<C
   }
   result.figures["mutated files refused (CkptError)"] = refused;
   result.figures["mutated files still loading"] = loaded;
-  result.figures["peak ArrayBuffer growth / max(input size, 64 KiB)"] = Number(worstFlooredRatio.toFixed(2));
+  result.figures["peak memory: ArrayBuffer growth / max(input size, 64 KiB)"] = Number(worstFlooredRatio.toFixed(2));
   result.figures["largest ArrayBuffer growth (bytes)"] = worstBytes;
   result.figures["largest resident-set growth (bytes)"] = worstRss;
   return result;

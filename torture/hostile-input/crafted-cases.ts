@@ -9,6 +9,7 @@ import { join } from "node:path";
 import { FileCheckpointManager, SafetensorsDumper, Tensor } from "../../src/index.js";
 import { MemorySink } from "../../src/formats/byte-io.js";
 import { ZipWriter } from "../../src/formats/zip/zip-writer.js";
+import { resealManifest } from "../../test/helpers/manifest-edits.js";
 import type { FuzzCase } from "./fuzz-child.js";
 
 export interface CraftedCase {
@@ -89,7 +90,8 @@ export async function craftedCases(dir: string): Promise<CraftedCase[]> {
     await cp(template, bad, { recursive: true });
     const manifest = JSON.parse(await readFile(join(bad, "step_1/manifest.json"), "utf8")) as { files: Record<string, unknown> };
     manifest.files[name] = manifest.files["model.pt"];
-    await writeFile(join(bad, "step_1/manifest.json"), JSON.stringify(manifest));
+    // Resealed: the point is the unsafe name, not the broken seal (manifest-seal.test.ts has that).
+    await writeFile(join(bad, "step_1/manifest.json"), resealManifest(manifest));
     cases.push({ name: `a manifest names a file with ${label}`, target: "load step 1", path: bad, expect: /unsafe/ });
   }
 

@@ -31,9 +31,10 @@ export function finalize(root: unknown, lists: ReadonlySet<unknown[]>): unknown 
     if (Array.isArray(value)) {
       for (const item of value) pending.push(item);
     } else {
-      for (const [key, item] of value) {
+      // forEach, not for…of: no [key, value] array per entry (a state dict can have thousands).
+      value.forEach((item, key) => {
         pending.push(key, item);
-      }
+      });
       if (ORDERED in value) pending.push((value as OrderedMark)[ORDERED]);
       if (canBeObject(value)) replacement.set(value, Object.create(Object.prototype) as StateDict);
     }
@@ -51,12 +52,12 @@ export function finalize(root: unknown, lists: ReadonlySet<unknown[]>): unknown 
     }
     const object = replacement.get(container);
     const target: object = object ?? container;
-    for (const [key, item] of container) {
+    container.forEach((item, key) => {
       if (item instanceof PyFloat) markFloatSlot(target, key);
       const value = item instanceof PyFloat ? item.value : fix(item);
       if (object !== undefined) setOwn(object, key as string, value as never);
       else container.set(key, value);
-    }
+    });
     if (ORDERED in container) {
       const attributes = (container as OrderedMark)[ORDERED];
       delete (container as OrderedMark)[ORDERED];

@@ -3,6 +3,8 @@ import { PyFloat, tupleKind } from "../../values/py-values.js";
 import { finalize, isMarkedOrdered, markOrdered } from "./finalize-state.js";
 import { HIGHEST_PROTOCOL, Op } from "./opcodes.js";
 import { PickleReader, decodeLong, decodeUtf8, latin1 } from "./pickle-reader.js";
+import { MISSING, PickleMemo } from "./pickle-memo.js";
+import { RebuildFastPath, type FastRebuild } from "./rebuild-fast-path.js";
 
 export { toIntValue } from "./pickle-reader.js";
 
@@ -35,6 +37,11 @@ export interface UnpickleOptions {
   persistentLoad?(pid: unknown): unknown;
   /** Applies a BUILD (`__setstate__`) to an object made by a global; throws to refuse. */
   build?(object: unknown, state: unknown, context: UnpickleContext): void;
+  /**
+   * Runs tensor rebuilds through a faster path that gives the same result (rebuild-fast-path.ts);
+   * `persistentLoad` must then give the same result when called again with an equal id, and not keep the id.
+   */
+  fastRebuild?: FastRebuild;
 }
 
 /** Longest Python int accepted (LONG1/LONG4): 4 KiB is ~10,000 digits, far beyond any state. */
@@ -58,9 +65,7 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   const r = new PickleReader(bytes, start);
   let stack: unknown[] = [];
   const marks: unknown[][] = [];
-  // The memo: indices are dense from 0 in what picklers write (an array); others go to a Map.
-  const memoList: unknown[] = [];
-  const memoOther = new Map<number, unknown>();
+  const memo = new PickleMemo();
   const fail = (code: string, message: string): never => {
     throw new FormatError(code, `${message} (at byte ${r.offset} of the pickle)`);
   };
@@ -73,18 +78,12 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
     stack = outer!;
     return items;
   };
-  const put = (index: number): void => {
-    const value = top();
-    if (index < memoList.length) memoList[index] = value;
-    else if (index === memoList.length && !memoOther.has(index)) memoList.push(value);
-    else memoOther.set(index, value);
-  };
+  const put = (index: number): void => memo.put(index, top());
   const get = (index: number): void => {
-    if (index < memoList.length) stack.push(memoList[index]);
-    else if (memoOther.has(index)) stack.push(memoOther.get(index));
-    else fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
+    const value = memo.get(index);
+    if (value === MISSING) fail("PICKLE_MEMO", `memo entry ${index} read before it was written`);
+    stack.push(value);
   };
-  const memoSize = (): number => memoList.length + memoOther.size;
   const dictAt = (what: string): Map<unknown, unknown> => {
     const dict = top();
     return dict instanceof Map ? dict : fail("PICKLE_TYPE", `${what} on a ${describe(dict)}, not a dict`);
@@ -129,6 +128,18 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
     return items;
   };
 
+  const fast = options.fastRebuild;
+  const fastPath =
+    fast === undefined
+      ? undefined
+      : new RebuildFastPath(fast, {
+          bytes,
+          context,
+          memo,
+          findGlobal: (module, name) => options.findGlobal(module, name),
+          persistentLoad: (pid) => (options.persistentLoad === undefined ? fail("PICKLE_PERSID", "persistent ids are not allowed here") : options.persistentLoad(pid)),
+        });
+
   const first = r.u8("the protocol");
   if (first !== Op.PROTO) fail("PICKLE_PROTOCOL", "not a pickle of protocol 2 or newer (no PROTO opcode at the start)");
   const protocol = r.u8("the protocol");
@@ -148,6 +159,13 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
         r.u64Length("a frame"); // frames only group bytes; reading stays linear
         break;
       case Op.MARK:
+        if (fastPath !== undefined && stack.length > 0 && stack[stack.length - 1] === fast!.rebuild) {
+          const end = fastPath.run(r.offset, stack);
+          if (end >= 0) {
+            r.moveTo(end);
+            break;
+          }
+        }
         marks.push(stack);
         stack = [];
         break;
@@ -281,7 +299,7 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
         put(r.u32("LONG_BINPUT"));
         break;
       case Op.MEMOIZE:
-        put(memoSize());
+        put(memo.size);
         break;
       case Op.BINGET:
         get(r.u8("BINGET"));

@@ -4,6 +4,7 @@ import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { PY_DTYPE_NAMES, PyDType, markTuple } from "../../values/py-values.js";
 import { PickleCallable, type UnpickleContext } from "../pickle/unpickler.js";
+import type { FastRebuild } from "../pickle/rebuild-fast-path.js";
 
 /** A storage class named in a pickle (`torch.FloatStorage`): it only says which dtype to read. */
 export class TorchStorageType {
@@ -75,7 +76,9 @@ function rebuildTensor(storage: unknown, offset: unknown, size: unknown, stride:
 }
 
 function isIntList(value: unknown): value is number[] {
-  return Array.isArray(value) && value.every((item) => typeof item === "number" && Number.isSafeInteger(item));
+  if (!Array.isArray(value)) return false;
+  for (let i = 0; i < value.length; i++) if (!Number.isSafeInteger(value[i])) return false; // no closure per tensor
+  return true;
 }
 
 const torchSize = new PickleCallable("torch.Size", (args) => {
@@ -96,6 +99,9 @@ const emptyBytes = new PickleCallable("builtins.bytes", (args) => {
   if (args.length !== 0) throw new FormatError("TORCH_PICKLE", "bytes(...) is only allowed without arguments");
   return new Uint8Array(0);
 });
+
+/** The tensor rebuild the unpickler may take a faster path through (rebuild-fast-path.ts). */
+export const TENSOR_REBUILD: FastRebuild = { rebuild: rebuildTensorV2, orderedDict: orderedDictType };
 
 const ALLOWED = new Map<string, unknown>([
   ["collections.OrderedDict", orderedDictType],

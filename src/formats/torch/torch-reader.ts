@@ -1,16 +1,16 @@
 import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
 import { swapByteOrder } from "../../tensor/byte-order.js";
-import { checkInPlaceTarget } from "../../tensor/in-place-target.js";
 import { Storage } from "../../tensor/storage.js";
-import { Tensor } from "../../tensor/tensor.js";
-import { formatKeyPath } from "../../values/key-path.js";
 import type { StateValue } from "../../values/py-values.js";
 import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
-import type { ZipReader } from "../zip/zip-reader.js";
+import type { ZipEntry, ZipReader } from "../zip/zip-reader.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
-import { TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
+import { TENSOR_REBUILD, TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
+import { matchTargets } from "./target-matching.js";
+
+export { matchTargets } from "./target-matching.js";
 
 export interface TorchReadOptions {
   /** Check each entry's CRC-32 (default true): PyTorch does not, so a flipped bit would pass. */
@@ -50,13 +50,25 @@ export async function readTorchStorages(zip: ZipReader, structure: TorchStructur
   const { result, targets, copies } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>(), copies: [] } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.
-  const order = [...storages].map(([key, storage]) => ({ storage, entry: zip.entry(dataPrefix + key) })).sort((a, b) => a.entry.headerOffset - b.entry.headerOffset);
-  const total = order.reduce((sum, { storage }) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
+  const list = [...storages.values()];
+  const entries = structure.entries ?? [...storages.keys()].map((key) => zip.entry(dataPrefix + key));
+  const order = list.map((_, i) => i).sort((a, b) => entries[a]!.headerOffset - entries[b]!.headerOffset);
+  const total = list.reduce((sum, storage) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
   let done = 0;
-  for (const { entry, storage } of order) {
+  for (const i of order) {
+    const entry = entries[i]!;
+    const storage = list[i]!;
     const target = targets.get(storage);
-    // In memory, a storage is a checked view without a promise; else it is read (into its target).
-    const bytes = (target === undefined ? zip.viewInMemory(entry, verifyCrc) : undefined) ?? (await zip.readEntry(entry, { verifyCrc, ...(target === undefined ? {} : { target }) }));
+    // In memory, a storage is a checked view without a promise (copied into its target, once
+    // checked); else it is read (into its target).
+    const view = zip.viewInMemory(entry, verifyCrc);
+    let bytes: Uint8Array;
+    if (view === undefined) bytes = await zip.readEntry(entry, target === undefined ? { verifyCrc } : { verifyCrc, target });
+    else if (target === undefined) bytes = view;
+    else {
+      target.set(view);
+      bytes = target.byteLength === view.byteLength ? target : target.subarray(0, view.byteLength);
+    }
     if (bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
     storage.attach(bytes);
     done += bytes.byteLength;
@@ -73,6 +85,8 @@ export interface TorchStructure {
   /** Each storage by its key; its bytes are in the entry `${dataPrefix}${key}`. */
   storages: Map<string, Storage>;
   dataPrefix: string;
+  /** Each storage's entry, in the order of `storages` (as found while unpickling; else looked up). */
+  entries?: ZipEntry[];
   /** The storages' bytes are big-endian (`byteorder` says "big") and must be swapped once read. */
   bigEndian: boolean;
 }
@@ -82,7 +96,7 @@ export interface TorchStructure {
  * state with every storage pending, checking each storage's size against its entry: everything
  * but the tensors' bytes, which `readTorchArchive` reads next (or a caller reads on demand).
  */
-export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: boolean } = {}): Promise<TorchStructure> {
+export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: boolean; fastRebuild?: boolean } = {}): Promise<TorchStructure> {
   const verifyCrc = options.verifyCrc ?? true;
   const root = findRoot(zip);
   await checkVersion(zip, root, verifyCrc);
@@ -90,6 +104,7 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   const dataPrefix = `${root}/data/`;
 
   const storages = new Map<string, Storage>();
+  const entries: ZipEntry[] = [];
   const persistentLoad = (pid: unknown): Storage => {
     if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
       throw new FormatError("TORCH_PERSID", "a persistent id is not ('storage', type, key, location, numel)");
@@ -118,103 +133,21 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     }
     const storage = Storage.pending(type.dtype, numel);
     storages.set(key, storage);
+    entries.push(entry);
     return storage;
   };
 
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
-  const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject });
+  const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject, ...(options.fastRebuild === false ? {} : { fastRebuild: TENSOR_REBUILD }) });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
-  return { state, storages, dataPrefix, bigEndian };
-}
-
-/**
- * Pairs each file tensor with the tensor at the same path in `into`, and puts the target in the
- * result in its place. A file tensor that alone covers its storage is read straight into its
- * target; one that is a view (tied weights, an offset, strides) is read as usual and copied into
- * its target afterwards. A target of another dtype or shape, or one that is not contiguous, is an
- * InvalidArgumentError naming its path, thrown before any tensor is written. Walks both trees side
- * by side without recursion.
- */
-export function matchTargets(state: StateValue, into: StateValue): { result: StateValue; targets: Map<Storage, Uint8Array>; copies: [Tensor, Tensor][] } {
-  const users = new Map<Storage, number>();
-  const countUsers = (value: unknown, seen: Set<unknown>): void => {
-    const pending = [value];
-    while (pending.length > 0) {
-      const item = pending.pop();
-      if (item instanceof Tensor) users.set(item.storage, (users.get(item.storage) ?? 0) + 1);
-      else if (typeof item === "object" && item !== null && !seen.has(item)) {
-        seen.add(item);
-        pending.push(...childrenOf(item).map(([, child]) => child));
-      }
-    }
-  };
-  countUsers(state, new Set());
-
-  const targets = new Map<Storage, Uint8Array>();
-  const copies: [Tensor, Tensor][] = [];
-  const replace = (file: Tensor, target: unknown, where: () => string): Tensor | undefined => {
-    if (!(target instanceof Tensor) || target.storage === file.storage) return undefined;
-    checkInPlaceTarget(target, file, where);
-    const wholeStorage = users.get(file.storage) === 1 && file.offset === 0 && file.isContiguous && file.numel === file.storage.numel;
-    if (wholeStorage && !targets.has(file.storage)) targets.set(file.storage, target.bytes);
-    else copies.push([file, target]);
-    return target;
-  };
-  if (state instanceof Tensor) return { result: replace(state, into, () => "into") ?? state, targets, copies };
-
-  interface Pair {
-    file: unknown;
-    target: unknown;
-    parent: Pair | undefined;
-    segment: unknown;
-  }
-  const pathOf = (pair: Pair | undefined, segment: unknown): string => {
-    const segments = [segment];
-    for (let at = pair; at?.parent !== undefined; at = at.parent) segments.push(at.segment);
-    return formatKeyPath("into", segments.reverse());
-  };
-  const pending: Pair[] = [{ file: state, target: into, parent: undefined, segment: undefined }];
-  const seen = new Set<unknown>();
-  while (pending.length > 0) {
-    const pair = pending.pop()!;
-    const { file, target } = pair;
-    if (typeof file !== "object" || file === null || seen.has(file) || typeof target !== "object" || target === null) continue;
-    seen.add(file);
-    for (const [key, child] of childrenOf(file)) {
-      const targetChild = childOf(target, key);
-      if (child instanceof Tensor) {
-        const replacement = replace(child, targetChild, () => pathOf(pair, key));
-        if (replacement !== undefined) setChild(file, key, replacement);
-      } else {
-        pending.push({ file: child, target: targetChild, parent: pair, segment: key });
-      }
-    }
-  }
-  return { result: state, targets, copies };
-}
-
-function childrenOf(container: object): [unknown, unknown][] {
-  if (container instanceof Tensor || ArrayBuffer.isView(container)) return [];
-  if (container instanceof Map) return [...container.entries()];
-  if (Array.isArray(container)) return container.map((item, i) => [i, item]);
-  return Object.entries(container);
-}
-
-function childOf(container: object, key: unknown): unknown {
-  if (container instanceof Map) return container.get(key);
-  if (Array.isArray(container)) return container[key as number];
-  if (container instanceof Tensor || ArrayBuffer.isView(container)) return undefined;
-  return Object.hasOwn(container, key as string) ? (container as Record<string, unknown>)[key as string] : undefined;
-}
-
-function setChild(container: object, key: unknown, value: unknown): void {
-  if (container instanceof Map) container.set(key, value);
-  else (container as Record<string | number, unknown>)[key as string | number] = value;
+  return { state, storages, dataPrefix, bigEndian, entries };
 }
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */
 function findRoot(zip: ZipReader): string {
-  const roots = [...zip.entries.keys()].filter((name) => /^[^/]+\/data\.pkl$/.test(name));
+  // The cheap suffix test first: an archive of many small tensors has tens of thousands of names.
+  const roots: string[] = [];
+  for (const name of zip.entries.keys()) if (name.endsWith("/data.pkl") && /^[^/]+\/data\.pkl$/.test(name)) roots.push(name);
   if (roots.length !== 1) {
     throw new FormatError("TORCH_LAYOUT", roots.length === 0 ? "not a PyTorch archive: no <root>/data.pkl entry" : "the archive has more than one data.pkl");
   }

@@ -65,16 +65,17 @@ export class ZipReader {
   /** Where an entry's data starts, read from its local header. */
   async dataOffset(entry: ZipEntry): Promise<number> {
     const header = this.reader instanceof MemoryReader ? this.reader.bytes.subarray(entry.headerOffset, entry.headerOffset + LOCAL_HEADER_SIZE) : await this.reader.read(entry.headerOffset, LOCAL_HEADER_SIZE);
-    return this.dataStart(entry, header);
+    return this.dataStart(entry, header, 0);
   }
 
-  private dataStart(entry: ZipEntry, header: Uint8Array): number {
-    // Read byte by byte: no Buffer object made per entry.
-    const signature = (header[0]! | (header[1]! << 8) | (header[2]! << 16) | (header[3]! << 24)) >>> 0;
-    if (header.length < LOCAL_HEADER_SIZE || signature !== LOCAL_HEADER_SIGNATURE) {
+  /** Where an entry's data starts, from its local header at byte `at` of `bytes`. */
+  private dataStart(entry: ZipEntry, bytes: Uint8Array, at: number): number {
+    // Read byte by byte: no Buffer object (nor view of the header) made per entry.
+    const signature = (bytes[at]! | (bytes[at + 1]! << 8) | (bytes[at + 2]! << 16) | (bytes[at + 3]! << 24)) >>> 0;
+    if (bytes.length - at < LOCAL_HEADER_SIZE || signature !== LOCAL_HEADER_SIGNATURE) {
       throw new FormatError("ZIP_HEADER", `entry "${entry.name}" has no local header at offset ${entry.headerOffset}`);
     }
-    const start = entry.headerOffset + LOCAL_HEADER_SIZE + (header[26]! | (header[27]! << 8)) + (header[28]! | (header[29]! << 8));
+    const start = entry.headerOffset + LOCAL_HEADER_SIZE + (bytes[at + 26]! | (bytes[at + 27]! << 8)) + (bytes[at + 28]! | (bytes[at + 29]! << 8));
     if (start + entry.size > this.dataEnd) {
       throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" (${entry.size} bytes at ${start}) runs past the end of the entry data (${this.dataEnd})`);
     }
@@ -116,7 +117,7 @@ export class ZipReader {
   viewInMemory(entry: ZipEntry, verifyCrc = true): Uint8Array | undefined {
     if (!(this.reader instanceof MemoryReader)) return undefined;
     const bytes = this.reader.bytes;
-    const start = this.dataStart(entry, bytes.subarray(entry.headerOffset, entry.headerOffset + LOCAL_HEADER_SIZE));
+    const start = this.dataStart(entry, bytes, entry.headerOffset);
     const data = bytes.subarray(start, start + entry.size);
     if (verifyCrc && crc32(data) !== entry.crc) {
       throw new FormatError("ZIP_CRC", `entry "${entry.name}" fails its CRC-32 check: the file is corrupt`);
