@@ -2,6 +2,7 @@ import { crc32 } from "../crc32.js";
 import type { ByteSink } from "../byte-io.js";
 import { Crc32Shifter, crc32Combine, shiftAndCombine } from "./crc32-combine.js";
 import { crc32Small } from "./crc32-small.js";
+import { EntryColumns } from "./zip-entry-columns.js";
 import { EntryNames } from "./zip-entry-names.js";
 
 export { checkEntryName } from "./zip-entry-names.js";
@@ -80,14 +81,8 @@ export class ZipWriter {
    */
   private crcAt = 0;
   private readonly shifter = new Crc32Shifter();
-  /**
-   * The entries written, column by column (no object per entry: archives hold tens of thousands).
-   * A name that is a number is a numbered entry (see addNumbered and EntryNames).
-   */
-  private readonly entryNames: (string | number)[] = [];
-  private readonly entryCrcs: number[] = [];
-  private readonly entrySizes: number[] = [];
-  private readonly entryOffsets: number[] = [];
+  /** The entries written, for the central directory; a numbered entry's name is its number (see addNumbered). */
+  private readonly entries = new EntryColumns();
   private readonly names = new EntryNames();
   private readonly alignment: number;
   private readonly forceZip64: boolean;
@@ -159,10 +154,7 @@ export class ZipWriter {
 
   private writeEntry(name: string | number, crc: number, size: number, parts: readonly Uint8Array[]): void {
     const nameLength = this.names.byteLength(name);
-    this.entryNames.push(name);
-    this.entryCrcs.push(crc);
-    this.entrySizes.push(size);
-    this.entryOffsets.push(this.offset);
+    this.entries.push(name, crc, size, this.offset);
     const headerStart = this.localHeader(name, nameLength, crc, size);
     if (size >= COMBINE_MIN_BYTES) {
       // Large data goes to the sink as it is (no copy); its CRC joins the file's by combination.
@@ -209,8 +201,8 @@ export class ZipWriter {
   /** Writes the central directory and end records; the sink then holds a complete zip. */
   async finish(): Promise<void> {
     const directoryOffset = this.offset;
-    const count = this.entryNames.length;
-    for (let i = 0; i < count; i++) this.centralHeader(this.entryNames[i]!, this.entryCrcs[i]!, this.entrySizes[i]!, this.entryOffsets[i]!);
+    const { count, numbers, crcs, sizes, offsets } = this.entries;
+    for (let i = 0; i < count; i++) this.centralHeader(numbers[i]! >= 0 ? numbers[i]! : this.entries.named.get(i)!, crcs[i]!, sizes[i]!, offsets[i]!);
     const directorySize = this.offset - directoryOffset;
     const needZip64 =
       this.forceZip64 || count >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
