@@ -3,17 +3,18 @@
 //
 //   node --import tsx bench/per-tensor.ts [--count N] [--rounds R] [--only OP] [--baseline DIR | --library DIR] WORKDIR
 //
-// OP is save, discard (a save whose bytes are thrown away), load (our file), load-torch
-// (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare WORKDIR/spec.json WORKDIR`;
-// `--write-spec` writes that spec.json), into (our file loaded into existing tensors with
-// `{ into }`, each checked to be filled in place; the targets are zeroed untimed) or into-torch
-// (the same from torch.pt). --baseline DIR also runs the same operations with the library of
-// another checkout (e.g. /work/main), interleaved round by round in this process: on a shared
-// machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses dist/ (build first),
-// so profiles show lines of plain JavaScript; prefer it for ratios too: tsx keeps function names
-// by wrapping every closure it creates in a `__name(...)` call, a cost the built library does not
-// have. Every load's values are checked.
-import { existsSync, writeFileSync } from "node:fs";
+// OP is save, discard (a save whose bytes are thrown away), manager (FileCheckpointManager
+// begin/saveState/commit of the same state into WORKDIR/ckpt-NAME, a new step each run), load (our
+// file), load-torch (WORKDIR/torch.pt, written by `python3 bench/torch_peer.py prepare
+// WORKDIR/spec.json WORKDIR`; `--write-spec` writes that spec.json), into (our file loaded into
+// existing tensors with `{ into }`, each checked to be filled in place; the targets are zeroed
+// untimed) or into-torch (the same from torch.pt). --baseline DIR also runs the same operations
+// with the library of another checkout (e.g. /work/main), interleaved round by round in this
+// process: on a shared machine only such side-by-side ratios mean much. CKPT_PROFILE_DIST=1 uses
+// dist/ (build first), so profiles show lines of plain JavaScript; prefer it for ratios too: tsx
+// keeps function names by wrapping every closure it creates in a `__name(...)` call, a cost the
+// built library does not have. Every load's values are checked.
+import { existsSync, rmSync, writeFileSync } from "node:fs";
 import { join, resolve } from "node:path";
 import { parseArgs } from "node:util";
 import type { ScenarioSpec } from "./scenarios.js";
@@ -75,9 +76,11 @@ function discarding(lib: Library): import("../src/index.js").FileSystem {
 
 const torchFile = join(dir, "torch.pt");
 /** Each operation: its name, what is timed, and what runs untimed before it. */
-function operations(name: string, lib: Library): [string, () => Promise<unknown>, (() => void)?][] {
+function operations(name: string, lib: Library): [string, () => Promise<unknown>, (() => unknown)?][] {
   const state = buildState(lib);
   const ours = join(dir, `ours-${name}.pt`);
+  const manager = new lib.FileCheckpointManager({ checkpointDir: join(dir, `ckpt-${name}`) });
+  let step = 0;
   // The tensors a resuming process already has (built once; each load overwrites them all).
   const live = buildState(lib);
   const zeroLive = (): void => {
@@ -87,6 +90,20 @@ function operations(name: string, lib: Library): [string, () => Promise<unknown>
   return [
     [`save`, () => new lib.TorchTensorDumper().dump(state as never, ours)],
     [`discard`, () => new lib.TorchTensorDumper({ fileSystem: discarding(lib) }).dump(state as never, ours)],
+    [
+      `manager`,
+      async () => {
+        await manager.beginCheckpoint(++step);
+        await manager.saveState(state as never);
+        await manager.commitCheckpoint();
+      },
+      // Untimed, before each run: the checkpoint of the run before is deleted (disk space), and
+      // the deletion finishes first so its work is not counted in the save.
+      async () => {
+        if (step > 0) await manager.deleteCheckpoint(step);
+        await manager.waitForPendingDeletions();
+      },
+    ],
     [`load`, async () => check(await new lib.TorchTensorLoader().load(ours))],
     [`load-torch`, async () => check(await new lib.TorchTensorLoader().load(torchFile))],
     [`into`, () => into(ours), zeroLive],
@@ -97,12 +114,15 @@ function operations(name: string, lib: Library): [string, () => Promise<unknown>
 // --library DIR measures another checkout alone (to profile it the same way).
 const libraries: [string, Library][] = [["this", await library(values.library === undefined ? here : resolve(values.library))]];
 if (values.baseline !== undefined) libraries.push(["baseline", await library(resolve(values.baseline))]);
+for (const [name] of libraries) rmSync(join(dir, `ckpt-${name}`), { recursive: true, force: true });
 const plans = libraries.map(([name, lib]) => ({ name, ops: operations(name, lib).filter(([op]) => (values.only === undefined || values.only.split(",").includes(op)) && (!op.endsWith("-torch") || existsSync(torchFile))) }));
 // Each library writes the file its loads read, and every operation runs once untimed (warm-up).
 for (const [name, lib] of libraries) await operations(name, lib)[0]![1]();
-for (const plan of plans) for (const [, run, before] of plan.ops) {
-  before?.();
-  await run();
+for (const plan of plans) {
+  for (const [, run, before] of plan.ops) {
+    await before?.();
+    await run();
+  }
 }
 
 /** Wall-clock and CPU (every thread) µs per tensor: on a crowded machine the CPU time is steadier. */
@@ -111,7 +131,7 @@ const cpuResults = new Map<string, number[]>();
 for (let round = 0; round < Number(values.rounds); round++) {
   for (const plan of round % 2 === 0 ? plans : [...plans].reverse()) {
     for (const [op, run, before] of plan.ops) {
-      before?.();
+      await before?.();
       const cpuStart = process.cpuUsage();
       const start = performance.now();
       await run();

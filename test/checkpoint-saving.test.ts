@@ -247,6 +247,24 @@ test("without replicatedKeys, metadata or score only model.pt, rank_0.pt and man
   await assertManifestMatchesFiles(dir, 3);
 });
 
+test("a state holding a list that holds itself, and a dict shared twice, is saved and loads back with the cycle", async () => {
+  const dir = await tempDir();
+  const manager = new FileCheckpointManager({ checkpointDir: dir });
+  const cycle: unknown[] = [1, arange(1, [2])];
+  cycle.push(cycle);
+  const shared = { w: arange(2, [3]) };
+  await manager.beginCheckpoint(1);
+  await manager.saveState({ model: modelState(1), cycle, a: shared, b: shared } as StateDict);
+  await manager.commitCheckpoint();
+  await manager.close();
+  const loaded = await loadPt(dir, "step_1", "rank_0.pt");
+  const loadedCycle = loaded.cycle as unknown[];
+  assert.equal(loadedCycle.length, 3);
+  assert.equal(loadedCycle[2], loadedCycle, "the list holds itself again");
+  assert.equal(loaded.a, loaded.b, "the shared dict is one dict again");
+  await assertManifestMatchesFiles(dir, 1);
+});
+
 test("replicatedKeys '*' puts the model in model.pt and every other key in replicated.pt", async () => {
   const dir = await tempDir();
   const manager = new FileCheckpointManager({ checkpointDir: dir });

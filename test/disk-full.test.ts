@@ -4,6 +4,7 @@ import { join } from "node:path";
 import { test } from "node:test";
 import { CheckpointSaveError, FileCheckpointManager, LocalFileSystem, Tensor } from "../src/index.js";
 import { diskFull } from "../torture/classes/disk-full.js";
+import { storageBytes } from "../src/checkpoint/free-space.js";
 import { modelState, useTempDirs } from "./helpers/checkpoint-helpers.js";
 
 const tempDir = useTempDirs("disk-full");
@@ -52,4 +53,15 @@ test("a save whose tensors exceed the free space is refused before anything is w
   await manager.commitCheckpoint();
   assert.deepEqual(await manager.getStepNumbers(), [1]);
   await manager.close();
+});
+
+test("the free-space estimate counts each storage once, however many tensors view it, and again in the next estimate", () => {
+  const weight = Tensor.from(new Float32Array(6), { shape: [2, 3] });
+  const bias = Tensor.from(new Float64Array(4), { shape: [4] });
+  const cycle: unknown[] = [bias];
+  cycle.push(cycle);
+  const state = { model: { weight, transposed: weight.transpose(0, 1), bias }, again: [weight.reshape([6])], cycle, shared: new Map([[1, bias]]) };
+  assert.equal(storageBytes([state]), 6 * 4 + 4 * 8);
+  assert.equal(storageBytes([state.model, undefined, state]), 6 * 4 + 4 * 8, "across the values of one estimate too");
+  assert.equal(storageBytes([{ bias }]), 4 * 8, "a storage met in an earlier estimate counts again");
 });

@@ -351,3 +351,23 @@ torch.save({"z": torch.zeros(2, dtype=torch.complex64)}, sys.argv[1] + "/complex
   const z = (await loader.load(join(dir, "complex64.pt"))) as StateDict;
   assert.equal((z.z as Tensor).dtype, "complex64");
 });
+
+test("saving leaves tensors as they were: deep-equal to twins never saved, and a tensor saved twice is one object again", async () => {
+  // The writer marks what it has written on the tensors and storages themselves (per-tensor cost):
+  // in private fields, which no comparison or copy of a tensor sees.
+  const make = (): { a: Tensor; view: Tensor } => {
+    const a = Tensor.from(new Float32Array([1, 2, 3, 4, 5, 6]), { shape: [2, 3] });
+    return { a, view: a.transpose(0, 1) };
+  };
+  const saved = make();
+  const twin = make();
+  const dir = await tempDir();
+  await dumper.dump({ ...saved, again: saved.a }, join(dir, "first.pt"));
+  await dumper.dump({ ...saved }, join(dir, "second.pt")); // a second write of the same tensors starts afresh
+  assert.deepStrictEqual(saved, twin);
+  const first = (await loader.load(join(dir, "first.pt"))) as { a: Tensor; view: Tensor; again: Tensor };
+  assert.equal(first.again, first.a, "a tensor met twice is one object again");
+  const second = (await loader.load(join(dir, "second.pt"))) as { a: Tensor; view: Tensor };
+  assert.equal(second.view.storage, second.a.storage, "the view still shares its storage");
+  assert.deepEqual([...second.view.contiguous().data], [1, 4, 2, 5, 3, 6]);
+});

@@ -131,10 +131,11 @@ export class CheckpointWriter {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
       await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), storageBytes([parts.modelFile, parts.replicated, parts.rank]));
-      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
-      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
+      // The parts hold the values of `state`, checked above by findUnsaveable: the dumper need not walk them again.
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, true);
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, true);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
-      await this.writePart(checkpoint, rankFile, parts.rank);
+      await this.writePart(checkpoint, rankFile, parts.rank, true, true);
       checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
@@ -321,10 +322,11 @@ export class CheckpointWriter {
   }
 
   /** Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not). */
-  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true): Promise<void> {
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true, stateChecked = false): Promise<void> {
     const path = joinPath(stagingDir(checkpoint), name);
     const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
-    const digest = (await this.context.dumper.dump(value, path, onProgress === undefined ? {} : { onProgress })) ?? (await digestFile(this.context.fileSystem, path));
+    const options = { ...(onProgress === undefined ? {} : { onProgress }), ...(stateChecked ? { stateChecked } : {}) };
+    const digest = (await this.context.dumper.dump(value, path, options)) ?? (await digestFile(this.context.fileSystem, path));
     if (listed) checkpoint.files[name] = manifestFile(digest);
     else this.scratchDigests.set(name, manifestFile(digest));
   }

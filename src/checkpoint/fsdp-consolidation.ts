@@ -23,8 +23,15 @@ export function findShardedTensors(root: unknown): ShardedEntry[] {
     }
     if (typeof value !== "object" || value === null || value instanceof Tensor || ArrayBuffer.isView(value) || seen.has(value)) continue;
     seen.add(value);
-    const children: [string | number, unknown][] =
-      value instanceof Map ? [...value].map(([key, child]) => [typeof key === "number" ? key : String(key), child]) : Array.isArray(value) ? value.map((child, i) => [i, child]) : Object.entries(value);
+    // Runs on every save: leaves (tensors, numbers, strings: tens of thousands in a state) are
+    // dropped before a pair, a pending entry and a path are made for them.
+    const children: [string | number, unknown][] = [];
+    const meet = (key: string | number, child: unknown): void => {
+      if (typeof child === "object" && child !== null && !(child instanceof Tensor) && !ArrayBuffer.isView(child)) children.push([key, child]);
+    };
+    if (value instanceof Map) for (const [key, child] of value) meet(typeof key === "number" ? key : String(key), child);
+    else if (Array.isArray(value)) for (let i = 0; i < value.length; i++) meet(i, value[i]);
+    else for (const key of Object.keys(value)) meet(key, (value as Record<string, unknown>)[key]);
     for (let i = children.length - 1; i >= 0; i--) pending.push({ value: children[i]![1], path: [...path, children[i]![0]] });
   }
   return found;

@@ -50,7 +50,8 @@ export class MemorySink implements ByteSink {
   private readonly chunks: Uint8Array[] = [];
 
   async write(chunk: Uint8Array): Promise<void> {
-    this.chunks.push(chunk.slice());
+    // A copy even of a Buffer, whose slice() is a view: writers reuse the memory they wrote from.
+    this.chunks.push(Uint8Array.prototype.slice.call(chunk));
   }
 
   toBytes(): Uint8Array {

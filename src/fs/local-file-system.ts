@@ -11,8 +11,17 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
-/** Writes at least this large go to the file as they are, without a copy into the buffer. */
-const PASS_THROUGH_BYTES = 1 << 20;
+/**
+ * Writes at least this large go to the file as they are, without a copy into the buffer. Below the
+ * zip writer's staged batches (up to 1 MiB, but a batch ends where the next header or entry would
+ * not fit, so it is a little less): at 1 MiB, every small tensor was copied a second time here.
+ */
+const PASS_THROUGH_BYTES = 256 << 10;
+/**
+ * Written bytes past which a background flush to disk (fdatasync) starts while writing goes on:
+ * a file's fsync at close otherwise waits for all its bytes at once.
+ */
+const EARLY_SYNC_BYTES = 16 << 20;
 
 /**
  * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
@@ -191,6 +200,10 @@ class LocalFileWriter implements FileWriter {
   private readonly buffer = Buffer.allocUnsafeSlow(WRITE_BUFFER_SIZE);
   private buffered = 0;
   private finished = false;
+  /** Bytes written since the last early flush to disk was started. */
+  private unsynced = 0;
+  /** The early flush to disk in flight, if any (see EARLY_SYNC_BYTES). */
+  private syncing: Promise<void> | undefined;
 
   constructor(
     private readonly handle: FileHandle,
@@ -203,7 +216,7 @@ class LocalFileWriter implements FileWriter {
     if (chunk.byteLength >= PASS_THROUGH_BYTES) {
       // Already a large write (the zip writer stages small pieces itself): no copy.
       await this.flush();
-      await writeAll(this.handle, chunk);
+      await this.writeOut(chunk);
       return;
     }
     if (this.buffered + chunk.byteLength <= this.buffer.length) {
@@ -216,7 +229,25 @@ class LocalFileWriter implements FileWriter {
       this.buffer.set(chunk, 0);
       this.buffered = chunk.byteLength;
     } else {
-      await writeAll(this.handle, chunk);
+      await this.writeOut(chunk);
+    }
+  }
+
+  /**
+   * Writes `bytes`, and once EARLY_SYNC_BYTES have been written since, starts flushing them to
+   * disk in the background (one flush at a time): the fsync at close then has little left to do,
+   * and the disk works while the caller prepares the next bytes.
+   */
+  private async writeOut(bytes: Uint8Array): Promise<void> {
+    await writeAll(this.handle, bytes);
+    this.unsynced += bytes.byteLength;
+    if (this.unsynced >= EARLY_SYNC_BYTES && this.syncing === undefined) {
+      this.unsynced = 0;
+      const syncing = this.handle.datasync().finally(() => {
+        if (this.syncing === syncing) this.syncing = undefined;
+      });
+      syncing.catch(() => undefined); // close() awaits it and reports its failure
+      this.syncing = syncing;
     }
   }
 
@@ -225,6 +256,7 @@ class LocalFileWriter implements FileWriter {
     this.finished = true;
     try {
       await this.flush();
+      await this.syncing;
       await this.handle.sync();
       await this.handle.close();
       await fsp.rename(this.partialPath, this.finalPath);
@@ -239,13 +271,14 @@ class LocalFileWriter implements FileWriter {
   async abort(): Promise<void> {
     if (this.finished) return;
     this.finished = true;
+    await this.syncing?.catch(() => undefined);
     await this.handle.close().catch(() => undefined);
     await fsp.rm(this.partialPath, { force: true });
   }
 
   private async flush(): Promise<void> {
     if (this.buffered === 0) return;
-    await writeAll(this.handle, this.buffer.subarray(0, this.buffered));
+    await this.writeOut(this.buffer.subarray(0, this.buffered));
     this.buffered = 0;
   }
 }

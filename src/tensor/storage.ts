@@ -3,6 +3,13 @@ import { DTYPES, type DType } from "./dtype.js";
 /** What a pending storage is built from before its size is set (one shared empty array). */
 const NO_BYTES = new Uint8Array(0);
 
+let lastStorageVisit = 0;
+
+/** @internal A stamp for one synchronous walk that marks storages as met (see Storage.markVisited). */
+export function newStorageVisit(): number {
+  return ++lastStorageVisit;
+}
+
 /**
  * A flat block of elements that one or more tensors view (PyTorch's storage). Tensors that share a
  * `Storage` object are views of each other, and a `.pt` file holds the storage once.
@@ -11,6 +18,26 @@ export class Storage {
   readonly dtype: DType;
   readonly numel: number;
   private data: Uint8Array | undefined;
+  /**
+   * The synchronous walk over a state that last met this storage (a number from
+   * `newStorageVisit`) and the index it gave it: walks that count each storage once (an archive
+   * write numbering its storages, the free-space estimate) read a field per tensor instead of
+   * looking the storage up in a Map or Set (see docs/design.md, "Per-tensor cost"). A walk is
+   * synchronous, so two never interleave. Private fields: no comparison or copy of storages sees them.
+   */
+  #visitStamp = 0;
+  #visitIndex = 0;
+
+  /** @internal The index walk `stamp` gave this storage, or -1 if that walk has not met it. */
+  indexInVisit(stamp: number): number {
+    return this.#visitStamp === stamp ? this.#visitIndex : -1;
+  }
+
+  /** @internal Records that walk `stamp` met this storage and gave it `index`. */
+  markVisited(stamp: number, index: number): void {
+    this.#visitStamp = stamp;
+    this.#visitIndex = index;
+  }
 
   constructor(dtype: DType, bytes: Uint8Array) {
     const { itemSize } = DTYPES[dtype];

@@ -40,6 +40,13 @@ export class Tensor {
   readonly offset: number;
   requiresGrad: boolean;
   isParameter: boolean;
+  /**
+   * The archive write that last pickled this tensor (a number from newStorageVisit) and its pickle
+   * memo index there: a field read per tensor instead of a memo Map lookup (see torch-writer.ts,
+   * and docs/design.md "Per-tensor cost"). Private fields: no comparison or copy of tensors sees them.
+   */
+  #archiveStamp = 0;
+  #archiveMemo = 0;
 
   constructor(parts: TensorViewParts) {
     const { storage, shape } = parts;
@@ -53,6 +60,17 @@ export class Tensor {
     this.offset = offset;
     this.requiresGrad = parts.requiresGrad ?? false;
     this.isParameter = parts.isParameter ?? false;
+  }
+
+  /** @internal The pickle memo index archive write `stamp` gave this tensor, or -1 if it has not pickled it. */
+  memoInArchive(stamp: number): number {
+    return this.#archiveStamp === stamp ? this.#archiveMemo : -1;
+  }
+
+  /** @internal Records that archive write `stamp` pickled this tensor as memo entry `index`. */
+  markArchived(stamp: number, index: number): void {
+    this.#archiveStamp = stamp;
+    this.#archiveMemo = index;
   }
 
   /** A tensor viewing `array` without copying it. */

@@ -96,14 +96,22 @@ class StateWalk {
   /** The next [segment, value] of a container, in the order the pickler writes them; undefined when done. */
   private nextChild(frame: Frame): [KeySegment, unknown] | undefined {
     switch (frame.kind) {
+      // Tensors, the most common leaves, need no check: skipped here, with no pair made for them.
       case "array": {
-        const i = frame.index++;
-        return i < frame.container.length ? [i, frame.container[i]] : undefined;
+        const { container } = frame;
+        while (frame.index < container.length) {
+          const i = frame.index++;
+          const child = container[i];
+          if (!(child instanceof Tensor)) return [i, child];
+        }
+        return undefined;
       }
       case "object": {
-        if (frame.index < frame.keys.length) {
-          const key = frame.keys[frame.index++]!;
-          return [key, frame.container[key]];
+        const { container, keys } = frame;
+        while (frame.index < keys.length) {
+          const key = keys[frame.index++]!;
+          const child = container[key];
+          if (!(child instanceof Tensor)) return [key, child];
         }
         return this.attributesOf(frame);
       }

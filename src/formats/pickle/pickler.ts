@@ -8,6 +8,7 @@ import {
 } from "../../values/py-values.js";
 import { MAX_NESTING } from "../../values/state-check.js";
 import { Op } from "./opcodes.js";
+import { PickleOutput } from "./pickle-output.js";
 
 /**
  * Writes objects the pickler does not know (tensors, dtypes): return true once written, false to
@@ -15,41 +16,42 @@ import { Op } from "./opcodes.js";
  */
 export type EncodeObject = (pickler: Pickler, value: object) => boolean;
 
+/**
+ * Like EncodeObject, but asked first for every object, before the pickler's own memo: for the one
+ * class of object a state holds by the ten thousand (tensors), which memoizes itself cheaper
+ * (`putMemo`, `getMemoEntry`) than with a Map lookup per object.
+ */
+export type EncodeFirst = (pickler: Pickler, value: object) => boolean;
+
 /** Python's pickler batches APPENDS/SETITEMS in groups of this size; we do the same. */
 const BATCH_SIZE = 1000;
-/** Strings up to this length are memoized by value, so repeated keys are written once. */
-const MEMO_STRING_LENGTH = 64;
-
-const BIG_INT32_MIN = -(2 ** 31);
-const BIG_INT32_MAX = 2 ** 31 - 1;
 
 /**
  * A protocol-2 pickler for state values, writing what `torch.save` writes: memoized containers
  * (so shared objects stay shared), BINUNICODE strings, BINFLOAT floats, LONG1 big ints, and bytes
  * as `_codecs.encode(text, "latin1")` because protocol 2 has no bytes opcode.
  */
-export class Pickler {
-  private buffer = Buffer.alloc(1 << 16);
-  private view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
-  private length = 0;
+export class Pickler extends PickleOutput {
   private readonly memo = new Map<unknown, number>();
-  private readonly stringMemo = new Map<string, number>();
   private readonly globalMemo = new Map<string, Map<string, number>>();
-  /** Memo entries written so far: the next one's index. */
-  private memoCount = 0;
   private readonly tuplesInProgress = new Set<unknown[]>();
   private depth = 0;
 
-  constructor(private readonly encodeObject: EncodeObject = () => false) {}
+  constructor(
+    private readonly encodeObject: EncodeObject = () => false,
+    private readonly encodeFirst: EncodeFirst = () => false,
+  ) {
+    super();
+  }
 
   /** Pickles `value` and returns the bytes (PROTO 2 … STOP). */
-  static dump(value: unknown, encodeObject?: EncodeObject): Uint8Array {
-    const pickler = new Pickler(encodeObject);
+  static dump(value: unknown, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst): Uint8Array {
+    const pickler = new Pickler(encodeObject, encodeFirst);
     pickler.byte(Op.PROTO);
     pickler.byte(2);
     pickler.value(value);
     pickler.byte(Op.STOP);
-    return pickler.buffer.subarray(0, pickler.length);
+    return pickler.written();
   }
 
   /** Writes any state value. `container`/`key` say where it sits, to honour whole-float marks. */
@@ -80,6 +82,7 @@ export class Pickler {
       default:
         throw new FormatError("PICKLE_UNSUPPORTED", `a ${typeof value} cannot be saved in a state`);
     }
+    if (this.encodeFirst(this, value)) return;
     if (value instanceof PyFloat) {
       this.float(value.value);
       return;
@@ -210,106 +213,10 @@ export class Pickler {
     names.set(name, this.newMemoIndex());
   }
 
-  /** Writes MARK. */
-  mark(): void {
-    this.byte(Op.MARK);
-  }
-
-  /**
-   * Writes a tuple of safe integers (a shape, strides), not memoized: the bytes `tuple(items, [])`
-   * writes, without its per-item dispatch.
-   */
-  intTuple(items: readonly number[]): void {
-    const n = items.length;
-    if (n === 0) {
-      this.byte(Op.EMPTY_TUPLE);
-      return;
-    }
-    if (n > 3) this.byte(Op.MARK);
-    for (let i = 0; i < n; i++) {
-      const item = items[i]!;
-      if (Number.isSafeInteger(item) && !Object.is(item, -0)) this.int(item);
-      else this.float(item);
-    }
-    this.byte(n > 3 ? Op.TUPLE : Op.TUPLE1 + n - 1);
-  }
-
   /** Writes `pid` (a tuple of items) as a persistent id. */
   persistentId(items: readonly unknown[]): void {
     this.tuple(items, []);
     this.byte(Op.BINPERSID);
-  }
-
-  int(value: number | bigint): void {
-    if (typeof value === "number" && value >= 0 && value < 0x100) {
-      this.byte(Op.BININT1);
-      this.byte(value);
-    } else if (typeof value === "number" && value >= 0 && value < 0x10000) {
-      this.byte(Op.BININT2);
-      this.ensure(2);
-      this.view.setUint16(this.length, value, true);
-      this.length += 2;
-    } else if (typeof value === "number" && value >= BIG_INT32_MIN && value <= BIG_INT32_MAX) {
-      this.byte(Op.BININT);
-      this.ensure(4);
-      this.view.setInt32(this.length, value, true);
-      this.length += 4;
-    } else {
-      const bytes = encodeLong(BigInt(value));
-      this.byte(Op.LONG1);
-      this.byte(bytes.length);
-      this.bytes(bytes);
-    }
-  }
-
-  float(value: number): void {
-    this.byte(Op.BINFLOAT);
-    this.ensure(8);
-    this.view.setFloat64(this.length, value, false);
-    this.length += 8;
-  }
-
-  string(value: string, memoize = true): void {
-    const memoized = memoize && value.length <= MEMO_STRING_LENGTH;
-    if (memoized) {
-      const index = this.stringMemo.get(value);
-      if (index !== undefined) {
-        this.memoGet(index);
-        return;
-      }
-    }
-    // Encoded straight into the pickle: no intermediate buffer per string (states have thousands of keys).
-    if (value.length <= MEMO_STRING_LENGTH && this.shortAscii(value)) {
-      // written
-    } else {
-      const length = Buffer.byteLength(value, "utf8");
-      this.byte(Op.BINUNICODE);
-      this.ensure(4 + length);
-      this.view.setUint32(this.length, length, true);
-      this.length += 4;
-      this.length += this.buffer.write(value, this.length, length, "utf8");
-    }
-    if (memoized) this.stringMemo.set(value, this.newMemoIndex());
-  }
-
-  /**
-   * Writes BINUNICODE of a short ASCII string byte by byte (a native UTF-8 encoder call costs more
-   * than the copy for keys like "layers.3.weight"); false, with nothing written, if it is not ASCII.
-   */
-  private shortAscii(value: string): boolean {
-    const n = value.length;
-    this.ensure(5 + n);
-    const buffer = this.buffer;
-    const at = this.length + 5;
-    for (let i = 0; i < n; i++) {
-      const code = value.charCodeAt(i);
-      if (code > 0x7f) return false;
-      buffer[at + i] = code;
-    }
-    buffer[this.length] = Op.BINUNICODE;
-    this.view.setUint32(this.length + 1, n, true);
-    this.length = at + n;
-    return true;
   }
 
   private getMemo(value: object): boolean {
@@ -323,74 +230,8 @@ export class Pickler {
   memoize(value: object): void {
     this.memo.set(value, this.newMemoIndex());
   }
-
-  private newMemoIndex(): number {
-    const index = this.memoCount++;
-    if (index < 0x100) {
-      this.byte(Op.BINPUT);
-      this.byte(index);
-    } else {
-      this.byte(Op.LONG_BINPUT);
-      this.ensure(4);
-      this.view.setUint32(this.length, index, true);
-      this.length += 4;
-    }
-    return index;
-  }
-
-  private memoGet(index: number): void {
-    if (index < 0x100) {
-      this.byte(Op.BINGET);
-      this.byte(index);
-    } else {
-      this.byte(Op.LONG_BINGET);
-      this.ensure(4);
-      this.view.setUint32(this.length, index, true);
-      this.length += 4;
-    }
-  }
-
-  byte(value: number): void {
-    this.ensure(1);
-    this.buffer[this.length++] = value;
-  }
-
-  private bytes(bytes: Uint8Array): void {
-    this.ensure(bytes.length);
-    this.buffer.set(bytes, this.length);
-    this.length += bytes.length;
-  }
-
-  private ascii(text: string): void {
-    this.ensure(text.length);
-    this.length += this.buffer.write(text, this.length, "latin1");
-  }
-
-  private ensure(extra: number): void {
-    if (this.length + extra <= this.buffer.length) return;
-    let size = this.buffer.length * 2;
-    while (size < this.length + extra) size *= 2;
-    const grown = Buffer.alloc(size);
-    grown.set(this.buffer.subarray(0, this.length));
-    this.buffer = grown;
-    this.view = new DataView(grown.buffer, grown.byteOffset, grown.byteLength);
-  }
 }
 
-/** Two's complement, little-endian, shortest form (Python's `encode_long`). */
-function encodeLong(value: bigint): Uint8Array {
-  if (value === 0n) return new Uint8Array(0);
-  const bytes: number[] = [];
-  let rest = value;
-  for (;;) {
-    bytes.push(Number(rest & 0xffn));
-    rest >>= 8n;
-    const signBitSet = (bytes[bytes.length - 1]! & 0x80) !== 0;
-    if ((rest === 0n && !signBitSet) || (rest === -1n && signBitSet)) break;
-  }
-  if (bytes.length > 255) throw new FormatError("PICKLE_LIMIT", "an int longer than 255 bytes cannot be saved");
-  return Uint8Array.from(bytes);
-}
 
 function isPlainObject(value: object): boolean {
   const prototype = Object.getPrototypeOf(value);

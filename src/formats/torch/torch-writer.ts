@@ -1,6 +1,6 @@
 import { FormatError } from "../../errors.js";
 import { DTYPES } from "../../tensor/dtype.js";
-import type { Storage } from "../../tensor/storage.js";
+import { newStorageVisit, type Storage } from "../../tensor/storage.js";
 import { ShardedTensor } from "../../tensor/sharded-tensor.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { shardedRecord } from "./sharded-record.js";
@@ -16,6 +16,8 @@ export interface TorchWriteOptions extends ZipWriterOptions {
   root?: string;
   /** Called as bytes reach the sink, with bytes done and (about) bytes in all. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /** `state` was checked by the caller (see TensorDumpOptions.stateChecked): no second walk. */
+  stateChecked?: boolean;
 }
 
 const utf8 = new TextEncoder();
@@ -26,16 +28,26 @@ const utf8 = new TextEncoder();
  */
 export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
   const root = options.root ?? "archive";
-  const storageKeys = new Map<Storage, string>();
+  // Storage keys are the numbers 0, 1, …: the index in `storages`, in the order first met.
+  const storages: Storage[] = [];
+  const stamp = newStorageVisit();
 
   // Refuses, naming the key path, what could not be written or would not load back (a Map key
   // that is an object, undefined, a function…), before the first byte reaches the sink.
-  checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
-  const pickle = Pickler.dump(state, (pickler, value) => {
-    if (value instanceof Tensor) {
-      writeTensor(pickler, value, storageKeys);
+  if (options.stateChecked !== true) checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
+  // Tensors are written first and memoized by a field on each (a tensor met again is a memo get).
+  const encodeTensor = (pickler: Pickler, value: object): boolean => {
+    if (!(value instanceof Tensor)) return false;
+    const memoIndex = value.memoInArchive(stamp);
+    if (memoIndex >= 0) {
+      pickler.getMemoEntry(memoIndex);
       return true;
     }
+    writeTensor(pickler, value, storages, stamp);
+    value.markArchived(stamp, pickler.putMemo());
+    return true;
+  };
+  const pickle = Pickler.dump(state, (pickler, value) => {
     if (value instanceof StorageClass) {
       pickler.global("torch", DTYPES[value.storage.dtype].torchStorage);
       return true;
@@ -52,12 +64,12 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
       throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor.name} cannot be saved as it is; wrap it with Tensor.from(array, { shape })`);
     }
     return false;
-  });
+  }, encodeTensor);
 
-  let total = pickle.byteLength;
-  for (const storage of storageKeys.keys()) total += storage.bytes.byteLength;
   const { onProgress } = options;
   let done = 0;
+  // Only with a progress callback: the loop touches every storage, a cache miss per tensor.
+  const total = onProgress === undefined ? 0 : storages.reduce((sum, storage) => sum + storage.bytes.byteLength, pickle.byteLength);
   const counted: ByteSink =
     onProgress === undefined
       ? sink
@@ -71,10 +83,11 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const zip = new ZipWriter(counted, options);
   await zip.add(`${root}/data.pkl`, pickle);
   await zip.add(`${root}/byteorder`, utf8.encode("little"));
-  // `add` returns a promise only when the caller must wait: no promise per small storage.
+  // `addNumbered` returns a promise only when the caller must wait: no promise per small storage,
+  // and no name string either (see docs/design.md, "Per-tensor cost").
   const dataPrefix = `${root}/data/`;
-  for (const [storage, key] of storageKeys) {
-    const waiting = zip.add(dataPrefix + key, storage.bytes);
+  for (let key = 0; key < storages.length; key++) {
+    const waiting = zip.addNumbered(dataPrefix, key, storages[key]!.bytes);
     if (waiting !== undefined) await waiting;
   }
   await zip.add(`${root}/version`, utf8.encode("3\n"));
@@ -82,19 +95,20 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   return zip.digest;
 }
 
-function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage, string>): void {
+function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): void {
   const { storage } = tensor;
-  let key = storageKeys.get(storage);
-  if (key === undefined) {
-    key = String(storageKeys.size);
-    storageKeys.set(storage, key);
+  // Each storage once, however many tensors view it; a field, not a Map lookup, per tensor.
+  let key = storage.indexInVisit(stamp);
+  if (key < 0) {
+    key = storages.length;
+    storage.markVisited(stamp, key);
+    storages.push(storage);
   }
   // Written op by op, without closures or generic tuples: this runs once per tensor, and states
   // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
   // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
   if (!tensor.isParameter) {
     writeRebuild(pickler, tensor, key);
-    pickler.memoize(tensor);
     return;
   }
   pickler.global("torch._utils", "_rebuild_parameter");
@@ -104,10 +118,9 @@ function writeTensor(pickler: Pickler, tensor: Tensor, storageKeys: Map<Storage,
   emptyOrderedDict(pickler);
   pickler.byte(Op.TUPLE);
   pickler.byte(Op.REDUCE);
-  pickler.memoize(tensor);
 }
 
-function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: string): void {
+function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: number): void {
   const { storage } = tensor;
   pickler.global("torch._utils", "_rebuild_tensor_v2");
   pickler.mark();
@@ -115,7 +128,7 @@ function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: string): voi
   pickler.mark();
   pickler.string("storage");
   pickler.global("torch", DTYPES[storage.dtype].torchStorage);
-  pickler.string(storageKey);
+  pickler.decimalString(storageKey); // the string "0", "1", … (as torch writes it)
   pickler.string("cpu");
   pickler.int(storage.numel);
   pickler.byte(Op.TUPLE);

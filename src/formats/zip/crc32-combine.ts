@@ -43,3 +43,52 @@ function shiftForBytes(bytes: number): number {
 export function crc32Combine(crcA: number, crcB: number, lengthB: number): number {
   return (multiplyModP(shiftForBytes(lengthB), crcA >>> 0) ^ (crcB >>> 0)) >>> 0;
 }
+
+/**
+ * Shifting a CRC over a fixed number of zero bytes is linear in the CRC's bits, so it is four table
+ * lookups once a table of 4 × 256 entries is built for that length (32 multiplications). A writer
+ * of thousands of same-sized small entries combines each entry's CRC into the file's with it
+ * instead of taking the CRC of the entry's bytes a second time.
+ */
+export class Crc32Shifter {
+  private readonly tables = new Map<number, Int32Array>();
+  /** Lengths seen once: a table is built when a length comes again. */
+  private readonly seen = new Set<number>();
+
+  /** The table shifting a CRC over `length` zero bytes, or undefined when none is worth building yet. */
+  tableFor(length: number): Int32Array | undefined {
+    let table = this.tables.get(length);
+    if (table === undefined) {
+      if (!this.seen.has(length)) {
+        if (this.seen.size < MAX_SHIFT_TABLES) this.seen.add(length);
+        return undefined;
+      }
+      if (this.tables.size >= MAX_SHIFT_TABLES) return undefined;
+      this.tables.set(length, (table = shiftTable(length)));
+    }
+    return table;
+  }
+}
+
+/** crc32Combine(crcA, crcB, lengthB) with the table of Crc32Shifter.tableFor(lengthB). */
+export function shiftAndCombine(table: Int32Array, crcA: number, crcB: number): number {
+  return (table[crcA & 0xff]! ^ table[256 + ((crcA >>> 8) & 0xff)]! ^ table[512 + ((crcA >>> 16) & 0xff)]! ^ table[768 + (crcA >>> 24)]! ^ crcB) >>> 0;
+}
+
+/** Tables kept per writer (4 KiB each): states hold few distinct small tensor sizes. */
+const MAX_SHIFT_TABLES = 64;
+
+function shiftTable(bytes: number): Int32Array {
+  const shift = shiftForBytes(bytes);
+  const table = new Int32Array(1024);
+  for (let k = 0; k < 4; k++) {
+    const base = 256 * k;
+    for (let bit = 0; bit < 8; bit++) {
+      const value = multiplyModP(shift, (1 << (8 * k + bit)) >>> 0) | 0;
+      const step = 1 << bit;
+      // Every byte value with this as its highest bit: the table entry for the lower bits, plus it.
+      for (let low = 0; low < step; low++) table[base + step + low] = table[base + low]! ^ value;
+    }
+  }
+  return table;
+}

@@ -1,7 +1,11 @@
 import { crc32 } from "../crc32.js";
-import { FormatError } from "../../errors.js";
 import type { ByteSink } from "../byte-io.js";
-import { crc32Combine } from "./crc32-combine.js";
+import { Crc32Shifter, crc32Combine, shiftAndCombine } from "./crc32-combine.js";
+import { crc32Small } from "./crc32-small.js";
+import { EntryColumns } from "./zip-entry-columns.js";
+import { EntryNames } from "./zip-entry-names.js";
+
+export { checkEntryName } from "./zip-entry-names.js";
 import {
   CENTRAL_HEADER_SIGNATURE,
   CENTRAL_HEADER_SIZE,
@@ -27,16 +31,10 @@ export interface ZipWriterOptions {
   forceZip64?: boolean;
 }
 
-interface WrittenEntry {
-  name: string;
-  nameLength: number;
-  crc: number;
-  size: number;
-  offset: number;
-}
-
-/** Entry data at least this long joins the file CRC by combining CRCs instead of a second pass. */
+/** Entry data at least this long is sent as it is (no copy), its CRC combined into the file's. */
 const COMBINE_MIN_BYTES = 16 << 10;
+/** Staged bytes shorter than this join the file CRC through the JavaScript CRC (no native call). */
+const SMALL_CRC_BYTES = 256;
 /** Headers and small entries are gathered into writes of this size. */
 const STAGE_BYTES = 1 << 20;
 /**
@@ -77,8 +75,15 @@ export class ZipWriter {
   /** Staged batches sent to the sink and not yet written, oldest first. */
   private readonly stagedInFlight: { bytes: number; written: Promise<void> }[] = [];
   private stagedInFlightBytes = 0;
-  private readonly entries: WrittenEntry[] = [];
-  private readonly names = new Set<string>();
+  /**
+   * Bytes [stageStart, crcAt) of the staging buffer are in `fileCrc`: a small entry's header is
+   * taken at once and its data combined from the entry's CRC, so its bytes are read only once.
+   */
+  private crcAt = 0;
+  private readonly shifter = new Crc32Shifter();
+  /** The entries written, for the central directory; a numbered entry's name is its number (see addNumbered). */
+  private readonly entries = new EntryColumns();
+  private readonly names = new EntryNames();
   private readonly alignment: number;
   private readonly forceZip64: boolean;
 
@@ -96,7 +101,7 @@ export class ZipWriter {
       await this.add(name, chunks);
       return;
     }
-    this.claimName(name);
+    this.names.claim(name);
     let crc = 0;
     let size = 0;
     for (const part of chunks) {
@@ -113,7 +118,7 @@ export class ZipWriter {
    * otherwise the entry is written (or queued) when it returns: no promise per small entry.
    */
   add(name: string, data: Uint8Array): Promise<void> | undefined {
-    this.claimName(name);
+    this.names.claim(name);
     if (data.byteLength > CRC_PIECE) {
       return crc32Yielding(data, 0).then((crc) => {
         this.writeEntry(name, crc, data.byteLength, [data]);
@@ -121,32 +126,71 @@ export class ZipWriter {
       });
     }
     this.writeEntry(name, crc32(data), data.byteLength, [data]);
+    return this.waitIfBehind();
+  }
+
+  /**
+   * Adds the entry `prefix` + `index` (as `add` does), for archives of many numbered entries
+   * (PyTorch's `archive/data/0`, `1`, …): the name is never built as a string, checked or kept in
+   * a set. Indices come in order from 0, and a writer has one such prefix.
+   */
+  addNumbered(prefix: string, index: number, data: Uint8Array): Promise<void> | undefined {
+    this.names.claimNumbered(prefix, index);
+    if (data.byteLength > CRC_PIECE) {
+      return crc32Yielding(data, 0).then((crc) => {
+        this.writeEntry(index, crc, data.byteLength, [data]);
+        return this.drainIfBehind();
+      });
+    }
+    this.writeEntry(index, crc32(data), data.byteLength, [data]);
+    return this.waitIfBehind();
+  }
+
+  private waitIfBehind(): Promise<void> | undefined {
     if (this.pendingBytes > MAX_QUEUED_BYTES) return this.queue;
     if (this.stagedInFlightBytes > MAX_STAGED_IN_FLIGHT) return this.stagedInFlight[0]!.written;
     return undefined;
   }
 
-  private claimName(name: string): void {
-    checkEntryName(name);
-    if (this.names.has(name)) throw new FormatError("ZIP_NAME", `zip entry "${name}" written twice`);
-    this.names.add(name);
-  }
-
-  private writeEntry(name: string, crc: number, size: number, parts: readonly Uint8Array[]): void {
-    const nameLength = Buffer.byteLength(name, "utf8");
-    this.entries.push({ name, nameLength, crc, size, offset: this.offset });
-    this.localHeader(name, nameLength, crc, size);
+  private writeEntry(name: string | number, crc: number, size: number, parts: readonly Uint8Array[]): void {
+    const nameLength = this.names.byteLength(name);
+    this.entries.push(name, crc, size, this.offset);
+    const headerStart = this.localHeader(name, nameLength, crc, size);
     if (size >= COMBINE_MIN_BYTES) {
       // Large data goes to the sink as it is (no copy); its CRC joins the file's by combination.
       this.flushStaged();
       for (const part of parts) if (part.byteLength > 0) this.send(part);
       this.fileCrc = crc32Combine(this.fileCrc, crc, size);
-    } else {
-      for (const part of parts) {
-        const at = this.reserve(part.byteLength);
-        this.stageBuffer.set(part, at);
-      }
+      return;
     }
+    // Small data is copied into the staging buffer. If its CRC can be combined into the file's
+    // cheaply (a length seen before), the header is taken now and the data is not read again.
+    const shift = this.shifter.tableFor(size);
+    let combined: number | undefined;
+    if (shift !== undefined) {
+      this.crcStagedTo(headerStart);
+      this.crcAt = this.stageAt;
+      this.fileCrc = crc32Small(this.stageBuffer, headerStart, this.stageAt, this.fileCrc);
+      combined = shiftAndCombine(shift, this.fileCrc, crc);
+    }
+    let at = this.reserve(size);
+    for (const part of parts) {
+      this.stageBuffer.set(part, at);
+      at += part.byteLength;
+    }
+    if (combined !== undefined) {
+      // reserve may have sent the header's buffer and started another: the data's end counts either way.
+      this.fileCrc = combined;
+      this.crcAt = this.stageAt;
+    }
+  }
+
+  /** Takes the staged bytes [crcAt, end) into the file CRC. */
+  private crcStagedTo(end: number): void {
+    const start = this.crcAt;
+    if (end <= start) return;
+    this.fileCrc = end - start < SMALL_CRC_BYTES ? crc32Small(this.stageBuffer, start, end, this.fileCrc) : crc32(this.stageBuffer.subarray(start, end), this.fileCrc);
+    this.crcAt = end;
   }
 
   /** Size and CRC-32 of everything written; complete once `finish()` has resolved. */
@@ -157,17 +201,18 @@ export class ZipWriter {
   /** Writes the central directory and end records; the sink then holds a complete zip. */
   async finish(): Promise<void> {
     const directoryOffset = this.offset;
-    for (const entry of this.entries) this.centralHeader(entry);
+    const { count, numbers, crcs, sizes, offsets } = this.entries;
+    for (let i = 0; i < count; i++) this.centralHeader(numbers[i]! >= 0 ? numbers[i]! : this.entries.named.get(i)!, crcs[i]!, sizes[i]!, offsets[i]!);
     const directorySize = this.offset - directoryOffset;
     const needZip64 =
-      this.forceZip64 || this.entries.length >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
-    if (needZip64) this.zip64End(directoryOffset, directorySize);
+      this.forceZip64 || count >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
+    if (needZip64) this.zip64End(count, directoryOffset, directorySize);
     const at = this.reserve(END_SIZE);
     const b = this.stageBuffer;
     b.fill(0, at, at + END_SIZE);
     b.writeUInt32LE(END_SIGNATURE, at);
-    b.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, at + 8);
-    b.writeUInt16LE(needZip64 ? UINT16_MAX : this.entries.length, at + 10);
+    b.writeUInt16LE(needZip64 ? UINT16_MAX : count, at + 8);
+    b.writeUInt16LE(needZip64 ? UINT16_MAX : count, at + 10);
     b.writeUInt32LE(needZip64 ? UINT32_MAX : directorySize, at + 12);
     b.writeUInt32LE(needZip64 ? UINT32_MAX : directoryOffset, at + 16);
     this.flushStaged();
@@ -178,7 +223,8 @@ export class ZipWriter {
     return this.forceZip64 || size >= UINT32_MAX || offset >= UINT32_MAX;
   }
 
-  private localHeader(name: string, nameLength: number, crc: number, size: number): void {
+  /** Stages the local header of an entry; returns where it starts in the staging buffer. */
+  private localHeader(name: string | number, nameLength: number, crc: number, size: number): number {
     const zip64 = this.entryNeedsZip64(size, this.offset);
     const zip64Extra = zip64 ? 4 + 16 : 0;
     const unpadded = this.offset + LOCAL_HEADER_SIZE + nameLength + zip64Extra;
@@ -200,7 +246,7 @@ export class ZipWriter {
     writeU32(b, start + 22, zip64 ? UINT32_MAX : size);
     writeU16(b, start + 26, nameLength);
     writeU16(b, start + 28, extraLength);
-    b.write(name, start + LOCAL_HEADER_SIZE, nameLength, "utf8");
+    this.names.write(b, start + LOCAL_HEADER_SIZE, name, nameLength);
     let at = start + LOCAL_HEADER_SIZE + nameLength;
     if (zip64) {
       writeU16(b, at, ZIP64_EXTRA_ID);
@@ -213,47 +259,49 @@ export class ZipWriter {
       writeU16(b, at, PADDING_EXTRA_ID);
       writeU16(b, at + 2, padding - 4);
       // the rest is zero-filled (PyTorch fills with 'Z'; readers ignore the content)
-      b.fill(0, at + 4, at + padding);
+      for (let i = at + 4; i < at + padding; i++) b[i] = 0;
     }
+    return start;
   }
 
-  private centralHeader(entry: WrittenEntry): void {
-    const bigSize = this.forceZip64 || entry.size >= UINT32_MAX;
-    const bigOffset = this.forceZip64 || entry.offset >= UINT32_MAX;
+  private centralHeader(name: string | number, crc: number, size: number, offset: number): void {
+    const nameLength = this.names.byteLength(name);
+    const bigSize = this.forceZip64 || size >= UINT32_MAX;
+    const bigOffset = this.forceZip64 || offset >= UINT32_MAX;
     const zip64Fields = (bigSize ? 2 : 0) + (bigOffset ? 1 : 0);
     const extraLength = zip64Fields > 0 ? 4 + 8 * zip64Fields : 0;
-    const start = this.reserve(CENTRAL_HEADER_SIZE + entry.nameLength + extraLength);
+    const start = this.reserve(CENTRAL_HEADER_SIZE + nameLength + extraLength);
     const b = this.stageBuffer;
     const version = zip64Fields > 0 ? VERSION_ZIP64 : VERSION_PLAIN;
-    b.fill(0, start, start + CENTRAL_HEADER_SIZE);
+    for (let i = start; i < start + CENTRAL_HEADER_SIZE; i++) b[i] = 0;
     writeU32(b, start, CENTRAL_HEADER_SIGNATURE);
     writeU16(b, start + 4, version);
     writeU16(b, start + 6, version);
     writeU16(b, start + 10, METHOD_STORED);
     writeU16(b, start + 12, DOS_TIME);
     writeU16(b, start + 14, DOS_DATE);
-    writeU32(b, start + 16, entry.crc);
-    writeU32(b, start + 20, bigSize ? UINT32_MAX : entry.size);
-    writeU32(b, start + 24, bigSize ? UINT32_MAX : entry.size);
-    writeU16(b, start + 28, entry.nameLength);
+    writeU32(b, start + 16, crc);
+    writeU32(b, start + 20, bigSize ? UINT32_MAX : size);
+    writeU32(b, start + 24, bigSize ? UINT32_MAX : size);
+    writeU16(b, start + 28, nameLength);
     writeU16(b, start + 30, extraLength);
-    writeU32(b, start + 42, bigOffset ? UINT32_MAX : entry.offset);
-    b.write(entry.name, start + CENTRAL_HEADER_SIZE, entry.nameLength, "utf8");
+    writeU32(b, start + 42, bigOffset ? UINT32_MAX : offset);
+    this.names.write(b, start + CENTRAL_HEADER_SIZE, name, nameLength);
     if (zip64Fields > 0) {
-      let at = start + CENTRAL_HEADER_SIZE + entry.nameLength;
+      let at = start + CENTRAL_HEADER_SIZE + nameLength;
       writeU16(b, at, ZIP64_EXTRA_ID);
       writeU16(b, at + 2, 8 * zip64Fields);
       at += 4;
       if (bigSize) {
-        b.writeBigUInt64LE(BigInt(entry.size), at);
-        b.writeBigUInt64LE(BigInt(entry.size), at + 8);
+        b.writeBigUInt64LE(BigInt(size), at);
+        b.writeBigUInt64LE(BigInt(size), at + 8);
         at += 16;
       }
-      if (bigOffset) b.writeBigUInt64LE(BigInt(entry.offset), at);
+      if (bigOffset) b.writeBigUInt64LE(BigInt(offset), at);
     }
   }
 
-  private zip64End(directoryOffset: number, directorySize: number): void {
+  private zip64End(count: number, directoryOffset: number, directorySize: number): void {
     const endOffset = this.offset;
     const start = this.reserve(ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE);
     const out = this.stageBuffer;
@@ -262,8 +310,8 @@ export class ZipWriter {
     out.writeBigUInt64LE(BigInt(ZIP64_END_SIZE - 12), start + 4);
     out.writeUInt16LE(VERSION_ZIP64, start + 12);
     out.writeUInt16LE(VERSION_ZIP64, start + 14);
-    out.writeBigUInt64LE(BigInt(this.entries.length), start + 24);
-    out.writeBigUInt64LE(BigInt(this.entries.length), start + 32);
+    out.writeBigUInt64LE(BigInt(count), start + 24);
+    out.writeBigUInt64LE(BigInt(count), start + 32);
     out.writeBigUInt64LE(BigInt(directorySize), start + 40);
     out.writeBigUInt64LE(BigInt(directoryOffset), start + 48);
     out.writeUInt32LE(ZIP64_LOCATOR_SIGNATURE, start + ZIP64_END_SIZE);
@@ -291,6 +339,7 @@ export class ZipWriter {
       this.stageBuffer = length <= next && next === STAGE_BYTES ? (this.spareStages.pop() ?? Buffer.allocUnsafeSlow(next)) : Buffer.allocUnsafeSlow(Math.max(next, length));
       this.stageStart = 0;
       this.stageAt = 0;
+      this.crcAt = 0;
     }
     const at = this.stageAt;
     this.stageAt += length;
@@ -300,9 +349,9 @@ export class ZipWriter {
 
   private flushStaged(): void {
     if (this.stageAt === this.stageStart) return;
+    this.crcStagedTo(this.stageAt);
     const batch = this.stageBuffer.subarray(this.stageStart, this.stageAt);
     this.stageStart = this.stageAt;
-    this.fileCrc = crc32(batch, this.fileCrc);
     this.enqueue(batch);
     const inFlight = { bytes: batch.byteLength, written: this.queue };
     this.stagedInFlight.push(inFlight);
@@ -358,10 +407,3 @@ async function crc32Yielding(bytes: Uint8Array, crc: number): Promise<number> {
   return crc;
 }
 
-/** Entry names are relative paths without `..`: a reader that extracts them must stay inside. */
-export function checkEntryName(name: string): void {
-  if (UNSAFE_NAME.test(name)) throw new FormatError("ZIP_NAME", `unsafe zip entry name ${JSON.stringify(name)}`);
-}
-
-/** Empty, absolute, with a backslash or NUL, or with a "." or ".." segment. */
-const UNSAFE_NAME = /^$|^\/|[\\\0]|(^|\/)\.{1,2}(\/|$)/;

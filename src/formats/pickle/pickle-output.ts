@@ -1,0 +1,256 @@
+import { FormatError } from "../../errors.js";
+import { Op } from "./opcodes.js";
+
+/** Strings up to this length are memoized by value, so repeated keys are written once. */
+const MEMO_STRING_LENGTH = 64;
+
+/** Decimal strings up to this value are memoized in `decimalMemo`. */
+const MAX_DECIMAL_KEY = 999_999_999;
+
+const BIG_INT32_MIN = -(2 ** 31);
+const BIG_INT32_MAX = 2 ** 31 - 1;
+
+/**
+ * The growing byte buffer of a pickle and the opcodes of its scalars (ints, floats, strings, short
+ * int tuples) and memo entries: what `Pickler` writes a state's values with, and what the torch
+ * writer writes each tensor's rebuild call with, op by op (see docs/design.md, "Per-tensor cost").
+ */
+export class PickleOutput {
+  private buffer = Buffer.alloc(1 << 16);
+  private view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
+  private length = 0;
+  private readonly stringMemo = new Map<string, number>();
+  /**
+   * The memo of strings that are decimal numbers ("0" … "999999999"), indexed by their value: the
+   * storage keys of a state are these, one per tensor, and writing them needs no string then.
+   */
+  private readonly decimalMemo: number[] = [];
+  /** Memo entries written so far: the next one's index. */
+  private memoCount = 0;
+
+  /** The bytes written so far (a view, not a copy). */
+  written(): Uint8Array {
+    return this.buffer.subarray(0, this.length);
+  }
+
+  /** Writes MARK. */
+  mark(): void {
+    this.byte(Op.MARK);
+  }
+
+  /**
+   * Writes a tuple of safe integers (a shape, strides), not memoized: the bytes `tuple(items, [])`
+   * writes, without its per-item dispatch.
+   */
+  intTuple(items: readonly number[]): void {
+    const n = items.length;
+    if (n === 0) {
+      this.byte(Op.EMPTY_TUPLE);
+      return;
+    }
+    if (n > 3) this.byte(Op.MARK);
+    for (let i = 0; i < n; i++) {
+      const item = items[i]!;
+      if (Number.isSafeInteger(item) && !Object.is(item, -0)) this.int(item);
+      else this.float(item);
+    }
+    this.byte(n > 3 ? Op.TUPLE : Op.TUPLE1 + n - 1);
+  }
+
+  int(value: number | bigint): void {
+    if (typeof value === "number" && value >= 0 && value < 0x100) {
+      this.byte(Op.BININT1);
+      this.byte(value);
+    } else if (typeof value === "number" && value >= 0 && value < 0x10000) {
+      this.byte(Op.BININT2);
+      this.ensure(2);
+      this.view.setUint16(this.length, value, true);
+      this.length += 2;
+    } else if (typeof value === "number" && value >= BIG_INT32_MIN && value <= BIG_INT32_MAX) {
+      this.byte(Op.BININT);
+      this.ensure(4);
+      this.view.setInt32(this.length, value, true);
+      this.length += 4;
+    } else {
+      const bytes = encodeLong(BigInt(value));
+      this.byte(Op.LONG1);
+      this.byte(bytes.length);
+      this.bytes(bytes);
+    }
+  }
+
+  float(value: number): void {
+    this.byte(Op.BINFLOAT);
+    this.ensure(8);
+    this.view.setFloat64(this.length, value, false);
+    this.length += 8;
+  }
+
+  string(value: string, memoize = true): void {
+    const memoized = memoize && value.length <= MEMO_STRING_LENGTH;
+    if (memoized && isDecimalKey(value)) {
+      this.decimalString(Number(value));
+      return;
+    }
+    if (memoized) {
+      const index = this.stringMemo.get(value);
+      if (index !== undefined) {
+        this.memoGet(index);
+        return;
+      }
+    }
+    // Encoded straight into the pickle: no intermediate buffer per string (states have thousands of keys).
+    if (value.length <= MEMO_STRING_LENGTH && this.shortAscii(value)) {
+      // written
+    } else {
+      const length = Buffer.byteLength(value, "utf8");
+      this.byte(Op.BINUNICODE);
+      this.ensure(4 + length);
+      this.view.setUint32(this.length, length, true);
+      this.length += 4;
+      this.length += this.buffer.write(value, this.length, length, "utf8");
+    }
+    if (memoized) this.stringMemo.set(value, this.newMemoIndex());
+  }
+
+  /**
+   * Writes the string of `n`, a non-negative integer (what `string(String(n))` writes, memo
+   * included), without making the string.
+   */
+  decimalString(n: number): void {
+    if (!(Number.isInteger(n) && n >= 0 && n <= MAX_DECIMAL_KEY)) {
+      this.string(String(n));
+      return;
+    }
+    const index = this.decimalMemo[n];
+    if (index !== undefined) {
+      this.memoGet(index);
+      return;
+    }
+    let digits = 1;
+    for (let rest = n; rest >= 10; rest = Math.floor(rest / 10)) digits++;
+    this.ensure(5 + digits);
+    const buffer = this.buffer;
+    buffer[this.length] = Op.BINUNICODE;
+    this.view.setUint32(this.length + 1, digits, true);
+    let rest = n;
+    for (let i = this.length + 4 + digits; i > this.length + 4; i--) {
+      buffer[i] = 48 + (rest % 10);
+      rest = Math.floor(rest / 10);
+    }
+    this.length += 5 + digits;
+    this.decimalMemo[n] = this.newMemoIndex();
+  }
+
+  /**
+   * Writes BINUNICODE of a short ASCII string byte by byte (a native UTF-8 encoder call costs more
+   * than the copy for keys like "layers.3.weight"); false, with nothing written, if it is not ASCII.
+   */
+  private shortAscii(value: string): boolean {
+    const n = value.length;
+    this.ensure(5 + n);
+    const buffer = this.buffer;
+    const at = this.length + 5;
+    for (let i = 0; i < n; i++) {
+      const code = value.charCodeAt(i);
+      if (code > 0x7f) return false;
+      buffer[at + i] = code;
+    }
+    buffer[this.length] = Op.BINUNICODE;
+    this.view.setUint32(this.length + 1, n, true);
+    this.length = at + n;
+    return true;
+  }
+
+  /** Memoizes the object on top of the pickle stack without a key (see EncodeFirst); returns its index. */
+  putMemo(): number {
+    return this.newMemoIndex();
+  }
+
+  /** Writes a reference to memo entry `index` (from putMemo). */
+  getMemoEntry(index: number): void {
+    this.memoGet(index);
+  }
+
+  protected newMemoIndex(): number {
+    const index = this.memoCount++;
+    if (index < 0x100) {
+      this.byte(Op.BINPUT);
+      this.byte(index);
+    } else {
+      this.byte(Op.LONG_BINPUT);
+      this.ensure(4);
+      this.view.setUint32(this.length, index, true);
+      this.length += 4;
+    }
+    return index;
+  }
+
+  protected memoGet(index: number): void {
+    if (index < 0x100) {
+      this.byte(Op.BINGET);
+      this.byte(index);
+    } else {
+      this.byte(Op.LONG_BINGET);
+      this.ensure(4);
+      this.view.setUint32(this.length, index, true);
+      this.length += 4;
+    }
+  }
+
+  byte(value: number): void {
+    this.ensure(1);
+    this.buffer[this.length++] = value;
+  }
+
+  private bytes(bytes: Uint8Array): void {
+    this.ensure(bytes.length);
+    this.buffer.set(bytes, this.length);
+    this.length += bytes.length;
+  }
+
+  protected ascii(text: string): void {
+    this.ensure(text.length);
+    this.length += this.buffer.write(text, this.length, "latin1");
+  }
+
+  private ensure(extra: number): void {
+    if (this.length + extra <= this.buffer.length) return;
+    let size = this.buffer.length * 2;
+    while (size < this.length + extra) size *= 2;
+    const grown = Buffer.alloc(size);
+    grown.set(this.buffer.subarray(0, this.length));
+    this.buffer = grown;
+    this.view = new DataView(grown.buffer, grown.byteOffset, grown.byteLength);
+  }
+}
+
+/** Two's complement, little-endian, shortest form (Python's `encode_long`). */
+function encodeLong(value: bigint): Uint8Array {
+  if (value === 0n) return new Uint8Array(0);
+  const bytes: number[] = [];
+  let rest = value;
+  for (;;) {
+    bytes.push(Number(rest & 0xffn));
+    rest >>= 8n;
+    const signBitSet = (bytes[bytes.length - 1]! & 0x80) !== 0;
+    if ((rest === 0n && !signBitSet) || (rest === -1n && signBitSet)) break;
+  }
+
+  if (bytes.length > 255) throw new FormatError("PICKLE_LIMIT", "an int longer than 255 bytes cannot be saved");
+  return Uint8Array.from(bytes);
+}
+
+/** "0", "7", "12345": digits without a leading zero, at most 9 of them (what decimalString memoizes). */
+function isDecimalKey(value: string): boolean {
+  const n = value.length;
+  if (n === 0 || n > 9) return false;
+  const first = value.charCodeAt(0);
+  if (first < 48 || first > 57 || (first === 48 && n > 1)) return false;
+  for (let i = 1; i < n; i++) {
+    const code = value.charCodeAt(i);
+    if (code < 48 || code > 57) return false;
+  }
+
+  return true;
+}
