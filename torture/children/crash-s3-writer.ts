@@ -31,16 +31,7 @@ function bigTrainingState(stepNr: number, content: number): StateDict {
 }
 
 async function runS3Op(manager: FileCheckpointManager, op: S3CrashOp): Promise<void> {
-  if (op.type !== "save" || op.big !== true) return runOp(manager, op, say);
-  await manager.beginCheckpoint(op.stepNr, { background: op.background });
-  await manager.saveState(bigTrainingState(op.stepNr, op.content), { replicatedKeys: ["epoch"] });
-  await manager.saveMetadata({ content: op.content });
-  await manager.saveScore(op.content);
-  await manager.commitCheckpoint();
-  if (op.background) {
-    say("returned");
-    await manager.waitForPendingSave();
-  }
+  return op.type === "save" && op.big === true ? runOp(manager, op, say, bigTrainingState) : runOp(manager, op, say);
 }
 
 const [endpoint, dir, planText] = process.argv.slice(2);

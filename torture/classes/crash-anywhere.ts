@@ -18,15 +18,14 @@ import { fileURLToPath } from "node:url";
 import { FileCheckpointManager } from "../../src/index.js";
 import { saveCheckpoint } from "../../test/helpers/crash-scenarios.js";
 import { runChild, type ChildRun } from "../lib/child-process.js";
-import { describeOp, drawPlan, runOp, TEMPLATE_STEPS, type CrashOp } from "../lib/crash-plan.js";
-import { mismatches, observeCheckpoints, type Found, type Observation } from "../lib/crash-check.js";
+import { describeOp, drawPlan, TEMPLATE_STEPS, type CrashOp } from "../lib/crash-plan.js";
+import { checkTakeOver, type Found, type Observation } from "../lib/crash-check.js";
 import { launchCrashCase, prepareLaunchTemplate, LAUNCH_KIND } from "../lib/launch-crash.js";
 import { countCase, Random } from "../lib/random.js";
 import type { ClassFailure, ClassOptions, ClassResult } from "../types.js";
 
 const WRITER = join(dirname(dirname(fileURLToPath(import.meta.url))), "children", "crash-writer.ts");
 /** The step the checker saves after each kill (beyond any step a plan uses). */
-const CHECK_STEP = 99_999;
 
 /** Where a kill can be aimed, by the label of the call it lands before and the operation under way. */
 const AIMED = {
@@ -92,39 +91,14 @@ export const parseStates = (lines: string[]): Map<number, Observation> =>
       }),
   );
 
-export const canonical = (observation: Observation): string =>
-  [...observation].sort(([a], [b]) => a - b).map(([step, found]) => `${step}:${found.content}:${found.modelOnly}`).join(",");
-
 /** What a fresh manager finds after `run`; failures, or none. */
 async function checkAfterKill(dir: string, run: ChildRun, recording: Recording, context: string): Promise<ClassFailure[]> {
   const doneOps = run.lines.filter((line) => line.startsWith("done-op ")).length;
   const final = recording.states.get(recording.states.size - 2)!;
   const before = recording.states.get(doneOps - 1)!;
   const after = recording.states.get(doneOps) ?? final;
-  const failures: ClassFailure[] = [];
   const manager = new FileCheckpointManager({ checkpointDir: dir });
-  try {
-    let observed: Observation;
-    try {
-      observed = await observeCheckpoints(manager);
-    } catch (error) {
-      return [{ kind: "listed checkpoint does not load", detail: `${context}: ${(error as Error).message}` }];
-    }
-    for (const problem of mismatches(observed, before, after)) failures.push({ kind: problem.kind, detail: `${context}: ${problem.detail}` });
-    try {
-      await runOp(manager, { type: "save", stepNr: CHECK_STEP, content: CHECK_STEP, background: false }, () => undefined);
-      const again = await observeCheckpoints(manager);
-      const expected = new Map(observed).set(CHECK_STEP, { content: CHECK_STEP, modelOnly: false });
-      if (canonical(again) !== canonical(expected)) {
-        failures.push({ kind: "recovery changed committed checkpoints", detail: `${context}: ${JSON.stringify([...observed])} became ${JSON.stringify([...again])}` });
-      }
-    } catch (error) {
-      failures.push({ kind: "cannot save after a kill", detail: `${context}: ${(error as Error).message}` });
-    }
-  } finally {
-    await manager.close().catch(() => undefined);
-  }
-  return failures;
+  return checkTakeOver(manager, before, after, context);
 }
 
 /** The kind a landed kill counts as: the aimed kind when the call it hit is one, else the first that fits. */

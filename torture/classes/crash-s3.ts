@@ -24,14 +24,13 @@ import { startS3Server, type S3TestServer } from "../../test/helpers/s3-server.j
 import { filesUnder } from "../../test/helpers/storages-without-rename.js";
 import type { S3CrashOp } from "../children/crash-s3-writer.js";
 import { runChild, type ChildRun } from "../lib/child-process.js";
-import { mismatches, observeCheckpoints, type Observation } from "../lib/crash-check.js";
-import { contentOf, describeOp, drawPlan, runOp, TEMPLATE_STEPS } from "../lib/crash-plan.js";
+import { checkTakeOver } from "../lib/crash-check.js";
+import { contentOf, describeOp, drawPlan, TEMPLATE_STEPS } from "../lib/crash-plan.js";
 import { countCase, Random } from "../lib/random.js";
 import type { ClassFailure, ClassOptions, ClassResult } from "../types.js";
-import { canonical, parseStates, pointsOf, type Point, type Recording } from "./crash-anywhere.js";
+import { parseStates, pointsOf, type Point, type Recording } from "./crash-anywhere.js";
 
 const WRITER = join(dirname(dirname(fileURLToPath(import.meta.url))), "children", "crash-s3-writer.ts");
-const CHECK_STEP = 99_999;
 const TEMPLATE = "template";
 
 /** Where a kill can be aimed, by the label of the request it lands before and the operation under way. */
@@ -94,29 +93,8 @@ async function checkAfterKill({ server, s3 }: Checker, dir: string, run: ChildRu
   const final = recording.states.get(recording.states.size - 2)!;
   const before = recording.states.get(doneOps - 1)!;
   const after = recording.states.get(doneOps) ?? final;
-  const failures: ClassFailure[] = [];
   const manager = new FileCheckpointManager({ checkpointDir: dir, fileSystem: s3 });
-  try {
-    let observed: Observation;
-    try {
-      observed = await observeCheckpoints(manager);
-    } catch (error) {
-      return [{ kind: "listed checkpoint does not load", detail: `${context}: ${(error as Error).message}` }];
-    }
-    for (const problem of mismatches(observed, before, after)) failures.push({ kind: problem.kind, detail: `${context}: ${problem.detail}` });
-    try {
-      await runOp(manager, { type: "save", stepNr: CHECK_STEP, content: CHECK_STEP, background: false }, () => undefined);
-      const again = await observeCheckpoints(manager);
-      const expected = new Map(observed).set(CHECK_STEP, { content: CHECK_STEP, modelOnly: false });
-      if (canonical(again) !== canonical(expected)) {
-        failures.push({ kind: "recovery changed committed checkpoints", detail: `${context}: ${JSON.stringify([...observed])} became ${JSON.stringify([...again])}` });
-      }
-    } catch (error) {
-      failures.push({ kind: "cannot save after a kill", detail: `${context}: ${(error as Error).message}` });
-    }
-  } finally {
-    await manager.close().catch(() => undefined);
-  }
+  const failures = await checkTakeOver(manager, before, after, context);
   // Taking the prefix over (the check save's beginCheckpoint) recovered it: nothing unnamed stays.
   const prefix = `${dir.slice(`s3://${server.bucket}/`.length)}/`;
   const left = [...(await unnamedFiles(s3, dir)), ...(await uploadsUnder(server, prefix)).map((key) => `a multipart upload of ${key.slice(prefix.length)}`)];

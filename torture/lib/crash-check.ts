@@ -6,6 +6,11 @@
  */
 import type { FileCheckpointManager } from "../../src/index.js";
 import { loadContent } from "../../test/helpers/crash-scenarios.js";
+import type { ClassFailure } from "../types.js";
+import { runOp } from "./crash-plan.js";
+
+/** The step the check saves after a kill: above any step a workload uses. */
+export const CHECK_STEP = 99_999;
 
 export interface Found {
   content: number;
@@ -48,4 +53,38 @@ export function mismatches(observed: Observation, before: Observation, after: Ob
     });
   }
   return problems;
+}
+
+export const canonical = (observation: Observation): string =>
+  [...observation].sort(([a], [b]) => a - b).map(([step, found]) => `${step}:${found.content}:${found.modelOnly}`).join(",");
+
+/**
+ * The checks of a fresh manager taking a directory over after a kill (the same on every back end):
+ * what it lists must be allowed (see mismatches), a new checkpoint must save, and that save's
+ * recovery must leave every committed checkpoint as it was. Closes the manager.
+ */
+export async function checkTakeOver(manager: FileCheckpointManager, before: Observation, after: Observation, context: string): Promise<ClassFailure[]> {
+  const failures: ClassFailure[] = [];
+  try {
+    let observed: Observation;
+    try {
+      observed = await observeCheckpoints(manager);
+    } catch (error) {
+      return [{ kind: "listed checkpoint does not load", detail: `${context}: ${(error as Error).message}` }];
+    }
+    for (const problem of mismatches(observed, before, after)) failures.push({ kind: problem.kind, detail: `${context}: ${problem.detail}` });
+    try {
+      await runOp(manager, { type: "save", stepNr: CHECK_STEP, content: CHECK_STEP, background: false }, () => undefined);
+      const again = await observeCheckpoints(manager);
+      const expected = new Map(observed).set(CHECK_STEP, { content: CHECK_STEP, modelOnly: false });
+      if (canonical(again) !== canonical(expected)) {
+        failures.push({ kind: "recovery changed committed checkpoints", detail: `${context}: ${JSON.stringify([...observed])} became ${JSON.stringify([...again])}` });
+      }
+    } catch (error) {
+      failures.push({ kind: "cannot save after a kill", detail: `${context}: ${(error as Error).message}` });
+    }
+  } finally {
+    await manager.close().catch(() => undefined);
+  }
+  return failures;
 }

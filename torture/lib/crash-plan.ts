@@ -3,7 +3,7 @@
  * state each save writes, whose every number is derived from the step and its save generation
  * (step + 1000 × generation) so a checker knows what a listed step must hold.
  */
-import type { FileCheckpointManager } from "../../src/index.js";
+import type { FileCheckpointManager, StateDict } from "../../src/index.js";
 import { trainingState } from "../../test/helpers/crash-scenarios.js";
 import type { Random } from "./random.js";
 
@@ -66,11 +66,15 @@ export function describeOp(op: CrashOp): string {
  * Runs one operation. A background save says `returned` (through `say`) once commitCheckpoint has
  * returned, then waits for the write: the op is over when the checkpoint is committed.
  */
-export async function runOp(manager: FileCheckpointManager, op: CrashOp, say: (line: string) => void): Promise<void> {
+/** The state a save of `content` writes at `stepNr`: the small training state unless a writer needs another. */
+export type StateMaker = (stepNr: number, content: number) => StateDict;
+const smallState: StateMaker = (stepNr, content) => trainingState(stepNr, content, "small");
+
+export async function runOp(manager: FileCheckpointManager, op: CrashOp, say: (line: string) => void, makeState: StateMaker = smallState): Promise<void> {
   switch (op.type) {
     case "save":
       await manager.beginCheckpoint(op.stepNr, { background: op.background });
-      await manager.saveState(trainingState(op.stepNr, op.content, "small"), { replicatedKeys: ["epoch"] });
+      await manager.saveState(makeState(op.stepNr, op.content), { replicatedKeys: ["epoch"] });
       await manager.saveMetadata({ content: op.content });
       await manager.saveScore(op.content);
       await manager.commitCheckpoint();
