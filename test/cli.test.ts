@@ -139,6 +139,12 @@ describe("help and usage", () => {
     assert.equal(bare.status, 2);
     assert.match(bare.stderr, /Usage: ckpt/);
   });
+
+  test("`npx ckpt` works in a clone: the built bin runs as a program (the build sets its executable bit)", () => {
+    const run = spawnSync("npx", ["--no-install", "ckpt", "--version"], { cwd: ROOT, encoding: "utf8" });
+    assert.equal(run.status, 0, `npx ckpt --version failed: ${run.stderr}`);
+    assert.match(run.stdout, /^\d+\.\d+\.\d+/);
+  });
 });
 
 // ------------------------------------------------------------------ ls
