@@ -41,3 +41,15 @@ export function crc32(bytes: Uint8Array, crc = 0): number {
   }
   return crc;
 }
+
+/** Pieces of crc32Yielding, between which the event loop may run: a background save must not freeze training. */
+export const YIELDING_CRC_PIECE_BYTES = 8 << 20;
+
+/** crc32 of a large buffer in pieces, letting the event loop run between them. */
+export async function crc32Yielding(bytes: Uint8Array, crc = 0): Promise<number> {
+  for (let offset = 0; offset < bytes.byteLength; offset += YIELDING_CRC_PIECE_BYTES) {
+    if (offset > 0) await new Promise((resolve) => setImmediate(resolve));
+    crc = crc32(bytes.subarray(offset, offset + YIELDING_CRC_PIECE_BYTES), crc);
+  }
+  return crc;
+}

@@ -1,4 +1,4 @@
-import { crc32 } from "../crc32.js";
+import { crc32, crc32Yielding, YIELDING_CRC_PIECE_BYTES } from "../crc32.js";
 import type { ByteSink } from "../byte-io.js";
 import { Crc32Shifter, crc32Combine, shiftAndCombine } from "./crc32-combine.js";
 import { crc32Small } from "./crc32-small.js";
@@ -119,14 +119,7 @@ export class ZipWriter {
    */
   add(name: string, data: Uint8Array): Promise<void> | undefined {
     this.names.claim(name);
-    if (data.byteLength > CRC_PIECE) {
-      return crc32Yielding(data, 0).then((crc) => {
-        this.writeEntry(name, crc, data.byteLength, [data]);
-        return this.drainIfBehind();
-      });
-    }
-    this.writeEntry(name, crc32(data), data.byteLength, [data]);
-    return this.waitIfBehind();
+    return this.addClaimed(name, data);
   }
 
   /**
@@ -136,13 +129,18 @@ export class ZipWriter {
    */
   addNumbered(prefix: string, index: number, data: Uint8Array): Promise<void> | undefined {
     this.names.claimNumbered(prefix, index);
-    if (data.byteLength > CRC_PIECE) {
+    return this.addClaimed(index, data);
+  }
+
+  /** `add` of an entry whose name is claimed: a numbered entry's name is its number. */
+  private addClaimed(name: string | number, data: Uint8Array): Promise<void> | undefined {
+    if (data.byteLength > YIELDING_CRC_PIECE_BYTES) {
       return crc32Yielding(data, 0).then((crc) => {
-        this.writeEntry(index, crc, data.byteLength, [data]);
+        this.writeEntry(name, crc, data.byteLength, [data]);
         return this.drainIfBehind();
       });
     }
-    this.writeEntry(index, crc32(data), data.byteLength, [data]);
+    this.writeEntry(name, crc32(data), data.byteLength, [data]);
     return this.waitIfBehind();
   }
 
@@ -394,16 +392,5 @@ function writeU32(b: Uint8Array, at: number, value: number): void {
   b[at + 1] = (value >>> 8) & 0xff;
   b[at + 2] = (value >>> 16) & 0xff;
   b[at + 3] = (value >>> 24) & 0xff;
-}
-
-/** CRC pieces between which the event loop may run: a background save must not freeze training. */
-const CRC_PIECE = 8 << 20;
-
-async function crc32Yielding(bytes: Uint8Array, crc: number): Promise<number> {
-  for (let offset = 0; offset < bytes.byteLength; offset += CRC_PIECE) {
-    if (offset > 0) await new Promise((resolve) => setImmediate(resolve));
-    crc = crc32(bytes.subarray(offset, offset + CRC_PIECE), crc);
-  }
-  return crc;
 }
 
