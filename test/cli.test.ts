@@ -141,8 +141,10 @@ describe("help and usage", () => {
   });
 
   test("`npx ckpt` works in a clone: the built bin runs as a program (the build sets its executable bit)", () => {
-    const run = spawnSync("npx", ["--no-install", "ckpt", "--version"], { cwd: ROOT, encoding: "utf8" });
-    assert.equal(run.status, 0, `npx ckpt --version failed: ${run.stderr}`);
+    // npx executes this file itself. Not npx here: with an empty npm cache it installs this directory
+    // into its cache, which runs `prepare` and rebuilds dist/ under the other test files' feet.
+    const run = spawnSync(join(ROOT, "dist", "cli", "main.js"), ["--version"], { cwd: ROOT, encoding: "utf8" });
+    assert.equal(run.status, 0, `dist/cli/main.js --version failed as a program: ${run.error?.message ?? run.stderr}`);
     assert.match(run.stdout, /^\d+\.\d+\.\d+/);
   });
 });
