@@ -79,7 +79,7 @@ async function outlineTorch(fileSystem: FileSystem, path: string): Promise<Tenso
   });
   if (opened.legacy !== undefined) return outlineLegacy(fileSystem, path, opened.size, opened.legacy);
   const { zip, size, structure } = opened;
-  const keys = new Map([...structure.storages].map(([key, storage]) => [storage, key]));
+  const entries = new Map(structure.storages.map((storage, i) => [storage, structure.entries[i]!]));
   return {
     path,
     format: "pt",
@@ -87,11 +87,11 @@ async function outlineTorch(fileSystem: FileSystem, path: string): Promise<Tenso
     state: structure.state,
     metadata: new Map(),
     readTensorData: async (tensor) => {
-      const key = keys.get(tensor.storage);
-      if (key === undefined || isRead(tensor.storage)) return;
+      const entry = entries.get(tensor.storage);
+      if (entry === undefined || isRead(tensor.storage)) return;
       await readingFile(fileSystem, path, "PyTorch", async (reader) => {
         const storage = tensor.storage;
-        const bytes = await zip.withReader(reader).read(`${structure.dataPrefix}${key}`);
+        const bytes = await zip.withReader(reader).readEntry(entry);
         if (structure.bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
         storage.attach(bytes);
       });
@@ -226,7 +226,7 @@ export async function checkTensorFile(path: string, options: TensorFileCheckOpti
     }
     const zip = await ZipReader.open(reader);
     const structure = await readTorchStructure(zip);
-    for (const key of structure.storages.keys()) await zip.dataOffset(zip.entry(`${structure.dataPrefix}${key}`));
+    for (const entry of structure.entries) await zip.dataOffset(entry);
     if (expected !== undefined) return;
     // Without a digest, each entry's recorded CRC-32 is what vouches for its bytes.
     const entries = [...zip.entries.values()].sort((a, b) => a.headerOffset - b.headerOffset);

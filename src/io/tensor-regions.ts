@@ -1,6 +1,6 @@
 import { TensorLoadError } from "../errors.js";
 import { readTorchStructure } from "../formats/torch/torch-reader.js";
-import { ZipReader } from "../formats/zip/zip-reader.js";
+import { ZipReader, type ZipEntry } from "../formats/zip/zip-reader.js";
 import type { FileReader, FileSystem } from "../fs/file-system.js";
 import { swapByteOrder } from "../tensor/byte-order.js";
 import { DTYPES } from "../tensor/dtype.js";
@@ -47,15 +47,15 @@ export async function openTensorRegions(fileSystem: FileSystem, path: string): P
     await reader.close().catch(() => undefined);
     throw fail("not a valid PyTorch file", error);
   }
-  const keys = new Map<Storage, string>([...structure.storages].map(([key, storage]) => [storage, key]));
+  const entries = new Map<Storage, ZipEntry>(structure.storages.map((storage, i) => [storage, structure.entries[i]!]));
   const starts = new Map<Storage, number>();
   const wholeRead = new Set<Storage>();
   const dataStart = async (storage: Storage): Promise<number> => {
     const known = starts.get(storage);
     if (known !== undefined) return known;
-    const key = keys.get(storage);
-    if (key === undefined) throw new Error("the tensor is not one of this file's");
-    const start = await zip.dataOffset(zip.entry(`${structure.dataPrefix}${key}`));
+    const entry = entries.get(storage);
+    if (entry === undefined) throw new Error("the tensor is not one of this file's");
+    const start = await zip.dataOffset(entry);
     starts.set(storage, start);
     return start;
   };
@@ -80,10 +80,10 @@ export async function openTensorRegions(fileSystem: FileSystem, path: string): P
     async readWhole(tensor) {
       const storage = tensor.storage;
       if (wholeRead.has(storage)) return;
-      const key = keys.get(storage);
-      if (key === undefined) return;
+      const entry = entries.get(storage);
+      if (entry === undefined) return;
       try {
-        const bytes = await zip.read(`${structure.dataPrefix}${key}`);
+        const bytes = await zip.readEntry(entry);
         if (structure.bigEndian) swapByteOrder(bytes, storage.dtype === "complex64" ? 4 : DTYPES[storage.dtype].itemSize);
         storage.attach(bytes);
         wholeRead.add(storage);

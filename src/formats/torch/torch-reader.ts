@@ -46,12 +46,10 @@ export async function readTorchArchive(zip: ZipReader, options: TorchReadOptions
  */
 export async function readTorchStorages(zip: ZipReader, structure: TorchStructure, options: TorchReadOptions = {}): Promise<StateValue> {
   const verifyCrc = options.verifyCrc ?? true;
-  const { state, storages, dataPrefix, bigEndian } = structure;
+  const { state, storages: list, entries, bigEndian } = structure;
   const { result, targets, copies } = options.into === undefined ? { result: state, targets: new Map<Storage, Uint8Array>(), copies: [] } : matchTargets(state, options.into);
 
   // Read in file order: sequential on a disk, and each storage once.
-  const list = [...storages.values()];
-  const entries = structure.entries ?? [...storages.keys()].map((key) => zip.entry(dataPrefix + key));
   const order = list.map((_, i) => i).sort((a, b) => entries[a]!.headerOffset - entries[b]!.headerOffset);
   const total = list.reduce((sum, storage) => sum + storage.numel * DTYPES[storage.dtype].itemSize, 0);
   let done = 0;
@@ -82,11 +80,10 @@ export async function readTorchStorages(zip: ZipReader, structure: TorchStructur
 export interface TorchStructure {
   /** The unpickled state; its tensors' storages are pending (`Storage.pending`) until read. */
   state: StateValue;
-  /** Each storage by its key; its bytes are in the entry `${dataPrefix}${key}`. */
-  storages: Map<string, Storage>;
-  dataPrefix: string;
-  /** Each storage's entry, in the order of `storages` (as found while unpickling; else looked up). */
-  entries?: ZipEntry[];
+  /** Each storage once, in the order the pickle first names them. */
+  storages: Storage[];
+  /** Each storage's entry (`<root>/data/<key>`), in the order of `storages`. */
+  entries: ZipEntry[];
   /** The storages' bytes are big-endian (`byteorder` says "big") and must be swapped once read. */
   bigEndian: boolean;
 }
@@ -103,8 +100,13 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   const bigEndian = await readByteOrder(zip, root, verifyCrc);
   const dataPrefix = `${root}/data/`;
 
-  const storages = new Map<string, Storage>();
+  const storages: Storage[] = [];
   const entries: ZipEntry[] = [];
+  // Keys "0", "1", … (all PyTorch writes) index arrays: no string built, hashed and looked up per
+  // storage; any other key goes through a Map.
+  const numberedEntries = entriesByNumber(zip, dataPrefix);
+  const numberedStorages: (Storage | undefined)[] = new Array<Storage | undefined>(numberedEntries.length).fill(undefined);
+  const namedStorages = new Map<string, Storage>();
   const persistentLoad = (pid: unknown): Storage => {
     if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
       throw new FormatError("TORCH_PERSID", "a persistent id is not ('storage', type, key, location, numel)");
@@ -117,12 +119,13 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     if (!(type instanceof TorchStorageType) || typeof key !== "string" || typeof location !== "string" || typeof numel !== "number") {
       throw new FormatError("TORCH_PERSID", "a storage's persistent id has fields of the wrong type");
     }
-    const known = storages.get(key);
+    const number = decimalNumber(key, 0, numberedEntries.length);
+    const known = number >= 0 ? numberedStorages[number] : namedStorages.get(key);
     if (known !== undefined) {
       if (known.dtype !== type.dtype) throw new FormatError("TORCH_STORAGE", `storage "${key}" is used as both ${known.dtype} and ${type.dtype}`);
       return known;
     }
-    const entry = zip.entries.get(`${dataPrefix}${key}`);
+    const entry = number >= 0 ? numberedEntries[number] : zip.entries.get(`${dataPrefix}${key}`);
     if (entry === undefined) throw new FormatError("TORCH_STORAGE", `storage "${key}" has no entry ${dataPrefix}${key}`);
     const { itemSize } = DTYPES[type.dtype];
     if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== entry.size) {
@@ -132,7 +135,9 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
       throw new FormatError("TORCH_STORAGE", `storage "${key}" has ${entry.size} bytes, more than the ${MAX_BUFFER_BYTES} one Node.js buffer can hold`);
     }
     const storage = Storage.pending(type.dtype, numel);
-    storages.set(key, storage);
+    if (number >= 0) numberedStorages[number] = storage;
+    else namedStorages.set(key, storage);
+    storages.push(storage);
     entries.push(entry);
     return storage;
   };
@@ -140,7 +145,34 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
   const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject, ...(options.fastRebuild === false ? {} : { fastRebuild: TENSOR_REBUILD }) });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
-  return { state, storages, dataPrefix, bigEndian, entries };
+  return { state, storages, bigEndian, entries };
+}
+
+/**
+ * The entries named `prefix` + a number below the entry count, written the one way a number is
+ * ("7", not "07"), indexed by that number; the other places are undefined.
+ */
+function entriesByNumber(zip: ZipReader, prefix: string): (ZipEntry | undefined)[] {
+  const byNumber = new Array<ZipEntry | undefined>(zip.entries.size).fill(undefined);
+  for (const entry of zip.entries.values()) {
+    if (!entry.name.startsWith(prefix)) continue;
+    const number = decimalNumber(entry.name, prefix.length, byNumber.length);
+    if (number >= 0) byNumber[number] = entry;
+  }
+  return byNumber;
+}
+
+/** `text` from `start` read as a number below `limit` written without leading zeros; else -1. */
+function decimalNumber(text: string, start: number, limit: number): number {
+  const length = text.length - start;
+  if (length < 1 || length > 9 || (length > 1 && text.charCodeAt(start) === 48)) return -1;
+  let number = 0;
+  for (let i = start; i < text.length; i++) {
+    const digit = text.charCodeAt(i) - 48;
+    if (digit < 0 || digit > 9) return -1;
+    number = number * 10 + digit;
+  }
+  return number < limit ? number : -1;
 }
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */
