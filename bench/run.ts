@@ -7,6 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, w
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
+import { STEADY_SUFFIX } from "./worker.js";
 import { measureDistributed } from "./distributed.js";
 import { measureS3 } from "./s3.js";
 import { describeMachine, findTorch, finishLoad, machineLines, type Machine } from "./machine.js";
@@ -62,6 +63,17 @@ const VARIANTS: Variant[] = [
   { key: "torch-save", label: "peer: torch.save + fsync", runner: "python", op: "save", kind: "save", role: "peer" },
   { key: "torch-load", label: "peer: torch.load", runner: "python", op: "load", kind: "load", role: "peer" },
 ];
+/**
+ * (b) in steady state: the same operations timed after two untimed runs of the same size in the
+ * process (a training job's later saves; a process that loads several checkpoints), where the rows
+ * above time the first of a fresh process (a resume).
+ */
+const STEADY_VARIANTS: Variant[] = VARIANTS.filter((v) => ["save-ours", "save-manager", "load-ours", "load-torchfile", "load-into-ours"].includes(v.key)).map((v) => ({
+  ...v,
+  key: `${v.key}${STEADY_SUFFIX}`,
+  op: `${v.op}${STEADY_SUFFIX}`,
+  label: v.label.replace(/^(save|load-into|load): /, `$1, steady state (3rd run in one process): `),
+}));
 /** Measurements that explain the others: where the time goes, and what bounds it on this machine. */
 const DIAGNOSTICS: Variant[] = [
   { key: "crc-memory", label: "zlib crc32 of the state's bytes in memory (one pass)", runner: "node", op: "crc-memory", kind: "checksum", role: "diagnostic" },
@@ -213,6 +225,7 @@ function notes(options: Options, specs: ScenarioSpec[], pythonNote: string | und
     "Peak memory is the process's peak resident memory during the operation above its resident memory just before (the peak mark is reset there); loads count the memory of what they return, the memory copy its destination buffers.",
     "Saves write a new file and fsync it, so they reach the disk. Loads read files written moments before: they come from the page cache, not the disk (dropping the cache needs root), so load times measure parsing, checksums and memory, and the plain read is a memory-bandwidth limit.",
     "Each process warms up on a tiny state and builds its state with every buffer already touched, so saves do not pay first touch of fresh memory; loads do pay for allocating what they return, as the plain read into fresh memory does.",
+    "(b) steady state: the same operation timed in a process that has just run it twice at full size, untimed (a training job's second and later saves; a process that loads several checkpoints), where every other row times the first operation of a fresh process after the tiny warm-up (a resume's load). V8 has then optimized the per-tensor code, which the first operation of a process runs partly before it is optimized.",
     "load-into: the process first builds the state it loads into and overwrites every byte of it (so its memory is touched, as a training process's live model and optimizer are), then times the load; the harness checks that every tensor was filled in place and returned, none allocated anew. Peak memory is only what the load adds.",
     "(d) is a training loop's checkpoint after the first: the manager keeps the snapshot memory of the last background checkpoint and copies into it, so each run first makes one background checkpoint (untimed) and waits for it, then times beginCheckpoint(step, { background: true }) → saveState → commitCheckpoint returning (the time training is blocked). \"Until waitForPendingSave()\" is from the same beginCheckpoint until the checkpoint is written, fsynced and committed. The event loop's delay is the worst lateness of a setInterval(…, 1) timer between commitCheckpoint returning and waitForPendingSave resolving. Peak memory of (d) counts from before the first checkpoint, so it includes the snapshot memory: at commit's return on the blocked row, at the end on the row after it.",
     `The peer builds the same structure (model + Adam's state_dict) with tensors of the same sizes in Python and times torch.save (given the path, then fsync) and torch.load with time.perf_counter.${pythonNote === undefined ? "" : ` ${pythonNote}`}`,
@@ -377,6 +390,7 @@ function main(): void {
     const prepared = specs.map((spec) => {
       let variants = [...VARIANTS.filter((v) => (v.runner === "node" && v.needsTorch !== true) || torch !== null), ...DIAGNOSTICS];
       if (spec.id === "a") variants = [...variants, ASYNC_VARIANT];
+      if (spec.id === "b") variants = [...variants, ...STEADY_VARIANTS.filter((v) => v.needsTorch !== true || torch !== null)];
       return prepare(spec, root, variants, torch?.python);
     });
     for (let run = 0; run < options.runs; run++) {

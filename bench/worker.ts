@@ -4,6 +4,7 @@
 //
 // Prints one line of JSON per operation: { op, seconds, peakBytes, baselineBytes, … }. Several
 // operations in one process (the harness does that only for --quick) run one after the other.
+// `<op>-steady` times the operation after two untimed runs of it at full size (see STEADY_SUFFIX).
 // `prepare` writes the files the loads read (ours.pt, ckpt/, plain.bin) into the work dir.
 import { constants, promises as fsp, readFileSync, writeFileSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
@@ -47,6 +48,19 @@ export const NODE_OPS = [
   "read-best",
 ] as const;
 export type NodeOp = (typeof NODE_OPS)[number];
+
+/**
+ * `<op>-steady`: the op timed after STEADY_WARM_UPS untimed runs of the same size in the same
+ * process, as a training job's later saves run, instead of after a warm-up on a tiny state (the
+ * first operation of a fresh process, as a resume's load runs).
+ */
+export const STEADY_SUFFIX = "-steady";
+const STEADY_WARM_UPS = 2;
+
+function baseOp(name: string): NodeOp | undefined {
+  const op = name.endsWith(STEADY_SUFFIX) ? name.slice(0, -STEADY_SUFFIX.length) : name;
+  return (NODE_OPS as readonly string[]).includes(op) ? (op as NodeOp) : undefined;
+}
 
 export interface Measurement {
   op?: string;
@@ -664,24 +678,30 @@ async function main(): Promise<void> {
     console.log(JSON.stringify({ prepared: true }));
     return;
   }
-  for (const op of ops.split(",")) {
-    if (!(NODE_OPS as readonly string[]).includes(op)) throw new Error(`unknown operation ${op}; known: prepare, ${NODE_OPS.join(", ")}`);
+  for (const name of ops.split(",")) {
+    if (baseOp(name) === undefined) throw new Error(`unknown operation ${name}; known: prepare, ${NODE_OPS.join(", ")}, each also with ${STEADY_SUFFIX}`);
   }
-  for (const op of ops.split(",") as NodeOp[]) {
-    // Warm-up: the same operation on a tiny state, so code is loaded and compiled before timing.
+  for (const name of ops.split(",")) {
+    const op = baseOp(name)!;
     const warmDir = await fsp.mkdtemp(join(dir, `warm-${op}-`));
     const out = await fsp.mkdtemp(join(dir, `out-${op}-`));
     try {
-      const warmSpec = warmUpSpec();
-      if (op.startsWith("load") || op.startsWith("read-")) await prepare(warmSpec, warmDir);
-      // The warm-up's torch file: ours under its name (the same format; torch is not run here).
-      if (op.endsWith("torchfile")) await fsp.copyFile(join(warmDir, OURS_FILE), join(warmDir, TORCH_FILE));
-      const warmOut = await fsp.mkdtemp(join(warmDir, "out-"));
-      await measure(op, warmSpec, warmDir, warmOut);
+      if (name.endsWith(STEADY_SUFFIX)) {
+        // The same operation at full size, untimed, until V8 has optimized its per-tensor code.
+        for (let i = 0; i < STEADY_WARM_UPS; i++) await measure(op, spec, dir, await fsp.mkdtemp(join(warmDir, "out-")));
+      } else {
+        // Warm-up: the same operation on a tiny state, so code is loaded and compiled before timing.
+        const warmSpec = warmUpSpec();
+        if (op.startsWith("load") || op.startsWith("read-")) await prepare(warmSpec, warmDir);
+        // The warm-up's torch file: ours under its name (the same format; torch is not run here).
+        if (op.endsWith("torchfile")) await fsp.copyFile(join(warmDir, OURS_FILE), join(warmDir, TORCH_FILE));
+        const warmOut = await fsp.mkdtemp(join(warmDir, "out-"));
+        await measure(op, warmSpec, warmDir, warmOut);
+      }
       await fsp.rm(warmDir, { recursive: true, force: true });
 
       const result = await measure(op, spec, dir, out);
-      console.log(JSON.stringify({ op, ...result }));
+      console.log(JSON.stringify({ op: name, ...result }));
     } finally {
       await fsp.rm(warmDir, { recursive: true, force: true });
       await fsp.rm(out, { recursive: true, force: true });
