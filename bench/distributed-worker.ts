@@ -5,7 +5,7 @@
 // to the last rank's end, so it measures the ranks' aggregate speed.
 import { closeSync, fsyncSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { FileCheckpointManager, Tensor, closeGangs, initGangs, type StateDict } from "../src/index.js";
+import { FileCheckpointManager, Tensor, closeGangs, initGangs, type StateDict } from "./library.js";
 
 const [runsText, bytesText, dir] = process.argv.slice(2) as [string, string, string];
 const runs = Number(runsText);

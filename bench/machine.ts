@@ -62,8 +62,10 @@ function describeCode(root: string): string {
   const head = git("rev-parse", "--short", "HEAD");
   if (head.status !== 0) return "not a git checkout";
   const changed = git("status", "--porcelain", "--", "src").stdout.split("\n").filter((l) => l !== "").length;
-  return `commit ${head.stdout.trim()}, ${changed === 0 ? "src/ as committed" : `with uncommitted changes to ${changed} files in src/`}`;
+  const library = process.env.CKPT_BENCH_SOURCE === "1" ? "src/ run through tsx (CKPT_BENCH_SOURCE=1)" : "the build in dist/";
+  return `commit ${head.stdout.trim()}, ${changed === 0 ? "src/ as committed" : `with uncommitted changes to ${changed} files in src/`}; measured: ${library}`;
 }
+
 
 export function describeMachine(root: string, tmpDir: string, torch: Torch | null, torchNote: string): Machine {
   const cpus = os.cpus();

@@ -3,8 +3,7 @@
 // the manager on s3:// and loads it back, against one plain PutObject / GetObject of the same bytes
 // through the same SDK and server. Prints one JSON line per measurement.
 import { GetObjectCommand, PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
-import { FileCheckpointManager, Tensor, type StateDict } from "../src/index.js";
-import { S3FileSystem } from "../src/s3/index.js";
+import { FileCheckpointManager, Tensor, loadS3Library, type StateDict } from "./library.js";
 import { startS3Server } from "../test/helpers/s3-server.js";
 
 const [runsText, bytesText] = process.argv.slice(2) as [string, string];
@@ -17,6 +16,7 @@ try {
   const tensors = Array.from({ length: Math.ceil(bytes / TENSOR_BYTES) }, (_, i) => Tensor.from(new Float32Array(TENSOR_BYTES / 4).map((_, j) => (i * 31 + j) % 1009)));
   const state: StateDict = { model: Object.fromEntries(tensors.map((t, i) => [`layer${i}.weight`, t])), step_nr: 0 };
   const plainBody = Buffer.concat(tensors.map((t) => t.bytes)); // made before timing: the plain PUT sends one buffer
+  const { S3FileSystem } = await loadS3Library();
   const fileSystem = new S3FileSystem({ endpoint: server.endpoint, credentials: server.credentials });
   const manager = new FileCheckpointManager({ checkpointDir: server.url("bench"), fileSystem });
   const client = new S3Client({ endpoint: server.endpoint, region: "us-east-1", forcePathStyle: true, credentials: server.credentials });

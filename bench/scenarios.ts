@@ -1,6 +1,6 @@
 // The states the benchmark saves and loads. The same description (as JSON) drives the Node worker
 // and the Python peer, so both handle tensors of the same sizes in the same structure.
-import { PyFloat, Tensor, tuple, type StateDict, type StateValue } from "../src/index.js";
+import { PyFloat, Tensor, tuple, type StateDict, type StateValue } from "./library.js";
 
 export interface ParameterSpec {
   name: string;

@@ -20,7 +20,7 @@ import {
   type StateDict,
   type StateValue,
   type Tensor,
-} from "../src/index.js";
+} from "./library.js";
 import { buildState, collectTensors, countTensorBytes, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
 
 export const NODE_OPS = [
