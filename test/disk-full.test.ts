@@ -2,9 +2,10 @@ import assert from "node:assert/strict";
 import { readdir } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import { CheckpointSaveError, FileCheckpointManager, LocalFileSystem, Tensor } from "../src/index.js";
+import { CheckpointSaveError, FileCheckpointManager, InvalidArgumentError, LocalFileSystem, Tensor, tuple } from "../src/index.js";
 import { diskFull } from "../torture/classes/disk-full.js";
 import { storageBytes } from "../src/checkpoint/free-space.js";
+import { inspectState } from "../src/values/state-check.js";
 import { modelState, useTempDirs } from "./helpers/checkpoint-helpers.js";
 
 const tempDir = useTempDirs("disk-full");
@@ -64,4 +65,19 @@ test("the free-space estimate counts each storage once, however many tensors vie
   assert.equal(storageBytes([state]), 6 * 4 + 4 * 8);
   assert.equal(storageBytes([state.model, undefined, state]), 6 * 4 + 4 * 8, "across the values of one estimate too");
   assert.equal(storageBytes([{ bias }]), 4 * 8, "a storage met in an earlier estimate counts again");
+});
+
+test("the check of a state before a save sums the same storage bytes in the same walk, and finds what cannot be saved", () => {
+  const weight = Tensor.from(new Float32Array(6), { shape: [2, 3] });
+  const bias = Tensor.from(new Float64Array(4), { shape: [4] });
+  const cycle: unknown[] = [bias];
+  cycle.push(cycle);
+  const state = { model: { weight, transposed: weight.transpose(0, 1), bias }, again: [weight.reshape([6])], cycle, shared: new Map([[1, bias]]), pair: tuple(Tensor.zeros([3]), weight) };
+  const expected = 6 * 4 + 4 * 8 + 3 * 4;
+  assert.equal(storageBytes([state]), expected);
+  assert.deepEqual(inspectState(state), { storageBytes: expected });
+  assert.deepEqual(inspectState({ bias }), { storageBytes: 4 * 8 }, "a storage met in an earlier walk counts again");
+  const refused = inspectState({ model: { weight }, lr: undefined });
+  assert.ok(refused.unsaveable instanceof InvalidArgumentError);
+  assert.match(refused.unsaveable.message, /^state\.lr: undefined cannot be saved/);
 });

@@ -6,6 +6,8 @@ import { join } from "node:path";
 import { after, before, describe, test } from "node:test";
 import { FormatError } from "../src/errors.js";
 import { MemoryReader, MemorySink } from "../src/formats/byte-io.js";
+import { isSafeAsciiName } from "../src/formats/zip/zip-directory.js";
+import { checkEntryName } from "../src/formats/zip/zip-entry-names.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { ZipWriter, type ZipWriterOptions } from "../src/formats/zip/zip-writer.js";
 import { LocalFileSystem } from "../src/fs/local-file-system.js";
@@ -236,6 +238,47 @@ describe("numbered entries and the file's CRC-32", () => {
     assert.deepEqual(zip.digest, { size: bytes.byteLength, crc32: crc32(bytes) });
     const reader = await openZip(bytes);
     for (const name of reader.entries.keys()) await reader.read(name); // each entry's own CRC checked
+  });
+});
+
+describe("the reader's directory: numbered names by number, others by name", () => {
+  test("each name finds its own entry: numbered under a prefix, with leading zeros, past the count, non-ASCII, without a slash", async () => {
+    // Seven entries: "a/12" is past the count, so it is filed by name like "a/07" and "a/x".
+    const names = ["a/0", "a/1", "a/07", "a/12", "5", "b/ü/3", "a/x"];
+    const reader = await openZip(await writeZip(names.map((name): Entries[number] => [name, text(`bytes of ${name}`)])));
+    for (const name of names) {
+      assertBytes(await reader.read(name), text(`bytes of ${name}`), name);
+      assert.equal(reader.find(name)?.name, name);
+    }
+    for (const missing of ["a/7", "a/00", "a/01", "a/2", "a/", "b/3", "b/ü/03", "05", "a/0/"]) assert.equal(reader.find(missing), undefined, missing);
+    assert.equal(reader.numberedEntry("a/", 1)?.name, "a/1");
+    assert.equal(reader.numberedEntry("b/ü/", 3)?.name, "b/ü/3");
+    assert.equal(reader.numberedEntry("", 5)?.name, "5");
+    assert.equal(reader.numberedEntry("a/", 7), undefined);
+    assert.deepEqual([...reader.unnumberedNames()].sort(), ["a/07", "a/12", "a/x"]);
+    assert.equal(reader.entryCount, 7);
+    assert.deepEqual([...reader.entries.keys()], names, "every entry, in directory order");
+  });
+
+  test("names are checked as bytes exactly as checkEntryName checks strings", () => {
+    // Every name of up to 4 characters from an alphabet of the characters that matter.
+    const alphabet = ["a", ".", "/", "\\", "\0", "7"];
+    let names = [""];
+    const all = [""];
+    for (let length = 1; length <= 4; length++) {
+      names = names.flatMap((name) => alphabet.map((c) => name + c));
+      all.push(...names);
+    }
+    for (const name of all) {
+      const bytes = Buffer.from(name, "latin1");
+      let safe = true;
+      try {
+        checkEntryName(name);
+      } catch {
+        safe = false;
+      }
+      assert.equal(isSafeAsciiName(bytes, 0, bytes.length), safe, JSON.stringify(name));
+    }
   });
 });
 

@@ -5,7 +5,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
-import { findUnsaveable } from "../values/state-check.js";
+import { findUnsaveable, inspectState } from "../values/state-check.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
 import { METADATA_FILE, SCORE_FILE, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
@@ -122,7 +122,8 @@ export class CheckpointWriter {
     }
     const replicatedKeys = new Set(given);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
-    const unsaveable = findUnsaveable(state, "state"); // synchronous: no call may slip in before this one's step
+    // One walk checks the state and sums its storages' bytes. Synchronous: no call may slip in before this one's step.
+    const { unsaveable, storageBytes: stateBytes } = inspectState(state, "state");
     if (unsaveable !== undefined) return this.refuse(checkpoint, "saveState", unsaveable);
 
     const source = checkpoint.background ? snapshotState(state, this.arena) : state;
@@ -130,7 +131,9 @@ export class CheckpointWriter {
     await this.runStep(checkpoint, "saveState", async () => {
       const { dp, tp } = this.context.gangs;
       const parts = splitState(source, modelKey, replicatedKeys, dp.size, dp.rank);
-      await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), storageBytes([parts.modelFile, parts.replicated, parts.rank]));
+      // The leader writes every value of the state; other dp ranks leave the replicated keys to it.
+      const needed = dp.rank === 0 ? stateBytes : storageBytes([parts.modelFile, parts.replicated, parts.rank]);
+      await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), needed);
       // The parts hold the values of `state`, checked above by findUnsaveable: the dumper need not walk them again.
       if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, true);
       if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, true);

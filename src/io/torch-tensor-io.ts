@@ -56,7 +56,7 @@ export class TorchTensorLoader implements TensorLoader {
       let zip = await ZipReader.open(reader);
       // With a whole-file CRC checked, the entries' own CRCs would be a second pass over the same bytes.
       let verifyCrc = this.verifyCrc;
-      const largeEntries = reader.size / Math.max(zip.entries.size, 1) >= LARGE_ENTRY_BYTES;
+      const largeEntries = reader.size / Math.max(zip.entryCount, 1) >= LARGE_ENTRY_BYTES;
       // In place, large tensors are read straight into their targets; small ones are cheaper to read
       // with the whole file and copy (one read instead of one per tensor).
       if ((options.into === undefined || !largeEntries) && reader.size <= WHOLE_FILE_MAX) {

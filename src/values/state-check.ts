@@ -1,5 +1,7 @@
 import { InvalidArgumentError } from "../errors.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
+import { DTYPES } from "../tensor/dtype.js";
+import { newStorageVisit, type Storage } from "../tensor/storage.js";
 import { Tensor } from "../tensor/tensor.js";
 import { ATTRIBUTES, describeValue, formatKey, formatKeyPath, type KeySegment } from "./key-path.js";
 import { PY_DTYPE_NAMES, PyDType, PyFloat, getOrderedDictAttributes, isTuple, tupleKind } from "./py-values.js";
@@ -54,6 +56,22 @@ export function findUnsaveable(value: unknown, root = "state"): InvalidArgumentE
   }
 }
 
+/**
+ * As findUnsaveable, and when the state can be saved, the bytes of its tensors' storages, each
+ * storage counted once (views share one; as free-space.ts `storageBytes` counts them): a save
+ * checks and sizes its state in one walk instead of two.
+ */
+export function inspectState(value: unknown, root = "state"): { unsaveable: InvalidArgumentError; storageBytes?: undefined } | { unsaveable?: undefined; storageBytes: number } {
+  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message));
+  try {
+    walk.run(value);
+    return { storageBytes: walk.storageBytes };
+  } catch (error) {
+    if (error instanceof InvalidArgumentError) return { unsaveable: error };
+    throw error;
+  }
+}
+
 /** What is wrong: a value or key no file can hold, or one beyond a limit (nesting, int length). */
 export type UnsaveableKind = "unsupported" | "limit";
 
@@ -72,6 +90,10 @@ class StateWalk {
   private readonly frames: Frame[] = [];
   private readonly seen = new Set<object>();
   private readonly tuplesOnPath = new Set<unknown[]>();
+  /** Marks the storages counted in storageBytes (see Storage.markVisited): the walk is synchronous. */
+  private readonly storageVisit = newStorageVisit();
+  /** The bytes of the storages of the tensors met so far, each storage once. */
+  storageBytes = 0;
 
   constructor(
     private readonly root: string,
@@ -103,6 +125,7 @@ class StateWalk {
           const i = frame.index++;
           const child = container[i];
           if (!(child instanceof Tensor)) return [i, child];
+          this.count(child.storage);
         }
         return undefined;
       }
@@ -112,6 +135,7 @@ class StateWalk {
           const key = keys[frame.index++]!;
           const child = container[key];
           if (!(child instanceof Tensor)) return [key, child];
+          this.count(child.storage);
         }
         return this.attributesOf(frame);
       }
@@ -148,8 +172,9 @@ class StateWalk {
       default:
         return this.fail(segment, `${describeValue(value)} cannot be saved in a state (${WHAT_A_STATE_HOLDS})`);
     }
-    if (value instanceof Tensor) return;
+    if (value instanceof Tensor) return this.count(value.storage);
     if (value instanceof ShardedTensor) {
+      this.count(value.shard.storage);
       // Pickled as a dict holding two tuples (see sharded-record.ts): two levels below this one.
       if (this.frames.length + 2 > MAX_NESTING) this.fail(segment, `the state is nested deeper than ${MAX_NESTING} levels (a ShardedTensor is saved as a dict of tuples)`, "limit");
       return;
@@ -193,6 +218,12 @@ class StateWalk {
       const container = value as Record<string, unknown>;
       this.frames.push({ kind: "object", container, segment, keys: Object.keys(container), index: 0, attributesDone: false });
     }
+  }
+
+  private count(storage: Storage): void {
+    if (storage.indexInVisit(this.storageVisit) >= 0) return;
+    storage.markVisited(this.storageVisit, 0);
+    this.storageBytes += storage.numel * DTYPES[storage.dtype].itemSize; // without reading bytes a reader left pending
   }
 
   /** torch.Size holds ints (the reader, like PyTorch, refuses anything else). */

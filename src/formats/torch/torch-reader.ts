@@ -102,10 +102,10 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
 
   const storages: Storage[] = [];
   const entries: ZipEntry[] = [];
-  // Keys "0", "1", … (all PyTorch writes) index arrays: no string built, hashed and looked up per
-  // storage; any other key goes through a Map.
-  const numberedEntries = entriesByNumber(zip, dataPrefix);
-  const numberedStorages: (Storage | undefined)[] = new Array<Storage | undefined>(numberedEntries.length).fill(undefined);
+  // Keys "0", "1", … (all PyTorch writes) index an array and the zip's numbered entries: no
+  // string built, hashed and looked up per storage; any other key goes through names.
+  const entryCount = zip.entryCount;
+  const numberedStorages: (Storage | undefined)[] = [];
   const namedStorages = new Map<string, Storage>();
   const persistentLoad = (pid: unknown): Storage => {
     if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
@@ -119,13 +119,13 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     if (!(type instanceof TorchStorageType) || typeof key !== "string" || typeof location !== "string" || typeof numel !== "number") {
       throw new FormatError("TORCH_PERSID", "a storage's persistent id has fields of the wrong type");
     }
-    const number = decimalNumber(key, 0, numberedEntries.length);
+    const number = decimalNumber(key, entryCount);
     const known = number >= 0 ? numberedStorages[number] : namedStorages.get(key);
     if (known !== undefined) {
       if (known.dtype !== type.dtype) throw new FormatError("TORCH_STORAGE", `storage "${key}" is used as both ${known.dtype} and ${type.dtype}`);
       return known;
     }
-    const entry = number >= 0 ? numberedEntries[number] : zip.entries.get(`${dataPrefix}${key}`);
+    const entry = number >= 0 ? zip.numberedEntry(dataPrefix, number) : zip.find(`${dataPrefix}${key}`);
     if (entry === undefined) throw new FormatError("TORCH_STORAGE", `storage "${key}" has no entry ${dataPrefix}${key}`);
     const { itemSize } = DTYPES[type.dtype];
     if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== entry.size) {
@@ -148,26 +148,12 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   return { state, storages, bigEndian, entries };
 }
 
-/**
- * The entries named `prefix` + a number below the entry count, written the one way a number is
- * ("7", not "07"), indexed by that number; the other places are undefined.
- */
-function entriesByNumber(zip: ZipReader, prefix: string): (ZipEntry | undefined)[] {
-  const byNumber = new Array<ZipEntry | undefined>(zip.entries.size).fill(undefined);
-  for (const entry of zip.entries.values()) {
-    if (!entry.name.startsWith(prefix)) continue;
-    const number = decimalNumber(entry.name, prefix.length, byNumber.length);
-    if (number >= 0) byNumber[number] = entry;
-  }
-  return byNumber;
-}
-
-/** `text` from `start` read as a number below `limit` written without leading zeros; else -1. */
-function decimalNumber(text: string, start: number, limit: number): number {
-  const length = text.length - start;
-  if (length < 1 || length > 9 || (length > 1 && text.charCodeAt(start) === 48)) return -1;
+/** `text` read as a number below `limit` written without leading zeros; else -1. */
+function decimalNumber(text: string, limit: number): number {
+  const length = text.length;
+  if (length < 1 || length > 9 || (length > 1 && text.charCodeAt(0) === 48)) return -1;
   let number = 0;
-  for (let i = start; i < text.length; i++) {
+  for (let i = 0; i < length; i++) {
     const digit = text.charCodeAt(i) - 48;
     if (digit < 0 || digit > 9) return -1;
     number = number * 10 + digit;
@@ -177,9 +163,9 @@ function decimalNumber(text: string, start: number, limit: number): number {
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */
 function findRoot(zip: ZipReader): string {
-  // The cheap suffix test first: an archive of many small tensors has tens of thousands of names.
+  // Only the names that are not numbered: a storage's name ends in its number.
   const roots: string[] = [];
-  for (const name of zip.entries.keys()) if (name.endsWith("/data.pkl") && /^[^/]+\/data\.pkl$/.test(name)) roots.push(name);
+  for (const name of zip.unnumberedNames()) if (name.endsWith("/data.pkl") && /^[^/]+\/data\.pkl$/.test(name)) roots.push(name);
   if (roots.length !== 1) {
     throw new FormatError("TORCH_LAYOUT", roots.length === 0 ? "not a PyTorch archive: no <root>/data.pkl entry" : "the archive has more than one data.pkl");
   }
@@ -187,7 +173,7 @@ function findRoot(zip: ZipReader): string {
 }
 
 async function readSmallText(zip: ZipReader, name: string, verifyCrc: boolean): Promise<string | undefined> {
-  const entry = zip.entries.get(name);
+  const entry = zip.find(name);
   if (entry === undefined) return undefined;
   if (entry.size > 64) throw new FormatError("TORCH_LAYOUT", `${name} is ${entry.size} bytes; it should hold a short word`);
   return Buffer.from(await zip.read(name, { verifyCrc })).toString("utf8").trim();

@@ -1,34 +1,11 @@
 import { crc32 } from "../crc32.js";
 import { FormatError } from "../../errors.js";
 import { MemoryReader, type RandomAccessReader } from "../byte-io.js";
-import {
-  CENTRAL_HEADER_SIGNATURE,
-  CENTRAL_HEADER_SIZE,
-  END_SIGNATURE,
-  END_SIZE,
-  LOCAL_HEADER_SIGNATURE,
-  LOCAL_HEADER_SIZE,
-  MAX_END_SEARCH,
-  METHOD_STORED,
-  UINT16_MAX,
-  UINT32_MAX,
-  ZIP64_END_SIGNATURE,
-  ZIP64_END_SIZE,
-  ZIP64_EXTRA_ID,
-  ZIP64_LOCATOR_SIGNATURE,
-  ZIP64_LOCATOR_SIZE,
-} from "./zip-constants.js";
+import { CENTRAL_HEADER_SIZE, END_SIGNATURE, END_SIZE, LOCAL_HEADER_SIGNATURE, LOCAL_HEADER_SIZE, MAX_END_SEARCH, UINT16_MAX, UINT32_MAX, ZIP64_END_SIGNATURE, ZIP64_END_SIZE, ZIP64_LOCATOR_SIGNATURE, ZIP64_LOCATOR_SIZE } from "./zip-constants.js";
 import { crc32Combine } from "./crc32-combine.js";
-import { checkEntryName } from "./zip-writer.js";
+import { ZipDirectory, checkedNumber, type ZipEntry } from "./zip-directory.js";
 
-export interface ZipEntry {
-  readonly name: string;
-  readonly size: number;
-  readonly crc: number;
-  readonly headerOffset: number;
-}
-
-const utf8 = new TextDecoder("utf-8", { fatal: true });
+export type { ZipEntry } from "./zip-directory.js";
 
 /**
  * Reads a zip of Stored entries through positioned reads: the end records and the central
@@ -38,7 +15,7 @@ const utf8 = new TextDecoder("utf-8", { fatal: true });
 export class ZipReader {
   private constructor(
     private readonly reader: RandomAccessReader,
-    readonly entries: ReadonlyMap<string, ZipEntry>,
+    private readonly directory: ZipDirectory,
     /** Where entry data must end: the start of the central directory. */
     private readonly dataEnd: number,
   ) {}
@@ -46,20 +23,48 @@ export class ZipReader {
   static async open(reader: RandomAccessReader): Promise<ZipReader> {
     const { directoryOffset, directorySize, entryCount } = await readEnd(reader);
     const directory = await reader.read(directoryOffset, directorySize);
-    const entries = parseCentralDirectory(directory, entryCount, directoryOffset);
-    return new ZipReader(reader, entries, directoryOffset);
+    return new ZipReader(reader, ZipDirectory.parse(directory, entryCount, directoryOffset), directoryOffset);
   }
 
   /** The same archive read from other bytes (the whole file, once read into memory). */
   withReader(reader: RandomAccessReader): ZipReader {
     if (reader.size !== this.reader.size) throw new FormatError("ZIP_BOUNDS", "the new bytes are not the same file");
-    return new ZipReader(reader, this.entries, this.dataEnd);
+    return new ZipReader(reader, this.directory, this.dataEnd);
+  }
+
+  get entryCount(): number {
+    return this.directory.count;
+  }
+
+  /**
+   * Every entry by name, in directory order. Built on first use (an object and a string per
+   * entry): look entries up with `find`, `entry` or `numberedEntry` instead where there are many.
+   */
+  get entries(): ReadonlyMap<string, ZipEntry> {
+    return this.directory.entries;
+  }
+
+  /** The entry named `name`, or undefined. */
+  find(name: string): ZipEntry | undefined {
+    const index = this.directory.find(name);
+    return index < 0 ? undefined : this.directory.entryAt(index);
   }
 
   entry(name: string): ZipEntry {
-    const entry = this.entries.get(name);
+    const entry = this.find(name);
     if (entry === undefined) throw new FormatError("ZIP_MISSING", `the zip has no entry "${name}"`);
     return entry;
+  }
+
+  /** The entry named `prefix` + `number` (its digits without leading zeros: PyTorch's storages), or undefined. */
+  numberedEntry(prefix: string, number: number): ZipEntry | undefined {
+    const index = this.directory.findNumbered(prefix, number);
+    return index < 0 ? undefined : this.directory.entryAt(index);
+  }
+
+  /** The names of the entries that are not numbered (those of a PyTorch archive besides its storages). */
+  unnumberedNames(): IterableIterator<string> {
+    return this.directory.unnumberedNames();
   }
 
   /** Where an entry's data starts, read from its local header. */
@@ -92,10 +97,12 @@ export class ZipReader {
     // Without the file in memory, the bytes between entries (headers, directory: small) are read.
     const bytesBetween = (from: number, to: number): Promise<Uint8Array> | Uint8Array =>
       file !== undefined ? file.subarray(from, to) : this.reader.read(from, to - from);
-    const entries = [...this.entries.values()].sort((a, b) => a.headerOffset - b.headerOffset);
+    const directory = this.directory;
+    const order = Array.from({ length: directory.count }, (_, i) => i).sort((a, b) => directory.headerOffsetAt(a) - directory.headerOffsetAt(b));
     let crc = 0;
     let position = 0;
-    for (const entry of entries) {
+    for (const index of order) {
+      const entry = directory.entryAt(index);
       const start = await this.dataOffset(entry);
       if (start < position) throw new FormatError("ZIP_BOUNDS", `entry "${entry.name}" overlaps the entry before it`);
       crc = crc32(await bytesBetween(position, start), crc);
@@ -199,80 +206,4 @@ function findEndRecord(tail: Buffer): number {
     if (tail.readUInt32LE(i) === END_SIGNATURE && i + END_SIZE + tail.readUInt16LE(i + 20) === tail.length) return i;
   }
   return -1;
-}
-
-function parseCentralDirectory(directory: Uint8Array, entryCount: number, directoryOffset: number): Map<string, ZipEntry> {
-  const bytes = Buffer.from(directory.buffer, directory.byteOffset, directory.byteLength);
-  const entries = new Map<string, ZipEntry>();
-  let at = 0;
-  for (let i = 0; i < entryCount; i++) {
-    if (at + CENTRAL_HEADER_SIZE > bytes.length || bytes.readUInt32LE(at) !== CENTRAL_HEADER_SIGNATURE) {
-      throw new FormatError("ZIP_DIRECTORY", `central directory entry ${i} is missing or damaged`);
-    }
-    const method = bytes.readUInt16LE(at + 10);
-    const flags = bytes.readUInt16LE(at + 8);
-    const crc = bytes.readUInt32LE(at + 16);
-    let compressedSize = bytes.readUInt32LE(at + 20);
-    let size = bytes.readUInt32LE(at + 24);
-    const nameLength = bytes.readUInt16LE(at + 28);
-    const extraLength = bytes.readUInt16LE(at + 30);
-    const commentLength = bytes.readUInt16LE(at + 32);
-    let headerOffset = bytes.readUInt32LE(at + 42);
-    const next = at + CENTRAL_HEADER_SIZE + nameLength + extraLength + commentLength;
-    if (next > bytes.length) throw new FormatError("ZIP_DIRECTORY", `central directory entry ${i} runs past the directory`);
-    let name: string;
-    const nameStart = at + CENTRAL_HEADER_SIZE;
-    if (isAscii(bytes, nameStart, nameStart + nameLength)) {
-      // ASCII (every name PyTorch writes): the same string, without a TextDecoder call per entry.
-      name = bytes.toString("latin1", nameStart, nameStart + nameLength);
-    } else {
-      try {
-        name = utf8.decode(bytes.subarray(nameStart, nameStart + nameLength));
-      } catch (error) {
-        throw new FormatError("ZIP_NAME", `central directory entry ${i} has a name that is not UTF-8`, { cause: error });
-      }
-    }
-    checkEntryName(name);
-    if (flags & 0x1) throw new FormatError("ZIP_UNSUPPORTED", `entry "${name}" is encrypted`);
-
-    // zip64: the fields that are saturated come, in this order, from the zip64 extra field.
-    const extraStart = at + CENTRAL_HEADER_SIZE + nameLength;
-    for (let e = extraStart; e + 4 <= extraStart + extraLength; ) {
-      const id = bytes.readUInt16LE(e);
-      const length = bytes.readUInt16LE(e + 2);
-      if (e + 4 + length > extraStart + extraLength) throw new FormatError("ZIP_DIRECTORY", `entry "${name}" has a damaged extra field`);
-      if (id === ZIP64_EXTRA_ID) {
-        let field = e + 4;
-        const take = (what: string): number => {
-          if (field + 8 > e + 4 + length) throw new FormatError("ZIP_DIRECTORY", `entry "${name}" lacks its zip64 ${what}`);
-          const value = checkedNumber(bytes.readBigUInt64LE(field), directoryOffset, `entry "${name}" zip64 ${what}`);
-          field += 8;
-          return value;
-        };
-        if (size === UINT32_MAX) size = take("size");
-        if (compressedSize === UINT32_MAX) compressedSize = take("compressed size");
-        if (headerOffset === UINT32_MAX) headerOffset = take("offset");
-      }
-      e += 4 + length;
-    }
-    if (method !== METHOD_STORED) throw new FormatError("ZIP_UNSUPPORTED", `entry "${name}" is compressed (method ${method}); checkpoint entries are stored`);
-    if (compressedSize !== size) throw new FormatError("ZIP_DIRECTORY", `stored entry "${name}" has differing sizes (${compressedSize} and ${size})`);
-    if (headerOffset + LOCAL_HEADER_SIZE + size > directoryOffset) {
-      throw new FormatError("ZIP_BOUNDS", `entry "${name}" (${size} bytes at ${headerOffset}) runs into the central directory`);
-    }
-    if (entries.has(name)) throw new FormatError("ZIP_NAME", `entry "${name}" appears twice`);
-    entries.set(name, { name, size, crc, headerOffset });
-    at = next;
-  }
-  return entries;
-}
-
-function isAscii(bytes: Uint8Array, start: number, end: number): boolean {
-  for (let i = start; i < end; i++) if (bytes[i]! > 0x7f) return false;
-  return true;
-}
-
-function checkedNumber(value: bigint, limit: number, what: string): number {
-  if (value > BigInt(limit)) throw new FormatError("ZIP_BOUNDS", `${what} (${value}) is beyond the file (${limit})`);
-  return Number(value);
 }
