@@ -11,8 +11,9 @@ const fromSource = process.env.CKPT_BENCH_SOURCE === "1";
 if (!fromSource) checkBuildIsCurrent(join(import.meta.dirname, ".."));
 const library = (await import(fromSource ? "../src/index.js" : "../dist/index.js")) as typeof Library;
 
-export const { FileCheckpointManager, LocalFileSystem, PyFloat, Tensor, TorchTensorDumper, TorchTensorLoader, closeGangs, initGangs, tuple } = library;
+export const { FileCheckpointManager, LocalFileSystem, PyFloat, Storage, Tensor, TorchTensorDumper, TorchTensorLoader, closeGangs, initGangs, tuple } = library;
 export type FileCheckpointManager = Library.FileCheckpointManager;
+export type Storage = Library.Storage;
 export type Tensor = Library.Tensor;
 export type { FileSystem, FileWriter, StateDict, StateValue } from "../src/index.js";
 

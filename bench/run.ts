@@ -82,6 +82,7 @@ const DIAGNOSTICS: Variant[] = [
   { key: "dump-discard", label: "TorchTensorDumper.dump to a writer that discards (no I/O)", runner: "node", op: "dump-discard", kind: "save", role: "diagnostic" },
   { key: "load-ours-nocrc", label: "TorchTensorLoader.load, verifyCrc: false", runner: "node", op: "load-ours-nocrc", kind: "load", role: "diagnostic" },
   { key: "load-into-nocrc", label: "TorchTensorLoader.load(path, { into }), verifyCrc: false", runner: "node", op: "load-into-nocrc", kind: "load", role: "diagnostic" },
+  { key: "load-floor", label: "floor of a load: best read of the bare bytes, then a CRC-32, view and Tensor per tensor", runner: "node", op: "load-floor", kind: "load", role: "diagnostic" },
 ];
 /** (d): one measurement gives three rows (see backgroundRows). */
 const ASYNC_VARIANT: Variant = {
@@ -240,6 +241,7 @@ const DIAGNOSTIC_NOTES = [
   "plain write + CRC-32: the plain write, with each batch's CRC-32 computed on the main thread while the previous batch is written: what a save that checksums every byte once can reach here, the checksum and the kernel's copy into the page cache sharing the cores.",
   "plain read + CRC-32: the plain read in 16 MiB pieces, each piece's CRC-32 computed on the main thread while the next is read (as the loader reads a whole file): what a load that checks every byte once can reach here.",
   "dump to a writer that discards: TorchTensorDumper.dump with a file system whose writer throws the bytes away: pickling, zip headers, CRC-32 and batching, no system calls.",
+  "floor of a load: the best plain read of the tensors' bytes alone (no file format around them), then for each tensor a CRC-32 pass, a view of the read bytes, a Storage, a Tensor and an entry in one dict: the least any load that returns checksummed tensors does in Node.js here, with no pickle, zip directory or headers to parse. × limit against the best plain read is then the most a load can reach.",
   "verifyCrc: false: the same loads without checking the CRC-32 of the entries (a loader option; the manager always checks), to show what the checksum costs.",
   "(d) event loop: from the same runs as (d) above; the idle row runs the same 1 ms timer right after the checkpoint is written, for as long as the write took (at most 5 s), with nothing else to do: the delay that the machine itself (other processes on its cores) adds.",
 ];
@@ -320,6 +322,7 @@ function renderDocs(options: Options, command: string, r: Rendered): string {
     "## How it is measured",
     "",
     ...r.noteLines.map((l) => `- ${l}`),
+    "- The library measured is the build in dist/ (what users install and run; `npm run bench` builds it first, and a dist/ older than src/ is refused). CKPT_BENCH_SOURCE=1 measures src/ through tsx instead, whose transform wraps every closure in a __name() call.",
     "- The harness is `bench/run.ts`; each measurement is `bench/worker.ts` (Node) or `bench/torch_peer.py` (PyTorch) in its own process.",
     "",
     DOCS_END,

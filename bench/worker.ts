@@ -10,16 +10,18 @@ import { constants, promises as fsp, readFileSync, writeFileSync } from "node:fs
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
+import { crc32 as fastCrc32 } from "@node-rs/crc32";
 import {
   FileCheckpointManager,
   LocalFileSystem,
+  Storage,
+  Tensor,
   TorchTensorDumper,
   TorchTensorLoader,
   type FileSystem,
   type FileWriter,
   type StateDict,
   type StateValue,
-  type Tensor,
 } from "./library.js";
 import { buildState, collectTensors, countTensorBytes, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
 
@@ -46,6 +48,7 @@ export const NODE_OPS = [
   "load-into-torchfile",
   "write-best",
   "read-best",
+  "load-floor",
 ] as const;
 export type NodeOp = (typeof NODE_OPS)[number];
 
@@ -407,6 +410,17 @@ async function prepare(spec: ScenarioSpec, dir: string): Promise<void> {
   await plainWrite(buffers, join(dir, PLAIN_FILE));
 }
 
+/** The shapes of the tensors in plain.bin, in its order: the parameters, then each one's two Adam moments. */
+function tensorShapesInPlainFile(spec: ScenarioSpec): number[][] {
+  const shapes = spec.parameters.map((p) => p.shape);
+  if (spec.adam) for (const p of spec.parameters) shapes.push(p.shape, p.shape);
+  return shapes;
+}
+
+function numelOf(shape: readonly number[]): number {
+  return shape.reduce((product, n) => product * n, 1);
+}
+
 function checkLoaded(spec: ScenarioSpec, value: StateValue, what: string): void {
   const bytes = countTensorBytes(value);
   if (bytes !== stateBytes(spec)) throw new Error(`${what} gave ${bytes} bytes of tensors, expected ${stateBytes(spec)}`);
@@ -586,6 +600,39 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string)
       timed = async () => void (read = await bestRead(path));
       check = async () => {
         if (read.byteLength !== stateBytes(spec)) throw new Error(`read ${read.byteLength} bytes of ${path}, expected ${stateBytes(spec)}`);
+      };
+      break;
+    }
+    case "load-floor": {
+      // The least any load that returns these tensors, checksummed, does here: the best read of
+      // their bytes alone (plain.bin: no file format around them), then per tensor a CRC-32 pass,
+      // a view, a Storage, a Tensor and a dict entry. No pickle, no zip directory, no headers.
+      let loaded: Record<string, Tensor> = {};
+      let crcs: number[] = [];
+      const path = join(dir, PLAIN_FILE);
+      const shapes = tensorShapesInPlainFile(spec);
+      timed = async () => {
+        const bytes = await bestRead(path);
+        const state: Record<string, Tensor> = {};
+        const sums: number[] = [];
+        let at = 0;
+        for (let i = 0; i < shapes.length; i++) {
+          const shape = shapes[i]!;
+          const view = new Uint8Array(bytes.buffer, bytes.byteOffset + at, numelOf(shape) * 4);
+          sums.push(fastCrc32(view));
+          state[`tensor.${i}`] = new Tensor({ storage: new Storage("float32", view), shape });
+          at += view.byteLength;
+        }
+        loaded = state;
+        crcs = sums;
+      };
+      check = async () => {
+        // Tensor i of plain.bin is filled with (i + 1) · 10⁻³ (bench/scenarios.ts buildState).
+        shapes.forEach((_, i) => {
+          const data = loaded[`tensor.${i}`]!.data as Float32Array;
+          if (data[0] !== Math.fround((i + 1) * 1e-3) || data[data.length - 1] !== data[0]) throw new Error(`the floor load's tensor ${i} holds ${data[0]}`);
+        });
+        if (crcs.length !== shapes.length) throw new Error("the floor load checksummed too few tensors");
       };
       break;
     }

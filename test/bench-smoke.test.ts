@@ -79,7 +79,7 @@ describe("the benchmark harness", () => {
     // The diagnostics that back the reasons for targets not met.
     const diagnostics = result.stdout.slice(result.stdout.indexOf("Diagnostics:"));
     for (const tag of ["a", "b"]) {
-      for (const diagnostic of ["zlib crc32", "plain write + fsync, a CRC-32 pass", "writer that discards", "load, verifyCrc: false", "{ into }), verifyCrc: false"]) {
+      for (const diagnostic of ["zlib crc32", "plain write + fsync, a CRC-32 pass", "writer that discards", "load, verifyCrc: false", "{ into }), verifyCrc: false", "floor of a load"]) {
         assert.ok(
           diagnostics.split("\n").some((line) => line.startsWith(`| (${tag})`) && line.includes(diagnostic) && / (s|ms|µs) /.test(line)),
           `no diagnostic (${tag}) ${diagnostic} in:\n${diagnostics}`,
