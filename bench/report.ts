@@ -59,7 +59,7 @@ const COMPARED_WITH: Record<Kind, { limit?: string; peer?: string }> = {
  * reads in flight at once). A limit slower than our own save would be no limit (issue 14).
  */
 export const LIMITS: Record<string, string[]> = {
-  "write-limit": ["write-plain", "write-best"],
+  "write-limit": ["write-plain", "write-best", "write-direct"],
   "read-limit": ["read-plain", "read-best"],
 };
 export const LIMIT_NAMES: Record<string, string> = { "write-limit": "the best plain write", "read-limit": "the best plain read" };

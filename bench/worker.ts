@@ -49,6 +49,7 @@ export const NODE_OPS = [
   "write-best",
   "read-best",
   "load-floor",
+  "write-direct",
 ] as const;
 export type NodeOp = (typeof NODE_OPS)[number];
 
@@ -205,6 +206,91 @@ async function bestWrite(buffers: Uint8Array[], path: string): Promise<void> {
   } finally {
     await handle.close();
   }
+}
+
+/** O_DIRECT's alignment of memory, file offsets and lengths (4 KiB: enough for 512-byte and 4K-sector disks). */
+const DIRECT_ALIGNMENT = 4096;
+/** The blocks an O_DIRECT write copies the tensors into and writes, two at once. */
+const DIRECT_BLOCK = 16 << 20;
+
+/**
+ * The tensors' bytes written around the page cache (O_DIRECT) and fsynced: copied into aligned
+ * blocks (`directBlocks`, made beforehand as a writer would keep them), each written while the
+ * next is filled, the last one padded and the file then cut to its size.
+ */
+async function directWrite(buffers: Uint8Array[], path: string, blocks: Buffer[]): Promise<void> {
+  const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
+  try {
+    let block = 0;
+    let filled = 0;
+    let position = 0;
+    let writing: Promise<unknown> = Promise.resolve();
+    const flush = async (length: number): Promise<void> => {
+      await writing; // the other block's write: its buffer is filled next
+      const bytes = blocks[block]!.subarray(0, length);
+      writing = handle.write(bytes, 0, length, position).then(({ bytesWritten }) => {
+        if (bytesWritten !== length) throw new Error(`an O_DIRECT write of ${length} bytes wrote ${bytesWritten}`);
+      });
+      position += length;
+      block = 1 - block;
+      filled = 0;
+    };
+    for (const buffer of buffers) {
+      for (let done = 0; done < buffer.byteLength; ) {
+        const take = Math.min(DIRECT_BLOCK - filled, buffer.byteLength - done);
+        blocks[block]!.set(buffer.subarray(done, done + take), filled);
+        filled += take;
+        done += take;
+        if (filled === DIRECT_BLOCK) await flush(DIRECT_BLOCK);
+      }
+    }
+    const size = position + filled;
+    if (filled > 0) await flush(Math.ceil(filled / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT);
+    await writing;
+    await handle.truncate(size);
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}
+
+/**
+ * Two DIRECT_BLOCK views of touched memory that start at a DIRECT_ALIGNMENT boundary. Node.js
+ * cannot say where a buffer's memory starts, so the aligned start is found by trying O_DIRECT
+ * writes of 4 KiB from offsets 0, 8, 16, … (to a scratch file in `dir`) until one is accepted.
+ */
+async function directBlocks(dir: string): Promise<Buffer[]> {
+  const scratch = join(dir, "direct-probe.bin");
+  const handle = await fsp.open(scratch, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT, 0o644);
+  try {
+    const aligned = async (): Promise<Buffer> => {
+      const memory = Buffer.alloc(DIRECT_BLOCK + DIRECT_ALIGNMENT);
+      for (let offset = 0; offset < DIRECT_ALIGNMENT; offset += 8) {
+        try {
+          await handle.write(memory, offset, DIRECT_ALIGNMENT, 0);
+          return memory.subarray(offset, offset + DIRECT_BLOCK);
+        } catch (error) {
+          if ((error as NodeJS.ErrnoException).code !== "EINVAL") throw error;
+        }
+      }
+      throw new Error("no offset of a buffer is aligned for O_DIRECT here (the file system may not support it)");
+    };
+    return [await aligned(), await aligned()];
+  } finally {
+    await handle.close();
+    await fsp.rm(scratch, { force: true });
+  }
+}
+
+/** The file holds exactly the buffers' bytes, in order (its size, and the first and last 16 tensors compared). */
+async function checkExactCopy(buffers: Uint8Array[], path: string): Promise<void> {
+  const size = buffers.reduce((sum, b) => sum + b.byteLength, 0);
+  const file = await fsp.readFile(path);
+  if (file.byteLength !== size) throw new Error(`${path} has ${file.byteLength} bytes, not ${size}`);
+  const head = Buffer.concat(buffers.slice(0, 16));
+  const tail = Buffer.concat(buffers.slice(-16));
+  if (!file.subarray(0, head.byteLength).equals(head)) throw new Error(`${path} does not start with the tensors' bytes`);
+  if (!file.subarray(size - tail.byteLength).equals(tail)) throw new Error(`${path} does not end with the tensors' bytes`);
 }
 
 /** The disk's (here: the page cache's) best read: the file in BEST_WRITERS pieces read at once into fresh memory. */
@@ -485,7 +571,7 @@ const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => undefine
  * `dir` holds the prepared files; `out` is a scratch directory for what saves write.
  */
 async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string): Promise<Measurement> {
-  const needsState = ["save-ours", "save-manager", "save-async", "write-plain", "write-best", "write-plain-crc", "copy-memory", "crc-memory", "dump-discard"];
+  const needsState = ["save-ours", "save-manager", "save-async", "write-plain", "write-best", "write-direct", "write-plain-crc", "copy-memory", "crc-memory", "dump-discard"];
   const built = needsState.includes(op) ? buildState(spec) : undefined;
   const live = op.startsWith("load-into") ? liveState(spec) : undefined;
   const targetPath = join(out, op === "save-manager" || op === "save-async" ? "ckpt" : "out.bin");
@@ -538,6 +624,13 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string)
         result.idleLoopDelaySeconds = idle.worst;
       };
       check = () => checkWritten(spec, join(targetPath, `step_${step}`));
+      break;
+    }
+    case "write-direct": {
+      let blocks: Buffer[] = [];
+      before = async () => void (blocks = await directBlocks(out));
+      timed = () => directWrite(built!.buffers, targetPath, blocks);
+      check = () => checkExactCopy(built!.buffers, targetPath);
       break;
     }
     case "write-plain":

@@ -26,6 +26,7 @@ describe("the benchmark harness", () => {
         "load-into: TorchTensorLoader.load(path, { into })",
         "load-into: FileCheckpointManager.loadCheckpoint(step, { into })",
         "limit: plain write",
+        "limit: O_DIRECT write",
         "limit: plain read",
         "limit: memory copy",
       ]) {
