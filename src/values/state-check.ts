@@ -62,7 +62,7 @@ export function findUnsaveable(value: unknown, root = "state"): InvalidArgumentE
  * checks and sizes its state in one walk instead of two.
  */
 export function inspectState(value: unknown, root = "state"): { unsaveable: InvalidArgumentError; storageBytes?: undefined } | { unsaveable?: undefined; storageBytes: number } {
-  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message));
+  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message), true);
   try {
     walk.run(value);
     return { storageBytes: walk.storageBytes };
@@ -90,15 +90,21 @@ class StateWalk {
   private readonly frames: Frame[] = [];
   private readonly seen = new Set<object>();
   private readonly tuplesOnPath = new Set<unknown[]>();
-  /** Marks the storages counted in storageBytes (see Storage.markVisited): the walk is synchronous. */
-  private readonly storageVisit = newStorageVisit();
+  /**
+   * Marks the storages counted in storageBytes (see Storage.markVisited; the walk is synchronous),
+   * or undefined for a walk that only checks (the dumper's): no work per tensor beyond the check.
+   */
+  private readonly storageVisit: number | undefined;
   /** The bytes of the storages of the tensors met so far, each storage once. */
   storageBytes = 0;
 
   constructor(
     private readonly root: string,
     private readonly toError: UnsaveableError,
-  ) {}
+    countStorageBytes = false,
+  ) {
+    this.storageVisit = countStorageBytes ? newStorageVisit() : undefined;
+  }
 
   run(value: unknown): void {
     this.visit(value, NO_SEGMENT);
@@ -221,7 +227,7 @@ class StateWalk {
   }
 
   private count(storage: Storage): void {
-    if (storage.indexInVisit(this.storageVisit) >= 0) return;
+    if (this.storageVisit === undefined || storage.indexInVisit(this.storageVisit) >= 0) return;
     storage.markVisited(this.storageVisit, 0);
     this.storageBytes += storage.numel * DTYPES[storage.dtype].itemSize; // without reading bytes a reader left pending
   }

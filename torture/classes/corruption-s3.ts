@@ -16,13 +16,13 @@
  */
 import { cp, rm } from "node:fs/promises";
 import { join } from "node:path";
-import { CheckpointNotFoundError, FileCheckpointManager, isCkptError, verifyCheckpoints } from "../../src/index.js";
+import { CheckpointNotFoundError, FileCheckpointManager } from "../../src/index.js";
 import { S3FileSystem } from "../../src/s3/index.js";
 import { joinPath } from "../../src/fs/paths.js";
 import { saveCheckpoint } from "../../test/helpers/crash-scenarios.js";
 import { startS3Server } from "../../test/helpers/s3-server.js";
 import { filesUnder } from "../../test/helpers/storages-without-rename.js";
-import { fingerprint } from "../lib/fingerprint.js";
+import { loadDamaged, loadFingerprint, uncaughtAtLoad, unreported, verifyDamaged } from "../lib/damage-checks.js";
 import { MUTATION_KINDS, type MutationKind } from "../lib/mutations.js";
 import { countCase, Random } from "../lib/random.js";
 import { damageObject, objectBytes } from "../lib/s3-object-damage.js";
@@ -34,13 +34,6 @@ const MANIFEST_GONE = "manifest removed: the step is no longer listed (no values
 
 type Outcome = "detected at load" | "detected by verify" | typeof MANIFEST_GONE;
 
-/** Everything a resuming run reads of a step: the state and the metadata. */
-async function loadFingerprint(manager: FileCheckpointManager, stepNr: number): Promise<string> {
-  const state = await manager.loadCheckpoint(stepNr);
-  const metadata = await manager.loadMetadata(stepNr);
-  return fingerprint({ state, metadata });
-}
-
 /**
  * What a fresh manager and verifyCheckpoints make of step `stepNr` of `dir` after `damaged` (names
  * relative to the step: `save-<id>/rank_0.pt`) were damaged: an outcome, or a failure.
@@ -49,34 +42,17 @@ async function judge(s3: S3FileSystem, dir: string, stepNr: number, damaged: str
   // A report may name an object by its path in the step or by its name in the save directory.
   const shortNames = damaged.flatMap((file) => [file, file.replace(/^save-[^/]+\//, "")]);
   const names = (message: string): boolean => shortNames.some((file) => message.includes(file) || (file === "manifest.json" && /manifest/i.test(message)));
-  const manager = new FileCheckpointManager({ checkpointDir: dir, fileSystem: s3 });
-  let loadError: unknown;
-  let same = false;
-  let listed = true;
-  try {
-    listed = (await manager.getStepNumbers()).includes(stepNr);
-    same = (await loadFingerprint(manager, stepNr)) === saved;
-  } catch (error) {
-    loadError = error;
-  } finally {
-    await manager.close();
-  }
-  if (loadError !== undefined && !isCkptError(loadError)) return { kind: "uncaught exception", detail: `load threw ${(loadError as Error).stack ?? String(loadError)}` };
-  if (manifestRemoved && !listed && loadError instanceof CheckpointNotFoundError) return MANIFEST_GONE;
-  if (loadError !== undefined && names((loadError as Error).message)) return "detected at load";
-  if (loadError === undefined && !same) return { kind: "undetected corruption", detail: "the load returned values different from those saved" };
+  const load = await loadDamaged(dir, stepNr, saved, { fileSystem: s3, listFirst: true });
+  const uncaught = uncaughtAtLoad(load);
+  if (uncaught !== undefined) return uncaught;
+  if (manifestRemoved && !load.listed && load.error instanceof CheckpointNotFoundError) return MANIFEST_GONE;
+  if (load.error !== undefined && names((load.error as Error).message)) return "detected at load";
+  if (load.error === undefined && !load.same) return { kind: "undetected corruption", detail: "the load returned values different from those saved" };
 
-  let problems: string[];
-  try {
-    const report = await verifyCheckpoints(dir, { stepNr, fileSystem: s3 });
-    problems = report.checkpoints.flatMap((c) => c.problems.map((p) => `${p.file}: ${p.problem}`));
-  } catch (error) {
-    if (!isCkptError(error)) return { kind: "uncaught exception", detail: `verify threw ${(error as Error).stack ?? String(error)}` };
-    problems = [(error as Error).message];
-  }
+  const problems = await verifyDamaged(dir, stepNr, s3);
+  if (!Array.isArray(problems)) return problems;
   if (problems.some(names)) return "detected by verify";
-  if (loadError !== undefined) return { kind: "error names no file", detail: `load: ${(loadError as Error).message}; verify: ${problems.join("; ") || "sound"}` };
-  return { kind: "undetected corruption", detail: `the load returned the saved values and verify found ${problems.length === 0 ? "nothing" : problems.join("; ")}` };
+  return unreported(load, problems);
 }
 
 export async function corruptionS3(options: ClassOptions): Promise<ClassResult> {

@@ -9,9 +9,9 @@
  */
 import { cp, mkdir, readdir, readFile, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { FileCheckpointManager, Tensor, TorchTensorDumper, isCkptError, verifyCheckpoints } from "../../src/index.js";
+import { FileCheckpointManager, Tensor, TorchTensorDumper } from "../../src/index.js";
 import { saveCheckpoint } from "../../test/helpers/crash-scenarios.js";
-import { fingerprint } from "../lib/fingerprint.js";
+import { loadDamaged, loadFingerprint, uncaughtAtLoad, unreported, verifyDamaged } from "../lib/damage-checks.js";
 import { MUTATION_KINDS, mutate, type MutationKind } from "../lib/mutations.js";
 import { countCase, Random } from "../lib/random.js";
 import { measureUnprotected, UNPROTECTED_SUBJECTS, type UnprotectedTally } from "../lib/unprotected-files.js";
@@ -41,13 +41,6 @@ async function prepareTemplate(dir: string): Promise<Map<number, string>> {
   return saved;
 }
 
-/** Everything a resuming run reads of a step: the state and the metadata. */
-async function loadFingerprint(manager: FileCheckpointManager, stepNr: number): Promise<string> {
-  const state = await manager.loadCheckpoint(stepNr);
-  const metadata = await manager.loadMetadata(stepNr);
-  return fingerprint({ state, metadata });
-}
-
 type Outcome = "detected at load" | "detected by verify" | "manifest removed: loads as a fairseq2 checkpoint, values intact";
 
 /**
@@ -58,32 +51,17 @@ async function judge(dir: string, stepNr: number, damaged: string[], saved: stri
   // A damaged manifest that still parses shows as files it misdescribes: a report that blames
   // the manifest ("the manifest lists it with 34 bytes") names it.
   const names = (message: string): boolean => damaged.some((file) => message.includes(file) || (file === "manifest.json" && /manifest/i.test(message)));
-  const manager = new FileCheckpointManager({ checkpointDir: dir });
-  let loadError: unknown;
-  let same = false;
-  try {
-    same = (await loadFingerprint(manager, stepNr)) === saved;
-  } catch (error) {
-    loadError = error;
-  } finally {
-    await manager.close();
-  }
-  if (loadError !== undefined && !isCkptError(loadError)) return { kind: "uncaught exception", detail: `load threw ${(loadError as Error).stack ?? String(loadError)}` };
-  if (loadError !== undefined && names((loadError as Error).message)) return "detected at load";
-  if (loadError === undefined && !same) return { kind: "undetected corruption", detail: "the load returned values different from those saved" };
+  const load = await loadDamaged(dir, stepNr, saved);
+  const uncaught = uncaughtAtLoad(load);
+  if (uncaught !== undefined) return uncaught;
+  if (load.error !== undefined && names((load.error as Error).message)) return "detected at load";
+  if (load.error === undefined && !load.same) return { kind: "undetected corruption", detail: "the load returned values different from those saved" };
 
-  let problems: string[];
-  try {
-    const report = await verifyCheckpoints(dir, { stepNr });
-    problems = report.checkpoints.flatMap((c) => c.problems.map((p) => `${p.file}: ${p.problem}`));
-  } catch (error) {
-    if (!isCkptError(error)) return { kind: "uncaught exception", detail: `verify threw ${(error as Error).stack ?? String(error)}` };
-    problems = [(error as Error).message];
-  }
+  const problems = await verifyDamaged(dir, stepNr);
+  if (!Array.isArray(problems)) return problems;
   if (problems.some(names)) return "detected by verify";
-  if (loadError === undefined && same && manifestRemoved && damaged.length === 1) return "manifest removed: loads as a fairseq2 checkpoint, values intact";
-  if (loadError !== undefined) return { kind: "error names no file", detail: `load: ${(loadError as Error).message}; verify: ${problems.join("; ") || "sound"}` };
-  return { kind: "undetected corruption", detail: `the load returned the saved values and verify found ${problems.length === 0 ? "nothing" : problems.join("; ")}` };
+  if (load.error === undefined && load.same && manifestRemoved && damaged.length === 1) return "manifest removed: loads as a fairseq2 checkpoint, values intact";
+  return unreported(load, problems);
 }
 
 export async function corruption(options: ClassOptions): Promise<ClassResult> {

@@ -174,24 +174,21 @@ export class PickleOutput {
 
   protected newMemoIndex(): number {
     const index = this.memoCount++;
-    if (index < 0x100) {
-      this.byte(Op.BINPUT);
-      this.byte(index);
-    } else {
-      this.byte(Op.LONG_BINPUT);
-      this.ensure(4);
-      this.view.setUint32(this.length, index, true);
-      this.length += 4;
-    }
+    this.memoOp(Op.BINPUT, Op.LONG_BINPUT, index);
     return index;
   }
 
   protected memoGet(index: number): void {
+    this.memoOp(Op.BINGET, Op.LONG_BINGET, index);
+  }
+
+  /** A memo opcode and its index: the one-byte form below 256, else the four-byte one. */
+  private memoOp(short: number, long: number, index: number): void {
     if (index < 0x100) {
-      this.byte(Op.BINGET);
+      this.byte(short);
       this.byte(index);
     } else {
-      this.byte(Op.LONG_BINGET);
+      this.byte(long);
       this.ensure(4);
       this.view.setUint32(this.length, index, true);
       this.length += 4;

@@ -5,6 +5,7 @@ import { Storage } from "../../tensor/storage.js";
 import type { StateValue } from "../../values/py-values.js";
 import { MAX_BUFFER_BYTES } from "../byte-io.js";
 import { unpickle } from "../pickle/unpickler.js";
+import { decimalNumber } from "../zip/zip-directory.js";
 import type { ZipEntry, ZipReader } from "../zip/zip-reader.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import { TENSOR_REBUILD, TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
@@ -119,7 +120,7 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     if (!(type instanceof TorchStorageType) || typeof key !== "string" || typeof location !== "string" || typeof numel !== "number") {
       throw new FormatError("TORCH_PERSID", "a storage's persistent id has fields of the wrong type");
     }
-    const number = decimalNumber(key, entryCount);
+    const number = decimalNumber(key, 0, entryCount);
     const known = number >= 0 ? numberedStorages[number] : namedStorages.get(key);
     if (known !== undefined) {
       if (known.dtype !== type.dtype) throw new FormatError("TORCH_STORAGE", `storage "${key}" is used as both ${known.dtype} and ${type.dtype}`);
@@ -146,19 +147,6 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject, ...(options.fastRebuild === false ? {} : { fastRebuild: TENSOR_REBUILD }) });
   const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
   return { state, storages, bigEndian, entries };
-}
-
-/** `text` read as a number below `limit` written without leading zeros; else -1. */
-function decimalNumber(text: string, limit: number): number {
-  const length = text.length;
-  if (length < 1 || length > 9 || (length > 1 && text.charCodeAt(0) === 48)) return -1;
-  let number = 0;
-  for (let i = 0; i < length; i++) {
-    const digit = text.charCodeAt(i) - 48;
-    if (digit < 0 || digit > 9) return -1;
-    number = number * 10 + digit;
-  }
-  return number < limit ? number : -1;
 }
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */

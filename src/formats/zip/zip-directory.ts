@@ -159,17 +159,18 @@ export class ZipDirectory {
     return this.headerOffsets[index]!;
   }
 
-  /** Entry `index` as an object (made on each call). */
+  /** Entry `index` as an object (made on each call; its name only when read). */
   entryAt(index: number): ZipEntry {
-    return { name: this.nameAt(index), size: this.sizes[index]!, crc: this.crcs[index]!, headerOffset: this.headerOffsets[index]! };
+    return new DirectoryEntry(this, index, this.sizes[index]!, this.crcs[index]!, this.headerOffsets[index]!);
   }
 
   /** The index of the entry named `name`, or -1. */
   find(name: string): number {
-    const digits = numberedTailOfString(name, this.count);
-    if (digits < 0) return this.named.get(name) ?? -1;
-    const numbers = this.numbered.get(name.slice(0, name.length - digits));
-    return numbers?.[Number(name.slice(name.length - digits))] ?? -1;
+    // Numbered as parse files them: the last segment (or the whole name) is the number.
+    const prefixLength = name.lastIndexOf("/") + 1;
+    const number = decimalNumber(name, prefixLength, this.count);
+    if (number < 0) return this.named.get(name) ?? -1;
+    return this.numbered.get(name.slice(0, prefixLength))?.[number] ?? -1;
   }
 
   /** The index of the entry named `prefix` + `number` (written without leading zeros), or -1. */
@@ -192,6 +193,24 @@ export class ZipDirectory {
       }
     }
     return this.materialized;
+  }
+}
+
+/**
+ * An entry of a parsed directory. Its name becomes a string only when read (an error message, a
+ * listing): a load reads thousands of entries by number and never their names.
+ */
+class DirectoryEntry implements ZipEntry {
+  constructor(
+    private readonly directory: ZipDirectory,
+    private readonly index: number,
+    readonly size: number,
+    readonly crc: number,
+    readonly headerOffset: number,
+  ) {}
+
+  get name(): string {
+    return this.directory.nameAt(this.index);
   }
 }
 
@@ -246,15 +265,20 @@ function numberedTail(bytes: Uint8Array, start: number, end: number, limit: numb
   return decimalValue(bytes, first, end) < limit ? digits : -1;
 }
 
-/** As numberedTail, for a name given as a string. */
-function numberedTailOfString(name: string, limit: number): number {
-  const end = name.length;
-  let first = end;
-  while (first > 0 && end - first < MAX_NUMBER_DIGITS + 1 && name.charCodeAt(first - 1) >= DIGIT_0 && name.charCodeAt(first - 1) <= DIGIT_0 + 9) first--;
-  const digits = end - first;
-  if (digits === 0 || digits > MAX_NUMBER_DIGITS || (first > 0 && name.charCodeAt(first - 1) !== SLASH)) return -1;
-  if (digits > 1 && name.charCodeAt(first) === DIGIT_0) return -1;
-  return Number(name.slice(first)) < limit ? digits : -1;
+/**
+ * `text` from `start` to its end read as a number below `limit`, written the one way numbered
+ * names are ("7", never "07", at most MAX_NUMBER_DIGITS digits); -1 if it is not one.
+ */
+export function decimalNumber(text: string, start: number, limit: number): number {
+  const length = text.length - start;
+  if (length < 1 || length > MAX_NUMBER_DIGITS || (length > 1 && text.charCodeAt(start) === DIGIT_0)) return -1;
+  let number = 0;
+  for (let i = start; i < text.length; i++) {
+    const digit = text.charCodeAt(i) - DIGIT_0;
+    if (digit < 0 || digit > 9) return -1;
+    number = number * 10 + digit;
+  }
+  return number < limit ? number : -1;
 }
 
 function decimalValue(bytes: Uint8Array, start: number, end: number): number {
