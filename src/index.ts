@@ -39,7 +39,7 @@ export {
 
 export type { RandomAccessReader, ByteSink } from "./formats/byte-io.js";
 export type { FileSystem, FileReader, FileWriter, DirectoryEntry } from "./fs/file-system.js";
-export { LocalFileSystem } from "./fs/local-file-system.js";
+export { LocalFileSystem, type LocalFileSystemOptions } from "./fs/local-file-system.js";
 
 export type { TensorLoader, TensorDumper } from "./io/tensor-io.js";
 export {

@@ -13,6 +13,7 @@ const tempDir = useTempDirs("disk-full");
 test("saves onto a full small disk fail with ENOSPC named, keep earlier checkpoints and leave nothing behind", async () => {
   const result = await diskFull({ seed: 1, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true });
   assert.deepEqual(result.failures, []);
+  assert.match(String(result.figures.writes), /^direct/); // seed 1: the disk fills during direct writes too
   assert.equal(Object.keys(result.cases).length, 5, JSON.stringify(result.cases));
   // Both ways of running out must have happened: refused up front, and ENOSPC from a write.
   assert.ok(Number(result.figures["refused before writing"]) > 0, JSON.stringify(result.figures));
@@ -25,6 +26,7 @@ test("where no tmpfs can be mounted, an injected ENOSPC past a quota gives the s
     const result = await diskFull({ seed: 2, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true });
     assert.deepEqual(result.failures, []);
     assert.match(String(result.figures.disk), /injected ENOSPC/);
+    assert.equal(result.figures.writes, "through the page cache");
     assert.ok(Number(result.figures["ENOSPC while writing"]) > 0, JSON.stringify(result.figures));
   } finally {
     delete process.env.CKPT_TORTURE_NO_MOUNT;

@@ -4,31 +4,23 @@ import type { FileHandle } from "node:fs/promises";
 import * as nodePath from "node:path";
 import { MAX_BUFFER_BYTES } from "../formats/byte-io.js";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
+import { DEFAULT_DIRECT_BLOCK_BYTES, DIRECT_ALIGNMENT } from "./direct-writes.js";
 import { acquireLocalLock } from "./local-lock.js";
+import { LocalFileWriter, MAX_IO_BYTES } from "./local-file-writer.js";
 
 /** `.<name>.<pid>.<random>.partial`: a file being written by `createWriter`. */
 const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
-/** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
-const WRITE_BUFFER_SIZE = 4 << 20;
-/**
- * Writes at least this large go to the file as they are, without a copy into the buffer. Below the
- * zip writer's staged batches (up to 1 MiB, but a batch ends where the next header or entry would
- * not fit, so it is a little less): at 1 MiB, every small tensor was copied a second time here.
- */
-const PASS_THROUGH_BYTES = 256 << 10;
-/**
- * Written bytes past which a background flush to disk (fdatasync) starts while writing goes on:
- * a file's fsync at close otherwise waits for all its bytes at once.
- */
-const EARLY_SYNC_BYTES = 16 << 20;
-
-/**
- * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
- * that `write` throws and `read` aborts the process) and Linux moves at most 0x7ffff000; 1 GiB
- * pieces stay below both and are as fast as any.
- */
-export const MAX_IO_BYTES = 1 << 30;
+export interface LocalFileSystemOptions {
+  /**
+   * Writes around the page cache (O_DIRECT) for files past their first block, in blocks of
+   * `blockBytes` (a multiple of 4096; default 16 MiB, two per file being written, kept for the next
+   * save). On by default; `false` writes every byte through the page cache. A file system that
+   * refuses O_DIRECT (ramfs, some network and FUSE file systems) is written through the page cache
+   * either way.
+   */
+  directWrites?: boolean | { blockBytes: number };
+}
 
 /**
  * The local disk. Files are written to a hidden sibling, fsynced, renamed into place and the
@@ -36,6 +28,12 @@ export const MAX_IO_BYTES = 1 << 30;
  */
 export class LocalFileSystem implements FileSystem {
   readonly supportsRename: boolean = true;
+  /** The block size of direct writes, or undefined for none. */
+  private readonly directBlockBytes: number | undefined;
+
+  constructor(options: LocalFileSystemOptions = {}) {
+    this.directBlockBytes = directBlockBytes(options.directWrites ?? true);
+  }
 
   resolvePath(path: string): string {
     return nodePath.resolve(path);
@@ -59,7 +57,7 @@ export class LocalFileSystem implements FileSystem {
   async createWriter(path: string): Promise<FileWriter> {
     const partial = nodePath.join(nodePath.dirname(path), `.${nodePath.basename(path)}.${process.pid}.${randomBytes(4).toString("hex")}.partial`);
     const handle = await fsp.open(partial, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL, 0o644);
-    return new LocalFileWriter(handle, partial, path);
+    return new LocalFileWriter(handle, partial, path, this.directBlockBytes);
   }
 
   /** Reads a regular file whole (up to MAX_BUFFER_BYTES), never blocking on a FIFO (see openReader). */
@@ -153,6 +151,16 @@ export class LocalFileSystem implements FileSystem {
   }
 }
 
+function directBlockBytes(option: boolean | { blockBytes: number }): number | undefined {
+  if (option === false) return undefined;
+  if (option === true) return DEFAULT_DIRECT_BLOCK_BYTES;
+  const { blockBytes } = option;
+  if (!Number.isSafeInteger(blockBytes) || blockBytes <= 0 || blockBytes % DIRECT_ALIGNMENT !== 0 || blockBytes > MAX_IO_BYTES) {
+    throw new RangeError(`directWrites.blockBytes must be a multiple of ${DIRECT_ALIGNMENT} up to ${MAX_IO_BYTES}, not ${blockBytes}`);
+  }
+  return blockBytes;
+}
+
 /** The error for a path that is not a regular file; a directory keeps the code EISDIR. */
 function notRegularFile(path: string, stat: Stats): Error {
   return Object.assign(new Error(`${path} is not a regular file (${fileKind(stat)})`), { code: stat.isDirectory() ? "EISDIR" : "EFTYPE" });
@@ -193,110 +201,6 @@ class LocalFileReader implements FileReader {
 
   async close(): Promise<void> {
     await this.handle.close();
-  }
-}
-
-class LocalFileWriter implements FileWriter {
-  private readonly buffer = Buffer.allocUnsafeSlow(WRITE_BUFFER_SIZE);
-  private buffered = 0;
-  private finished = false;
-  /** Bytes written since the last early flush to disk was started. */
-  private unsynced = 0;
-  /** The early flush to disk in flight, if any (see EARLY_SYNC_BYTES). */
-  private syncing: Promise<void> | undefined;
-
-  constructor(
-    private readonly handle: FileHandle,
-    private readonly partialPath: string,
-    private readonly finalPath: string,
-  ) {}
-
-  async write(chunk: Uint8Array): Promise<void> {
-    if (this.finished) throw new Error(`${this.finalPath} is already closed`);
-    if (chunk.byteLength >= PASS_THROUGH_BYTES) {
-      // Already a large write (the zip writer stages small pieces itself): no copy.
-      await this.flush();
-      await this.writeOut(chunk);
-      return;
-    }
-    if (this.buffered + chunk.byteLength <= this.buffer.length) {
-      this.buffer.set(chunk, this.buffered);
-      this.buffered += chunk.byteLength;
-      return;
-    }
-    await this.flush();
-    if (chunk.byteLength < this.buffer.length / 2) {
-      this.buffer.set(chunk, 0);
-      this.buffered = chunk.byteLength;
-    } else {
-      await this.writeOut(chunk);
-    }
-  }
-
-  /**
-   * Writes `bytes`, and once EARLY_SYNC_BYTES have been written since, starts flushing them to
-   * disk in the background (one flush at a time): the fsync at close then has little left to do,
-   * and the disk works while the caller prepares the next bytes.
-   */
-  private async writeOut(bytes: Uint8Array): Promise<void> {
-    await writeAll(this.handle, bytes);
-    this.unsynced += bytes.byteLength;
-    if (this.unsynced >= EARLY_SYNC_BYTES && this.syncing === undefined) {
-      this.unsynced = 0;
-      const syncing = this.handle.datasync().finally(() => {
-        if (this.syncing === syncing) this.syncing = undefined;
-      });
-      syncing.catch(() => undefined); // close() awaits it and reports its failure
-      this.syncing = syncing;
-    }
-  }
-
-  async close(): Promise<void> {
-    if (this.finished) throw new Error(`${this.finalPath} is already closed`);
-    this.finished = true;
-    try {
-      await this.flush();
-      await this.syncing;
-      await this.handle.sync();
-      await this.handle.close();
-      await fsp.rename(this.partialPath, this.finalPath);
-      await syncDirectoryOf(this.finalPath);
-    } catch (error) {
-      await this.handle.close().catch(() => undefined);
-      await fsp.rm(this.partialPath, { force: true });
-      throw error;
-    }
-  }
-
-  async abort(): Promise<void> {
-    if (this.finished) return;
-    this.finished = true;
-    await this.syncing?.catch(() => undefined);
-    await this.handle.close().catch(() => undefined);
-    await fsp.rm(this.partialPath, { force: true });
-  }
-
-  private async flush(): Promise<void> {
-    if (this.buffered === 0) return;
-    await this.writeOut(this.buffer.subarray(0, this.buffered));
-    this.buffered = 0;
-  }
-}
-
-async function writeAll(handle: FileHandle, bytes: Uint8Array): Promise<void> {
-  let done = 0;
-  while (done < bytes.byteLength) {
-    const { bytesWritten } = await handle.write(bytes, done, Math.min(bytes.byteLength - done, MAX_IO_BYTES));
-    done += bytesWritten;
-  }
-}
-
-async function syncDirectoryOf(path: string): Promise<void> {
-  const handle = await fsp.open(nodePath.dirname(path), constants.O_RDONLY | constants.O_DIRECTORY);
-  try {
-    await handle.sync();
-  } finally {
-    await handle.close();
   }
 }
 

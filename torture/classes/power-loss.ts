@@ -19,23 +19,36 @@ const REPO_ROOT = fileURLToPath(new URL("../../", import.meta.url));
 const RAM_DISK = "/dev/shm";
 const WORKLOAD = fileURLToPath(new URL("../power-loss/workload.ts", import.meta.url));
 
-export const powerLoss: FaultClass = (options) => runPowerLoss(options);
+/** Both ways a file reaches the disk: through the page cache, and around it (direct writes). */
+export const powerLoss: FaultClass = async (options) => {
+  const halfBudget = { ...options, budgetMs: options.budgetMs / 2 };
+  const buffered = await runPowerLoss({ ...halfBudget, workDir: join(options.workDir, "buffered") });
+  const direct = await runPowerLoss({ ...halfBudget, workDir: join(options.workDir, "direct") }, { directWrites: true });
+  const result: ClassResult = { name: "Power loss", cases: {}, failures: [...buffered.failures, ...direct.failures], figures: {} };
+  for (const [label, run] of [["page cache", buffered], ["direct writes", direct]] as const) {
+    for (const [kind, count] of Object.entries(run.cases)) result.cases[kind] = (result.cases[kind] ?? 0) + count;
+    for (const [name, value] of Object.entries(run.figures)) result.figures[`${name} (${label})`] = value;
+  }
+  return result;
+};
 
 /**
  * `skipDirectorySync` runs the workload on a disk whose syncDirectory does nothing (a planted bug);
- * `stopAtFailure` ends the run at the first state that fails.
+ * `stopAtFailure` ends the run at the first state that fails; `directWrites` has files past 4 KiB
+ * written around the page cache (O_DIRECT) in 4 KiB blocks, as large files are by default.
  */
-export async function runPowerLoss(options: ClassOptions, { skipDirectorySync = false, stopAtFailure = false } = {}): Promise<ClassResult> {
+export async function runPowerLoss(options: ClassOptions, { skipDirectorySync = false, stopAtFailure = false, directWrites = false } = {}): Promise<ClassResult> {
   const result: ClassResult = { name: "Power loss", cases: {}, failures: [], figures: {} };
   const root = join(options.workDir, "traced");
   const traceFile = join(options.workDir, "trace.txt");
   await mkdir(root, { recursive: true });
-  const run = await runTraced(root, traceFile, options.quick, skipDirectorySync);
+  const run = await runTraced(root, traceFile, [...(options.quick ? ["quick"] : []), ...(directWrites ? ["direct"] : [])], skipDirectorySync);
   if (run !== undefined) {
     result.failures.push({ kind: "workload failed", detail: run });
     return result;
   }
-  const ops = fileOperations(parseStrace(await readFile(traceFile, "utf8")), root);
+  const calls = parseStrace(await readFile(traceFile, "utf8"));
+  const ops = fileOperations(calls, root);
   // The model must end where the disk did, or the states built from it mean nothing.
   const final = await readTree(root);
   const states = crashStates(ops);
@@ -45,6 +58,7 @@ export async function runPowerLoss(options: ClassOptions, { skipDirectorySync = 
   }
   result.figures["operations traced"] = ops.length;
   result.figures["fsyncs traced"] = ops.filter((op) => op.op === "fsync").length;
+  result.figures["direct opens traced"] = calls.filter((call) => call.name === "openat" && call.result >= 0 && call.args[2]?.kind === "raw" && call.args[2].text.includes("O_DIRECT")).length;
   result.figures["distinct crash states"] = states.length;
   const started = Date.now();
   let checked = 0;
@@ -82,8 +96,8 @@ function lastAllKept(states: { cutAfter: number; variant: string; tree: Director
 }
 
 /** Runs the workload under strace; returns what went wrong, or undefined. */
-async function runTraced(root: string, traceFile: string, quick: boolean, skipDirectorySync: boolean): Promise<string | undefined> {
-  const args = [...straceArgs(traceFile), process.execPath, "--import", "tsx", WORKLOAD, root, ...(quick ? ["quick"] : [])];
+async function runTraced(root: string, traceFile: string, flags: string[], skipDirectorySync: boolean): Promise<string | undefined> {
+  const args = [...straceArgs(traceFile), process.execPath, "--import", "tsx", WORKLOAD, root, ...flags];
   return new Promise((resolve) => {
     const child = spawn("strace", args, { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, CKPT_TORTURE_SKIP_DIRECTORY_SYNC: skipDirectorySync ? "1" : "0" } });
     let stderr = "";

@@ -7,7 +7,7 @@ import { execFile } from "node:child_process";
 import { mkdir, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { promisify } from "node:util";
-import { LocalFileSystem, type FileSystem, type FileWriter } from "../../src/index.js";
+import { LocalFileSystem, type FileSystem, type FileWriter, type LocalFileSystemOptions } from "../../src/index.js";
 
 const run = promisify(execFile);
 
@@ -24,16 +24,17 @@ export interface SmallDisk {
   unmount(): Promise<void>;
 }
 
-export async function smallDisk(dir: string, sizeBytes: number): Promise<SmallDisk> {
+/** `options` are the disk's LocalFileSystem's (direct writes or not). */
+export async function smallDisk(dir: string, sizeBytes: number, options: LocalFileSystemOptions = {}): Promise<SmallDisk> {
   await mkdir(dir, { recursive: true });
   // CKPT_TORTURE_NO_MOUNT=1 tries the fallback where mounting would work.
-  if (process.env.CKPT_TORTURE_NO_MOUNT === "1") return quotaDisk(dir, sizeBytes, "injected ENOSPC past a quota (CKPT_TORTURE_NO_MOUNT=1)");
+  if (process.env.CKPT_TORTURE_NO_MOUNT === "1") return quotaDisk(dir, sizeBytes, "injected ENOSPC past a quota (CKPT_TORTURE_NO_MOUNT=1)", options);
   try {
     await run("mount", ["-t", "tmpfs", "-o", `size=${sizeBytes}`, "tmpfs", dir]);
   } catch (error) {
-    return quotaDisk(dir, sizeBytes, `injected ENOSPC past a quota (mounting a tmpfs failed: ${(error as Error).message.split("\n")[0]})`);
+    return quotaDisk(dir, sizeBytes, `injected ENOSPC past a quota (mounting a tmpfs failed: ${(error as Error).message.split("\n")[0]})`, options);
   }
-  const fileSystem = new LocalFileSystem();
+  const fileSystem = new LocalFileSystem(options);
   const filler = `${dir}/filler`;
   const disk: SmallDisk = {
     dir: `${dir}/checkpoints`,
@@ -55,10 +56,13 @@ export async function smallDisk(dir: string, sizeBytes: number): Promise<SmallDi
 }
 
 /** The fallback: the bytes of the files under `dir` count against a quota. */
-function quotaDisk(dir: string, sizeBytes: number, kind: string): SmallDisk {
+function quotaDisk(dir: string, sizeBytes: number, kind: string, options: LocalFileSystemOptions): SmallDisk {
   let filled = 0;
   const free = async (): Promise<number> => Math.max(0, sizeBytes - filled - (await bytesUnder(dir)));
   const fileSystem = new (class QuotaFileSystem extends LocalFileSystem {
+    constructor() {
+      super(options);
+    }
     override freeSpace(): Promise<number> {
       return free();
     }

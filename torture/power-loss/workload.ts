@@ -1,7 +1,9 @@
 /**
  * The writer whose system calls the power-loss class records (run under strace): saves, a re-save,
  * a delete, retention and a model card, with a marker before and after each call so the checker
- * knows what had been promised at every point of the trace. Usage: workload.ts <root> [quick]
+ * knows what had been promised at every point of the trace. Usage: workload.ts <root> [quick] [direct]
+ * ("direct": files past 4 KiB are written around the page cache in 4 KiB blocks, so the small
+ * files here take that path too).
  */
 import { openSync } from "node:fs";
 import { join } from "node:path";
@@ -9,8 +11,9 @@ import { FileCheckpointManager, LocalFileSystem } from "../../src/index.js";
 import { expectedState } from "./expected-state.js";
 
 const root = process.argv[2];
-if (root === undefined) throw new Error("usage: workload.ts <root> [quick]");
-const quick = process.argv[3] === "quick";
+if (root === undefined) throw new Error("usage: workload.ts <root> [quick] [direct]");
+const quick = process.argv.includes("quick");
+const directWrites = process.argv.includes("direct") ? { blockBytes: 4096 } : false;
 
 /** A marker: an open of a path that does not exist, so it shows in the trace in its place. */
 function mark(text: string): void {
@@ -26,7 +29,7 @@ class SkippingDirectorySync extends LocalFileSystem {
   override async syncDirectory(): Promise<void> {}
 }
 
-const fileSystem = process.env.CKPT_TORTURE_SKIP_DIRECTORY_SYNC === "1" ? new SkippingDirectorySync() : new LocalFileSystem();
+const fileSystem = process.env.CKPT_TORTURE_SKIP_DIRECTORY_SYNC === "1" ? new SkippingDirectorySync({ directWrites }) : new LocalFileSystem({ directWrites });
 const manager = new FileCheckpointManager({ checkpointDir: join(root, "checkpoints"), fileSystem });
 
 async function save(stepNr: number, version: number): Promise<void> {

@@ -1,0 +1,179 @@
+import { constants, promises as fsp, writeSync } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+
+/**
+ * O_DIRECT's alignment of file offsets, lengths and memory. Disks ask for their logical block size
+ * (512 bytes or 4 KiB); 4 KiB satisfies both.
+ */
+export const DIRECT_ALIGNMENT = 4096;
+
+/**
+ * The blocks a large file is copied into and written from around the page cache. Two per file
+ * being written: one is filled while the other is on its way to the disk.
+ */
+export const DEFAULT_DIRECT_BLOCK_BYTES = 16 << 20;
+
+/**
+ * Blocks kept for the next save once a file is written: a block of fresh memory costs far more to
+ * fill the first time than to reuse (page faults), and saves come back again and again. Four
+ * blocks are two files written at once.
+ */
+const KEPT_BLOCKS = 4;
+
+/** Writes of a position and bytes through the ordinary (page-cached) descriptor of the file. */
+export type BufferedWrite = (bytes: Uint8Array, position: number) => Promise<void>;
+
+/**
+ * The rest of a file written around the page cache (O_DIRECT) in aligned blocks of `blockBytes`,
+ * starting at an aligned `position`: every byte is copied into one of two reused blocks, and a full
+ * block is written while the caller fills the other. What does not fill a block at the end is
+ * handed back by `finish` for an ordinary write, since O_DIRECT takes whole aligned blocks only.
+ *
+ * A file system that refuses a direct write (EINVAL) gets that block, and all that follow, through
+ * `bufferedWrite` instead: nothing is lost, only the speed.
+ */
+export class DirectBlockWriter {
+  private current = 0;
+  private filled = 0;
+  private inFlight: Promise<void> | undefined;
+  private refused = false;
+
+  private constructor(
+    private readonly handle: FileHandle,
+    private readonly blocks: [Buffer, Buffer],
+    private position: number,
+    private readonly bufferedWrite: BufferedWrite,
+  ) {}
+
+  /**
+   * Opens `path` a second time for direct writes from `position` (a multiple of DIRECT_ALIGNMENT,
+   * at or past the end of what was written so far). Undefined when the file system refuses O_DIRECT,
+   * or no memory alignment it accepts can be found: the caller goes on writing as before.
+   */
+  static async open(path: string, position: number, blockBytes: number, bufferedWrite: BufferedWrite): Promise<DirectBlockWriter | undefined> {
+    if (position % DIRECT_ALIGNMENT !== 0) throw new RangeError(`direct writes must start at a multiple of ${DIRECT_ALIGNMENT}, not ${position}`);
+    let handle: FileHandle;
+    try {
+      handle = await fsp.open(path, constants.O_WRONLY | constants.O_DIRECT);
+    } catch (error) {
+      if (isRefusal(error)) return undefined;
+      throw error;
+    }
+    try {
+      const first = await takeBlock(blockBytes, handle, position);
+      const second = first === undefined ? undefined : await takeBlock(blockBytes, handle, position);
+      if (second === undefined) {
+        if (first !== undefined) giveBlock(first);
+        await handle.close();
+        return undefined;
+      }
+      return new DirectBlockWriter(handle, [first!, second], position, bufferedWrite);
+    } catch (error) {
+      await handle.close().catch(() => undefined);
+      throw error;
+    }
+  }
+
+  async write(chunk: Uint8Array): Promise<void> {
+    const blockBytes = this.blocks[0].byteLength;
+    for (let done = 0; done < chunk.byteLength; ) {
+      const take = Math.min(blockBytes - this.filled, chunk.byteLength - done);
+      this.blocks[this.current]!.set(chunk.subarray(done, done + take), this.filled);
+      this.filled += take;
+      done += take;
+      if (this.filled === blockBytes) await this.submit();
+    }
+  }
+
+  /**
+   * Waits for the writes in flight and closes the direct descriptor. Returns the bytes that did not
+   * fill a block and where they go; they stay valid until `release`.
+   */
+  async finish(): Promise<{ tail: Uint8Array; position: number }> {
+    try {
+      await this.inFlight;
+    } finally {
+      this.inFlight = undefined;
+      await this.handle.close();
+    }
+    return { tail: this.blocks[this.current]!.subarray(0, this.filled), position: this.position };
+  }
+
+  /** Gives the blocks back for the next file; call once, after `finish` or `abort`. */
+  release(): void {
+    for (const block of this.blocks) giveBlock(block);
+  }
+
+  /** Waits out a write in flight (its error is not wanted any more) and closes the descriptor. */
+  async abort(): Promise<void> {
+    await this.inFlight?.catch(() => undefined);
+    this.inFlight = undefined;
+    await this.handle.close().catch(() => undefined);
+  }
+
+  /** Sends the full current block to the disk once the other block's write is done, and switches. */
+  private async submit(): Promise<void> {
+    await this.inFlight; // the other block is filled next: its write must be over
+    const block = this.blocks[this.current]!;
+    const writing = this.writeBlock(block, this.position);
+    writing.catch(() => undefined); // the next submit or finish awaits it and reports its failure
+    this.inFlight = writing;
+    this.position += block.byteLength;
+    this.current = 1 - this.current;
+    this.filled = 0;
+  }
+
+  private async writeBlock(block: Buffer, position: number): Promise<void> {
+    if (this.refused) return this.bufferedWrite(block, position);
+    let written = 0;
+    try {
+      ({ bytesWritten: written } = await this.handle.write(block, 0, block.byteLength, position));
+    } catch (error) {
+      if (!isRefusal(error)) throw error;
+      this.refused = true; // the file system takes no direct writes after all
+    }
+    // A short direct write (a disk filling up) leaves an unaligned rest: an ordinary write of it
+    // finishes the block or reports why it cannot.
+    if (written < block.byteLength) await this.bufferedWrite(block.subarray(written), position + written);
+  }
+}
+
+/** Blocks free for the next writer, each a view that starts at an aligned address. */
+const freeBlocks: Buffer[] = [];
+
+/**
+ * A block of `blockBytes` whose memory starts where direct writes through `handle` accept it, or
+ * undefined if no such start is found. Node.js cannot say or choose where a buffer's memory starts,
+ * so a new block's start is found by trying direct writes of DIRECT_ALIGNMENT bytes at `position`
+ * from successive offsets in it until one is accepted; the file is cut back to `position` after.
+ */
+async function takeBlock(blockBytes: number, handle: FileHandle, position: number): Promise<Buffer | undefined> {
+  const index = freeBlocks.findIndex((block) => block.byteLength === blockBytes);
+  if (index >= 0) return freeBlocks.splice(index, 1)[0];
+  const memory = Buffer.allocUnsafeSlow(blockBytes + DIRECT_ALIGNMENT);
+  memory.fill(0, 0, 2 * DIRECT_ALIGNMENT); // what the probe writes; it is cut off again
+  try {
+    for (let offset = 0; offset < DIRECT_ALIGNMENT; offset += 8) {
+      try {
+        writeSync(handle.fd, memory, offset, DIRECT_ALIGNMENT, position);
+        return memory.subarray(offset, offset + blockBytes);
+      } catch (error) {
+        if (!isRefusal(error)) throw error;
+      }
+    }
+    return undefined;
+  } finally {
+    await handle.truncate(position);
+  }
+}
+
+/** Keeps the blocks given back last: a process that changes block size keeps the new ones. */
+function giveBlock(block: Buffer): void {
+  freeBlocks.push(block);
+  if (freeBlocks.length > KEPT_BLOCKS) freeBlocks.shift();
+}
+
+/** EINVAL is how Linux refuses O_DIRECT: at open on a file system without it, at a write it cannot align. */
+function isRefusal(error: unknown): boolean {
+  return (error as NodeJS.ErrnoException)?.code === "EINVAL";
+}

@@ -1,0 +1,183 @@
+import { constants, promises as fsp } from "node:fs";
+import type { FileHandle } from "node:fs/promises";
+import * as nodePath from "node:path";
+import type { FileWriter } from "./file-system.js";
+import { DIRECT_ALIGNMENT, DirectBlockWriter } from "./direct-writes.js";
+
+/**
+ * The most bytes one read or write call is given. Node takes at most 2^31 − 1 per call (beyond
+ * that `write` throws and `read` aborts the process) and Linux moves at most 0x7ffff000; 1 GiB
+ * pieces stay below both and are as fast as any.
+ */
+export const MAX_IO_BYTES = 1 << 30;
+
+/** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
+const WRITE_BUFFER_SIZE = 4 << 20;
+/**
+ * Writes at least this large go to the file as they are, without a copy into the buffer. Below the
+ * zip writer's staged batches (up to 1 MiB, but a batch ends where the next header or entry would
+ * not fit, so it is a little less): at 1 MiB, every small tensor was copied a second time here.
+ */
+const PASS_THROUGH_BYTES = 256 << 10;
+/**
+ * Written bytes past which a background flush to disk (fdatasync) starts while writing goes on:
+ * a file's fsync at close otherwise waits for all its bytes at once.
+ */
+const EARLY_SYNC_BYTES = 16 << 20;
+
+/**
+ * Writes a file to a hidden partial path; `close` fsyncs it, renames it into place and fsyncs the
+ * directory. Small writes are gathered into a buffer. Once the file reaches `directBlockBytes`, the
+ * rest goes around the page cache in aligned blocks (see DirectBlockWriter), where the file system
+ * takes O_DIRECT: filling the page cache costs CPU a save need not spend, and a checkpoint read
+ * back only at a resume gains nothing from its pages.
+ */
+export class LocalFileWriter implements FileWriter {
+  private readonly buffer = Buffer.allocUnsafeSlow(WRITE_BUFFER_SIZE);
+  private buffered = 0;
+  /** Bytes written to the file so far (not counting the buffer or direct blocks). */
+  private written = 0;
+  private finished = false;
+  /** Bytes written since the last early flush to disk was started. */
+  private unsynced = 0;
+  /** The early flush to disk in flight, if any (see EARLY_SYNC_BYTES). */
+  private syncing: Promise<void> | undefined;
+  /** Where the rest of the file goes once direct writes have started. */
+  private direct: DirectBlockWriter | undefined;
+
+  /** `directBlockBytes`: a multiple of DIRECT_ALIGNMENT, or undefined for no direct writes. */
+  constructor(
+    private readonly handle: FileHandle,
+    private readonly partialPath: string,
+    private readonly finalPath: string,
+    private directBlockBytes: number | undefined,
+  ) {}
+
+  async write(chunk: Uint8Array): Promise<void> {
+    if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    if (this.direct !== undefined) return this.direct.write(chunk);
+    if (this.directBlockBytes !== undefined && this.written + this.buffered + chunk.byteLength >= this.directBlockBytes) {
+      const { direct, rest } = await this.startDirect(chunk, this.directBlockBytes);
+      if (direct !== undefined) return direct.write(rest);
+      chunk = rest;
+    }
+    if (chunk.byteLength >= PASS_THROUGH_BYTES) {
+      // Already a large write (the zip writer stages small pieces itself): no copy.
+      await this.flush();
+      await this.writeOut(chunk);
+      return;
+    }
+    if (this.buffered + chunk.byteLength <= this.buffer.length) {
+      this.buffer.set(chunk, this.buffered);
+      this.buffered += chunk.byteLength;
+      return;
+    }
+    await this.flush();
+    if (chunk.byteLength < this.buffer.length / 2) {
+      this.buffer.set(chunk, 0);
+      this.buffered = chunk.byteLength;
+    } else {
+      await this.writeOut(chunk);
+    }
+  }
+
+  /**
+   * Writes what is buffered and as much of `chunk` as takes the file to an aligned size, then
+   * opens the file for direct writes from there. Returns the direct writer (undefined if the file
+   * system refuses direct writes: this file goes on as it started) and the rest of `chunk`.
+   */
+  private async startDirect(chunk: Uint8Array, blockBytes: number): Promise<{ direct: DirectBlockWriter | undefined; rest: Uint8Array }> {
+    await this.flush();
+    // The file holds less than one block, and the chunk takes it to at least one: the bytes up to
+    // the next aligned offset are all in the chunk.
+    const head = Math.min(chunk.byteLength, (DIRECT_ALIGNMENT - (this.written % DIRECT_ALIGNMENT)) % DIRECT_ALIGNMENT);
+    const start = this.written + head;
+    if (start % DIRECT_ALIGNMENT !== 0) return { direct: undefined, rest: chunk };
+    this.directBlockBytes = undefined; // one attempt per file
+    await this.writeOut(chunk.subarray(0, head));
+    this.direct = await DirectBlockWriter.open(this.partialPath, start, blockBytes, (bytes, position) => writeAll(this.handle, bytes, position));
+    return { direct: this.direct, rest: chunk.subarray(head) };
+  }
+
+  /**
+   * Writes `bytes` at the end of what is written, and once EARLY_SYNC_BYTES have been written since,
+   * starts flushing them to disk in the background (one flush at a time): the fsync at close then
+   * has little left to do, and the disk works while the caller prepares the next bytes.
+   */
+  private async writeOut(bytes: Uint8Array): Promise<void> {
+    await writeAll(this.handle, bytes, this.written);
+    this.written += bytes.byteLength;
+    this.unsynced += bytes.byteLength;
+    if (this.unsynced >= EARLY_SYNC_BYTES && this.syncing === undefined) {
+      this.unsynced = 0;
+      const syncing = this.handle.datasync().finally(() => {
+        if (this.syncing === syncing) this.syncing = undefined;
+      });
+      syncing.catch(() => undefined); // close() awaits it and reports its failure
+      this.syncing = syncing;
+    }
+  }
+
+  async close(): Promise<void> {
+    if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    this.finished = true;
+    try {
+      await this.flush();
+      await this.finishDirect();
+      await this.syncing;
+      await this.handle.sync();
+      await this.handle.close();
+      await fsp.rename(this.partialPath, this.finalPath);
+      await syncDirectoryOf(this.finalPath);
+    } catch (error) {
+      await this.direct?.abort();
+      this.direct?.release();
+      await this.handle.close().catch(() => undefined);
+      await fsp.rm(this.partialPath, { force: true });
+      throw error;
+    }
+  }
+
+  async abort(): Promise<void> {
+    if (this.finished) return;
+    this.finished = true;
+    await this.direct?.abort();
+    this.direct?.release();
+    await this.syncing?.catch(() => undefined);
+    await this.handle.close().catch(() => undefined);
+    await fsp.rm(this.partialPath, { force: true });
+  }
+
+  /** The direct writes' last partial block, written through the page cache (O_DIRECT takes whole blocks). */
+  private async finishDirect(): Promise<void> {
+    const direct = this.direct;
+    if (direct === undefined) return;
+    const { tail, position } = await direct.finish();
+    await writeAll(this.handle, tail, position);
+    this.direct = undefined;
+    direct.release();
+  }
+
+  private async flush(): Promise<void> {
+    if (this.buffered === 0) return;
+    await this.writeOut(this.buffer.subarray(0, this.buffered));
+    this.buffered = 0;
+  }
+}
+
+async function writeAll(handle: FileHandle, bytes: Uint8Array, position: number): Promise<void> {
+  let done = 0;
+  while (done < bytes.byteLength) {
+    const { bytesWritten } = await handle.write(bytes, done, Math.min(bytes.byteLength - done, MAX_IO_BYTES), position + done);
+    done += bytesWritten;
+  }
+}
+
+async function syncDirectoryOf(path: string): Promise<void> {
+  const handle = await fsp.open(nodePath.dirname(path), constants.O_RDONLY | constants.O_DIRECTORY);
+  try {
+    await handle.sync();
+  } finally {
+    await handle.close();
+  }
+}

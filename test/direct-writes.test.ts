@@ -1,0 +1,134 @@
+import assert from "node:assert/strict";
+import { execFileSync } from "node:child_process";
+import { randomBytes } from "node:crypto";
+import { constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
+import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { LocalFileSystem, TorchTensorDumper, TorchTensorLoader, Tensor } from "../src/index.js";
+import { seededRandom } from "../torture/plain-values.js";
+import { useTempDirs } from "./helpers/checkpoint-helpers.js";
+
+const tempDir = useTempDirs("direct-writes");
+
+/** How many of this process's descriptors open a file under `dir` with O_DIRECT (from /proc/self/fdinfo). */
+function directDescriptorsUnder(dir: string): number {
+  let count = 0;
+  for (const fd of readdirSync("/proc/self/fd")) {
+    let target: string;
+    try {
+      target = readlinkSync(`/proc/self/fd/${fd}`);
+    } catch {
+      continue; // closed meanwhile
+    }
+    if (!target.startsWith(`${dir}/`)) continue;
+    const flags = /^flags:\s+([0-7]+)$/m.exec(readFileSync(`/proc/self/fdinfo/${fd}`, "utf8"));
+    // fdinfo shows the open flags in octal; O_DIRECT's bit differs between architectures.
+    if (flags !== null && (Number.parseInt(flags[1]!, 8) & constants.O_DIRECT) !== 0) count++;
+  }
+  return count;
+}
+
+/** Writes `data` through a writer in chunks of seeded random sizes (some empty, some past a block). */
+async function writeInChunks(fileSystem: LocalFileSystem, path: string, data: Uint8Array, seed: number, during?: () => void): Promise<void> {
+  const random = seededRandom(seed);
+  const writer = await fileSystem.createWriter(path);
+  for (let done = 0; done < data.byteLength; ) {
+    const pick = random();
+    const size = pick < 0.1 ? 0 : pick < 0.6 ? Math.floor(random() * 300) : pick < 0.9 ? Math.floor(random() * 9000) : Math.floor(random() * 40_000);
+    const take = Math.min(size, data.byteLength - done);
+    await writer.write(data.subarray(done, done + take));
+    done += take;
+    during?.();
+  }
+  await writer.close();
+}
+
+test("files written around the page cache hold exactly the bytes given, for every size near a block's edges and any chunking", async () => {
+  const dir = await tempDir();
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 8192 } });
+  const sizes = [0, 1, 4095, 4096, 4097, 8191, 8192, 8193, 12_288, 20_000, 3 * 8192 + 5, 100_000, 250_001];
+  let sawDirect = 0;
+  for (const [index, size] of sizes.entries()) {
+    const data = randomBytes(size);
+    const path = join(dir, `file-${size}.bin`);
+    await writeInChunks(fileSystem, path, data, index + 1, () => (sawDirect = Math.max(sawDirect, directDescriptorsUnder(dir))));
+    assert.ok((await readFile(path)).equals(data), `${size} bytes: the file differs from what was written`);
+  }
+  // The files past a block went through a descriptor opened with O_DIRECT.
+  assert.equal(sawDirect, 1);
+  assert.equal(directDescriptorsUnder(dir), 0, "a direct descriptor was left open");
+  assert.deepEqual((await readdir(dir)).filter((name) => name.endsWith(".partial")), []);
+});
+
+test("by default a file past 16 MiB is written around the page cache, byte for byte", async () => {
+  const dir = await tempDir();
+  const data = randomBytes(40 << 20);
+  const fileSystem = new LocalFileSystem();
+  const writer = await fileSystem.createWriter(join(dir, "big.bin"));
+  await writer.write(data.subarray(0, 100)); // a header, as the zip writer's
+  assert.equal(directDescriptorsUnder(dir), 0, "a small file must not take direct writes");
+  await writer.write(data.subarray(100, 20 << 20));
+  assert.equal(directDescriptorsUnder(dir), 1);
+  await writer.write(data.subarray(20 << 20));
+  await writer.close();
+  assert.ok((await readFile(join(dir, "big.bin"))).equals(data));
+  // And with direct writes off, not at all.
+  const plain = new LocalFileSystem({ directWrites: false });
+  const second = await plain.createWriter(join(dir, "plain.bin"));
+  await second.write(data);
+  assert.equal(directDescriptorsUnder(dir), 0);
+  await second.close();
+  assert.ok((await readFile(join(dir, "plain.bin"))).equals(data));
+});
+
+test("two files written at once with direct writes never share a block", async () => {
+  const dir = await tempDir();
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });
+  const first = randomBytes(300_000);
+  const second = randomBytes(200_003);
+  // Files written before leave their blocks for reuse: the two below take them.
+  await Promise.all([writeInChunks(fileSystem, join(dir, "warm-a.bin"), second, 5), writeInChunks(fileSystem, join(dir, "warm-b.bin"), first, 6)]);
+  await Promise.all([writeInChunks(fileSystem, join(dir, "a.bin"), first, 7), writeInChunks(fileSystem, join(dir, "b.bin"), second, 8)]);
+  assert.ok((await readFile(join(dir, "a.bin"))).equals(first));
+  assert.ok((await readFile(join(dir, "b.bin"))).equals(second));
+});
+
+test("an aborted direct write leaves the earlier file at its path untouched and nothing else behind", async () => {
+  const dir = await tempDir();
+  const path = join(dir, "model.pt");
+  await writeFile(path, "the earlier file");
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });
+  const writer = await fileSystem.createWriter(path);
+  await writer.write(randomBytes(50_000));
+  assert.equal(directDescriptorsUnder(dir), 1);
+  await writer.abort();
+  assert.equal(await readFile(path, "utf8"), "the earlier file");
+  assert.deepEqual(await readdir(dir), ["model.pt"]);
+  assert.equal(directDescriptorsUnder(dir), 0);
+});
+
+test("on a file system that refuses O_DIRECT (ramfs), files are written through the page cache, byte for byte", async (t) => {
+  const dir = join(await tempDir(), "ramfs");
+  await mkdir(dir);
+  // Root mounts a real ramfs (its open refuses O_DIRECT with EINVAL); CI runs as root.
+  execFileSync("mount", ["-t", "ramfs", "ramfs", dir]);
+  t.after(() => execFileSync("umount", [dir]));
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });
+  const data = randomBytes(100_000);
+  let sawDirect = 0;
+  await writeInChunks(fileSystem, join(dir, "file.bin"), data, 3, () => (sawDirect = Math.max(sawDirect, directDescriptorsUnder(dir))));
+  assert.equal(sawDirect, 0);
+  assert.ok((await readFile(join(dir, "file.bin"))).equals(data));
+  // A checkpoint file through the whole stack, read back.
+  const state = { weight: Tensor.from(Float32Array.from({ length: 30_000 }, (_, i) => i / 7)) };
+  await new TorchTensorDumper({ fileSystem }).dump(state, join(dir, "state.pt"));
+  const loaded = (await new TorchTensorLoader({ fileSystem }).load(join(dir, "state.pt"))) as { weight: Tensor };
+  assert.deepEqual(loaded.weight.data, state.weight.data);
+});
+
+test("a direct-write block size that O_DIRECT cannot use is refused, naming the option", () => {
+  for (const blockBytes of [0, 1000, 4097, -4096, 1.5, 2 ** 31]) {
+    assert.throws(() => new LocalFileSystem({ directWrites: { blockBytes } }), /directWrites\.blockBytes must be a multiple of 4096 up to 1073741824, not /);
+  }
+});
