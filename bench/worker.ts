@@ -131,8 +131,8 @@ function discardingFileSystem(): FileSystem {
   return Object.assign(Object.create(local) as FileSystem, { createWriter: async () => writer });
 }
 
-async function saveWithManager(state: BuiltState["state"], checkpointDir: string): Promise<void> {
-  const manager = new FileCheckpointManager({ checkpointDir });
+async function saveWithManager(state: BuiltState["state"], checkpointDir: string, fileSystem?: FileSystem): Promise<void> {
+  const manager = new FileCheckpointManager({ checkpointDir, ...(fileSystem === undefined ? {} : { fileSystem }) });
   try {
     await manager.beginCheckpoint(STEP);
     await manager.saveState(state);
@@ -144,8 +144,11 @@ async function saveWithManager(state: BuiltState["state"], checkpointDir: string
 
 async function prepare(spec: ScenarioSpec, dir: string): Promise<void> {
   const { state, buffers } = buildState(spec);
-  await new TorchTensorDumper().dump(state, join(dir, OURS_FILE));
-  await saveWithManager(state, join(dir, CHECKPOINT_DIR));
+  // The files loads read are written through the page cache, as the plain file and torch's are:
+  // every load then reads from memory (a save's default direct writes would leave ours on disk only).
+  const throughPageCache = new LocalFileSystem({ directWrites: false });
+  await new TorchTensorDumper({ fileSystem: throughPageCache }).dump(state, join(dir, OURS_FILE));
+  await saveWithManager(state, join(dir, CHECKPOINT_DIR), throughPageCache);
   await plainWrite(buffers, join(dir, PLAIN_FILE));
 }
 
