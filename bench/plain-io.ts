@@ -117,12 +117,14 @@ export async function bestWrite(buffers: Uint8Array[], path: string): Promise<vo
 
 /** O_DIRECT's alignment of memory, file offsets and lengths (4 KiB: enough for 512-byte and 4K-sector disks). */
 const DIRECT_ALIGNMENT = 4096;
-/** The blocks an O_DIRECT write copies the tensors into and writes, two at once. */
+/** The blocks an O_DIRECT write copies the tensors into and writes. */
 const DIRECT_BLOCK = 16 << 20;
+/** Blocks in use: two written at once while the third is filled (one at a time is 0.88× as fast here). */
+const DIRECT_BLOCKS = 3;
 
 /**
  * The tensors' bytes written around the page cache (O_DIRECT) and fsynced: copied into aligned
- * blocks (`directBlocks`, made beforehand as a writer would keep them), each written while the
+ * blocks (`directBlocks`, made beforehand as a writer would keep them), two written while the
  * next is filled, the last one padded and the file then cut to its size.
  */
 export async function directWrite(buffers: Uint8Array[], path: string, blocks: Buffer[]): Promise<void> {
@@ -131,16 +133,18 @@ export async function directWrite(buffers: Uint8Array[], path: string, blocks: B
     let block = 0;
     let filled = 0;
     let position = 0;
-    let writing: Promise<unknown> = Promise.resolve();
+    const writing: Promise<unknown>[] = [];
     const flush = async (length: number): Promise<void> => {
-      await writing; // the other block's write: its buffer is filled next
       const bytes = blocks[block]!.subarray(0, length);
-      writing = handle.write(bytes, 0, length, position).then(({ bytesWritten }) => {
-        if (bytesWritten !== length) throw new Error(`an O_DIRECT write of ${length} bytes wrote ${bytesWritten}`);
-      });
+      writing.push(
+        handle.write(bytes, 0, length, position).then(({ bytesWritten }) => {
+          if (bytesWritten !== length) throw new Error(`an O_DIRECT write of ${length} bytes wrote ${bytesWritten}`);
+        }),
+      );
       position += length;
-      block = 1 - block;
+      block = (block + 1) % blocks.length;
       filled = 0;
+      if (writing.length === blocks.length) await writing.shift(); // the next block's last write
     };
     for (const buffer of buffers) {
       for (let done = 0; done < buffer.byteLength; ) {
@@ -153,7 +157,7 @@ export async function directWrite(buffers: Uint8Array[], path: string, blocks: B
     }
     const size = position + filled;
     if (filled > 0) await flush(Math.ceil(filled / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT);
-    await writing;
+    await Promise.all(writing);
     await handle.truncate(size);
     await handle.sync();
   } finally {
@@ -162,7 +166,7 @@ export async function directWrite(buffers: Uint8Array[], path: string, blocks: B
 }
 
 /**
- * Two DIRECT_BLOCK views of touched memory that start at a DIRECT_ALIGNMENT boundary. Node.js
+ * DIRECT_BLOCKS views of DIRECT_BLOCK bytes of touched memory that start at a DIRECT_ALIGNMENT boundary. Node.js
  * cannot say where a buffer's memory starts, so the aligned start is found by trying O_DIRECT
  * writes of 4 KiB from offsets 0, 8, 16, … (to a scratch file in `dir`) until one is accepted.
  */
@@ -182,7 +186,9 @@ export async function directBlocks(dir: string): Promise<Buffer[]> {
       }
       throw new Error("no offset of a buffer is aligned for O_DIRECT here (the file system may not support it)");
     };
-    return [await aligned(), await aligned()];
+    const blocks: Buffer[] = [];
+    while (blocks.length < DIRECT_BLOCKS) blocks.push(await aligned());
+    return blocks;
   } finally {
     await handle.close();
     await fsp.rm(scratch, { force: true });

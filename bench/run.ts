@@ -57,7 +57,7 @@ const VARIANTS: Variant[] = [
   { key: "load-into-torchfile", label: "load-into: TorchTensorLoader.load(torch.save file, { into })", runner: "node", op: "load-into-torchfile", kind: "load", role: "ours", needsTorch: true },
   { key: "write-plain", label: "limit: plain write of the tensors' bytes + fsync", runner: "node", op: "write-plain", kind: "save", role: "limit" },
   { key: "write-best", label: "limit: best plain write: 4 positioned writev streams at once + fsync", runner: "node", op: "write-best", kind: "save", role: "limit" },
-  { key: "write-direct", label: "limit: O_DIRECT write (around the page cache) in 16 MiB aligned blocks + fsync", runner: "node", op: "write-direct", kind: "save", role: "limit" },
+  { key: "write-direct", label: "limit: O_DIRECT write (around the page cache), 16 MiB aligned blocks, two at once + fsync", runner: "node", op: "write-direct", kind: "save", role: "limit" },
   { key: "read-plain", label: "limit: plain read of that file into fresh memory", runner: "node", op: "read-plain", kind: "load", role: "limit" },
   { key: "read-best", label: "limit: best plain read: 4 positioned reads at once into fresh memory", runner: "node", op: "read-best", kind: "load", role: "limit" },
   { key: "copy-memory", label: "limit: memory copy of the state (reused buffers)", runner: "node", op: "copy-memory", kind: "copy", role: "limit" },

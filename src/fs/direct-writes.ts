@@ -7,27 +7,30 @@ import type { FileHandle } from "node:fs/promises";
  */
 export const DIRECT_ALIGNMENT = 4096;
 
-/**
- * The blocks a large file is copied into and written from around the page cache. Two per file
- * being written: one is filled while the other is on its way to the disk.
- */
+/** The size of the blocks a large file is copied into and written from around the page cache. */
 export const DEFAULT_DIRECT_BLOCK_BYTES = 16 << 20;
 
 /**
+ * Blocks per file being written: one is filled while the others are on their way to the disk. Two
+ * writes at once took 0.88× the time of one at a time for 1 GiB here (6 runs each); three, no less.
+ */
+const BLOCKS_PER_FILE = 3;
+
+/**
  * Blocks kept for the next save once a file is written: a block of fresh memory costs far more to
- * fill the first time than to reuse (page faults), and saves come back again and again. Four
+ * fill the first time than to reuse (page faults), and saves come back again and again. Six
  * blocks are two files written at once.
  */
-const KEPT_BLOCKS = 4;
+const KEPT_BLOCKS = 2 * BLOCKS_PER_FILE;
 
 /** Writes of a position and bytes through the ordinary (page-cached) descriptor of the file. */
 export type BufferedWrite = (bytes: Uint8Array, position: number) => Promise<void>;
 
 /**
  * The rest of a file written around the page cache (O_DIRECT) in aligned blocks of `blockBytes`,
- * starting at an aligned `position`: every byte is copied into one of two reused blocks, and a full
- * block is written while the caller fills the other. What does not fill a block at the end is
- * handed back by `finish` for an ordinary write, since O_DIRECT takes whole aligned blocks only.
+ * starting at an aligned `position`: every byte is copied into one of BLOCKS_PER_FILE reused blocks,
+ * and full blocks are written while the caller fills the next. What does not fill a block at the
+ * end is handed back by `finish` for an ordinary write, since O_DIRECT takes whole aligned blocks.
  *
  * A file system that refuses a direct write (EINVAL) gets that block, and all that follow, through
  * `bufferedWrite` instead: nothing is lost, only the speed.
@@ -35,12 +38,13 @@ export type BufferedWrite = (bytes: Uint8Array, position: number) => Promise<voi
 export class DirectBlockWriter {
   private current = 0;
   private filled = 0;
-  private inFlight: Promise<void> | undefined;
+  /** The blocks' writes under way, oldest first; the oldest is of the block filled next. */
+  private readonly inFlight: Promise<void>[] = [];
   private refused = false;
 
   private constructor(
     private readonly handle: FileHandle,
-    private readonly blocks: [Buffer, Buffer],
+    private readonly blocks: Buffer[],
     private position: number,
     private readonly bufferedWrite: BufferedWrite,
   ) {}
@@ -59,23 +63,28 @@ export class DirectBlockWriter {
       if (isRefusal(error)) return undefined;
       throw error;
     }
+    const blocks: Buffer[] = [];
     try {
-      const first = await takeBlock(blockBytes, handle, position);
-      const second = first === undefined ? undefined : await takeBlock(blockBytes, handle, position);
-      if (second === undefined) {
-        if (first !== undefined) giveBlock(first);
-        await handle.close();
-        return undefined;
+      while (blocks.length < BLOCKS_PER_FILE) {
+        const block = await takeBlock(blockBytes, handle, position);
+        if (block === undefined) break;
+        blocks.push(block);
       }
-      return new DirectBlockWriter(handle, [first!, second], position, bufferedWrite);
     } catch (error) {
+      blocks.forEach(giveBlock);
       await handle.close().catch(() => undefined);
       throw error;
     }
+    if (blocks.length < BLOCKS_PER_FILE) {
+      blocks.forEach(giveBlock);
+      await handle.close();
+      return undefined;
+    }
+    return new DirectBlockWriter(handle, blocks, position, bufferedWrite);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
-    const blockBytes = this.blocks[0].byteLength;
+    const blockBytes = this.blocks[0]!.byteLength;
     for (let done = 0; done < chunk.byteLength; ) {
       const take = Math.min(blockBytes - this.filled, chunk.byteLength - done);
       this.blocks[this.current]!.set(chunk.subarray(done, done + take), this.filled);
@@ -91,9 +100,8 @@ export class DirectBlockWriter {
    */
   async finish(): Promise<{ tail: Uint8Array; position: number }> {
     try {
-      await this.inFlight;
+      await this.settle();
     } finally {
-      this.inFlight = undefined;
       await this.handle.close();
     }
     return { tail: this.blocks[this.current]!.subarray(0, this.filled), position: this.position };
@@ -106,21 +114,28 @@ export class DirectBlockWriter {
 
   /** Waits out a write in flight (its error is not wanted any more) and closes the descriptor. */
   async abort(): Promise<void> {
-    await this.inFlight?.catch(() => undefined);
-    this.inFlight = undefined;
+    await this.settle().catch(() => undefined);
     await this.handle.close().catch(() => undefined);
   }
 
-  /** Sends the full current block to the disk once the other block's write is done, and switches. */
+  /** Waits for every write under way, then reports the first that failed. */
+  private async settle(): Promise<void> {
+    const outcomes = await Promise.allSettled(this.inFlight.splice(0));
+    const failed = outcomes.find((outcome) => outcome.status === "rejected");
+    if (failed !== undefined) throw failed.reason;
+  }
+
+  /** Sends the full current block to the disk and moves on to the next, once its last write is over. */
   private async submit(): Promise<void> {
-    await this.inFlight; // the other block is filled next: its write must be over
     const block = this.blocks[this.current]!;
     const writing = this.writeBlock(block, this.position);
-    writing.catch(() => undefined); // the next submit or finish awaits it and reports its failure
-    this.inFlight = writing;
+    writing.catch(() => undefined); // a later submit, finish or abort awaits it and reports its failure
+    this.inFlight.push(writing);
     this.position += block.byteLength;
-    this.current = 1 - this.current;
+    this.current = (this.current + 1) % this.blocks.length;
     this.filled = 0;
+    // The next block's last write is the oldest under way: its memory is filled next.
+    if (this.inFlight.length === this.blocks.length) await this.inFlight.shift();
   }
 
   private async writeBlock(block: Buffer, position: number): Promise<void> {
