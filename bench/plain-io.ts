@@ -129,18 +129,18 @@ const DIRECT_BLOCKS = 3;
  */
 export async function directWrite(buffers: Uint8Array[], path: string, blocks: Buffer[]): Promise<void> {
   const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
+  const writing: Promise<unknown>[] = [];
   try {
     let block = 0;
     let filled = 0;
     let position = 0;
-    const writing: Promise<unknown>[] = [];
     const flush = async (length: number): Promise<void> => {
       const bytes = blocks[block]!.subarray(0, length);
-      writing.push(
-        handle.write(bytes, 0, length, position).then(({ bytesWritten }) => {
-          if (bytesWritten !== length) throw new Error(`an O_DIRECT write of ${length} bytes wrote ${bytesWritten}`);
-        }),
-      );
+      const write = handle.write(bytes, 0, length, position).then(({ bytesWritten }) => {
+        if (bytesWritten !== length) throw new Error(`an O_DIRECT write of ${length} bytes wrote ${bytesWritten}`);
+      });
+      write.catch(() => undefined); // awaited below; a failure meanwhile must not crash the process
+      writing.push(write);
       position += length;
       block = (block + 1) % blocks.length;
       filled = 0;
@@ -161,6 +161,7 @@ export async function directWrite(buffers: Uint8Array[], path: string, blocks: B
     await handle.truncate(size);
     await handle.sync();
   } finally {
+    await Promise.allSettled(writing); // none may still use the descriptor when it closes
     await handle.close();
   }
 }

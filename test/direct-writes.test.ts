@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { mkdir, readFile, readdir, writeFile } from "node:fs/promises";
+import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { LocalFileSystem, TorchTensorDumper, TorchTensorLoader, Tensor } from "../src/index.js";
@@ -27,6 +27,20 @@ function directDescriptorsUnder(dir: string): number {
     if (flags !== null && (Number.parseInt(flags[1]!, 8) & constants.O_DIRECT) !== 0) count++;
   }
   return count;
+}
+
+/** Bytes of `path` in the page cache (util-linux's fincore): direct writes leave none behind. */
+function residentBytes(path: string): number {
+  return Number(execFileSync("fincore", ["--bytes", "--noheadings", "--output", "RES", path], { encoding: "utf8" }).trim());
+}
+
+/** Mounts a real file system of `type` on a new directory (root; CI runs as root), unmounted after the test. */
+async function mounted(t: { after(fn: () => void): void }, type: string, options?: string): Promise<string> {
+  const dir = join(await tempDir(), type);
+  await mkdir(dir);
+  execFileSync("mount", ["-t", type, ...(options === undefined ? [] : ["-o", options]), type, dir]);
+  t.after(() => execFileSync("umount", [dir]));
+  return dir;
 }
 
 /** Writes `data` through a writer in chunks of seeded random sizes (some empty, some past a block). */
@@ -72,6 +86,8 @@ test("by default a file past 16 MiB is written around the page cache, byte for b
   assert.equal(directDescriptorsUnder(dir), 1);
   await writer.write(data.subarray(20 << 20));
   await writer.close();
+  // Only the head (to the first 4 KiB edge) and the tail (past the last) went through the page cache.
+  assert.ok(residentBytes(join(dir, "big.bin")) <= 2 * 4096, `${residentBytes(join(dir, "big.bin"))} bytes of the file are in the page cache`);
   assert.ok((await readFile(join(dir, "big.bin"))).equals(data));
   // And with direct writes off, not at all.
   const plain = new LocalFileSystem({ directWrites: false });
@@ -79,6 +95,7 @@ test("by default a file past 16 MiB is written around the page cache, byte for b
   await second.write(data);
   assert.equal(directDescriptorsUnder(dir), 0);
   await second.close();
+  assert.equal(residentBytes(join(dir, "plain.bin")), data.byteLength);
   assert.ok((await readFile(join(dir, "plain.bin"))).equals(data));
 });
 
@@ -109,11 +126,7 @@ test("an aborted direct write leaves the earlier file at its path untouched and 
 });
 
 test("on a file system that refuses O_DIRECT (ramfs), files are written through the page cache, byte for byte", async (t) => {
-  const dir = join(await tempDir(), "ramfs");
-  await mkdir(dir);
-  // Root mounts a real ramfs (its open refuses O_DIRECT with EINVAL); CI runs as root.
-  execFileSync("mount", ["-t", "ramfs", "ramfs", dir]);
-  t.after(() => execFileSync("umount", [dir]));
+  const dir = await mounted(t, "ramfs"); // its open refuses O_DIRECT with EINVAL
   const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });
   const data = randomBytes(100_000);
   let sawDirect = 0;
@@ -131,4 +144,67 @@ test("a direct-write block size that O_DIRECT cannot use is refused, naming the 
   for (const blockBytes of [0, 1000, 4097, -4096, 1.5, 2 ** 31]) {
     assert.throws(() => new LocalFileSystem({ directWrites: { blockBytes } }), /directWrites\.blockBytes must be a multiple of 4096 up to 1073741824, not /);
   }
+});
+
+test("blocks aligned for one disk are not reused on a disk that needs another alignment", async (t) => {
+  // tmpfs takes direct writes from any address, so blocks probed there may start anywhere; the
+  // temporary directory's disk (ext4 on a virtio disk here) needs 512 bytes. Reused there, they
+  // would be refused and the file would go through the page cache.
+  const blockBytes = 1 << 20;
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes } });
+  const data = randomBytes(12 << 20);
+  const shm = await mounted(t, "tmpfs", "size=64m");
+  await writeInChunks(fileSystem, join(shm, "first.bin"), data, 11);
+  const dir = await tempDir();
+  await writeInChunks(fileSystem, join(dir, "second.bin"), data, 12);
+  // Direct writes start at the first 4 KiB edge once the file reaches a block, and end at the last:
+  // only the bytes before and after went through the page cache (counted before reading the file
+  // back, which fills it).
+  assert.ok(residentBytes(join(dir, "second.bin")) <= blockBytes + 2 * 4096, `${residentBytes(join(dir, "second.bin"))} bytes in the page cache`);
+  assert.ok((await readFile(join(dir, "second.bin"))).equals(data));
+});
+
+test("a disk that fills up during direct writes fails the file with ENOSPC, which close reports too, and the earlier file stays", async (t) => {
+  const dir = await mounted(t, "tmpfs", "size=2m"); // tmpfs takes O_DIRECT since Linux 6.6
+  const path = join(dir, "model.pt");
+  await writeFile(path, "the earlier file");
+  await writeFile(join(dir, "filler"), Buffer.alloc(1 << 20));
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 64 << 10 } });
+  const writer = await fileSystem.createWriter(path);
+  let sawDirect = 0;
+  let failure: unknown;
+  const chunk = randomBytes(32 << 10);
+  for (let i = 0; i < 64 && failure === undefined; i++) {
+    try {
+      await writer.write(chunk);
+      sawDirect = Math.max(sawDirect, directDescriptorsUnder(dir));
+    } catch (error) {
+      failure = error;
+    }
+  }
+  assert.equal((failure as NodeJS.ErrnoException | undefined)?.code, "ENOSPC", String(failure));
+  assert.equal(sawDirect, 1, "the disk must have filled during direct writes");
+  // A caller that frees space and then closes instead of aborting gets the failure again, and no
+  // file with a hole where the refused bytes were.
+  await rm(join(dir, "filler"));
+  await assert.rejects(writer.close(), (error: unknown) => (error as NodeJS.ErrnoException).code === "ENOSPC");
+  assert.equal(await readFile(path, "utf8"), "the earlier file");
+  assert.deepEqual(await readdir(dir), ["model.pt"]);
+  assert.equal(directDescriptorsUnder(dir), 0);
+});
+
+test("abort while a direct write is under way waits for it, then leaves nothing behind", async () => {
+  const dir = await tempDir();
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });
+  const writer = await fileSystem.createWriter(join(dir, "model.pt"));
+  const writing = writer.write(randomBytes(4 << 20)); // a thousand blocks: many awaits inside
+  await new Promise((resolve) => setImmediate(resolve));
+  await writer.abort();
+  await writing;
+  assert.deepEqual(await readdir(dir), []);
+  assert.equal(directDescriptorsUnder(dir), 0);
+  // Its blocks went back whole: the next file, written with them, is exact.
+  const data = randomBytes(300_000);
+  await writeInChunks(fileSystem, join(dir, "next.bin"), data, 13);
+  assert.ok((await readFile(join(dir, "next.bin"))).equals(data));
 });

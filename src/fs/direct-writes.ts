@@ -29,8 +29,9 @@ export type BufferedWrite = (bytes: Uint8Array, position: number) => Promise<voi
 /**
  * The rest of a file written around the page cache (O_DIRECT) in aligned blocks of `blockBytes`,
  * starting at an aligned `position`: every byte is copied into one of BLOCKS_PER_FILE reused blocks,
- * and full blocks are written while the caller fills the next. What does not fill a block at the
- * end is handed back by `finish` for an ordinary write, since O_DIRECT takes whole aligned blocks.
+ * and full blocks are written while the caller fills the next. The last block is written up to its
+ * last 4 KiB edge; the bytes past it are handed back by `finish` for an ordinary write, since
+ * O_DIRECT takes whole aligned blocks only.
  *
  * A file system that refuses a direct write (EINVAL) gets that block, and all that follow, through
  * `bufferedWrite` instead: nothing is lost, only the speed.
@@ -45,6 +46,8 @@ export class DirectBlockWriter {
   private constructor(
     private readonly handle: FileHandle,
     private readonly blocks: Buffer[],
+    /** The disk the blocks' alignment was found on (see takeBlock). */
+    private readonly device: number,
     private position: number,
     private readonly bufferedWrite: BufferedWrite,
   ) {}
@@ -64,23 +67,25 @@ export class DirectBlockWriter {
       throw error;
     }
     const blocks: Buffer[] = [];
+    let device = -1;
     try {
+      device = (await handle.stat()).dev;
       while (blocks.length < BLOCKS_PER_FILE) {
-        const block = await takeBlock(blockBytes, handle, position);
+        const block = await takeBlock(blockBytes, handle, position, device);
         if (block === undefined) break;
         blocks.push(block);
       }
     } catch (error) {
-      blocks.forEach(giveBlock);
+      for (const block of blocks) giveBlock(block, device);
       await handle.close().catch(() => undefined);
       throw error;
     }
     if (blocks.length < BLOCKS_PER_FILE) {
-      blocks.forEach(giveBlock);
+      for (const block of blocks) giveBlock(block, device);
       await handle.close();
       return undefined;
     }
-    return new DirectBlockWriter(handle, blocks, position, bufferedWrite);
+    return new DirectBlockWriter(handle, blocks, device, position, bufferedWrite);
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -95,21 +100,29 @@ export class DirectBlockWriter {
   }
 
   /**
-   * Waits for the writes in flight and closes the direct descriptor. Returns the bytes that did not
-   * fill a block and where they go; they stay valid until `release`.
+   * Writes the last, partly filled block up to its last 4 KiB edge, waits for the writes in flight
+   * and closes the direct descriptor. Returns the bytes past that edge (less than 4 KiB) and where
+   * they go; they stay valid until `release`.
    */
   async finish(): Promise<{ tail: Uint8Array; position: number }> {
+    const block = this.blocks[this.current]!;
+    const aligned = this.filled - (this.filled % DIRECT_ALIGNMENT);
     try {
+      if (aligned > 0) this.inFlight.push(this.writeBlock(block.subarray(0, aligned), this.position));
       await this.settle();
     } finally {
       await this.handle.close();
     }
-    return { tail: this.blocks[this.current]!.subarray(0, this.filled), position: this.position };
+    return { tail: block.subarray(aligned, this.filled), position: this.position + aligned };
   }
 
-  /** Gives the blocks back for the next file; call once, after `finish` or `abort`. */
+  /**
+   * Gives the blocks back for the next file; call once, after `finish` or `abort`. Blocks a direct
+   * write refused are dropped: their alignment is wrong for this disk.
+   */
   release(): void {
-    for (const block of this.blocks) giveBlock(block);
+    if (this.refused) return;
+    for (const block of this.blocks) giveBlock(block, this.device);
   }
 
   /** Waits out a write in flight (its error is not wanted any more) and closes the descriptor. */
@@ -153,18 +166,25 @@ export class DirectBlockWriter {
   }
 }
 
-/** Blocks free for the next writer, each a view that starts at an aligned address. */
-const freeBlocks: Buffer[] = [];
+/**
+ * Blocks free for the next writer, oldest first, each a view that starts where direct writes to
+ * `device` accepted it. Disks differ in the alignment they need (tmpfs and NVMe take any, others
+ * 512 bytes or 4 KiB), so a block is reused on the disk it was probed on only.
+ */
+const freeBlocks: { block: Buffer; device: number }[] = [];
 
 /**
- * A block of `blockBytes` whose memory starts where direct writes through `handle` accept it, or
- * undefined if no such start is found. Node.js cannot say or choose where a buffer's memory starts,
- * so a new block's start is found by trying direct writes of DIRECT_ALIGNMENT bytes at `position`
- * from successive offsets in it until one is accepted; the file is cut back to `position` after.
+ * A block of `blockBytes` whose memory starts where direct writes through `handle` (to `device`)
+ * accept it, or undefined if no such start is found. Node.js cannot say or choose where a buffer's
+ * memory starts, so a new block's start is found by trying direct writes of DIRECT_ALIGNMENT bytes
+ * at `position` from successive offsets in it until one is accepted; the file is cut back to
+ * `position` after.
  */
-async function takeBlock(blockBytes: number, handle: FileHandle, position: number): Promise<Buffer | undefined> {
-  const index = freeBlocks.findIndex((block) => block.byteLength === blockBytes);
-  if (index >= 0) return freeBlocks.splice(index, 1)[0];
+async function takeBlock(blockBytes: number, handle: FileHandle, position: number, device: number): Promise<Buffer | undefined> {
+  for (let index = freeBlocks.length - 1; index >= 0; index--) {
+    const free = freeBlocks[index]!;
+    if (free.device === device && free.block.byteLength === blockBytes) return freeBlocks.splice(index, 1)[0]!.block;
+  }
   const memory = Buffer.allocUnsafeSlow(blockBytes + DIRECT_ALIGNMENT);
   memory.fill(0, 0, 2 * DIRECT_ALIGNMENT); // what the probe writes; it is cut off again
   try {
@@ -182,9 +202,9 @@ async function takeBlock(blockBytes: number, handle: FileHandle, position: numbe
   }
 }
 
-/** Keeps the blocks given back last: a process that changes block size keeps the new ones. */
-function giveBlock(block: Buffer): void {
-  freeBlocks.push(block);
+/** Keeps the blocks given back last: a process that moves to another disk or block size keeps the new ones. */
+function giveBlock(block: Buffer, device: number): void {
+  freeBlocks.push({ block, device });
   if (freeBlocks.length > KEPT_BLOCKS) freeBlocks.shift();
 }
 

@@ -13,11 +13,11 @@ const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
 
 export interface LocalFileSystemOptions {
   /**
-   * Writes around the page cache (O_DIRECT) for files past their first block, in blocks of
-   * `blockBytes` (a multiple of 4096; default 16 MiB, two per file being written, kept for the next
-   * save). On by default; `false` writes every byte through the page cache. A file system that
-   * refuses O_DIRECT (ramfs, some network and FUSE file systems) is written through the page cache
-   * either way.
+   * Writes around the page cache (O_DIRECT) for files that reach `blockBytes`, from the first 4 KiB
+   * boundary on where they do (a multiple of 4096; default 16 MiB; three blocks per file being
+   * written, up to six kept for the next save). On by default; `false` writes every byte through
+   * the page cache. A file system that refuses O_DIRECT (ramfs, some network and FUSE file systems)
+   * is written through the page cache either way.
    */
   directWrites?: boolean | { blockBytes: number };
 }

@@ -44,6 +44,10 @@ export class LocalFileWriter implements FileWriter {
   private syncing: Promise<void> | undefined;
   /** Where the rest of the file goes once direct writes have started. */
   private direct: DirectBlockWriter | undefined;
+  /** The write under way: close and abort wait for it before touching what it uses. */
+  private writing: Promise<void> | undefined;
+  /** The first write that failed: the file has a hole, and `close` must not publish it. */
+  private failure: { error: unknown } | undefined;
 
   /** `directBlockBytes`: a multiple of DIRECT_ALIGNMENT, or undefined for no direct writes. */
   constructor(
@@ -55,6 +59,18 @@ export class LocalFileWriter implements FileWriter {
 
   async write(chunk: Uint8Array): Promise<void> {
     if (this.finished) throw new Error(`${this.finalPath} is already closed`);
+    if (this.failure !== undefined) throw this.failure.error;
+    const writing = this.writeChunk(chunk);
+    this.writing = writing;
+    try {
+      await writing;
+    } catch (error) {
+      this.failure ??= { error };
+      throw error;
+    }
+  }
+
+  private async writeChunk(chunk: Uint8Array): Promise<void> {
     if (this.direct !== undefined) return this.direct.write(chunk);
     if (this.directBlockBytes !== undefined && this.written + this.buffered + chunk.byteLength >= this.directBlockBytes) {
       const { direct, rest } = await this.startDirect(chunk, this.directBlockBytes);
@@ -121,6 +137,11 @@ export class LocalFileWriter implements FileWriter {
   async close(): Promise<void> {
     if (this.finished) throw new Error(`${this.finalPath} is already closed`);
     this.finished = true;
+    await this.writing?.catch(() => undefined);
+    if (this.failure !== undefined) {
+      await this.discard();
+      throw this.failure.error;
+    }
     try {
       await this.flush();
       await this.finishDirect();
@@ -130,10 +151,7 @@ export class LocalFileWriter implements FileWriter {
       await fsp.rename(this.partialPath, this.finalPath);
       await syncDirectoryOf(this.finalPath);
     } catch (error) {
-      await this.direct?.abort();
-      this.direct?.release();
-      await this.handle.close().catch(() => undefined);
-      await fsp.rm(this.partialPath, { force: true });
+      await this.discard();
       throw error;
     }
   }
@@ -141,8 +159,15 @@ export class LocalFileWriter implements FileWriter {
   async abort(): Promise<void> {
     if (this.finished) return;
     this.finished = true;
+    await this.writing?.catch(() => undefined);
+    await this.discard();
+  }
+
+  /** Stops the writes under way, gives the blocks back and removes the partial file. */
+  private async discard(): Promise<void> {
     await this.direct?.abort();
     this.direct?.release();
+    this.direct = undefined;
     await this.syncing?.catch(() => undefined);
     await this.handle.close().catch(() => undefined);
     await fsp.rm(this.partialPath, { force: true });
