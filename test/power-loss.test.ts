@@ -12,6 +12,7 @@ const tempDir = useTempDirs("power-loss");
 test("every state a power cut can leave during saves, re-saves, deletes and retention recovers to what was committed", async () => {
   const result = await runPowerLoss({ seed: 1, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true });
   assert.deepEqual(result.failures, []);
+  assert.equal(result.figures["direct opens traced"], 0); // this run writes through the page cache only
   // The trace must hold the workload's fsyncs and give many distinct states, all of them checked.
   assert.ok(Number(result.figures["fsyncs traced"]) >= 30, `fsyncs traced: ${result.figures["fsyncs traced"]}`);
   assert.ok(Number(result.figures["distinct crash states"]) >= 100, `states: ${result.figures["distinct crash states"]}`);
@@ -44,8 +45,9 @@ test("a lock left by a power cut is taken over after the reboot, even when its p
 test("with large files written around the page cache (O_DIRECT blocks), every power-cut state still recovers to what was committed", async () => {
   const result = await runPowerLoss({ seed: 1, budgetMs: 10 * 60_000, workDir: await tempDir(), quick: true }, { directWrites: true });
   assert.deepEqual(result.failures, []);
-  // The tensor files must really have gone through direct writes, or this run shows nothing new.
-  assert.ok(Number(result.figures["direct opens traced"]) >= 6, `direct opens: ${result.figures["direct opens traced"]}`);
+  // The tensor files must really have gone through direct writes, or this run shows nothing new:
+  // each of the quick workload's five saves writes a model.pt past 4 KiB.
+  assert.ok(Number(result.figures["direct opens traced"]) >= 5, `direct opens: ${result.figures["direct opens traced"]}`);
   assert.ok(Number(result.figures["distinct crash states"]) >= 100, `states: ${result.figures["distinct crash states"]}`);
   assert.equal(result.figures["crash states checked"], result.figures["distinct crash states"]);
 });

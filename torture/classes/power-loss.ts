@@ -58,7 +58,7 @@ export async function runPowerLoss(options: ClassOptions, { skipDirectorySync = 
   }
   result.figures["operations traced"] = ops.length;
   result.figures["fsyncs traced"] = ops.filter((op) => op.op === "fsync").length;
-  result.figures["direct opens traced"] = calls.filter((call) => call.name === "openat" && call.result >= 0 && call.args[2]?.kind === "raw" && call.args[2].text.includes("O_DIRECT")).length;
+  result.figures["direct opens traced"] = calls.filter((call) => call.name === "openat" && call.result >= 0 && call.args[2]?.kind === "raw" && call.args[2].text.split("|").includes("O_DIRECT")).length;
   result.figures["distinct crash states"] = states.length;
   const started = Date.now();
   let checked = 0;
