@@ -275,23 +275,26 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
   // Issue 14: our files and files torch.save wrote alike.
   const loads = ["load-ours", "load-manager", "load-torchfile"];
   const loadsInto = ["load-into-ours", "load-into-manager", "load-into-torchfile"];
+  // The steady-state rows of a scenario, where the run has them (bench/run.ts STEADY_VARIANTS).
+  const steadyIn = (result: ScenarioResult, keys: string[]): string[] =>
+    keys.map((key) => `${key}${STEADY_SUFFIX}`).filter((key) => result.series.some((s) => s.variant.key === key));
   if (a !== undefined && a.notMeasured === undefined) {
+    const aSaves = [...saves, ...steadyIn(a, saves)];
     targets.push(
       ...speedTargets(a, [
-        { keys: saves, against: "write-limit", name: "the best plain write", atLeast: 0.9 },
-        { keys: saves, against: "torch-save", name: "torch.save (never slower)", atLeast: 1 },
+        { keys: aSaves, against: "write-limit", name: "the best plain write", atLeast: 0.9 },
+        { keys: aSaves, against: "torch-save", name: "torch.save (never slower)", atLeast: 1 },
         { keys: loads, against: "read-limit", name: "the best plain read", atLeast: 0.9 },
         { keys: loads, against: "torch-load", name: "torch.load (never slower)", atLeast: 1 },
         { keys: loadsInto, against: "torch-load", name: "torch.load", atLeast: 2 },
       ]),
-      memoryTarget(a, [...saves, ...loads, ...loadsInto]),
+      memoryTarget(a, [...aSaves, ...loads, ...loadsInto]),
     );
   }
   if (b !== undefined && b.notMeasured === undefined) {
-    // The same targets for the steady-state rows, where the run has them (bench/run.ts STEADY_VARIANTS).
-    const steady = (keys: string[]): string[] => keys.map((key) => `${key}${STEADY_SUFFIX}`).filter((key) => b.series.some((s) => s.variant.key === key));
-    const bSaves = [...saves, ...steady(saves)];
-    const bLoads = [...loads, ...loadsInto, ...steady([...loads, ...loadsInto])];
+    // The same targets for the steady-state rows.
+    const bSaves = [...saves, ...steadyIn(b, saves)];
+    const bLoads = [...loads, ...loadsInto, ...steadyIn(b, [...loads, ...loadsInto])];
     targets.push(
       ...speedTargets(b, [
         { keys: bSaves, against: "write-limit", name: "the best plain write", atLeast: 0.5 },

@@ -65,9 +65,10 @@ const VARIANTS: Variant[] = [
   { key: "torch-load", label: "peer: torch.load", runner: "python", op: "load", kind: "load", role: "peer" },
 ];
 /**
- * (b) in steady state: the same operations timed after two untimed runs of the same size in the
- * process (a training job's later saves; a process that loads several checkpoints), where the rows
- * above time the first of a fresh process (a resume).
+ * Steady state: the same operations timed after two untimed runs of the same size in the process
+ * (a training job's later saves; a process that loads several checkpoints), where the rows above
+ * time the first of a fresh process (a resume). (b) has them all; (a) its saves, whose first in a
+ * process also makes the direct-write blocks that the O_DIRECT write limit makes beforehand.
  */
 const STEADY_VARIANTS: Variant[] = VARIANTS.filter((v) => ["save-ours", "save-manager", "load-ours", "load-torchfile", "load-into-ours"].includes(v.key)).map((v) => ({
   ...v,
@@ -227,7 +228,7 @@ function notes(options: Options, specs: ScenarioSpec[], pythonNote: string | und
     "Peak memory is the process's peak resident memory during the operation above its resident memory just before (the peak mark is reset there); loads count the memory of what they return, the memory copy its destination buffers.",
     "Saves write a new file and fsync it, so they reach the disk. Ours write a file past its first 16 MiB around the page cache (O_DIRECT), as they do by default; torch.save and the plain writes (but the O_DIRECT one) go through it. Loads read files written moments before through the page cache: they come from memory, not the disk (dropping the cache needs root), so load times measure parsing, checksums and memory, and the plain read is a memory-bandwidth limit.",
     "Each process warms up on a tiny state and builds its state with every buffer already touched, so saves do not pay first touch of fresh memory; loads do pay for allocating what they return, as the plain read into fresh memory does.",
-    "(b) steady state: the same operation timed in a process that has just run it twice at full size, untimed (a training job's second and later saves; a process that loads several checkpoints), where every other row times the first operation of a fresh process after the tiny warm-up (a resume's load). V8 has then optimized the per-tensor code, which the first operation of a process runs partly before it is optimized.",
+    "Steady state ((a) saves, (b) all): the same operation timed in a process that has just run it twice at full size, untimed (a training job's second and later saves; a process that loads several checkpoints), where every other row times the first operation of a fresh process after the tiny warm-up (a resume's load). V8 has then optimized the per-tensor code, which the first operation of a process runs partly before it is optimized, and a save reuses the blocks of its direct writes (48 MiB, which the first save of a process allocates and touches).",
     "load-into: the process first builds the state it loads into and overwrites every byte of it (so its memory is touched, as a training process's live model and optimizer are), then times the load; the harness checks that every tensor was filled in place and returned, none allocated anew. Peak memory is only what the load adds.",
     "(d) is a training loop's checkpoint after the first: the manager keeps the snapshot memory of the last background checkpoint and copies into it, so each run first makes one background checkpoint (untimed) and waits for it, then times beginCheckpoint(step, { background: true }) → saveState → commitCheckpoint returning (the time training is blocked). \"Until waitForPendingSave()\" is from the same beginCheckpoint until the checkpoint is written, fsynced and committed. The event loop's delay is the worst lateness of a setInterval(…, 1) timer between commitCheckpoint returning and waitForPendingSave resolving. Peak memory of (d) counts from before the first checkpoint, so it includes the snapshot memory: at commit's return on the blocked row, at the end on the row after it.",
     `The peer builds the same structure (model + Adam's state_dict) with tensors of the same sizes in Python and times torch.save (given the path, then fsync) and torch.load with time.perf_counter.${pythonNote === undefined ? "" : ` ${pythonNote}`}`,
@@ -393,7 +394,7 @@ function main(): void {
   try {
     const prepared = specs.map((spec) => {
       let variants = [...VARIANTS.filter((v) => (v.runner === "node" && v.needsTorch !== true) || torch !== null), ...DIAGNOSTICS];
-      if (spec.id === "a") variants = [...variants, ASYNC_VARIANT];
+      if (spec.id === "a") variants = [...variants, ASYNC_VARIANT, ...STEADY_VARIANTS.filter((v) => v.kind === "save")];
       if (spec.id === "b") variants = [...variants, ...STEADY_VARIANTS.filter((v) => v.needsTorch !== true || torch !== null)];
       return prepare(spec, root, variants, torch?.python);
     });
