@@ -6,7 +6,7 @@ import { MAX_BUFFER_BYTES } from "../formats/byte-io.js";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
 import { DEFAULT_DIRECT_BLOCK_BYTES, DIRECT_ALIGNMENT } from "./direct-writes.js";
 import { acquireLocalLock } from "./local-lock.js";
-import { LocalFileWriter, MAX_IO_BYTES } from "./local-file-writer.js";
+import { LocalFileWriter, MAX_IO_BYTES, syncDirectory } from "./local-file-writer.js";
 
 /** `.<name>.<pid>.<random>.partial`: a file being written by `createWriter`. */
 const PARTIAL_FILE = /^\..+\.(\d+)\.[0-9a-f]{8}\.partial$/;
@@ -142,12 +142,7 @@ export class LocalFileSystem implements FileSystem {
   }
 
   async syncDirectory(path: string): Promise<void> {
-    const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
-    try {
-      await handle.sync();
-    } finally {
-      await handle.close();
-    }
+    await syncDirectory(path);
   }
 }
 

@@ -104,11 +104,11 @@ export class LocalFileWriter implements FileWriter {
    */
   private async startDirect(chunk: Uint8Array, blockBytes: number): Promise<{ direct: DirectBlockWriter | undefined; rest: Uint8Array }> {
     await this.flush();
-    // The file holds less than one block, and the chunk takes it to at least one: the bytes up to
-    // the next aligned offset are all in the chunk.
-    const head = Math.min(chunk.byteLength, (DIRECT_ALIGNMENT - (this.written % DIRECT_ALIGNMENT)) % DIRECT_ALIGNMENT);
+    // The file holds less than one block (every write checks), and the chunk takes it to at least
+    // one, which is a multiple of DIRECT_ALIGNMENT: the bytes up to the next aligned offset are all
+    // in the chunk.
+    const head = (DIRECT_ALIGNMENT - (this.written % DIRECT_ALIGNMENT)) % DIRECT_ALIGNMENT;
     const start = this.written + head;
-    if (start % DIRECT_ALIGNMENT !== 0) return { direct: undefined, rest: chunk };
     this.directBlockBytes = undefined; // one attempt per file
     await this.writeOut(chunk.subarray(0, head));
     this.direct = await DirectBlockWriter.open(this.partialPath, start, blockBytes, (bytes, position) => writeAll(this.handle, bytes, position));
@@ -149,7 +149,7 @@ export class LocalFileWriter implements FileWriter {
       await this.handle.sync();
       await this.handle.close();
       await fsp.rename(this.partialPath, this.finalPath);
-      await syncDirectoryOf(this.finalPath);
+      await syncDirectory(nodePath.dirname(this.finalPath));
     } catch (error) {
       await this.discard();
       throw error;
@@ -173,7 +173,7 @@ export class LocalFileWriter implements FileWriter {
     await fsp.rm(this.partialPath, { force: true });
   }
 
-  /** The direct writes' last partial block, written through the page cache (O_DIRECT takes whole blocks). */
+  /** Ends the direct writes; the bytes past their last 4 KiB edge go through the page cache (O_DIRECT takes whole blocks). */
   private async finishDirect(): Promise<void> {
     const direct = this.direct;
     if (direct === undefined) return;
@@ -198,8 +198,9 @@ async function writeAll(handle: FileHandle, bytes: Uint8Array, position: number)
   }
 }
 
-async function syncDirectoryOf(path: string): Promise<void> {
-  const handle = await fsp.open(nodePath.dirname(path), constants.O_RDONLY | constants.O_DIRECTORY);
+/** fsync of a directory: what makes a rename or a new entry in it survive a power cut. */
+export async function syncDirectory(path: string): Promise<void> {
+  const handle = await fsp.open(path, constants.O_RDONLY | constants.O_DIRECTORY);
   try {
     await handle.sync();
   } finally {
