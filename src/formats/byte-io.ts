@@ -1,4 +1,5 @@
 import { constants as bufferConstants } from "node:buffer";
+import { keepShape } from "../keep-shapes.js";
 
 /**
  * The largest buffer (and typed array) this Node.js can allocate: 4 GiB on Node 20. A storage or
@@ -28,6 +29,10 @@ export interface ByteSink {
 
 /** A RandomAccessReader over bytes already in memory; reads without a target are views, not copies. */
 export class MemoryReader implements RandomAccessReader {
+  static {
+    keepShape(new MemoryReader(Buffer.alloc(0)));
+  }
+
   constructor(readonly bytes: Uint8Array) {}
 
   get size(): number {

@@ -5,6 +5,7 @@ import { newStorageVisit, type Storage } from "../tensor/storage.js";
 import { Tensor } from "../tensor/tensor.js";
 import { ATTRIBUTES, describeValue, formatKey, formatKeyPath, type KeySegment } from "./key-path.js";
 import { PY_DTYPE_NAMES, PyDType, PyFloat, getOrderedDictAttributes, isTuple, tupleKind } from "./py-values.js";
+import { keepShape } from "../keep-shapes.js";
 
 /**
  * Containers (arrays, tuples, objects, Maps) nested deeper than this are refused. The pickler
@@ -87,6 +88,10 @@ type Frame =
 const NO_SEGMENT = Symbol("root");
 
 class StateWalk {
+  static {
+    keepShape(new StateWalk("", undefined as never));
+  }
+
   private readonly frames: Frame[] = [];
   private readonly seen = new Set<object>();
   private readonly tuplesOnPath = new Set<unknown[]>();

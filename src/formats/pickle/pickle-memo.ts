@@ -1,3 +1,4 @@
+import { keepShape } from "../../keep-shapes.js";
 /** A memo value built only when read: the rebuild fast path's intermediate tuples (rebuild-fast-path.ts). */
 export interface DeferredValue {
   /** Builds (once; later calls give the same object) the value of one `kind` (never 0). */
@@ -14,6 +15,10 @@ export const MISSING: unique symbol = Symbol("missing");
  * them all alive to the end made garbage collection the largest cost of a load.
  */
 export class PickleMemo {
+  static {
+    keepShape(new PickleMemo());
+  }
+
   private readonly dense: unknown[] = [];
   /** Parallel to `dense`: 0 for a plain value, else the kind of the DeferredValue held there. */
   private readonly kinds: number[] = [];

@@ -1,7 +1,12 @@
 import { FormatError } from "../../errors.js";
+import { keepShape } from "../../keep-shapes.js";
 
 /** A cursor over a pickle's bytes: every read is checked against what is left. */
 export class PickleReader {
+  static {
+    keepShape(new PickleReader(Buffer.alloc(1)));
+  }
+
   private pos: number;
   private readonly view: DataView;
 

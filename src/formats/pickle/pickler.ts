@@ -9,6 +9,7 @@ import {
 import { MAX_NESTING } from "../../values/state-check.js";
 import { Op } from "./opcodes.js";
 import { PickleOutput } from "./pickle-output.js";
+import { keepShape } from "../../keep-shapes.js";
 
 /**
  * Writes objects the pickler does not know (tensors, dtypes): return true once written, false to
@@ -32,6 +33,10 @@ const BATCH_SIZE = 1000;
  * as `_codecs.encode(text, "latin1")` because protocol 2 has no bytes opcode.
  */
 export class Pickler extends PickleOutput {
+  static {
+    keepShape(new Pickler());
+  }
+
   private readonly memo = new Map<unknown, number>();
   private readonly globalMemo = new Map<string, Map<string, number>>();
   private readonly tuplesInProgress = new Set<unknown[]>();

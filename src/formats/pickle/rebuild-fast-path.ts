@@ -1,7 +1,8 @@
 import { Op } from "./opcodes.js";
 import { MISSING, type DeferredValue, type PickleMemo } from "./pickle-memo.js";
 import { decodeUtf8Range } from "./pickle-reader.js";
-import type { PickleCallable, UnpickleContext } from "./unpickler.js";
+import type { PickleCallable, UnpickleContext, UnpickleOptions } from "./unpickler.js";
+import { keepShape } from "../../keep-shapes.js";
 
 /**
  * The callables of the tensor rebuild the fast path knows: the ~25 opcodes every tensor of a `.pt`
@@ -24,13 +25,14 @@ export interface FastRebuildMachine {
   readonly bytes: Uint8Array;
   readonly context: UnpickleContext;
   readonly memo: PickleMemo;
-  /** Must have no side effects (the general path may look the same name up again). */
-  findGlobal(module: string, name: string): unknown;
   /**
-   * Must give the same result when called again with an equal id (the general path may redo it),
-   * and must not keep the id array (the fast path reuses it).
+   * The unpickle's own options, called as the general path calls them (methods of one object, not
+   * closures made per load: see keep-shapes.ts). `findGlobal` must have no side effects (the
+   * general path may look the same name up again); `persistentLoad` must give the same result when
+   * called again with an equal id (the general path may redo it), and must not keep the id array
+   * (the fast path reuses it).
    */
-  persistentLoad(pid: unknown): unknown;
+  readonly options: UnpickleOptions;
 }
 
 /** Not a value: the fast path leaves the sequence to the general path. */
@@ -61,6 +63,10 @@ const enum Slot {
  * order, the same call of the rebuild). One instance per unpickle; no closure per tensor.
  */
 export class RebuildFastPath {
+  static {
+    keepShape(new RebuildFastPath(undefined as never, undefined as never));
+  }
+
   private at = 0;
   // Memo writes seen in the current sequence, in order: index, slot, and a Slot.Value's value
   // (reused from one sequence to the next: only the first `putCount` are this sequence's).
@@ -150,7 +156,8 @@ export class RebuildFastPath {
     pid[2] = p2;
     pid[3] = p3;
     pid[4] = p4;
-    const storage = machine.persistentLoad(pid);
+    if (machine.options.persistentLoad === undefined) return -1; // the general path refuses it
+    const storage = machine.options.persistentLoad(pid);
     const requiresGrad = flag === Op.NEWTRUE;
     const args = this.args;
     args[0] = storage;
@@ -250,7 +257,7 @@ export class RebuildFastPath {
       const module = decodeUtf8Range(bytes, at + 1, moduleEnd);
       const name = decodeUtf8Range(bytes, moduleEnd + 1, nameEnd);
       this.at = nameEnd + 1;
-      return this.machine.findGlobal(module, name); // a refusal throws: the general path refuses it again
+      return this.machine.options.findGlobal(module, name); // a refusal throws: the general path refuses it again
     }
     return this.readInt() ?? NO;
   }
@@ -287,6 +294,11 @@ export class RebuildFastPath {
  * it (the same tuples, the argument tuple holding the same size and stride tuples and dict).
  */
 class RebuildRecord implements DeferredValue {
+  static {
+    const none = undefined as never;
+    keepShape(new RebuildRecord(none, none, none, none, none, none, 0.5, none, none, false, none, none));
+  }
+
   private pid: unknown[] | undefined;
   private sizeTuple: number[] | undefined;
   private strideTuple: number[] | undefined;

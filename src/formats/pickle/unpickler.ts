@@ -41,8 +41,19 @@ export interface UnpickleOptions {
    * Runs tensor rebuilds through a faster path that gives the same result (rebuild-fast-path.ts);
    * `persistentLoad` must then give the same result when called again with an equal id, and not keep the id.
    */
-  fastRebuild?: FastRebuild;
+  fastRebuild?: FastRebuild | undefined;
 }
+
+/**
+ * What callables and BUILD get to mark dicts as OrderedDicts (finalize-state.ts). One object for
+ * every unpickle: it holds nothing of one, and hot code must not call closures made per load
+ * (keep-shapes.ts).
+ */
+const context: UnpickleContext = {
+  markOrderedDict: (dict) => markOrdered(dict, undefined),
+  isOrderedDict: isMarkedOrdered,
+  setOrderedDictAttributes: markOrdered,
+};
 
 /** Longest Python int accepted (LONG1/LONG4): 4 KiB is ~10,000 digits, far beyond any state. */
 const MAX_LONG_BYTES = 4096;
@@ -117,11 +128,6 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   // collector did in a load of many small tensors. OrderedDicts carry their mark on themselves
   // (a symbol property, removed in finalize()) for the same reason.
   const lists = new Set<unknown[]>();
-  const context: UnpickleContext = {
-    markOrderedDict: (dict) => markOrdered(dict, undefined),
-    isOrderedDict: isMarkedOrdered,
-    setOrderedDictAttributes: markOrdered,
-  };
   const newTuple = (items: unknown[]): unknown[] => items;
   const newList = (items: unknown[]): unknown[] => {
     lists.add(items);
@@ -132,13 +138,7 @@ export function unpickleAt(bytes: Uint8Array, start: number, options: UnpickleOp
   const fastPath =
     fast === undefined
       ? undefined
-      : new RebuildFastPath(fast, {
-          bytes,
-          context,
-          memo,
-          findGlobal: (module, name) => options.findGlobal(module, name),
-          persistentLoad: (pid) => (options.persistentLoad === undefined ? fail("PICKLE_PERSID", "persistent ids are not allowed here") : options.persistentLoad(pid)),
-        });
+      : new RebuildFastPath(fast, { bytes, context, memo, options });
 
   const first = r.u8("the protocol");
   if (first !== Op.PROTO) fail("PICKLE_PROTOCOL", "not a pickle of protocol 2 or newer (no PROTO opcode at the start)");

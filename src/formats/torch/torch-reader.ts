@@ -4,12 +4,14 @@ import { swapByteOrder } from "../../tensor/byte-order.js";
 import { Storage } from "../../tensor/storage.js";
 import type { StateValue } from "../../values/py-values.js";
 import { MAX_BUFFER_BYTES } from "../byte-io.js";
-import { unpickle } from "../pickle/unpickler.js";
+import type { FastRebuild } from "../pickle/rebuild-fast-path.js";
+import { unpickle, type UnpickleContext, type UnpickleOptions } from "../pickle/unpickler.js";
 import { decimalNumber } from "../zip/zip-directory.js";
 import type { ZipEntry, ZipReader } from "../zip/zip-reader.js";
 import { mayHoldShardedRecords, reviveShardedTensors } from "./sharded-record.js";
 import { TENSOR_REBUILD, TorchStorageType, buildTorchObject, findTorchGlobal } from "./torch-globals.js";
 import { matchTargets } from "./target-matching.js";
+import { keepShape } from "../../keep-shapes.js";
 
 export { matchTargets } from "./target-matching.js";
 
@@ -99,16 +101,47 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
   const root = findRoot(zip);
   await checkVersion(zip, root, verifyCrc);
   const bigEndian = await readByteOrder(zip, root, verifyCrc);
-  const dataPrefix = `${root}/data/`;
+  const unpickling = new TorchArchiveUnpickling(zip, `${root}/data/`, options.fastRebuild === false ? undefined : TENSOR_REBUILD);
+  const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
+  const unpickled = unpickle(pickle, unpickling);
+  const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
+  return { state, storages: unpickling.storages, bigEndian, entries: unpickling.entries };
+}
 
-  const storages: Storage[] = [];
-  const entries: ZipEntry[] = [];
-  // Keys "0", "1", … (all PyTorch writes) index an array and the zip's numbered entries: no
-  // string built, hashed and looked up per storage; any other key goes through names.
-  const entryCount = zip.entryCount;
-  const numberedStorages: (Storage | undefined)[] = [];
-  const namedStorages = new Map<string, Storage>();
-  const persistentLoad = (pid: unknown): Storage => {
+/**
+ * What unpickling one archive's `data.pkl` needs: globals from the allow-list, and each storage
+ * by its persistent id, found once and checked against its entry. Keys "0", "1", … (all PyTorch
+ * writes) index an array and the zip's numbered entries: no string built, hashed and looked up
+ * per storage; any other key goes through names. A class rather than closures, so the
+ * unpickler's optimized code outlives a load (keep-shapes.ts).
+ */
+class TorchArchiveUnpickling implements UnpickleOptions {
+  static {
+    keepShape(new TorchArchiveUnpickling(undefined as never, "", undefined));
+  }
+
+  /** Each storage once, in the order the pickle first names them. */
+  readonly storages: Storage[] = [];
+  /** Each storage's entry, in the order of `storages`. */
+  readonly entries: ZipEntry[] = [];
+  private readonly numberedStorages: (Storage | undefined)[] = [];
+  private readonly namedStorages = new Map<string, Storage>();
+
+  constructor(
+    private readonly zip: ZipReader,
+    private readonly dataPrefix: string,
+    readonly fastRebuild: FastRebuild | undefined,
+  ) {}
+
+  findGlobal(module: string, name: string): unknown {
+    return findTorchGlobal(module, name);
+  }
+
+  build(object: unknown, state: unknown, context: UnpickleContext): void {
+    buildTorchObject(object, state, context);
+  }
+
+  persistentLoad(pid: unknown): Storage {
     if (!Array.isArray(pid) || pid.length !== 5 || pid[0] !== "storage") {
       throw new FormatError("TORCH_PERSID", "a persistent id is not ('storage', type, key, location, numel)");
     }
@@ -120,14 +153,14 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
     if (!(type instanceof TorchStorageType) || typeof key !== "string" || typeof location !== "string" || typeof numel !== "number") {
       throw new FormatError("TORCH_PERSID", "a storage's persistent id has fields of the wrong type");
     }
-    const number = decimalNumber(key, 0, entryCount);
-    const known = number >= 0 ? numberedStorages[number] : namedStorages.get(key);
+    const number = decimalNumber(key, 0, this.zip.entryCount);
+    const known = number >= 0 ? this.numberedStorages[number] : this.namedStorages.get(key);
     if (known !== undefined) {
       if (known.dtype !== type.dtype) throw new FormatError("TORCH_STORAGE", `storage "${key}" is used as both ${known.dtype} and ${type.dtype}`);
       return known;
     }
-    const entry = number >= 0 ? zip.numberedEntry(dataPrefix, number) : zip.find(`${dataPrefix}${key}`);
-    if (entry === undefined) throw new FormatError("TORCH_STORAGE", `storage "${key}" has no entry ${dataPrefix}${key}`);
+    const entry = number >= 0 ? this.zip.numberedEntry(this.dataPrefix, number) : this.zip.find(`${this.dataPrefix}${key}`);
+    if (entry === undefined) throw new FormatError("TORCH_STORAGE", `storage "${key}" has no entry ${this.dataPrefix}${key}`);
     const { itemSize } = DTYPES[type.dtype];
     if (!Number.isSafeInteger(numel) || numel < 0 || numel * itemSize !== entry.size) {
       throw new FormatError("TORCH_STORAGE", `storage "${key}" should hold ${numel} ${type.dtype} elements (${numel * itemSize} bytes) but its entry has ${entry.size} bytes`);
@@ -136,17 +169,12 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
       throw new FormatError("TORCH_STORAGE", `storage "${key}" has ${entry.size} bytes, more than the ${MAX_BUFFER_BYTES} one Node.js buffer can hold`);
     }
     const storage = Storage.pending(type.dtype, numel);
-    if (number >= 0) numberedStorages[number] = storage;
-    else namedStorages.set(key, storage);
-    storages.push(storage);
-    entries.push(entry);
+    if (number >= 0) this.numberedStorages[number] = storage;
+    else this.namedStorages.set(key, storage);
+    this.storages.push(storage);
+    this.entries.push(entry);
     return storage;
-  };
-
-  const pickle = await zip.read(`${root}/data.pkl`, { verifyCrc });
-  const unpickled = unpickle(pickle, { findGlobal: findTorchGlobal, persistentLoad, build: buildTorchObject, ...(options.fastRebuild === false ? {} : { fastRebuild: TENSOR_REBUILD }) });
-  const state = (mayHoldShardedRecords(pickle) ? reviveShardedTensors(unpickled) : unpickled) as StateValue;
-  return { state, storages, bigEndian, entries };
+  }
 }
 
 /** The archive's root folder: PyTorch names it after the file (1.x) or "archive" (2.x). */

@@ -1,3 +1,4 @@
+import { keepShape } from "../../keep-shapes.js";
 /**
  * CRC-32 of a concatenation from the CRCs of its parts (zlib's crc32_combine, which Node does not
  * expose): lets a writer know a whole file's CRC without a second pass over large entries.
@@ -51,6 +52,10 @@ export function crc32Combine(crcA: number, crcB: number, lengthB: number): numbe
  * instead of taking the CRC of the entry's bytes a second time.
  */
 export class Crc32Shifter {
+  static {
+    keepShape(new Crc32Shifter());
+  }
+
   private readonly tables = new Map<number, Int32Array>();
   /** Lengths seen once: a table is built when a length comes again. */
   private readonly seen = new Set<number>();

@@ -1,6 +1,7 @@
 import { FormatError } from "../../errors.js";
 import { CENTRAL_HEADER_SIGNATURE, CENTRAL_HEADER_SIZE, LOCAL_HEADER_SIZE, METHOD_STORED, UINT32_MAX, ZIP64_EXTRA_ID } from "./zip-constants.js";
 import { checkEntryName } from "./zip-entry-names.js";
+import { keepShape } from "../../keep-shapes.js";
 
 export interface ZipEntry {
   readonly name: string;
@@ -22,6 +23,10 @@ const MAX_NUMBER_DIGITS = 9;
  * a string, a Map entry and an object each (docs/design.md, "Loading, round three").
  */
 export class ZipDirectory {
+  static {
+    keepShape(new ZipDirectory(Buffer.alloc(0), 0));
+  }
+
   private readonly headerOffsets: Float64Array;
   private readonly sizes: Float64Array;
   private readonly crcs: Uint32Array;
@@ -201,6 +206,10 @@ export class ZipDirectory {
  * listing): a load reads thousands of entries by number and never their names.
  */
 class DirectoryEntry implements ZipEntry {
+  static {
+    keepShape(new DirectoryEntry(undefined as never, 0, 0.5, 0.5, 0.5));
+  }
+
   constructor(
     private readonly directory: ZipDirectory,
     private readonly index: number,

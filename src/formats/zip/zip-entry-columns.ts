@@ -1,8 +1,13 @@
+import { keepShape } from "../../keep-shapes.js";
 /**
  * The entries written, column by column in typed arrays: no object per entry, and nothing the
  * garbage collector copies as the columns grow (archives hold tens of thousands of entries).
  */
 export class EntryColumns {
+  static {
+    keepShape(new EntryColumns());
+  }
+
   count = 0;
   /** The number of a numbered entry, or -1 for one named by a string (in `named`). */
   numbers = new Float64Array(256);

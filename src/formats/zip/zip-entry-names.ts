@@ -1,4 +1,5 @@
 import { FormatError } from "../../errors.js";
+import { keepShape } from "../../keep-shapes.js";
 
 /**
  * The names of a zip's entries as it is written: each claimed once, checked to be safe. Most
@@ -8,6 +9,10 @@ import { FormatError } from "../../errors.js";
  * numbered entry.
  */
 export class EntryNames {
+  static {
+    keepShape(new EntryNames());
+  }
+
   private readonly names = new Set<string>();
   private prefix: string | undefined;
   private prefixBytes: Uint8Array = new Uint8Array(0);

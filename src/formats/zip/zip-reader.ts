@@ -4,6 +4,7 @@ import { MemoryReader, type RandomAccessReader } from "../byte-io.js";
 import { CENTRAL_HEADER_SIZE, END_SIGNATURE, END_SIZE, LOCAL_HEADER_SIGNATURE, LOCAL_HEADER_SIZE, MAX_END_SEARCH, UINT16_MAX, UINT32_MAX, ZIP64_END_SIGNATURE, ZIP64_END_SIZE, ZIP64_LOCATOR_SIGNATURE, ZIP64_LOCATOR_SIZE } from "./zip-constants.js";
 import { crc32Combine } from "./crc32-combine.js";
 import { ZipDirectory, checkedNumber, type ZipEntry } from "./zip-directory.js";
+import { keepShape } from "../../keep-shapes.js";
 
 export type { ZipEntry } from "./zip-directory.js";
 
@@ -13,6 +14,10 @@ export type { ZipEntry } from "./zip-directory.js";
  * file's size before it is used, so the reader never allocates more than the file holds.
  */
 export class ZipReader {
+  static {
+    keepShape(new ZipReader(new MemoryReader(Buffer.alloc(0)), undefined as never, 0.5));
+  }
+
   private constructor(
     private readonly reader: RandomAccessReader,
     private readonly directory: ZipDirectory,

@@ -4,6 +4,7 @@ import { Crc32Shifter, crc32Combine, shiftAndCombine } from "./crc32-combine.js"
 import { crc32Small } from "./crc32-small.js";
 import { EntryColumns } from "./zip-entry-columns.js";
 import { EntryNames } from "./zip-entry-names.js";
+import { keepShape } from "../../keep-shapes.js";
 
 export { checkEntryName } from "./zip-entry-names.js";
 import {
@@ -62,6 +63,10 @@ const VERSION_PLAIN = 20;
  * buffer that goes to the sink in large writes (see docs/design.md, "Per-tensor cost").
  */
 export class ZipWriter {
+  static {
+    keepShape(new ZipWriter({ write: async () => undefined }));
+  }
+
   private offset = 0;
   private fileCrc = 0;
   private queue: Promise<void> = Promise.resolve();
