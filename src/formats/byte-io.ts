@@ -29,10 +29,6 @@ export interface ByteSink {
 
 /** A RandomAccessReader over bytes already in memory; reads without a target are views, not copies. */
 export class MemoryReader implements RandomAccessReader {
-  static {
-    keepShape(new MemoryReader(Buffer.alloc(0)));
-  }
-
   constructor(readonly bytes: Uint8Array) {}
 
   get size(): number {
@@ -47,6 +43,10 @@ export class MemoryReader implements RandomAccessReader {
     if (target === undefined) return slice;
     target.set(slice);
     return target.subarray(0, length);
+  }
+
+  static {
+    keepShape(new MemoryReader(Buffer.alloc(0)));
   }
 }
 

@@ -88,10 +88,6 @@ type Frame =
 const NO_SEGMENT = Symbol("root");
 
 class StateWalk {
-  static {
-    keepShape(new StateWalk("", undefined as never));
-  }
-
   private readonly frames: Frame[] = [];
   private readonly seen = new Set<object>();
   private readonly tuplesOnPath = new Set<unknown[]>();
@@ -310,6 +306,10 @@ class StateWalk {
     const path = this.frames.map((frame) => frame.segment).filter((s) => s !== NO_SEGMENT);
     if (segment !== NO_SEGMENT) path.push(segment);
     throw this.toError(`${formatKeyPath(this.root, path)}: ${problem}`, kind);
+  }
+
+  static {
+    keepShape(new StateWalk("", undefined as never));
   }
 }
 

@@ -15,10 +15,6 @@ export const MISSING: unique symbol = Symbol("missing");
  * them all alive to the end made garbage collection the largest cost of a load.
  */
 export class PickleMemo {
-  static {
-    keepShape(new PickleMemo());
-  }
-
   private readonly dense: unknown[] = [];
   /** Parallel to `dense`: 0 for a plain value, else the kind of the DeferredValue held there. */
   private readonly kinds: number[] = [];
@@ -59,5 +55,9 @@ export class PickleMemo {
     } else {
       this.sparse.set(index, kind === 0 ? value : (value as DeferredValue).materialize(kind));
     }
+  }
+
+  static {
+    keepShape(new PickleMemo());
   }
 }

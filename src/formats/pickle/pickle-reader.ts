@@ -3,10 +3,6 @@ import { keepShape } from "../../keep-shapes.js";
 
 /** A cursor over a pickle's bytes: every read is checked against what is left. */
 export class PickleReader {
-  static {
-    keepShape(new PickleReader(Buffer.alloc(1)));
-  }
-
   private pos: number;
   private readonly view: DataView;
 
@@ -72,6 +68,10 @@ export class PickleReader {
     }
     this.pos = end + 1;
     return text;
+  }
+
+  static {
+    keepShape(new PickleReader(Buffer.alloc(1)));
   }
 }
 

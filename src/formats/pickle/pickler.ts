@@ -33,10 +33,6 @@ const BATCH_SIZE = 1000;
  * as `_codecs.encode(text, "latin1")` because protocol 2 has no bytes opcode.
  */
 export class Pickler extends PickleOutput {
-  static {
-    keepShape(new Pickler());
-  }
-
   private readonly memo = new Map<unknown, number>();
   private readonly globalMemo = new Map<string, Map<string, number>>();
   private readonly tuplesInProgress = new Set<unknown[]>();
@@ -234,6 +230,10 @@ export class Pickler extends PickleOutput {
   /** Records `value` as the object on top of the pickle stack, so later references reuse it. */
   memoize(value: object): void {
     this.memo.set(value, this.newMemoIndex());
+  }
+
+  static {
+    keepShape(new Pickler());
   }
 }
 

@@ -63,10 +63,6 @@ const enum Slot {
  * order, the same call of the rebuild). One instance per unpickle; no closure per tensor.
  */
 export class RebuildFastPath {
-  static {
-    keepShape(new RebuildFastPath(undefined as never, undefined as never));
-  }
-
   private at = 0;
   // Memo writes seen in the current sequence, in order: index, slot, and a Slot.Value's value
   // (reused from one sequence to the next: only the first `putCount` are this sequence's).
@@ -287,6 +283,10 @@ export class RebuildFastPath {
     for (let d = 0; same && d < count; d++) same = ints[d] === last[d];
     return same ? last : Object.freeze(ints.slice(0, count));
   }
+
+  static {
+    keepShape(new RebuildFastPath(undefined as never, undefined as never));
+  }
 }
 
 /**
@@ -294,11 +294,6 @@ export class RebuildFastPath {
  * it (the same tuples, the argument tuple holding the same size and stride tuples and dict).
  */
 class RebuildRecord implements DeferredValue {
-  static {
-    const none = undefined as never;
-    keepShape(new RebuildRecord(none, none, none, none, none, none, 0.5, none, none, false, none, none));
-  }
-
   private pid: unknown[] | undefined;
   private sizeTuple: number[] | undefined;
   private strideTuple: number[] | undefined;
@@ -333,6 +328,11 @@ class RebuildRecord implements DeferredValue {
       default:
         return (this.args ??= [this.storage, this.offset, this.materialize(Slot.Size), this.materialize(Slot.Stride), this.requiresGrad, this.materialize(Slot.Hooks)]);
     }
+  }
+
+  static {
+    const none = undefined as never;
+    keepShape(new RebuildRecord(none, none, none, none, none, none, 0.5, none, none, false, none, none));
   }
 }
 

@@ -5,10 +5,15 @@ import { Tensor } from "../../tensor/tensor.js";
 import { PY_DTYPE_NAMES, PyDType, markTuple } from "../../values/py-values.js";
 import { PickleCallable, type UnpickleContext } from "../pickle/unpickler.js";
 import type { FastRebuild } from "../pickle/rebuild-fast-path.js";
+import { keepShape } from "../../keep-shapes.js";
 
 /** A storage class named in a pickle (`torch.FloatStorage`): it only says which dtype to read. */
 export class TorchStorageType {
   constructor(readonly dtype: DType) {}
+
+  static {
+    keepShape(new TorchStorageType("float32"));
+  }
 }
 
 /**

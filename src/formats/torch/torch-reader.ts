@@ -116,10 +116,6 @@ export async function readTorchStructure(zip: ZipReader, options: { verifyCrc?: 
  * unpickler's optimized code outlives a load (keep-shapes.ts).
  */
 class TorchArchiveUnpickling implements UnpickleOptions {
-  static {
-    keepShape(new TorchArchiveUnpickling(undefined as never, "", undefined));
-  }
-
   /** Each storage once, in the order the pickle first names them. */
   readonly storages: Storage[] = [];
   /** Each storage's entry, in the order of `storages`. */
@@ -174,6 +170,10 @@ class TorchArchiveUnpickling implements UnpickleOptions {
     this.storages.push(storage);
     this.entries.push(entry);
     return storage;
+  }
+
+  static {
+    keepShape(new TorchArchiveUnpickling(undefined as never, "", undefined));
   }
 }
 

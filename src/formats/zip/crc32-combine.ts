@@ -52,10 +52,6 @@ export function crc32Combine(crcA: number, crcB: number, lengthB: number): numbe
  * instead of taking the CRC of the entry's bytes a second time.
  */
 export class Crc32Shifter {
-  static {
-    keepShape(new Crc32Shifter());
-  }
-
   private readonly tables = new Map<number, Int32Array>();
   /** Lengths seen once: a table is built when a length comes again. */
   private readonly seen = new Set<number>();
@@ -72,6 +68,10 @@ export class Crc32Shifter {
       this.tables.set(length, (table = shiftTable(length)));
     }
     return table;
+  }
+
+  static {
+    keepShape(new Crc32Shifter());
   }
 }
 

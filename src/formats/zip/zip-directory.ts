@@ -23,10 +23,6 @@ const MAX_NUMBER_DIGITS = 9;
  * a string, a Map entry and an object each (docs/design.md, "Loading, round three").
  */
 export class ZipDirectory {
-  static {
-    keepShape(new ZipDirectory(Buffer.alloc(0), 0));
-  }
-
   private readonly headerOffsets: Float64Array;
   private readonly sizes: Float64Array;
   private readonly crcs: Uint32Array;
@@ -199,6 +195,10 @@ export class ZipDirectory {
     }
     return this.materialized;
   }
+
+  static {
+    keepShape(new ZipDirectory(Buffer.alloc(0), 0));
+  }
 }
 
 /**
@@ -206,10 +206,6 @@ export class ZipDirectory {
  * listing): a load reads thousands of entries by number and never their names.
  */
 class DirectoryEntry implements ZipEntry {
-  static {
-    keepShape(new DirectoryEntry(undefined as never, 0, 0.5, 0.5, 0.5));
-  }
-
   constructor(
     private readonly directory: ZipDirectory,
     private readonly index: number,
@@ -220,6 +216,10 @@ class DirectoryEntry implements ZipEntry {
 
   get name(): string {
     return this.directory.nameAt(this.index);
+  }
+
+  static {
+    keepShape(new DirectoryEntry(undefined as never, 0, 0.5, 0.5, 0.5));
   }
 }
 

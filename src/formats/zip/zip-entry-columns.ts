@@ -4,10 +4,6 @@ import { keepShape } from "../../keep-shapes.js";
  * garbage collector copies as the columns grow (archives hold tens of thousands of entries).
  */
 export class EntryColumns {
-  static {
-    keepShape(new EntryColumns());
-  }
-
   count = 0;
   /** The number of a numbered entry, or -1 for one named by a string (in `named`). */
   numbers = new Float64Array(256);
@@ -40,5 +36,9 @@ export class EntryColumns {
     this.crcs = grown(this.crcs, (n) => new Uint32Array(n));
     this.sizes = grown(this.sizes, (n) => new Float64Array(n));
     this.offsets = grown(this.offsets, (n) => new Float64Array(n));
+  }
+
+  static {
+    keepShape(new EntryColumns());
   }
 }

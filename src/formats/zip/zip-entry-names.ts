@@ -9,10 +9,6 @@ import { keepShape } from "../../keep-shapes.js";
  * numbered entry.
  */
 export class EntryNames {
-  static {
-    keepShape(new EntryNames());
-  }
-
   private readonly names = new Set<string>();
   private prefix: string | undefined;
   private prefixBytes: Uint8Array = new Uint8Array(0);
@@ -75,6 +71,10 @@ export class EntryNames {
       b[i] = 48 + (rest % 10);
       rest = Math.floor(rest / 10);
     }
+  }
+
+  static {
+    keepShape(new EntryNames());
   }
 }
 

@@ -14,10 +14,6 @@ export type { ZipEntry } from "./zip-directory.js";
  * file's size before it is used, so the reader never allocates more than the file holds.
  */
 export class ZipReader {
-  static {
-    keepShape(new ZipReader(new MemoryReader(Buffer.alloc(0)), undefined as never, 0.5));
-  }
-
   private constructor(
     private readonly reader: RandomAccessReader,
     private readonly directory: ZipDirectory,
@@ -153,6 +149,10 @@ export class ZipReader {
       throw new FormatError("ZIP_CRC", `entry "${name}" fails its CRC-32 check: the file is corrupt`);
     }
     return data;
+  }
+
+  static {
+    keepShape(new ZipReader(new MemoryReader(Buffer.alloc(0)), undefined as never, 0.5));
   }
 }
 
