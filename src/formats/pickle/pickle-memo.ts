@@ -1,4 +1,5 @@
 import { keepShape } from "../../keep-shapes.js";
+
 /** A memo value built only when read: the rebuild fast path's intermediate tuples (rebuild-fast-path.ts). */
 export interface DeferredValue {
   /** Builds (once; later calls give the same object) the value of one `kind` (never 0). */

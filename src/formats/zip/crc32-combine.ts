@@ -1,4 +1,5 @@
 import { keepShape } from "../../keep-shapes.js";
+
 /**
  * CRC-32 of a concatenation from the CRCs of its parts (zlib's crc32_combine, which Node does not
  * expose): lets a writer know a whole file's CRC without a second pass over large entries.
