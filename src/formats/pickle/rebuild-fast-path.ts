@@ -332,7 +332,7 @@ class RebuildRecord implements DeferredValue {
 
   static {
     const none = undefined as never;
-    keepShape(new RebuildRecord(none, none, none, none, none, none, 0.5, none, none, false, none, none));
+    keepShape(new RebuildRecord(none, none, none, none, none, none, 0, none, none, false, none, none)); // offsets are BININTs: small integers
   }
 }
 

@@ -27,6 +27,7 @@ export class PickleCallable {
   ) {}
 }
 
+/** The unpickler and the rebuild fast path call these as methods of the object given (with its `this`). */
 export interface UnpickleOptions {
   /**
    * Resolves `module.name` to a value or a `PickleCallable`, or throws to refuse it. Nothing else
@@ -49,11 +50,11 @@ export interface UnpickleOptions {
  * every unpickle: it holds nothing of one, and hot code must not call closures made per load
  * (keep-shapes.ts).
  */
-const context: UnpickleContext = {
+const context: UnpickleContext = Object.freeze<UnpickleContext>({
   markOrderedDict: (dict) => markOrdered(dict, undefined),
   isOrderedDict: isMarkedOrdered,
   setOrderedDictAttributes: markOrdered,
-};
+});
 
 /** Longest Python int accepted (LONG1/LONG4): 4 KiB is ~10,000 digits, far beyond any state. */
 const MAX_LONG_BYTES = 4096;

@@ -1,4 +1,5 @@
 import { keepShape } from "../../keep-shapes.js";
+
 /**
  * The entries written, column by column in typed arrays: no object per entry, and nothing the
  * garbage collector copies as the columns grow (archives hold tens of thousands of entries).
