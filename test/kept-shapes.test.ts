@@ -22,6 +22,8 @@ import { StateWalk } from "../src/values/state-check.js";
 setFlagsFromString("--allow-natives-syntax");
 // eslint-disable-next-line @typescript-eslint/no-implied-eval -- the only way to reach a V8 intrinsic
 const haveSameMap = new Function("a", "b", "return %HaveSameMap(a, b)") as (a: object, b: object) => boolean;
+// eslint-disable-next-line @typescript-eslint/no-implied-eval
+const hasHoleyElements = new Function("a", "return %HasHoleyElements(a)") as (a: unknown[]) => boolean;
 
 /** The kept instance of `real`'s class. */
 function keptLike(real: object): object {
@@ -83,6 +85,20 @@ describe("kept shapes (keep-shapes.ts): real objects of a save and a load end in
     assertKeptShape(big);
     assertKeptShape(zip.numberedEntry("archive/data/", 1)!);
     assertKeptShape(zip.find("archive/data.pkl")!);
+  });
+
+  test("numbered entries filed in PyTorch's name order (0, 1, 10, 100, …) are looked up in an array without holes", async () => {
+    const sink = new MemorySink();
+    const writer = new ZipWriter(sink);
+    const names = Array.from({ length: 120 }, (_, i) => String(i)).sort();
+    for (const name of names) await writer.addEntry(`archive/data/${name}`, new Uint8Array([Number(name)]));
+    await writer.finish();
+    const zip = await ZipReader.open(new MemoryReader(sink.toBytes()));
+    const numbered = (zip as unknown as { directory: { numbered: Map<string, number[]> } }).directory.numbered;
+    const numbers = numbered.get("archive/data/")!;
+    assert.equal(numbers.length, 120);
+    assert.ok(!hasHoleyElements(numbers), "packed after parsing");
+    assert.equal((await zip.read("archive/data/100"))[0], 100);
   });
 
   test("the pickle cursor, memo and storage types", () => {

@@ -147,7 +147,25 @@ export class ZipDirectory {
       }
       at = next;
     }
+    parsed.packNumbered();
     return parsed;
+  }
+
+  /**
+   * PyTorch files its storages in name order ("0", "1", "10", "100", …), which leaves the arrays
+   * of numbered entries with holes while they fill. Holey arrays cost every lookup a check, and
+   * code optimized for them was dropped after each load (keep-shapes.ts); a full one is copied
+   * into an array without holes.
+   */
+  private packNumbered(): void {
+    this.numbered.forEach((numbers, prefix) => {
+      let filled = 0;
+      numbers.forEach(() => filled++); // forEach skips holes
+      if (filled !== numbers.length) return;
+      const packed: number[] = [];
+      for (let i = 0; i < numbers.length; i++) packed.push(numbers[i]!);
+      this.numbered.set(prefix, packed);
+    });
   }
 
   /** Entry `index`'s name. */
