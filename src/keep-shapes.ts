@@ -3,10 +3,10 @@
 // load (readers, the zip directory, the unpickler's state) all die when it ends, so each save and
 // load used to start again in V8's baseline tier, recompiling what the last one had optimized:
 // about a fifth of a load of many small tensors ran unoptimized even in a process that had
-// loaded many times (docs/design.md, "Keeping optimized code between saves and loads"). One small instance
-// of each such class, kept here for the life of the process, keeps its shape and that code.
-// Functions called from hot code must likewise not be closures made per load: a dead closure
-// discards the optimized code that called it the same way.
+// loaded many times (docs/design.md, "Keeping optimized code between saves and loads"). One
+// small instance of each such class, kept here for the life of the process, keeps its shape and
+// that code. Functions called from hot code must likewise not be closures made per load: a dead
+// closure discards the optimized code that called it the same way.
 
 const kept: object[] = [];
 
