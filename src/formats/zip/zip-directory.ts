@@ -159,11 +159,12 @@ export class ZipDirectory {
    */
   private packNumbered(): void {
     this.numbered.forEach((numbers, prefix) => {
-      let filled = 0;
-      numbers.forEach(() => filled++); // forEach skips holes
-      if (filled !== numbers.length) return;
       const packed: number[] = [];
-      for (let i = 0; i < numbers.length; i++) packed.push(numbers[i]!);
+      for (let i = 0; i < numbers.length; i++) {
+        const index = numbers[i];
+        if (index === undefined) return; // a hole: some number is missing, the array stays as it is
+        packed.push(index);
+      }
       this.numbered.set(prefix, packed);
     });
   }

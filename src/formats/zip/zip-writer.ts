@@ -7,23 +7,8 @@ import { EntryNames } from "./zip-entry-names.js";
 import { keepShape } from "../../keep-shapes.js";
 
 export { checkEntryName } from "./zip-entry-names.js";
-import {
-  CENTRAL_HEADER_SIGNATURE,
-  CENTRAL_HEADER_SIZE,
-  END_SIGNATURE,
-  END_SIZE,
-  LOCAL_HEADER_SIGNATURE,
-  LOCAL_HEADER_SIZE,
-  METHOD_STORED,
-  PADDING_EXTRA_ID,
-  UINT16_MAX,
-  UINT32_MAX,
-  ZIP64_END_SIGNATURE,
-  ZIP64_END_SIZE,
-  ZIP64_EXTRA_ID,
-  ZIP64_LOCATOR_SIGNATURE,
-  ZIP64_LOCATOR_SIZE,
-} from "./zip-constants.js";
+import { CENTRAL_HEADER_SIZE, END_SIZE, LOCAL_HEADER_SIZE, UINT16_MAX, UINT32_MAX, ZIP64_END_SIZE, ZIP64_LOCATOR_SIZE } from "./zip-constants.js";
+import { ZIP64_LOCAL_EXTRA_BYTES, centralExtraLength, writeCentralHeader, writeEndRecord, writeLocalHeader, writeZip64EndRecords } from "./zip-records.js";
 
 export interface ZipWriterOptions {
   /** Entry data starts at a multiple of this (PyTorch uses 64, so storages can be mapped). */
@@ -45,12 +30,6 @@ const STAGE_BYTES = 1 << 20;
 const MAX_STAGED_IN_FLIGHT = 3 * STAGE_BYTES;
 /** Queued bytes past which adding an entry waits for the sink (the bytes are the caller's, not copies). */
 const MAX_QUEUED_BYTES = 64 << 20;
-
-/** 1980-01-01 00:00, the earliest DOS date: a fixed time keeps identical states byte-identical. */
-const DOS_DATE = (0 << 9) | (1 << 5) | 1;
-const DOS_TIME = 0;
-const VERSION_ZIP64 = 45;
-const VERSION_PLAIN = 20;
 
 /**
  * Writes a zip of Stored entries straight to a sink, one entry after another: the CRC is computed
@@ -206,14 +185,8 @@ export class ZipWriter {
     const needZip64 =
       this.forceZip64 || count >= UINT16_MAX || directoryOffset >= UINT32_MAX || directorySize >= UINT32_MAX;
     if (needZip64) this.zip64End(count, directoryOffset, directorySize);
-    const at = this.reserve(END_SIZE);
-    const b = this.stageBuffer;
-    b.fill(0, at, at + END_SIZE);
-    b.writeUInt32LE(END_SIGNATURE, at);
-    b.writeUInt16LE(needZip64 ? UINT16_MAX : count, at + 8);
-    b.writeUInt16LE(needZip64 ? UINT16_MAX : count, at + 10);
-    b.writeUInt32LE(needZip64 ? UINT32_MAX : directorySize, at + 12);
-    b.writeUInt32LE(needZip64 ? UINT32_MAX : directoryOffset, at + 16);
+    const at = this.reserve(END_SIZE); // may start a new staging buffer: take it after
+    writeEndRecord(this.stageBuffer, at, count, directoryOffset, directorySize, needZip64);
     this.flushStaged();
     await this.queue;
   }
@@ -225,41 +198,14 @@ export class ZipWriter {
   /** Stages the local header of an entry; returns where it starts in the staging buffer. */
   private localHeader(name: string | number, nameLength: number, crc: number, size: number): number {
     const zip64 = this.entryNeedsZip64(size, this.offset);
-    const zip64Extra = zip64 ? 4 + 16 : 0;
+    const zip64Extra = zip64 ? ZIP64_LOCAL_EXTRA_BYTES : 0;
     const unpadded = this.offset + LOCAL_HEADER_SIZE + nameLength + zip64Extra;
     let padding = (this.alignment - (unpadded % this.alignment)) % this.alignment;
     // A padding field needs 4 bytes of its own header: round up to the next aligned position.
     if (padding > 0 && padding < 4) padding += this.alignment;
-    const extraLength = zip64Extra + padding;
-    const length = LOCAL_HEADER_SIZE + nameLength + extraLength;
-    const start = this.reserve(length);
-    const b = this.stageBuffer;
-    writeU32(b, start, LOCAL_HEADER_SIGNATURE);
-    writeU16(b, start + 4, zip64 ? VERSION_ZIP64 : VERSION_PLAIN);
-    writeU16(b, start + 6, 0); // flags
-    writeU16(b, start + 8, METHOD_STORED);
-    writeU16(b, start + 10, DOS_TIME);
-    writeU16(b, start + 12, DOS_DATE);
-    writeU32(b, start + 14, crc);
-    writeU32(b, start + 18, zip64 ? UINT32_MAX : size);
-    writeU32(b, start + 22, zip64 ? UINT32_MAX : size);
-    writeU16(b, start + 26, nameLength);
-    writeU16(b, start + 28, extraLength);
-    this.names.write(b, start + LOCAL_HEADER_SIZE, name, nameLength);
-    let at = start + LOCAL_HEADER_SIZE + nameLength;
-    if (zip64) {
-      writeU16(b, at, ZIP64_EXTRA_ID);
-      writeU16(b, at + 2, 16);
-      b.writeBigUInt64LE(BigInt(size), at + 4);
-      b.writeBigUInt64LE(BigInt(size), at + 12);
-      at += zip64Extra;
-    }
-    if (padding > 0) {
-      writeU16(b, at, PADDING_EXTRA_ID);
-      writeU16(b, at + 2, padding - 4);
-      // the rest is zero-filled (PyTorch fills with 'Z'; readers ignore the content)
-      for (let i = at + 4; i < at + padding; i++) b[i] = 0;
-    }
+    const start = this.reserve(LOCAL_HEADER_SIZE + nameLength + zip64Extra + padding);
+    writeLocalHeader(this.stageBuffer, start, nameLength, crc, size, zip64, padding);
+    this.names.write(this.stageBuffer, start + LOCAL_HEADER_SIZE, name, nameLength);
     return start;
   }
 
@@ -267,55 +213,15 @@ export class ZipWriter {
     const nameLength = this.names.byteLength(name);
     const bigSize = this.forceZip64 || size >= UINT32_MAX;
     const bigOffset = this.forceZip64 || offset >= UINT32_MAX;
-    const zip64Fields = (bigSize ? 2 : 0) + (bigOffset ? 1 : 0);
-    const extraLength = zip64Fields > 0 ? 4 + 8 * zip64Fields : 0;
-    const start = this.reserve(CENTRAL_HEADER_SIZE + nameLength + extraLength);
-    const b = this.stageBuffer;
-    const version = zip64Fields > 0 ? VERSION_ZIP64 : VERSION_PLAIN;
-    for (let i = start; i < start + CENTRAL_HEADER_SIZE; i++) b[i] = 0;
-    writeU32(b, start, CENTRAL_HEADER_SIGNATURE);
-    writeU16(b, start + 4, version);
-    writeU16(b, start + 6, version);
-    writeU16(b, start + 10, METHOD_STORED);
-    writeU16(b, start + 12, DOS_TIME);
-    writeU16(b, start + 14, DOS_DATE);
-    writeU32(b, start + 16, crc);
-    writeU32(b, start + 20, bigSize ? UINT32_MAX : size);
-    writeU32(b, start + 24, bigSize ? UINT32_MAX : size);
-    writeU16(b, start + 28, nameLength);
-    writeU16(b, start + 30, extraLength);
-    writeU32(b, start + 42, bigOffset ? UINT32_MAX : offset);
-    this.names.write(b, start + CENTRAL_HEADER_SIZE, name, nameLength);
-    if (zip64Fields > 0) {
-      let at = start + CENTRAL_HEADER_SIZE + nameLength;
-      writeU16(b, at, ZIP64_EXTRA_ID);
-      writeU16(b, at + 2, 8 * zip64Fields);
-      at += 4;
-      if (bigSize) {
-        b.writeBigUInt64LE(BigInt(size), at);
-        b.writeBigUInt64LE(BigInt(size), at + 8);
-        at += 16;
-      }
-      if (bigOffset) b.writeBigUInt64LE(BigInt(offset), at);
-    }
+    const start = this.reserve(CENTRAL_HEADER_SIZE + nameLength + centralExtraLength(bigSize, bigOffset));
+    writeCentralHeader(this.stageBuffer, start, nameLength, crc, size, offset, bigSize, bigOffset);
+    this.names.write(this.stageBuffer, start + CENTRAL_HEADER_SIZE, name, nameLength);
   }
 
   private zip64End(count: number, directoryOffset: number, directorySize: number): void {
     const endOffset = this.offset;
     const start = this.reserve(ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE);
-    const out = this.stageBuffer;
-    out.fill(0, start, start + ZIP64_END_SIZE + ZIP64_LOCATOR_SIZE);
-    out.writeUInt32LE(ZIP64_END_SIGNATURE, start);
-    out.writeBigUInt64LE(BigInt(ZIP64_END_SIZE - 12), start + 4);
-    out.writeUInt16LE(VERSION_ZIP64, start + 12);
-    out.writeUInt16LE(VERSION_ZIP64, start + 14);
-    out.writeBigUInt64LE(BigInt(count), start + 24);
-    out.writeBigUInt64LE(BigInt(count), start + 32);
-    out.writeBigUInt64LE(BigInt(directorySize), start + 40);
-    out.writeBigUInt64LE(BigInt(directoryOffset), start + 48);
-    out.writeUInt32LE(ZIP64_LOCATOR_SIGNATURE, start + ZIP64_END_SIZE);
-    out.writeBigUInt64LE(BigInt(endOffset), start + ZIP64_END_SIZE + 8);
-    out.writeUInt32LE(1, start + ZIP64_END_SIZE + 16); // total number of disks
+    writeZip64EndRecords(this.stageBuffer, start, count, directoryOffset, directorySize, endOffset);
   }
 
   /**
@@ -388,17 +294,5 @@ export class ZipWriter {
     kept.offset = kept.fileCrc = kept.pendingBytes = kept.stageStart = kept.stageAt = kept.stagedInFlightBytes = kept.crcAt = 0.5;
     keepShape(kept);
   }
-}
-
-function writeU16(b: Uint8Array, at: number, value: number): void {
-  b[at] = value & 0xff;
-  b[at + 1] = (value >>> 8) & 0xff;
-}
-
-function writeU32(b: Uint8Array, at: number, value: number): void {
-  b[at] = value & 0xff;
-  b[at + 1] = (value >>> 8) & 0xff;
-  b[at + 2] = (value >>> 16) & 0xff;
-  b[at + 3] = (value >>> 24) & 0xff;
 }
 
