@@ -15,6 +15,8 @@ export interface Machine {
   cpu: string;
   cores: number;
   memory: string;
+  /** GLIBC_TUNABLES as every process of the run inherits it: huge pages change load times (docs/design.md). */
+  tunables: string;
   os: string;
   node: string;
   /** Which CRC-32 implementation the library loaded (src/formats/crc32.ts). */
@@ -74,6 +76,7 @@ export function describeMachine(root: string, tmpDir: string, torch: Torch | nul
     cpu: cpus[0]?.model.trim() ?? "unknown",
     cores: os.availableParallelism(),
     memory: formatBytes(os.totalmem()),
+    tunables: process.env.GLIBC_TUNABLES === undefined || process.env.GLIBC_TUNABLES === "" ? "none (glibc defaults: large buffers are fresh 4 KiB pages)" : `GLIBC_TUNABLES=${process.env.GLIBC_TUNABLES}`,
     os: `${os.type()} ${os.release()} (${os.arch()})`,
     node: process.version,
     crc32: CRC32_IMPLEMENTATION,
@@ -99,7 +102,7 @@ export function finishLoad(machine: Machine): void {
 export function machineLines(machine: Machine): string[] {
   return [
     `CPU:     ${machine.cpu}, ${machine.cores} cores`,
-    `Memory:  ${machine.memory}`,
+    `Memory:  ${machine.memory}; glibc tunables: ${machine.tunables}`,
     `OS:      ${machine.os}`,
     `Node:    ${machine.node}`,
     `CRC-32:  ${machine.crc32}`,

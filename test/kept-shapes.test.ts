@@ -14,6 +14,7 @@ import { TorchStorageType, findTorchGlobal } from "../src/formats/torch/torch-gl
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { ZipWriter } from "../src/formats/zip/zip-writer.js";
 import { DigestingSink } from "../src/io/digesting-sink.js";
+import { readFileInSegments, segmentStarts } from "../src/io/whole-file.js";
 import { keptInstances } from "../src/keep-shapes.js";
 import { Storage } from "../src/tensor/storage.js";
 import { Tensor } from "../src/tensor/tensor.js";
@@ -85,6 +86,10 @@ describe("kept shapes (keep-shapes.ts): real objects of a save and a load end in
     assertKeptShape(big);
     assertKeptShape(zip.numberedEntry("archive/data/", 1)!);
     assertKeptShape(zip.find("archive/data.pkl")!);
+    // A file of small storages is read in segments (io/whole-file.ts): its reader too, past a lookup.
+    const { reader: segmented } = await readFileInSegments(memory, segmentStarts(zip.entryStarts(), bytes.byteLength, 8192));
+    assert.ok(segmented.view(bytes.byteLength - 10, 10) !== undefined);
+    assertKeptShape(segmented);
   });
 
   test("numbered entries filed in PyTorch's name order (0, 1, 10, 100, …) are looked up in an array without holes", async () => {

@@ -20,6 +20,11 @@ export interface RandomAccessReader {
    * reader's choosing, which may share memory with the reader (MemoryReader returns a view).
    */
   read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array>;
+  /**
+   * For bytes already in memory: `length` bytes at `position` as a view, without a promise, or
+   * undefined where they are not in one piece of memory (a read then copies them).
+   */
+  view?(position: number, length: number): Uint8Array | undefined;
 }
 
 /** Takes bytes in order (a local file, a multipart upload). `write` may keep `chunk` until it resolves. */
@@ -35,11 +40,15 @@ export class MemoryReader implements RandomAccessReader {
     return this.bytes.length;
   }
 
-  async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
-    if (position < 0 || length < 0 || position + length > this.bytes.length) {
+  view(position: number, length: number): Uint8Array {
+    if (!(position >= 0 && length >= 0 && position + length <= this.bytes.length)) {
       throw new RangeError(`read of ${length} bytes at ${position} is outside ${this.bytes.length} bytes`);
     }
-    const slice = this.bytes.subarray(position, position + length);
+    return this.bytes.subarray(position, position + length);
+  }
+
+  async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
+    const slice = this.view(position, length);
     if (target === undefined) return slice;
     target.set(slice);
     return target.subarray(0, length);

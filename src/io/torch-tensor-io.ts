@@ -4,14 +4,14 @@ import { isShardIndexPath } from "../formats/shard-index.js";
 import { readTorchArchive, readTorchStorages, readTorchStructure, type TorchStructure } from "../formats/torch/torch-reader.js";
 import { writeTorchArchive, type TorchWriteOptions } from "../formats/torch/torch-writer.js";
 import { ZipReader } from "../formats/zip/zip-reader.js";
-import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
+import type { RandomAccessReader } from "../formats/byte-io.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
 import type { StateValue } from "../values/py-values.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import { loadIndexedState } from "./shard-index-io.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
-import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
+import { WHOLE_FILE_MAX, readFileInSegments, segmentStarts } from "./whole-file.js";
 
 export interface TorchTensorLoaderOptions {
   fileSystem?: FileSystem;
@@ -41,8 +41,9 @@ export class TorchTensorLoader implements TensorLoader {
   readonly verifiesDigest = true;
 
   /**
-   * Loads a file. Files up to 2 GiB are read whole in large sequential pieces and the tensors are
-   * views into that one buffer (zero copies); larger files storage by storage, each in its own
+   * Loads a file. Files up to 2 GiB are read whole in large sequential pieces, small storages
+   * grouped into segments of up to 1 MiB and each larger one in a buffer of its own, and the
+   * tensors are views into those (zero copies); larger files storage by storage, each in its own
    * buffer (one storage can have up to 4 GiB, Node 20's largest buffer). With `into`, matching
    * tensors are filled in place.
    */
@@ -63,7 +64,7 @@ export class TorchTensorLoader implements TensorLoader {
         // Without a digest to check, the file's CRC (taken while reading) can vouch for every entry at
         // once, but only pays off for large entries; thousands of small ones are checked one by one.
         const vouch = expected === undefined && verifyCrc && largeEntries;
-        const reading = readWholeFile(reader, { crc: expected !== undefined || vouch, onProgress: options.onProgress });
+        const reading = readFileInSegments(reader, segmentStarts(zip.entryStarts(), reader.size), { crc: expected !== undefined || vouch, onProgress: options.onProgress });
         reading.catch(() => undefined); // awaited below on every path
         // The pickle is parsed (its few entries read on their own) while the whole file is read in
         // the background: a file of many small tensors spends more time parsing than reading. With
@@ -77,11 +78,11 @@ export class TorchTensorLoader implements TensorLoader {
           throw error;
         }
         const whole = await reading;
-        zip = zip.withReader(new MemoryReader(whole.bytes));
+        zip = zip.withReader(whole.reader);
         if (expected !== undefined) {
           checkDigestCrc(whole.crc32!, expected.crc32);
           verifyCrc = false;
-        } else if (vouch && (await zip.expectedFileCrc(whole.bytes)) === whole.crc32) {
+        } else if (vouch && (await zip.expectedFileCrc()) === whole.crc32) {
           verifyCrc = false; // if not, each entry is checked below, which names the damaged one
         }
         return await readTorchStorages(zip, structure, { verifyCrc, ...(options.into === undefined ? {} : { into: options.into }) });

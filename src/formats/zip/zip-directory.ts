@@ -179,6 +179,11 @@ export class ZipDirectory {
     return this.headerOffsets[index]!;
   }
 
+  /** Every entry's header offset, ascending: where entries start in the file. */
+  headerOffsetsInFileOrder(): Float64Array {
+    return this.headerOffsets.slice().sort();
+  }
+
   /** Entry `index` as an object (made on each call; its name only when read). */
   entryAt(index: number): ZipEntry {
     return new DirectoryEntry(this, index, this.sizes[index]!, this.crcs[index]!, this.headerOffsets[index]!);

@@ -1,6 +1,7 @@
 import { crc32 } from "../crc32.js";
 import { FormatError } from "../../errors.js";
 import { MemoryReader, type RandomAccessReader } from "../byte-io.js";
+import { SegmentedReader } from "../segmented-reader.js";
 import { CENTRAL_HEADER_SIZE, END_SIGNATURE, END_SIZE, LOCAL_HEADER_SIGNATURE, LOCAL_HEADER_SIZE, MAX_END_SEARCH, UINT16_MAX, UINT32_MAX, ZIP64_END_SIGNATURE, ZIP64_END_SIZE, ZIP64_LOCATOR_SIGNATURE, ZIP64_LOCATOR_SIZE } from "./zip-constants.js";
 import { crc32Combine } from "./crc32-combine.js";
 import { ZipDirectory, checkedNumber, type ZipEntry } from "./zip-directory.js";
@@ -68,9 +69,14 @@ export class ZipReader {
     return this.directory.unnumberedNames();
   }
 
+  /** Where each entry starts (its local header), ascending. */
+  entryStarts(): Float64Array {
+    return this.directory.headerOffsetsInFileOrder();
+  }
+
   /** Where an entry's data starts, read from its local header. */
   async dataOffset(entry: ZipEntry): Promise<number> {
-    const header = this.reader instanceof MemoryReader ? this.reader.bytes.subarray(entry.headerOffset, entry.headerOffset + LOCAL_HEADER_SIZE) : await this.reader.read(entry.headerOffset, LOCAL_HEADER_SIZE);
+    const header = this.reader.view?.(entry.headerOffset, LOCAL_HEADER_SIZE) ?? (await this.reader.read(entry.headerOffset, LOCAL_HEADER_SIZE));
     return this.dataStart(entry, header, 0);
   }
 
@@ -90,14 +96,14 @@ export class ZipReader {
 
   /**
    * The CRC-32 the whole file has if every entry's data matches its recorded CRC: the bytes
-   * between entries (headers, directory) are checksummed from `file`, the whole file in memory,
-   * and each entry contributes its recorded CRC. A reader that checksummed the file while reading
-   * it compares the two instead of checking each entry again.
+   * between entries (headers, directory) are checksummed, and each entry contributes its recorded
+   * CRC. A reader that checksummed the file while reading it compares the two instead of checking
+   * each entry again.
    */
-  async expectedFileCrc(file?: Uint8Array): Promise<number> {
-    // Without the file in memory, the bytes between entries (headers, directory: small) are read.
+  async expectedFileCrc(): Promise<number> {
+    // In memory, the bytes between entries (headers, directory: small) are views; else they are read.
     const bytesBetween = (from: number, to: number): Promise<Uint8Array> | Uint8Array =>
-      file !== undefined ? file.subarray(from, to) : this.reader.read(from, to - from);
+      this.reader.view?.(from, to - from) ?? this.reader.read(from, to - from);
     const directory = this.directory;
     const order = Array.from({ length: directory.count }, (_, i) => i).sort((a, b) => directory.headerOffsetAt(a) - directory.headerOffsetAt(b));
     let crc = 0;
@@ -123,9 +129,25 @@ export class ZipReader {
    * without a promise (a load of many small tensors reads thousands); undefined otherwise.
    */
   viewInMemory(entry: ZipEntry, verifyCrc = true): Uint8Array | undefined {
-    if (!(this.reader instanceof MemoryReader)) return undefined;
-    const bytes = this.reader.bytes;
-    const start = this.dataStart(entry, bytes, entry.headerOffset);
+    // The header is parsed where it lies, with no view made of it: a load of many small tensors
+    // looks up thousands of entries.
+    const reader = this.reader;
+    let bytes: Uint8Array;
+    let base: number;
+    if (reader instanceof MemoryReader) {
+      bytes = reader.bytes;
+      base = 0;
+    } else if (reader instanceof SegmentedReader) {
+      const index = reader.segmentAt(entry.headerOffset);
+      bytes = reader.segments[index]!;
+      base = reader.starts[index]!;
+    } else {
+      return undefined;
+    }
+    const at = entry.headerOffset - base;
+    if (at + LOCAL_HEADER_SIZE > bytes.byteLength) return undefined; // never where segments start at headers
+    const start = this.dataStart(entry, bytes, at) - base;
+    if (start + entry.size > bytes.byteLength) return undefined; // in the next segment too: read() copies it
     const data = bytes.subarray(start, start + entry.size);
     if (verifyCrc && crc32(data) !== entry.crc) {
       throw new FormatError("ZIP_CRC", `entry "${entry.name}" fails its CRC-32 check: the file is corrupt`);
@@ -141,10 +163,7 @@ export class ZipReader {
       throw new FormatError("ZIP_BOUNDS", `entry "${name}" has ${entry.size} bytes, more than the ${options.target.byteLength} given`);
     }
     // In memory: a view, or one copy into the target, without another promise per entry.
-    const data =
-      this.reader instanceof MemoryReader && options.target === undefined
-        ? this.reader.bytes.subarray(start, start + entry.size)
-        : await this.reader.read(start, entry.size, options.target);
+    const data = (options.target === undefined ? this.reader.view?.(start, entry.size) : undefined) ?? (await this.reader.read(start, entry.size, options.target));
     if ((options.verifyCrc ?? true) && crc32(data) !== entry.crc) {
       throw new FormatError("ZIP_CRC", `entry "${name}" fails its CRC-32 check: the file is corrupt`);
     }
