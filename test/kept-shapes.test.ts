@@ -14,7 +14,8 @@ import { TorchStorageType, findTorchGlobal } from "../src/formats/torch/torch-gl
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { ZipWriter } from "../src/formats/zip/zip-writer.js";
 import { DigestingSink } from "../src/io/digesting-sink.js";
-import { readFileInSegments, segmentStarts } from "../src/io/whole-file.js";
+import { readFileInSegments } from "../src/io/whole-file.js";
+import { segmentStarts } from "../src/formats/segmented-reader.js";
 import { keptInstances } from "../src/keep-shapes.js";
 import { Storage } from "../src/tensor/storage.js";
 import { Tensor } from "../src/tensor/tensor.js";

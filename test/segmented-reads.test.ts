@@ -7,9 +7,9 @@ import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
 import { MemoryReader } from "../src/formats/byte-io.js";
-import { SegmentedReader } from "../src/formats/segmented-reader.js";
+import { SEGMENT_BYTES, SegmentedReader, segmentStarts } from "../src/formats/segmented-reader.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
-import { SEGMENT_BYTES, readFileInSegments, segmentStarts } from "../src/io/whole-file.js";
+import { readFileInSegments } from "../src/io/whole-file.js";
 import { Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, type StateDict } from "../src/index.js";
 
 let dir: string;
@@ -19,6 +19,16 @@ before(async () => {
 after(async () => {
   await rm(dir, { recursive: true, force: true });
 });
+
+/** A seeded generator (mulberry32), so a failing case can be run again. */
+function random(seed: number): () => number {
+  return () => {
+    seed = (seed + 0x6d2b79f5) | 0;
+    let t = Math.imul(seed ^ (seed >>> 15), 1 | seed);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 2 ** 32;
+  };
+}
 
 /** The segments `starts` describes, as [start, end) pairs. */
 function ranges(starts: Float64Array): [number, number][] {
@@ -34,11 +44,12 @@ describe("segmentStarts: where a file of parts is split", () => {
   });
 
   it("covers the file with segments that start at cuts and each hold at most the limit or one part", () => {
+    const next = random(14);
     for (let round = 0; round < 200; round++) {
-      const max = 1 + Math.floor(Math.random() * 500);
+      const max = 1 + Math.floor(next() * 500);
       const cuts = [0];
-      for (let n = Math.floor(Math.random() * 60); n > 0; n--) cuts.push(cuts[cuts.length - 1]! + 1 + Math.floor(Math.random() * (Math.random() < 0.1 ? 3000 : 200)));
-      const size = cuts[cuts.length - 1]! + 1 + Math.floor(Math.random() * 300);
+      for (let n = Math.floor(next() * 60); n > 0; n--) cuts.push(cuts[cuts.length - 1]! + 1 + Math.floor(next() * (next() < 0.1 ? 3000 : 200)));
+      const size = cuts[cuts.length - 1]! + 1 + Math.floor(next() * 300);
       const starts = segmentStarts(cuts, size, max);
       assert.equal(starts[0], 0);
       assert.equal(starts[starts.length - 1], size);
@@ -48,6 +59,11 @@ describe("segmentStarts: where a file of parts is split", () => {
         assert.ok(cutSet.has(start) && cutSet.has(end), `segment [${start}, ${end}) starts and ends at cuts`);
         const inside = cuts.filter((c) => c > start && c < end);
         assert.ok(end - start <= max || inside.length === 0, `segment [${start}, ${end}) is over ${max} bytes with ${inside.length} cuts inside`);
+      }
+      // Grouped as far as allowed: a segment and the first part of the next would pass the limit.
+      for (let i = 0; i + 2 < starts.length; i++) {
+        const nextPartEnd = [...cuts, size].find((c) => c > starts[i + 1]!)!;
+        assert.ok(nextPartEnd - starts[i]! > max, `segments at ${starts[i]} and ${starts[i + 1]} could be one`);
       }
     }
   });
@@ -77,9 +93,10 @@ describe("SegmentedReader", () => {
 
   it("reads any range, across segments by copying, into a target when given", async () => {
     const segmented = reader();
+    const next = random(15);
     for (let round = 0; round < 300; round++) {
-      const position = Math.floor(Math.random() * 1000);
-      const length = Math.floor(Math.random() * (1001 - position));
+      const position = Math.floor(next() * 1000);
+      const length = Math.floor(next() * (1001 - position));
       assert.deepEqual(Buffer.from(await segmented.read(position, length)), file.subarray(position, position + length));
       const target = new Uint8Array(length + 7);
       const read = await segmented.read(position, length, target);
@@ -102,6 +119,22 @@ describe("SegmentedReader", () => {
     assert.deepEqual(Buffer.from(await segmented.read(0, 1000)), file);
     assert.equal(crc32, (await import("node:zlib")).crc32(file));
     await assert.rejects(readFileInSegments(new MemoryReader(file), new Float64Array([0, 999])), RangeError);
+  });
+
+  it("reads a file larger than what is kept in flight, a segment larger than one read in pieces", async () => {
+    const big = randomBytes(100 << 20);
+    const cuts = [0, 5, 1 << 20, 25 << 20, (25 << 20) + 3, 90 << 20, big.byteLength];
+    const { reader: segmented, crc32 } = await readFileInSegments(new MemoryReader(big), new Float64Array(cuts), { crc: true });
+    assert.equal(crc32, (await import("node:zlib")).crc32(big));
+    assert.ok(Buffer.from((await segmented.read(0, big.byteLength))).equals(big));
+    assert.equal(segmented.segments[2]!.byteLength, 24 << 20);
+  });
+
+  it("refuses a reader that returns fewer bytes than asked, instead of leaving memory unread", async () => {
+    const short = Object.assign(new MemoryReader(file), {
+      read: async (position: number, length: number, target?: Uint8Array) => (await new MemoryReader(file).read(position, length, target)).subarray(0, Math.max(0, length - 1)),
+    });
+    await assert.rejects(readFileInSegments(short, starts), /returned 99 bytes/);
   });
 });
 
@@ -161,6 +194,25 @@ describe("loading a file of small tensors in segments", () => {
     assert.ok(big.every((x) => x === -1));
     assert.ok(big.buffer.byteLength >= big.byteLength && big.buffer.byteLength < size, "the large tensor has a segment of its own");
     assert.ok(!buffers.has(big.buffer));
+  });
+
+  it("keeps each storage's data aligned as in the file, so a tensor's typed array is a view, not a copy", async () => {
+    // Odd-sized storages put the next entry's header, where a segment may start, at an odd offset.
+    const mixed: StateDict = { a: Tensor.from(new Uint8Array([1, 2, 3])), big: Tensor.from(new Float32Array(300_000).fill(2)), c: Tensor.from(new Uint16Array(3).fill(7), { dtype: "float16" }) };
+    for (let i = 0; i < 400; i++) mixed[`s${i}`] = i % 2 === 0 ? Tensor.from(new Float64Array(3 + i).fill(i)) : Tensor.from(new Uint8Array(5 + i).fill(i & 0xff));
+    const path = join(dir, "mixed.pt");
+    await new TorchTensorDumper().dump(mixed, path);
+    const loaded = (await new TorchTensorLoader().load(path)) as Record<string, Tensor>;
+    const buffers = new Set<ArrayBufferLike>();
+    for (const [name, tensor] of Object.entries(loaded)) {
+      const data = tensor.data;
+      assert.equal(data.buffer, tensor.storage.bytes.buffer, `${name} is a view of its storage`);
+      assert.equal(data.byteOffset % 64, 0, `${name} starts 64-byte aligned`);
+      data[0] = 9;
+      assert.equal(tensor.data[0], 9, `a write to ${name}'s data reaches the tensor`);
+      buffers.add(data.buffer);
+    }
+    assert.ok(buffers.size >= 3, `${buffers.size} segments`);
   });
 
   it("still names the entry whose bytes are damaged", async () => {

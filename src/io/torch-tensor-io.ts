@@ -11,7 +11,8 @@ import type { StateValue } from "../values/py-values.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import { loadIndexedState } from "./shard-index-io.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
-import { WHOLE_FILE_MAX, readFileInSegments, segmentStarts } from "./whole-file.js";
+import { WHOLE_FILE_MAX, readFileInSegments } from "./whole-file.js";
+import { segmentStarts } from "../formats/segmented-reader.js";
 
 export interface TorchTensorLoaderOptions {
   fileSystem?: FileSystem;

@@ -1,3 +1,4 @@
+import { FormatError } from "../errors.js";
 import { crc32 } from "../formats/crc32.js";
 import type { RandomAccessReader } from "../formats/byte-io.js";
 import { SegmentedReader } from "../formats/segmented-reader.js";
@@ -18,14 +19,8 @@ export const WHOLE_FILE_MAX = 2 ** 31;
  */
 const BYTES_IN_FLIGHT = 4 * CHUNK_SIZE;
 
-/**
- * Largest segment that groups small parts of a file (`segmentStarts`). The allocator hands back
- * freed buffers of this size from memory the process already has, where a buffer the size of the
- * file is fresh memory on every load: on the machines measured, first touch of fresh memory ran
- * at 0.2–0.6 GB/s, against ~10 GB/s for a read into memory already touched (docs/design.md,
- * "Reading into memory that is already mapped"). Up to 4 MiB measured as warm as 1 MiB.
- */
-export const SEGMENT_BYTES = 1 << 20;
+/** Segments keep their bytes at the file's offsets modulo this (a storage's data alignment). */
+const FILE_ALIGNMENT = 64;
 
 export interface WholeFileReadOptions {
   /** Compute the file's CRC-32 while reading it (overlapped with the reads: no extra pass). */
@@ -45,40 +40,13 @@ export async function readWholeFile(reader: RandomAccessReader, options: WholeFi
 
 /**
  * Reads a whole file as `readWholeFile` does, into one buffer per segment (`segmentStarts`): the
- * result reads ranges inside a segment as views.
+ * result reads ranges inside a segment as views. Each segment's memory sits at the same offset
+ * modulo 64 as its bytes in the file, so data aligned in the file (PyTorch aligns storages to 64
+ * bytes) is aligned for typed arrays.
  */
 export async function readFileInSegments(reader: RandomAccessReader, starts: Float64Array, options: WholeFileReadOptions = {}): Promise<{ reader: SegmentedReader; crc32: number | undefined }> {
   const { segments, crc32 } = await readSegments(reader, starts, options);
   return { reader: new SegmentedReader(segments, starts), crc32 };
-}
-
-/**
- * Where to split a file of `size` bytes made of parts starting at `cuts` (ascending) into
- * segments: whole parts are grouped up to `maxBytes` a segment, and a part larger than that is a
- * segment of its own. Returns each segment's start, then `size`.
- */
-export function segmentStarts(cuts: ArrayLike<number>, size: number, maxBytes = SEGMENT_BYTES): Float64Array {
-  const starts = [0];
-  let open = 0; // where the segment being grown starts
-  let last = 0; // the last cut seen: the segment may close there
-  const closeAt = (at: number): void => {
-    if (at > open) {
-      starts.push(at);
-      open = at;
-    }
-  };
-  for (let i = 0; i < cuts.length; i++) {
-    const cut = cuts[i]!;
-    if (!(cut > last && cut < size)) continue;
-    if (cut - open > maxBytes) {
-      closeAt(last);
-      if (cut - open > maxBytes) closeAt(cut); // one part alone is larger
-    }
-    last = cut;
-  }
-  if (size - open > maxBytes) closeAt(last);
-  if (size > 0) starts.push(size);
-  return new Float64Array(starts);
 }
 
 /** Reads the file's segments (`starts` as segmentStarts gives them), each into a new buffer. */
@@ -86,19 +54,24 @@ async function readSegments(reader: RandomAccessReader, starts: Float64Array, op
   const size = reader.size;
   if (starts[0] !== 0 || starts[starts.length - 1] !== size) throw new RangeError(`segments must cover the ${size} bytes of the file`);
   const segments: Uint8Array[] = [];
-  for (let i = 0; i + 1 < starts.length; i++) segments.push(Buffer.allocUnsafeSlow(starts[i + 1]! - starts[i]!));
+  for (let i = 0; i + 1 < starts.length; i++) {
+    const pad = starts[i]! % FILE_ALIGNMENT;
+    segments.push(Buffer.allocUnsafeSlow(pad + starts[i + 1]! - starts[i]!).subarray(pad));
+  }
   // The next piece to request: a segment, and a position in it.
   let segment = 0;
   let offset = 0;
-  const inFlight: Promise<Uint8Array>[] = [];
+  const inFlight: { piece: Promise<Uint8Array>; position: number; length: number }[] = [];
   let bytesInFlight = 0;
   const requestMore = (): void => {
-    while (bytesInFlight < BYTES_IN_FLIGHT && segment < segments.length) {
+    while (segment < segments.length) {
       const bytes = segments[segment]!;
       const length = Math.min(CHUNK_SIZE, bytes.byteLength - offset);
-      const piece = reader.read(starts[segment]! + offset, length, bytes.subarray(offset, offset + length));
+      if (bytesInFlight + length > BYTES_IN_FLIGHT && inFlight.length > 0) return;
+      const position = starts[segment]! + offset;
+      const piece = reader.read(position, length, bytes.subarray(offset, offset + length));
       piece.catch(() => undefined); // observed below, in order; a later one may fail first
-      inFlight.push(piece);
+      inFlight.push({ piece, position, length });
       bytesInFlight += length;
       offset += length;
       if (offset === bytes.byteLength) {
@@ -112,17 +85,19 @@ async function readSegments(reader: RandomAccessReader, starts: Float64Array, op
   let position = 0;
   try {
     while (inFlight.length > 0) {
-      const piece = await inFlight[0]!;
+      const { piece: reading, position: at, length } = inFlight[0]!;
+      const piece = await reading;
       inFlight.shift();
-      bytesInFlight -= piece.byteLength;
-      position += piece.byteLength;
+      if (piece.byteLength !== length) throw new FormatError("READ_SHORT", `a read of ${length} bytes at ${at} returned ${piece.byteLength} bytes: the file changed while being read`);
+      bytesInFlight -= length;
+      position += length;
       requestMore();
       if (options.crc === true) crc = crc32(piece, crc);
       options.onProgress?.(position, size);
     }
   } finally {
     // On an error, the reads still under way must end before the caller closes the file.
-    await Promise.allSettled(inFlight);
+    await Promise.allSettled(inFlight.map((read) => read.piece));
   }
   return { segments, crc32: options.crc === true ? crc : undefined };
 }
