@@ -110,7 +110,7 @@ test("non-contiguous views are written in row-major order and views of one stora
   assert.deepEqual([...(byName.row!.data as Float32Array)], [0, 1, 2, 3, 4, 5]);
 });
 
-test("loaded tensors are views of the one buffer the file was read into (zero copies)", async () => {
+test("loaded tensors of a small file are views of the one segment the file was read into (zero copies)", async () => {
   const dir = await tempDir();
   const path = join(dir, "m.safetensors");
   await new SafetensorsDumper().dump(modelState(3), path);

@@ -10,7 +10,7 @@ import { MemoryReader } from "../src/formats/byte-io.js";
 import { SEGMENT_BYTES, SegmentedReader, segmentStarts } from "../src/formats/segmented-reader.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { readFileInSegments } from "../src/io/whole-file.js";
-import { Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, type StateDict } from "../src/index.js";
+import { SafetensorsDumper, SafetensorsLoader, Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, type StateDict } from "../src/index.js";
 
 let dir: string;
 before(async () => {
@@ -227,6 +227,42 @@ describe("loading a file of small tensors in segments", () => {
     await assert.rejects(new TorchTensorLoader().load(path), (error: unknown) => {
       assert.ok(error instanceof TensorLoadError, String(error));
       assert.match(String((error as Error).message) + String((error as Error).cause), /data\/1234" fails its CRC-32 check/);
+      return true;
+    });
+  });
+});
+
+describe("loading a safetensors file of small tensors in segments", () => {
+  it("loads every value, the tensors views of segments of at most 1 MiB, aligned as in the file", async () => {
+    const flat: StateDict = { odd: Tensor.from(new Uint8Array([1, 2, 3])) };
+    for (let i = 0; i < 3000; i++) flat[`t${i}`] = Tensor.from(new Float32Array(256).fill(i));
+    flat.big = Tensor.from(new Float64Array(300_000).fill(0.5));
+    const path = join(dir, "small.safetensors");
+    await new SafetensorsDumper().dump(flat, path);
+    const loaded = (await new SafetensorsLoader().load(path)) as Record<string, Tensor>;
+    const buffers = new Set<ArrayBufferLike>();
+    for (let i = 0; i < 3000; i++) {
+      const tensor = loaded[`t${i}`]!;
+      const data = tensor.data as Float32Array;
+      assert.ok(data.length === 256 && data[0] === i && data[255] === i, `t${i}'s values`);
+      assert.equal(data.buffer, tensor.storage.bytes.buffer, `t${i} is a view`);
+      assert.ok(data.buffer.byteLength <= SEGMENT_BYTES + 64, `t${i} is in a buffer of ${data.buffer.byteLength} bytes`);
+      buffers.add(data.buffer);
+    }
+    assert.ok(buffers.size >= 3 && buffers.size <= 5, `${buffers.size} segments`);
+    const big = loaded.big!.data as Float64Array;
+    assert.ok(big.buffer === loaded.big!.storage.bytes.buffer && big.every((x) => x === 0.5));
+  });
+
+  it("with a digest, names the damage by the digest first, even where the header no longer parses", async () => {
+    const path = join(dir, "damaged.safetensors");
+    const digest = await new SafetensorsDumper().dump({ w: Tensor.from(new Float32Array(1000).fill(1)) }, path);
+    const bytes = await readFile(path);
+    bytes[8] = 0x20; // the header's "{"
+    await writeFile(path, bytes);
+    await assert.rejects(new SafetensorsLoader().load(path), /SAFETENSORS_JSON|does not start with/);
+    await assert.rejects(new SafetensorsLoader().load(path, { expectedDigest: digest }), (error: unknown) => {
+      assert.match(String((error as Error).message) + String((error as Error).cause), /its CRC-32 is [0-9a-f]{8}, it should be/);
       return true;
     });
   });

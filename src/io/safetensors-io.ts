@@ -1,7 +1,8 @@
 import { crc32 } from "../formats/crc32.js";
 import { InvalidArgumentError, TensorDumpError } from "../errors.js";
-import { MemoryReader, type RandomAccessReader } from "../formats/byte-io.js";
-import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry } from "../formats/safetensors/safetensors-reader.js";
+import type { RandomAccessReader } from "../formats/byte-io.js";
+import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry, type SafetensorsHeader } from "../formats/safetensors/safetensors-reader.js";
+import { segmentStarts } from "../formats/segmented-reader.js";
 import { writeSafetensors } from "../formats/safetensors/safetensors-writer.js";
 import type { FileSystem } from "../fs/file-system.js";
 import { LocalFileSystem } from "../fs/local-file-system.js";
@@ -15,7 +16,7 @@ import { loadIndexedState } from "./shard-index-io.js";
 import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
-import { WHOLE_FILE_MAX, readWholeFile } from "./whole-file.js";
+import { WHOLE_FILE_MAX, readFileInSegments } from "./whole-file.js";
 
 export interface SafetensorsLoaderOptions {
   fileSystem?: FileSystem;
@@ -24,8 +25,9 @@ export interface SafetensorsLoaderOptions {
 /**
  * Loads `.safetensors` files. A flat file (any safetensors file, e.g. from Hugging Face) loads as a
  * dict of tensors in the file's order; a file this library wrote from a nested state loads as that
- * state again (see SafetensorsDumper). Files up to 2 GiB are read whole and the tensors are views
- * of that one buffer; larger files tensor by tensor (one tensor can have up to 4 GiB, Node 20's
+ * state again (see SafetensorsDumper). Files up to 2 GiB are read whole, small tensors grouped into
+ * segments of up to 1 MiB and each larger one in a buffer of its own, and the tensors are views of
+ * those; larger files tensor by tensor (one tensor can have up to 4 GiB, Node 20's
  * largest buffer).
  *
  * @example
@@ -60,16 +62,30 @@ export class SafetensorsLoader implements TensorLoader {
       const into = options.into;
       let source: RandomAccessReader;
       let sequential: SequentialCrcReader | undefined;
+      let header: SafetensorsHeader;
       if (into === undefined && reader.size <= WHOLE_FILE_MAX) {
-        const whole = await readWholeFile(reader, { crc: expected !== undefined, onProgress: options.onProgress });
+        // The header first, from the file, to cut the file into segments at tensors (see
+        // readFileInSegments). A header that does not parse is reported after the digest is
+        // checked: the digest names damage first.
+        let parsed: SafetensorsHeader | undefined;
+        let headerError: unknown;
+        try {
+          parsed = await readSafetensorsHeader(reader);
+        } catch (error) {
+          headerError = error;
+        }
+        const cuts = parsed === undefined ? [] : [parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b);
+        const whole = await readFileInSegments(reader, segmentStarts(cuts, reader.size), { crc: expected !== undefined, onProgress: options.onProgress });
         if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
-        source = new MemoryReader(whole.bytes);
+        if (parsed === undefined) throw headerError;
+        source = whole.reader;
+        header = parsed;
       } else {
         // The length, the header and the tensors tile the file, so reading them in order checksums it all.
         source = sequential = new SequentialCrcReader(reader);
+        header = await readSafetensorsHeader(source);
       }
 
-      const header = await readSafetensorsHeader(source);
       const metadata = new Map(header.metadata ?? []);
       const layout = metadata.get(STATE_LAYOUT_KEY);
       metadata.delete(STATE_LAYOUT_KEY);

@@ -178,8 +178,8 @@ export interface SafetensorsReadOptions {
 }
 
 /**
- * Reads a safetensors file: the header, then each tensor in file order. Over a MemoryReader the
- * tensors are views of its bytes (no copies). Returns the tensors in the header's order.
+ * Reads a safetensors file: the header, then each tensor in file order. Over bytes in memory
+ * (MemoryReader, SegmentedReader) the tensors are views of them (no copies). Returns the tensors in the header's order.
  */
 export async function readSafetensors(
   reader: RandomAccessReader,
