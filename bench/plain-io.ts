@@ -5,6 +5,7 @@ import { constants, promises as fsp } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { crc32 } from "node:zlib";
+import { pageAlignedBuffer } from "../src/fs/page-aligned.js";
 
 /** Buffers per writev call: IOV_MAX on Linux. */
 const IOV_MAX = 1024;
@@ -176,7 +177,8 @@ export async function directBlocks(dir: string): Promise<Buffer[]> {
   const handle = await fsp.open(scratch, constants.O_WRONLY | constants.O_CREAT | constants.O_TRUNC | constants.O_DIRECT, 0o644);
   try {
     const aligned = async (): Promise<Buffer> => {
-      const memory = Buffer.alloc(DIRECT_BLOCK + DIRECT_ALIGNMENT);
+      // As the library's writer does: page-aligned memory where it can be had (src/fs/page-aligned.ts).
+      const memory = pageAlignedBuffer(DIRECT_BLOCK + DIRECT_ALIGNMENT).fill(0);
       for (let offset = 0; offset < DIRECT_ALIGNMENT; offset += 8) {
         try {
           await handle.write(memory, offset, DIRECT_ALIGNMENT, 0);

@@ -1,5 +1,6 @@
 import { constants, promises as fsp, writeSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
+import { pageAlignedBuffer } from "./page-aligned.js";
 
 /**
  * O_DIRECT's alignment of file offsets, lengths and memory. Disks ask for their logical block size
@@ -185,7 +186,8 @@ async function takeBlock(blockBytes: number, handle: FileHandle, position: numbe
     const free = freeBlocks[index]!;
     if (free.device === device && free.block.byteLength === blockBytes) return freeBlocks.splice(index, 1)[0]!.block;
   }
-  const memory = Buffer.allocUnsafeSlow(blockBytes + DIRECT_ALIGNMENT);
+  // Page-aligned where possible, so the probe's first offset is accepted and the block's writes are fast.
+  const memory = pageAlignedBuffer(blockBytes + DIRECT_ALIGNMENT);
   memory.fill(0, 0, 2 * DIRECT_ALIGNMENT); // what the probe writes; it is cut off again
   try {
     for (let offset = 0; offset < DIRECT_ALIGNMENT; offset += 8) {
@@ -200,6 +202,11 @@ async function takeBlock(blockBytes: number, handle: FileHandle, position: numbe
   } finally {
     await handle.truncate(position);
   }
+}
+
+/** @internal The blocks kept for the next writer (test/direct-writes.test.ts checks where they start). */
+export function keptDirectBlocks(): readonly Buffer[] {
+  return freeBlocks.map((free) => free.block);
 }
 
 /** Keeps the blocks given back last: a process that moves to another disk or block size keeps the new ones. */
