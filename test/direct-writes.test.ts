@@ -105,6 +105,27 @@ test("by default a file past 16 MiB is written around the page cache, byte for b
   assert.ok((await readFile(join(dir, "plain.bin"))).equals(data));
 });
 
+test("where WebAssembly memory cannot be had, blocks are plain buffers found by the probe, and files are exact", async () => {
+  const dir = await tempDir();
+  // A child without WebAssembly (--no-expose-wasm) writes a 40 MiB file around the page cache.
+  const script = [
+    `import { LocalFileSystem } from ${JSON.stringify(new URL("../src/index.ts", import.meta.url).href)};`,
+    `import { keptDirectBlocks } from ${JSON.stringify(new URL("../src/fs/direct-writes.ts", import.meta.url).href)};`,
+    `import { createHash, randomBytes } from "node:crypto";`,
+    `const data = randomBytes(40 << 20);`,
+    `const writer = await new LocalFileSystem().createWriter(${JSON.stringify(join(dir, "plain-blocks.bin"))});`,
+    `for (let done = 0; done < data.length; done += 3 << 20) await writer.write(data.subarray(done, done + (3 << 20)));`,
+    `await writer.close();`,
+    `console.log(JSON.stringify({ wasm: typeof WebAssembly, offsets: keptDirectBlocks().map((b) => b.byteOffset), hash: createHash("sha256").update(data).digest("hex") }));`,
+  ].join("\n");
+  const output = execFileSync(process.execPath, ["--no-expose-wasm", "--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8" });
+  const { wasm, offsets, hash } = JSON.parse(output) as { wasm: string; offsets: number[]; hash: string };
+  assert.equal(wasm, "undefined");
+  assert.ok(offsets.length > 0 && offsets.every((offset) => offset % 8 === 0), `blocks at offsets ${offsets.join(", ")}`);
+  const written = await readFile(join(dir, "plain-blocks.bin"));
+  assert.equal((await import("node:crypto")).createHash("sha256").update(written).digest("hex"), hash);
+});
+
 test("two files written at once with direct writes never share a block", async () => {
   const dir = await tempDir();
   const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });

@@ -236,7 +236,9 @@ describe("loading a safetensors file of small tensors in segments", () => {
   it("loads every value, the tensors views of segments of at most 1 MiB, aligned as in the file", async () => {
     const flat: StateDict = { odd: Tensor.from(new Uint8Array([1, 2, 3])) };
     for (let i = 0; i < 3000; i++) flat[`t${i}`] = Tensor.from(new Float32Array(256).fill(i));
+    flat.empty = Tensor.from(new Float32Array(0));
     flat.big = Tensor.from(new Float64Array(300_000).fill(0.5));
+    flat.last = Tensor.from(new Int16Array(0));
     const path = join(dir, "small.safetensors");
     await new SafetensorsDumper().dump(flat, path);
     const loaded = (await new SafetensorsLoader().load(path)) as Record<string, Tensor>;
@@ -252,6 +254,7 @@ describe("loading a safetensors file of small tensors in segments", () => {
     assert.ok(buffers.size >= 3 && buffers.size <= 5, `${buffers.size} segments`);
     const big = loaded.big!.data as Float64Array;
     assert.ok(big.buffer === loaded.big!.storage.bytes.buffer && big.every((x) => x === 0.5));
+    assert.ok(loaded.empty!.numel === 0 && loaded.last!.numel === 0 && loaded.last!.dtype === "int16");
   });
 
   it("with a digest, names the damage by the digest first, even where the header no longer parses", async () => {

@@ -14,9 +14,15 @@ const WASM_PAGE_BYTES = 65536;
  */
 export function pageAlignedBuffer(bytes: number): Buffer {
   const pages = Math.ceil(bytes / WASM_PAGE_BYTES);
+  if (wasmMemoryRefused) return Buffer.allocUnsafeSlow(bytes);
   try {
     return Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer, 0, bytes);
   } catch {
+    // Not tried again: a refusal costs V8 up to three full garbage collections, on every block.
+    wasmMemoryRefused = true;
     return Buffer.allocUnsafeSlow(bytes);
   }
 }
+
+/** Set once WebAssembly memory was refused (an address-space limit, or `--no-expose-wasm`). */
+let wasmMemoryRefused = false;

@@ -72,6 +72,7 @@ export class SafetensorsLoader implements TensorLoader {
         try {
           parsed = await readSafetensorsHeader(reader);
         } catch (error) {
+          if (expected === undefined) throw error; // with no digest to name damage first, at once
           headerError = error;
         }
         const cuts = parsed === undefined ? [] : [parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b);

@@ -29,20 +29,12 @@ export interface WholeFileReadOptions {
 }
 
 /**
- * Reads a whole file into one new buffer in large sequential pieces, computing its CRC-32 on the
- * way when asked. Several pieces are in flight at once, so the reading goes on while the caller's
- * thread is busy with other work (the torch loader parses the pickle meanwhile).
- */
-export async function readWholeFile(reader: RandomAccessReader, options: WholeFileReadOptions = {}): Promise<{ bytes: Uint8Array; crc32: number | undefined }> {
-  const { segments, crc32 } = await readSegments(reader, new Float64Array(reader.size === 0 ? [0] : [0, reader.size]), options);
-  return { bytes: segments[0] ?? new Uint8Array(0), crc32 };
-}
-
-/**
- * Reads a whole file as `readWholeFile` does, into one buffer per segment (`segmentStarts`): the
- * result reads ranges inside a segment as views. Each segment's memory sits at the same offset
- * modulo 64 as its bytes in the file, so data aligned in the file (PyTorch aligns storages to 64
- * bytes) is aligned for typed arrays.
+ * Reads a whole file in large sequential pieces into one new buffer per segment (`segmentStarts`),
+ * computing its CRC-32 on the way when asked; the result reads ranges inside a segment as views.
+ * Several pieces are in flight at once, so the reading goes on while the caller's thread is busy
+ * with other work (the torch loader parses the pickle meanwhile). Each segment's memory sits at
+ * the same offset modulo 64 as its bytes in the file, so data aligned in the file (PyTorch aligns
+ * storages to 64 bytes) is aligned for typed arrays.
  */
 export async function readFileInSegments(reader: RandomAccessReader, starts: Float64Array, options: WholeFileReadOptions = {}): Promise<{ reader: SegmentedReader; crc32: number | undefined }> {
   const { segments, crc32 } = await readSegments(reader, starts, options);
