@@ -6,10 +6,10 @@ import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { MemoryReader } from "../src/formats/byte-io.js";
+import { MAX_BUFFER_BYTES, MemoryReader } from "../src/formats/byte-io.js";
 import { SEGMENT_BYTES, SegmentedReader, segmentStarts } from "../src/formats/segmented-reader.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
-import { readFileInSegments } from "../src/io/whole-file.js";
+import { readFileInSegments, segmentsFitInBuffers } from "../src/io/whole-file.js";
 import { SafetensorsDumper, SafetensorsLoader, Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader, type StateDict } from "../src/index.js";
 
 let dir: string;
@@ -73,6 +73,17 @@ describe("segmentStarts: where a file of parts is split", () => {
     assert.deepEqual([...segmentStarts([], 0, 50)], [0]);
     assert.deepEqual([...segmentStarts([], 70, 50)], [0, 70]);
   });
+});
+
+it("a file of any size is read in segments, unless one part is larger than a Node.js buffer", () => {
+  // 8 GiB of 16 MiB parts: past 2^31 and 2^32 bytes, each part a segment that fits.
+  const part = 2 ** 24;
+  const cuts = Array.from({ length: 512 }, (_, i) => i * part);
+  assert.ok(segmentsFitInBuffers(segmentStarts(cuts, 512 * part)));
+  // One part of exactly the largest buffer fits; one byte more does not (the loaders then read part by part).
+  assert.ok(segmentsFitInBuffers(segmentStarts([0, 100], 100 + MAX_BUFFER_BYTES)));
+  assert.ok(!segmentsFitInBuffers(segmentStarts([0, 100], 101 + MAX_BUFFER_BYTES)));
+  assert.ok(segmentsFitInBuffers(segmentStarts([], 0)));
 });
 
 describe("SegmentedReader", () => {

@@ -16,7 +16,7 @@ import { loadIndexedState } from "./shard-index-io.js";
 import { STATE_LAYOUT_KEY, flattenState, layoutPaths, unflattenState } from "./safetensors-state.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
-import { WHOLE_FILE_MAX, readFileInSegments } from "./whole-file.js";
+import { readFileInSegments, segmentsFitInBuffers } from "./whole-file.js";
 
 export interface SafetensorsLoaderOptions {
   fileSystem?: FileSystem;
@@ -25,10 +25,9 @@ export interface SafetensorsLoaderOptions {
 /**
  * Loads `.safetensors` files. A flat file (any safetensors file, e.g. from Hugging Face) loads as a
  * dict of tensors in the file's order; a file this library wrote from a nested state loads as that
- * state again (see SafetensorsDumper). Files up to 2 GiB are read whole, small tensors grouped into
- * segments of up to 1 MiB and each larger one in a buffer of its own, and the tensors are views of
- * those; larger files tensor by tensor (one tensor can have up to 4 GiB, Node 20's
- * largest buffer).
+ * state again (see SafetensorsDumper). Files are read whole, small tensors grouped into segments of up
+ * to 1 MiB and each larger one in a buffer of its own, and the tensors are views of those (one
+ * tensor can have up to 4 GiB, Node 20's largest buffer; a larger one is refused by name).
  *
  * @example
  * const weights = (await new SafetensorsLoader().load("model.safetensors")) as StateDict;
@@ -63,12 +62,13 @@ export class SafetensorsLoader implements TensorLoader {
       let source: RandomAccessReader;
       let sequential: SequentialCrcReader | undefined;
       let header: SafetensorsHeader;
-      if (into === undefined && reader.size <= WHOLE_FILE_MAX) {
-        // The header first, from the file, to cut the file into segments at tensors (see
-        // readFileInSegments). A header that does not parse is reported after the digest is
-        // checked: the digest names damage first.
-        let parsed: SafetensorsHeader | undefined;
-        let headerError: unknown;
+      // The header first, from the file, to cut the file into segments at tensors (see
+      // readFileInSegments). A header that does not parse is reported after the digest is
+      // checked: the digest names damage first.
+      let parsed: SafetensorsHeader | undefined;
+      let headerError: unknown;
+      let starts: Float64Array | undefined;
+      if (into === undefined) {
         try {
           parsed = await readSafetensorsHeader(reader);
         } catch (error) {
@@ -76,13 +76,17 @@ export class SafetensorsLoader implements TensorLoader {
           headerError = error;
         }
         const cuts = parsed === undefined ? [] : [parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b);
-        const whole = await readFileInSegments(reader, segmentStarts(cuts, reader.size), { crc: expected !== undefined, onProgress: options.onProgress });
+        starts = segmentStarts(cuts, reader.size);
+      }
+      if (starts !== undefined && segmentsFitInBuffers(starts)) {
+        const whole = await readFileInSegments(reader, starts, { crc: expected !== undefined, onProgress: options.onProgress });
         if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
         if (parsed === undefined) throw headerError;
         source = whole.reader;
         header = parsed;
       } else {
-        // The length, the header and the tensors tile the file, so reading them in order checksums it all.
+        // In place, or with a tensor larger than one Node.js buffer (refused by name while reading):
+        // the length, the header and the tensors tile the file, so reading them in order checksums it all.
         source = sequential = new SequentialCrcReader(reader);
         header = await readSafetensorsHeader(source);
       }

@@ -11,7 +11,7 @@ import type { StateValue } from "../values/py-values.js";
 import { checkDigestCrc, checkDigestSize, readingFile, writingFile } from "./file-access.js";
 import { loadIndexedState } from "./shard-index-io.js";
 import type { FileDigest, TensorDumpOptions, TensorDumper, TensorLoadOptions, TensorLoader } from "./tensor-io.js";
-import { WHOLE_FILE_MAX, readFileInSegments } from "./whole-file.js";
+import { readFileInSegments, segmentsFitInBuffers } from "./whole-file.js";
 import { segmentStarts } from "../formats/segmented-reader.js";
 
 export interface TorchTensorLoaderOptions {
@@ -42,11 +42,11 @@ export class TorchTensorLoader implements TensorLoader {
   readonly verifiesDigest = true;
 
   /**
-   * Loads a file. Files up to 2 GiB are read whole in large sequential pieces, small storages
-   * grouped into segments of up to 1 MiB and each larger one in a buffer of its own, and the
-   * tensors are views into those (zero copies); larger files storage by storage, each in its own
-   * buffer (one storage can have up to 4 GiB, Node 20's largest buffer). With `into`, matching
-   * tensors are filled in place.
+   * Loads a file. The file is read whole in large sequential pieces, small storages grouped into
+   * segments of up to 1 MiB and each larger one in a buffer of its own, and the tensors are views
+   * into those (zero copies). With `into`, matching tensors are filled in place: large ones read
+   * straight into their targets, storage by storage, as is a file with a storage larger than one
+   * Node.js buffer (up to 4 GiB on Node 20; such a storage is then refused by name).
    */
   async load(path: string, options: TensorLoadOptions = {}): Promise<StateValue> {
     // A shard index (`pytorch_model.bin.index.json`): every shard it names, as one state dict.
@@ -61,11 +61,12 @@ export class TorchTensorLoader implements TensorLoader {
       const largeEntries = reader.size / Math.max(zip.entryCount, 1) >= LARGE_ENTRY_BYTES;
       // In place, large tensors are read straight into their targets; small ones are cheaper to read
       // with the whole file and copy (one read instead of one per tensor).
-      if ((options.into === undefined || !largeEntries) && reader.size <= WHOLE_FILE_MAX) {
+      const starts = segmentStarts(zip.entryStarts(), reader.size);
+      if ((options.into === undefined || !largeEntries) && segmentsFitInBuffers(starts)) {
         // Without a digest to check, the file's CRC (taken while reading) can vouch for every entry at
         // once, but only pays off for large entries; thousands of small ones are checked one by one.
         const vouch = expected === undefined && verifyCrc && largeEntries;
-        const reading = readFileInSegments(reader, segmentStarts(zip.entryStarts(), reader.size), { crc: expected !== undefined || vouch, onProgress: options.onProgress });
+        const reading = readFileInSegments(reader, starts, { crc: expected !== undefined || vouch, onProgress: options.onProgress });
         reading.catch(() => undefined); // awaited below on every path
         // The pickle is parsed (its few entries read on their own) while the whole file is read in
         // the background: a file of many small tensors spends more time parsing than reading. With

@@ -1,16 +1,10 @@
 import { FormatError } from "../errors.js";
 import { crc32 } from "../formats/crc32.js";
-import type { RandomAccessReader } from "../formats/byte-io.js";
+import { MAX_BUFFER_BYTES, type RandomAccessReader } from "../formats/byte-io.js";
 import { SegmentedReader } from "../formats/segmented-reader.js";
 
 /** Read in pieces of at most this size, the next pieces in flight while the last one is checksummed. */
 const CHUNK_SIZE = 16 << 20;
-/**
- * Files up to this size are read whole; larger ones tensor by tensor, each into its own buffer (up
- * to MAX_BUFFER_BYTES). Above 2 GiB tensors are large, so reading them one by one costs nothing,
- * and a tensor the caller keeps does not keep the rest of a file that size alive.
- */
-export const WHOLE_FILE_MAX = 2 ** 31;
 
 /**
  * Bytes asked for at once: the reads proceed in libuv's threads while the main thread parses or
@@ -39,6 +33,16 @@ export interface WholeFileReadOptions {
 export async function readFileInSegments(reader: RandomAccessReader, starts: Float64Array, options: WholeFileReadOptions = {}): Promise<{ reader: SegmentedReader; crc32: number | undefined }> {
   const { segments, crc32 } = await readSegments(reader, starts, options);
   return { reader: new SegmentedReader(segments, starts), crc32 };
+}
+
+/**
+ * Whether each segment (`segmentStarts`) fits in one Node.js buffer, as readFileInSegments needs.
+ * Only a part larger than that (a tensor of more than 4 GiB on Node 20) keeps a file from being
+ * read this way; the file's own size does not matter, as every large part is a segment of its own.
+ */
+export function segmentsFitInBuffers(starts: Float64Array): boolean {
+  for (let i = 0; i + 1 < starts.length; i++) if (starts[i + 1]! - starts[i]! > MAX_BUFFER_BYTES) return false;
+  return true;
 }
 
 /** Reads the file's segments (`starts` as segmentStarts gives them), each into a new buffer. */
