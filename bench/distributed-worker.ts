@@ -1,11 +1,12 @@
 // Bench (c), one rank: run under `ckpt launch --nproc 4 -- node --import tsx bench/distributed-worker.ts
 // RUNS BYTES_PER_RANK DIR`. Every round, all ranks start together (a barrier) and either save a
-// checkpoint of BYTES_PER_RANK each through the manager, or write the same bytes to a plain file
-// and fsync it; rank 0 prints one JSON line per measurement: the time from the first rank's start
+// checkpoint of BYTES_PER_RANK each through the manager (as it saves by default, and again with
+// directWrites: false, through the page cache), or write the same bytes to a plain file and fsync
+// it; rank 0 prints one JSON line per measurement: the time from the first rank's start
 // to the last rank's end, so it measures the ranks' aggregate speed.
 import { closeSync, fsyncSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
-import { FileCheckpointManager, Tensor, closeGangs, initGangs, type StateDict } from "./library.js";
+import { FileCheckpointManager, LocalFileSystem, Tensor, closeGangs, initGangs, type StateDict } from "./library.js";
 
 const [runsText, bytesText, dir] = process.argv.slice(2) as [string, string, string];
 const runs = Number(runsText);
@@ -21,13 +22,15 @@ const tensors = Array.from({ length: Math.ceil(bytesPerRank / TENSOR_BYTES) }, (
 });
 const state: StateDict = { model: Object.fromEntries(tensors.map((t, i) => [`layer${i}.weight`, t])), step_nr: 0 };
 const manager = new FileCheckpointManager({ checkpointDir: join(dir, "checkpoints"), gangs });
+// A manager of its own directory (one manager a directory) that writes through the page cache.
+const bufferedManager = new FileCheckpointManager({ checkpointDir: join(dir, "checkpoints-buffered"), gangs, fileSystem: new LocalFileSystem({ directWrites: false }) });
 const plainPath = join(dir, `plain-${root.rank}.bin`);
 const now = (): number => performance.timeOrigin + performance.now();
 
-async function saveThroughManager(step: number): Promise<void> {
-  await manager.beginCheckpoint(step);
-  await manager.saveState({ ...state, step_nr: step });
-  await manager.commitCheckpoint();
+async function saveThroughManager(saver: FileCheckpointManager, step: number): Promise<void> {
+  await saver.beginCheckpoint(step);
+  await saver.saveState({ ...state, step_nr: step });
+  await saver.commitCheckpoint();
 }
 
 function writePlain(): void {
@@ -56,16 +59,18 @@ async function measure(op: string, work: () => Promise<void> | void, report: boo
 let step = 0;
 for (let run = -1; run < runs; run++) {
   // Run -1 warms the disk path and the page cache; the order alternates so neither always goes first.
-  const ops: [string, () => Promise<void> | void][] = [
-    ["save-launch", () => saveThroughManager(++step)],
-    ["write-plain", writePlain],
+  step++;
+  const ops: [string, () => Promise<void> | void, () => Promise<void> | void][] = [
+    ["save-launch", () => saveThroughManager(manager, step), () => manager.deleteCheckpoint(step)],
+    ["write-plain", writePlain, () => rmSync(plainPath, { force: true })],
+    ["save-launch-buffered", () => saveThroughManager(bufferedManager, step), () => bufferedManager.deleteCheckpoint(step)],
   ];
   if (run % 2 === 1) ops.reverse();
-  for (const [op, work] of ops) {
+  for (const [op, work, cleanUp] of ops) {
     await measure(op, work, run >= 0);
-    if (op === "save-launch") await manager.deleteCheckpoint(step);
-    else rmSync(plainPath, { force: true });
+    await cleanUp();
   }
 }
 await manager.close();
+await bufferedManager.close();
 await closeGangs(gangs);

@@ -19,6 +19,15 @@ const SAVE_LAUNCH: Variant = {
   kind: "save",
   role: "ours",
 };
+/** The same save through the page cache: shows what the write path, not the manager's code, costs. */
+const SAVE_LAUNCH_BUFFERED: Variant = {
+  key: "save-launch-buffered",
+  label: "save: the same, with directWrites: false (through the page cache)",
+  runner: "node",
+  op: "save-launch-buffered",
+  kind: "save",
+  role: "diagnostic",
+};
 const WRITE_PARALLEL: Variant = {
   key: "write-plain",
   label: "limit: 4 processes writing the same bytes to plain files + fsync, at once",
@@ -33,7 +42,7 @@ export const DISTRIBUTED_TITLE = `save, ${RANKS} ranks × 256 MiB at once, one p
 /** Runs bench (c): `runs` interleaved measurements of each, `bytesPerRank` per rank. */
 export function measureDistributed(tmpRoot: string, runs: number, bytesPerRank: number): ScenarioResult {
   const dir = mkdtempSync(join(tmpRoot, "ckpt-bench-c-"));
-  const series: Series[] = [SAVE_LAUNCH, WRITE_PARALLEL].map((variant) => ({ variant, samples: [] }));
+  const series: Series[] = [SAVE_LAUNCH, WRITE_PARALLEL, SAVE_LAUNCH_BUFFERED].map((variant) => ({ variant, samples: [] }));
   try {
     const result = spawnSync(process.execPath, [CLI, "launch", "--nproc", String(RANKS), "--", process.execPath, "--import", "tsx", WORKER, String(runs), String(bytesPerRank), dir], {
       cwd: ROOT,
