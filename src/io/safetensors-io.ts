@@ -1,6 +1,6 @@
 import { crc32 } from "../formats/crc32.js";
 import { InvalidArgumentError, TensorDumpError } from "../errors.js";
-import type { RandomAccessReader } from "../formats/byte-io.js";
+import { readIntoExisting, type RandomAccessReader } from "../formats/byte-io.js";
 import { readSafetensorsData, readSafetensorsHeader, type SafetensorsEntry, type SafetensorsHeader } from "../formats/safetensors/safetensors-reader.js";
 import { segmentStarts } from "../formats/segmented-reader.js";
 import { writeSafetensors } from "../formats/safetensors/safetensors-writer.js";
@@ -149,7 +149,15 @@ class SequentialCrcReader implements RandomAccessReader {
   }
 
   async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
-    const bytes = await this.reader.read(position, length, target);
+    return this.checksummed(position, await this.reader.read(position, length, target));
+  }
+
+  async readIntoExisting(position: number, length: number, target: Uint8Array): Promise<Uint8Array> {
+    return this.checksummed(position, await readIntoExisting(this.reader, position, length, target));
+  }
+
+  /** Adds `bytes`, read at `position`, to the file's CRC when they are the next bytes in order. */
+  private checksummed(position: number, bytes: Uint8Array): Uint8Array {
     if (position === this.next) {
       this.crc = crc32(bytes, this.crc);
       this.next += bytes.byteLength;

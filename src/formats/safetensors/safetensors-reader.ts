@@ -2,7 +2,7 @@ import { FormatError } from "../../errors.js";
 import { DTYPES, type DType } from "../../tensor/dtype.js";
 import { Storage } from "../../tensor/storage.js";
 import { Tensor } from "../../tensor/tensor.js";
-import { MAX_BUFFER_BYTES, type RandomAccessReader } from "../byte-io.js";
+import { MAX_BUFFER_BYTES, readIntoExisting, type RandomAccessReader } from "../byte-io.js";
 import { parseHeaderJson, type JsonNode } from "./header-json.js";
 
 /**
@@ -205,7 +205,7 @@ export async function readSafetensorsData(
     }
     const target = options.target?.(entry);
     if (target !== undefined && target.byteLength !== length) throw new RangeError(`the target for ${entry.name} has ${target.byteLength} bytes, not ${length}`);
-    const bytes = length === 0 ? new Uint8Array(0) : await reader.read(entry.begin, length, target);
+    const bytes = length === 0 ? new Uint8Array(0) : target === undefined ? await reader.read(entry.begin, length) : await readIntoExisting(reader, entry.begin, length, target);
     tensors.set(entry.name, new Tensor({ storage: new Storage(entry.dtype, bytes), shape: entry.shape }));
     done += length;
     options.onProgress?.(done, total);

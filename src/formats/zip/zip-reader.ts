@@ -1,6 +1,6 @@
 import { crc32 } from "../crc32.js";
 import { FormatError } from "../../errors.js";
-import { MemoryReader, type RandomAccessReader } from "../byte-io.js";
+import { MemoryReader, readIntoExisting, type RandomAccessReader } from "../byte-io.js";
 import { SegmentedReader } from "../segmented-reader.js";
 import { CENTRAL_HEADER_SIZE, END_SIGNATURE, END_SIZE, LOCAL_HEADER_SIGNATURE, LOCAL_HEADER_SIZE, MAX_END_SEARCH, UINT16_MAX, UINT32_MAX, ZIP64_END_SIGNATURE, ZIP64_END_SIZE, ZIP64_LOCATOR_SIGNATURE, ZIP64_LOCATOR_SIZE } from "./zip-constants.js";
 import { crc32Combine } from "./crc32-combine.js";
@@ -119,7 +119,10 @@ export class ZipReader {
     return crc32(await bytesBetween(position, this.reader.size), crc);
   }
 
-  /** Reads an entry's bytes (into `target` when given), checking its CRC-32 unless told not to. */
+  /**
+   * Reads an entry's bytes (into `target` when given: memory the process already uses, such as a
+   * tensor filled in place), checking its CRC-32 unless told not to.
+   */
   async read(name: string, options: { target?: Uint8Array; verifyCrc?: boolean } = {}): Promise<Uint8Array> {
     return this.readEntry(this.entry(name), options);
   }
@@ -163,7 +166,8 @@ export class ZipReader {
       throw new FormatError("ZIP_BOUNDS", `entry "${name}" has ${entry.size} bytes, more than the ${options.target.byteLength} given`);
     }
     // In memory: a view, or one copy into the target, without another promise per entry.
-    const data = (options.target === undefined ? this.reader.view?.(start, entry.size) : undefined) ?? (await this.reader.read(start, entry.size, options.target));
+    const target = options.target;
+    const data = target === undefined ? (this.reader.view?.(start, entry.size) ?? (await this.reader.read(start, entry.size))) : await readIntoExisting(this.reader, start, entry.size, target);
     if ((options.verifyCrc ?? true) && crc32(data) !== entry.crc) {
       throw new FormatError("ZIP_CRC", `entry "${name}" fails its CRC-32 check: the file is corrupt`);
     }

@@ -1,0 +1,131 @@
+/**
+ * Reads into memory the process already uses go through small reused buffers (src/fs/staged-reads.ts):
+ * every byte lands where it belongs whatever sizes the reads return, no read writes into the target
+ * itself, a failure waits for the reads under way, and a local file's large reads into existing
+ * tensors take this path.
+ */
+import assert from "node:assert/strict";
+import { randomBytes } from "node:crypto";
+import { truncate, writeFile } from "node:fs/promises";
+import { join } from "node:path";
+import { test } from "node:test";
+import { STAGE_BYTES, keptStages, readThroughStages, type ReadAt } from "../src/fs/staged-reads.js";
+import { LocalFileSystem, Tensor, TorchTensorDumper, TorchTensorLoader } from "../src/index.js";
+import { seededRandom } from "../torture/plain-values.js";
+import { useTempDirs } from "./helpers/checkpoint-helpers.js";
+
+const tempDir = useTempDirs("staged-reads");
+
+/** A ReadAt over `file` that returns between 1 byte and what was asked, at random; it records the buffers it wrote into. */
+function shortReads(file: Uint8Array, seed: number, written: Set<ArrayBufferLike>): ReadAt {
+  const next = seededRandom(seed);
+  return async (buffer, offset, length, position) => {
+    written.add(buffer.buffer);
+    await new Promise((resolve) => setImmediate(resolve));
+    const count = Math.min(length, file.byteLength - position, 1 + Math.floor(next() * (next() < 0.5 ? length : 5000)));
+    buffer.set(file.subarray(position, position + count), offset);
+    return Math.max(count, 0);
+  };
+}
+
+const endedAt = (at: number): Error => new Error(`ended at ${at}`);
+
+test("every byte lands at its place, whatever the reads return, and the target is never read into", async () => {
+  const file = randomBytes(3 * STAGE_BYTES + 12_345);
+  for (const [seed, position, length] of [
+    [1, 0, file.byteLength],
+    [2, 777, 2 * STAGE_BYTES],
+    [3, STAGE_BYTES - 1, STAGE_BYTES + 2],
+    [4, 5, 100],
+  ] as const) {
+    const target = Buffer.alloc(length + 16, 0xee);
+    const written = new Set<ArrayBufferLike>();
+    await readThroughStages(shortReads(file, seed, written), target, position, length, endedAt);
+    assert.ok(target.subarray(0, length).equals(file.subarray(position, position + length)), `seed ${seed}: bytes differ`);
+    assert.ok(target.subarray(length).every((byte) => byte === 0xee), `seed ${seed}: written past the length`);
+    assert.ok(!written.has(target.buffer), `seed ${seed}: a read went straight into the target`);
+    assert.ok(written.size <= 3, `seed ${seed}: ${written.size} stages for one read`);
+  }
+});
+
+test("a file that ends early is an error naming where it ended", async () => {
+  const file = randomBytes(2 * STAGE_BYTES);
+  // The last 1000 bytes are missing: reads there return 0.
+  const readAt: ReadAt = async (buffer, offset, length, position) => {
+    const count = Math.max(0, Math.min(length, file.byteLength - 1000 - position));
+    buffer.set(file.subarray(position, position + count), offset);
+    return count;
+  };
+  await assert.rejects(readThroughStages(readAt, new Uint8Array(file.byteLength), 0, file.byteLength, endedAt), { message: `ended at ${file.byteLength - 1000}` });
+});
+
+test("a failed read is reported after the reads under way have ended, and their stages kept", async () => {
+  let running = 0;
+  const readAt: ReadAt = async (_buffer, _offset, length, position) => {
+    if (position === 0) throw Object.assign(new Error("EIO: i/o error, read"), { code: "EIO" });
+    running++;
+    await new Promise((resolve) => setTimeout(resolve, 20));
+    running--;
+    return length;
+  };
+  const error = await readThroughStages(readAt, new Uint8Array(3 * STAGE_BYTES), 0, 3 * STAGE_BYTES, endedAt).catch((e: unknown) => e);
+  assert.equal((error as NodeJS.ErrnoException).code, "EIO");
+  assert.equal(running, 0, "a read was still under way when the error came");
+  assert.ok(keptStages().length > 0);
+});
+
+test("a local file's large reads into existing memory go through the kept stages, small ones straight in", async () => {
+  const dir = await tempDir();
+  const path = join(dir, "bytes.bin");
+  const bytes = randomBytes(2 * STAGE_BYTES + 4097);
+  await writeFile(path, bytes);
+  const reader = await new LocalFileSystem().openReader(path);
+  try {
+    const stagesBefore = new Set(keptStages());
+    const target = Buffer.alloc(bytes.byteLength - 3);
+    const read = await reader.readIntoExisting!(3, bytes.byteLength - 3, target);
+    assert.ok(Buffer.from(read.buffer, read.byteOffset, read.byteLength).equals(bytes.subarray(3)));
+    assert.equal(read.buffer, target.buffer, "not read into the target");
+    // The last piece (4094 bytes from 2 stages + 3 on) went through a stage that is kept now.
+    const lastPiece = bytes.subarray(2 * STAGE_BYTES + 3);
+    assert.ok(keptStages().some((stage) => stage.byteLength === STAGE_BYTES && stage.subarray(0, lastPiece.byteLength).equals(lastPiece)), "the read did not go through the kept stages");
+    // The same stages serve the next read: no fresh memory per read.
+    const stagesAfter = new Set(keptStages());
+    await reader.readIntoExisting!(0, STAGE_BYTES + 1, Buffer.alloc(STAGE_BYTES + 1));
+    assert.deepEqual(new Set(keptStages()), stagesAfter);
+    assert.ok(stagesBefore.size === 0 || [...stagesBefore].some((stage) => stagesAfter.has(stage)));
+    // Below one stage, read straight in.
+    const small = Buffer.alloc(100);
+    await reader.readIntoExisting!(10, 100, small);
+    assert.ok(small.equals(bytes.subarray(10, 110)));
+    await assert.rejects(reader.readIntoExisting!(bytes.byteLength - STAGE_BYTES, STAGE_BYTES + 1, Buffer.alloc(STAGE_BYTES + 1)), RangeError);
+    await assert.rejects(reader.readIntoExisting!(0, STAGE_BYTES, Buffer.alloc(STAGE_BYTES - 1)), RangeError);
+    // Cut short after it was opened: named as a file that changed.
+    await truncate(path, STAGE_BYTES + 10);
+    await assert.rejects(reader.readIntoExisting!(0, 2 * STAGE_BYTES, Buffer.alloc(2 * STAGE_BYTES)), /bytes\.bin ended at \d+ bytes while \d+ were expected: it changed while being read/);
+  } finally {
+    await reader.close();
+  }
+});
+
+test("a load into existing tensors fills them through the stages, checked, and a damaged byte is still caught", async () => {
+  const dir = await tempDir();
+  const path = join(dir, "model.pt");
+  const values = (seed: number): Float32Array => Float32Array.from({ length: (3 * STAGE_BYTES) / 4 + 5 }, (_, i) => (i * 7 + seed) % 1013);
+  await new TorchTensorDumper().dump({ a: Tensor.from(values(1)), b: Tensor.from(values(2)) }, path);
+  const live = { a: Tensor.from(new Float32Array(values(0).length).fill(-1)), b: Tensor.from(new Float32Array(values(0).length).fill(-1)) };
+  const loaded = (await new TorchTensorLoader().load(path, { into: live })) as Record<string, Tensor>;
+  assert.equal(loaded.a, live.a);
+  assert.deepEqual(live.a.data, values(1));
+  assert.deepEqual(live.b.data, values(2));
+  // One flipped byte in b's data: the CRC check of what the stages copied in names it.
+  const { open } = await import("node:fs/promises");
+  const handle = await open(path, "r+");
+  const { size } = await handle.stat();
+  const at = size - 4096; // inside b, before the zip directory
+  const byte = Buffer.alloc(1);
+  await handle.read(byte, 0, 1, at);
+  await handle.write(Buffer.from([byte[0]! ^ 0x10]), 0, 1, at);
+  await handle.close();
+  await assert.rejects(new TorchTensorLoader().load(path, { into: live }), /fails its CRC-32 check/);
+});
