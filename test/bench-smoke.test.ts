@@ -87,6 +87,8 @@ describe("the benchmark harness", () => {
         );
       }
     }
+    // (c) through the page cache too: what the write path costs, apart from the manager.
+    assert.ok(diagnostics.split("\n").some((line) => line.startsWith("| (c)") && line.includes("directWrites: false") && / (s|ms|µs) /.test(line)), `no diagnostic (c) directWrites: false in:\n${diagnostics}`);
     assert.match(result.stdout, /page cache/);
     assert.match(result.stdout, /CPU: .*cores/);
     assert.match(result.stdout, /Load: .*load average/);

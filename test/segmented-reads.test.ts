@@ -2,11 +2,12 @@
 // buffer the size of the file: memory of that size is reused warm from one load to the next.
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
+import { crc32 as zlibCrc32 } from "node:zlib";
 import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { after, before, describe, it } from "node:test";
-import { MAX_BUFFER_BYTES, MemoryReader } from "../src/formats/byte-io.js";
+import { MemoryReader } from "../src/formats/byte-io.js";
 import { SEGMENT_BYTES, SegmentedReader, segmentStarts } from "../src/formats/segmented-reader.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { readFileInSegments, segmentsFitInBuffers } from "../src/io/whole-file.js";
@@ -80,10 +81,13 @@ it("a file of any size is read in segments, unless one part is larger than a Nod
   const part = 2 ** 24;
   const cuts = Array.from({ length: 512 }, (_, i) => i * part);
   assert.ok(segmentsFitInBuffers(segmentStarts(cuts, 512 * part)));
-  // One part of exactly the largest buffer fits; one byte more does not (the loaders then read part by part).
-  assert.ok(segmentsFitInBuffers(segmentStarts([0, 100], 100 + MAX_BUFFER_BYTES)));
-  assert.ok(!segmentsFitInBuffers(segmentStarts([0, 100], 101 + MAX_BUFFER_BYTES)));
   assert.ok(segmentsFitInBuffers(segmentStarts([], 0)));
+  // With a largest buffer of 1000 bytes: a segment's memory is its bytes and the padding that puts
+  // them at their file offset modulo 64, so a part of 1000 bytes fits at offset 128, not at 100.
+  assert.ok(segmentsFitInBuffers(segmentStarts([0, 128], 1128, 64), 1000));
+  assert.ok(!segmentsFitInBuffers(segmentStarts([0, 128], 1129, 64), 1000));
+  assert.ok(segmentsFitInBuffers(segmentStarts([0, 100], 1064, 64), 1000)); // 36 of padding + 964
+  assert.ok(!segmentsFitInBuffers(segmentStarts([0, 100], 1065, 64), 1000));
 });
 
 describe("SegmentedReader", () => {
@@ -275,9 +279,16 @@ describe("loading a safetensors file of small tensors in segments", () => {
     bytes[8] = 0x20; // the header's "{"
     await writeFile(path, bytes);
     await assert.rejects(new SafetensorsLoader().load(path), /SAFETENSORS_JSON|does not start with/);
-    await assert.rejects(new SafetensorsLoader().load(path, { expectedDigest: digest }), (error: unknown) => {
+    const namesTheDigest = (error: unknown): boolean => {
       assert.match(String((error as Error).message) + String((error as Error).cause), /its CRC-32 is [0-9a-f]{8}, it should be/);
       return true;
-    });
+    };
+    await assert.rejects(new SafetensorsLoader().load(path, { expectedDigest: digest }), namesTheDigest);
+    // In place too, where the file is read in order rather than in segments.
+    await assert.rejects(new SafetensorsLoader().load(path, { expectedDigest: digest, into: { w: Tensor.from(new Float32Array(1000)) } }), namesTheDigest);
+    // The digest given is the damaged file's own: the header's error itself.
+    const damaged = { ...digest, crc32: zlibCrc32(bytes) };
+    await assert.rejects(new SafetensorsLoader().load(path, { expectedDigest: damaged }), /SAFETENSORS_JSON|does not start with/);
+    await assert.rejects(new SafetensorsLoader().load(path, { expectedDigest: damaged, into: { w: Tensor.from(new Float32Array(1000)) } }), /SAFETENSORS_JSON|does not start with/);
   });
 });

@@ -6,11 +6,11 @@
  */
 import assert from "node:assert/strict";
 import { randomBytes } from "node:crypto";
-import { truncate, writeFile } from "node:fs/promises";
+import { open, truncate, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { STAGE_BYTES, keptStages, readThroughStages, type ReadAt } from "../src/fs/staged-reads.js";
-import { LocalFileSystem, Tensor, TorchTensorDumper, TorchTensorLoader } from "../src/index.js";
+import { LocalFileSystem, SafetensorsDumper, SafetensorsLoader, Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader } from "../src/index.js";
 import { seededRandom } from "../torture/plain-values.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
 
@@ -81,7 +81,6 @@ test("a local file's large reads into existing memory go through the kept stages
   await writeFile(path, bytes);
   const reader = await new LocalFileSystem().openReader(path);
   try {
-    const stagesBefore = new Set(keptStages());
     const target = Buffer.alloc(bytes.byteLength - 3);
     const read = await reader.readIntoExisting!(3, bytes.byteLength - 3, target);
     assert.ok(Buffer.from(read.buffer, read.byteOffset, read.byteLength).equals(bytes.subarray(3)));
@@ -89,11 +88,12 @@ test("a local file's large reads into existing memory go through the kept stages
     // The last piece (4094 bytes from 2 stages + 3 on) went through a stage that is kept now.
     const lastPiece = bytes.subarray(2 * STAGE_BYTES + 3);
     assert.ok(keptStages().some((stage) => stage.byteLength === STAGE_BYTES && stage.subarray(0, lastPiece.byteLength).equals(lastPiece)), "the read did not go through the kept stages");
-    // The same stages serve the next read: no fresh memory per read.
-    const stagesAfter = new Set(keptStages());
+    // The same stages serve the next read (no fresh memory per read): kept stages of the first
+    // read now hold what the second read brought.
+    const firstReadStages = new Set(keptStages());
     await reader.readIntoExisting!(0, STAGE_BYTES + 1, Buffer.alloc(STAGE_BYTES + 1));
-    assert.deepEqual(new Set(keptStages()), stagesAfter);
-    assert.ok(stagesBefore.size === 0 || [...stagesBefore].some((stage) => stagesAfter.has(stage)));
+    assert.ok(keptStages().every((stage) => firstReadStages.has(stage)), "a stage was allocated anew");
+    assert.ok(keptStages().some((stage) => stage.equals(bytes.subarray(0, STAGE_BYTES))), "the second read did not use the kept stages");
     // Below one stage, read straight in.
     const small = Buffer.alloc(100);
     await reader.readIntoExisting!(10, 100, small);
@@ -108,18 +108,33 @@ test("a local file's large reads into existing memory go through the kept stages
   }
 });
 
+/** Zeroes the kept stages, so what a later read leaves in them shows it went through them. */
+function clearStages(): void {
+  for (const stage of keptStages()) stage.fill(0);
+}
+
+/** A stage holds `tail` at its start: the last piece of a staged read. */
+function stagedLast(tail: Uint8Array): boolean {
+  return keptStages().some((stage) => stage.subarray(0, tail.byteLength).equals(tail));
+}
+
+/** 3 stages and 20 bytes of float32: the last piece of a staged read of it is 20 bytes. */
+const values = (seed: number): Float32Array => Float32Array.from({ length: (3 * STAGE_BYTES) / 4 + 5 }, (_, i) => (i * 7 + seed) % 1013);
+const bytesOf = (array: Float32Array): Buffer => Buffer.from(array.buffer, array.byteOffset, array.byteLength);
+const liveState = (): { a: Tensor; b: Tensor } => ({ a: Tensor.from(new Float32Array(values(0).length).fill(-1)), b: Tensor.from(new Float32Array(values(0).length).fill(-1)) });
+
 test("a load into existing tensors fills them through the stages, checked, and a damaged byte is still caught", async () => {
   const dir = await tempDir();
   const path = join(dir, "model.pt");
-  const values = (seed: number): Float32Array => Float32Array.from({ length: (3 * STAGE_BYTES) / 4 + 5 }, (_, i) => (i * 7 + seed) % 1013);
   await new TorchTensorDumper().dump({ a: Tensor.from(values(1)), b: Tensor.from(values(2)) }, path);
-  const live = { a: Tensor.from(new Float32Array(values(0).length).fill(-1)), b: Tensor.from(new Float32Array(values(0).length).fill(-1)) };
+  const live = liveState();
+  clearStages();
   const loaded = (await new TorchTensorLoader().load(path, { into: live })) as Record<string, Tensor>;
   assert.equal(loaded.a, live.a);
   assert.deepEqual(live.a.data, values(1));
   assert.deepEqual(live.b.data, values(2));
+  assert.ok(stagedLast(bytesOf(values(2)).subarray(3 * STAGE_BYTES)), "b was not read through the stages");
   // One flipped byte in b's data: the CRC check of what the stages copied in names it.
-  const { open } = await import("node:fs/promises");
   const handle = await open(path, "r+");
   const { size } = await handle.stat();
   const at = size - 4096; // inside b, before the zip directory
@@ -128,4 +143,19 @@ test("a load into existing tensors fills them through the stages, checked, and a
   await handle.write(Buffer.from([byte[0]! ^ 0x10]), 0, 1, at);
   await handle.close();
   await assert.rejects(new TorchTensorLoader().load(path, { into: live }), /fails its CRC-32 check/);
+});
+
+test("a safetensors load into existing tensors fills them through the stages, its digest checked", async () => {
+  const dir = await tempDir();
+  const path = join(dir, "model.safetensors");
+  const digest = await new SafetensorsDumper().dump({ a: Tensor.from(values(3)), b: Tensor.from(values(4)) }, path);
+  const live = liveState();
+  clearStages();
+  const loaded = (await new SafetensorsLoader().load(path, { into: live, expectedDigest: digest })) as Record<string, Tensor>;
+  assert.equal(loaded.b, live.b);
+  assert.deepEqual(live.a.data, values(3));
+  assert.deepEqual(live.b.data, values(4));
+  assert.ok(stagedLast(bytesOf(values(4)).subarray(3 * STAGE_BYTES)), "b was not read through the stages");
+  // The digest covers the bytes read through the stages: another digest is refused.
+  await assert.rejects(new SafetensorsLoader().load(path, { into: liveState(), expectedDigest: { ...digest, crc32: (digest.crc32 + 1) >>> 0 } }), TensorLoadError);
 });

@@ -62,33 +62,36 @@ export class SafetensorsLoader implements TensorLoader {
       let source: RandomAccessReader;
       let sequential: SequentialCrcReader | undefined;
       let header: SafetensorsHeader;
-      // The header first, from the file, to cut the file into segments at tensors (see
-      // readFileInSegments). A header that does not parse is reported after the digest is
-      // checked: the digest names damage first.
-      let parsed: SafetensorsHeader | undefined;
-      let headerError: unknown;
-      let starts: Float64Array | undefined;
-      if (into === undefined) {
+      // A header that does not parse is reported after the digest is checked: the digest names
+      // damage first. The file's CRC is then streamed, not read into memory.
+      const headerOrDigestFirst = async (from: RandomAccessReader, fileCrc: () => Promise<number>): Promise<SafetensorsHeader> => {
         try {
-          parsed = await readSafetensorsHeader(reader);
+          return await readSafetensorsHeader(from);
         } catch (error) {
-          if (expected === undefined) throw error; // with no digest to name damage first, at once
-          headerError = error;
+          if (expected !== undefined) checkDigestCrc(await fileCrc(), expected.crc32);
+          throw error;
         }
-        const cuts = parsed === undefined ? [] : [parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b);
+      };
+      let starts: Float64Array | undefined;
+      let parsed: SafetensorsHeader | undefined;
+      if (into === undefined) {
+        // The header first, from the file, to cut the file into segments at tensors (readFileInSegments).
+        parsed = await headerOrDigestFirst(reader, () => new SequentialCrcReader(reader).fileCrc());
+        const cuts = [parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b);
         starts = segmentStarts(cuts, reader.size);
       }
-      if (starts !== undefined && segmentsFitInBuffers(starts)) {
+      if (parsed !== undefined && starts !== undefined && segmentsFitInBuffers(starts)) {
         const whole = await readFileInSegments(reader, starts, { crc: expected !== undefined, onProgress: options.onProgress });
         if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);
-        if (parsed === undefined) throw headerError;
         source = whole.reader;
         header = parsed;
       } else {
-        // In place, or with a tensor larger than one Node.js buffer (refused by name while reading):
-        // the length, the header and the tensors tile the file, so reading them in order checksums it all.
-        source = sequential = new SequentialCrcReader(reader);
-        header = await readSafetensorsHeader(source);
+        // In place, or with a tensor larger than one Node.js buffer (refused by name before any is
+        // read): the length, the header and the tensors tile the file, so reading them in order
+        // checksums it all.
+        const inOrder = new SequentialCrcReader(reader);
+        source = sequential = inOrder;
+        header = await headerOrDigestFirst(inOrder, () => inOrder.fileCrc());
       }
 
       const metadata = new Map(header.metadata ?? []);

@@ -36,12 +36,13 @@ export async function readFileInSegments(reader: RandomAccessReader, starts: Flo
 }
 
 /**
- * Whether each segment (`segmentStarts`) fits in one Node.js buffer, as readFileInSegments needs.
- * Only a part larger than that (a tensor of more than 4 GiB on Node 20) keeps a file from being
- * read this way; the file's own size does not matter, as every large part is a segment of its own.
+ * Whether each segment (`segmentStarts`) fits in one buffer of at most `maxBytes` with the padding
+ * readFileInSegments puts before it. Only a part about that large (a tensor of 4 GiB on Node 20)
+ * keeps a file from being read this way; the file's own size does not matter, as every large part
+ * is a segment of its own.
  */
-export function segmentsFitInBuffers(starts: Float64Array): boolean {
-  for (let i = 0; i + 1 < starts.length; i++) if (starts[i + 1]! - starts[i]! > MAX_BUFFER_BYTES) return false;
+export function segmentsFitInBuffers(starts: Float64Array, maxBytes = MAX_BUFFER_BYTES): boolean {
+  for (let i = 0; i + 1 < starts.length; i++) if ((starts[i]! % FILE_ALIGNMENT) + starts[i + 1]! - starts[i]! > maxBytes) return false;
   return true;
 }
 

@@ -198,11 +198,15 @@ export async function readSafetensorsData(
   const tensors = new Map<string, Tensor>();
   const total = reader.size - header.dataStart;
   let done = 0;
-  for (const entry of [...header.entries].sort((a, b) => a.begin - b.begin)) {
+  // Every tensor's size before the first is read: one too large for a buffer is refused up front.
+  for (const entry of header.entries) {
     const length = entry.end - entry.begin;
     if (length > MAX_BUFFER_BYTES) {
       throw new FormatError("SAFETENSORS_SIZE", `tensor ${JSON.stringify(entry.name)} has ${length} bytes, more than the ${MAX_BUFFER_BYTES} one Node.js buffer can hold`);
     }
+  }
+  for (const entry of [...header.entries].sort((a, b) => a.begin - b.begin)) {
+    const length = entry.end - entry.begin;
     const target = options.target?.(entry);
     if (target !== undefined && target.byteLength !== length) throw new RangeError(`the target for ${entry.name} has ${target.byteLength} bytes, not ${length}`);
     const bytes = length === 0 ? new Uint8Array(0) : target === undefined ? await reader.read(entry.begin, length) : await readIntoExisting(reader, entry.begin, length, target);
