@@ -13,7 +13,7 @@ import {
   type CrashScenarioName,
   type StepExpectation,
 } from "./helpers/crash-scenarios.js";
-import { bundleChild } from "./helpers/bundle-child.js";
+import { bundleChild } from "../torture/lib/bundle-child.js";
 
 /**
  * Real writers in child processes, killed with SIGKILL: by themselves at the points where they
@@ -24,7 +24,7 @@ import { bundleChild } from "./helpers/bundle-child.js";
  */
 
 const CHILD = join(import.meta.dirname, "helpers", "crash-child.ts");
-/** CHILD bundled into plain JavaScript (helpers/bundle-child.ts): it is started once per kill point. */
+/** CHILD bundled into plain JavaScript (torture/lib/bundle-child.ts): it is started once per kill point. */
 let bundledChild: { path: string; remove: () => Promise<void> };
 /** The issue asks for at least this many kill points over the suite. */
 const MIN_KILL_POINTS = 50;

@@ -3,6 +3,7 @@ import { spawn } from "node:child_process";
 import { existsSync } from "node:fs";
 import { dirname, join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { bundledOnce } from "../../torture/lib/bundle-child.js";
 
 const ROOT = dirname(dirname(dirname(fileURLToPath(import.meta.url))));
 const CLI = join(ROOT, "dist", "cli", "main.js");
@@ -22,13 +23,17 @@ export interface Launch {
 }
 
 /**
- * Runs `ckpt launch <flags> -- node --import tsx distributed-worker.ts <args>` (or `options.worker`) to its end;
- * `onOutput` sees the output as it comes.
+ * Runs `ckpt launch <flags> -- node distributed-worker <args>` (or `options.worker`) to its end,
+ * the worker bundled once per test process (torture/lib/bundle-child.ts: no loader to start in
+ * each rank; with tsx's loader for a redis:// rendezvous); `onOutput` sees the output as it comes.
  */
-export function launch(flags: string[], args: string[], options: { env?: NodeJS.ProcessEnv; onOutput?: (stdout: string) => void; worker?: string } = {}): Promise<Launch> {
+export async function launch(flags: string[], args: string[], options: { env?: NodeJS.ProcessEnv; onOutput?: (stdout: string) => void; worker?: string } = {}): Promise<Launch> {
   assert.ok(existsSync(CLI), "dist/cli/main.js is missing: run `npm run build` (npm test does) first");
+  // A redis:// rendezvous loads its transport by a computed import, which a bundle cannot follow.
+  const script = options.worker ?? WORKER;
+  const worker = flags.some((flag) => flag.includes("redis://")) ? ["--import", "tsx", script] : [await bundledOnce(script)];
   return new Promise((resolve, reject) => {
-    const child = spawn(process.execPath, [CLI, "launch", ...flags, "--", process.execPath, "--import", "tsx", options.worker ?? WORKER, ...args], {
+    const child = spawn(process.execPath, [CLI, "launch", ...flags, "--", process.execPath, ...worker, ...args], {
       cwd: ROOT,
       env: { ...process.env, ...options.env },
       stdio: ["ignore", "pipe", "pipe"],

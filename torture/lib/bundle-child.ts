@@ -1,9 +1,10 @@
 import { build } from "esbuild";
+import { rmSync } from "node:fs";
 import { rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 
 /** Where bundles go: inside the checkout, so packages they leave external resolve from its node_modules. */
-const BUNDLE_DIR = join(import.meta.dirname, "..", "..", "node_modules", ".cache", "ckpt-tests");
+const BUNDLE_DIR = join(import.meta.dirname, "..", "..", "node_modules", ".cache", "ckpt-children");
 
 /**
  * Bundles a TypeScript child script, with the library source it imports, into one JavaScript
@@ -16,4 +17,20 @@ export async function bundleChild(entry: string): Promise<{ path: string; remove
   const path = join(BUNDLE_DIR, `${basename(entry, ".ts")}-${process.pid}.mjs`);
   await build({ entryPoints: [entry], outfile: path, bundle: true, platform: "node", format: "esm", target: "node20", packages: "external", logLevel: "error" });
   return { path, remove: () => rm(path, { force: true }) };
+}
+
+/** Each script bundled once per process (bundleChild), its bundle removed when the process exits. */
+const bundles = new Map<string, Promise<string>>();
+
+/** The path of `entry` bundled, made on the first call for it in this process. */
+export function bundledOnce(entry: string): Promise<string> {
+  let path = bundles.get(entry);
+  if (path === undefined) {
+    path = bundleChild(entry).then(({ path: bundlePath }) => {
+      process.once("exit", () => rmSync(bundlePath, { force: true }));
+      return bundlePath;
+    });
+    bundles.set(entry, path);
+  }
+  return path;
 }
