@@ -13,7 +13,7 @@ import {
   type CrashScenarioName,
   type StepExpectation,
 } from "./helpers/crash-scenarios.js";
-import { bundleChild } from "../torture/lib/bundle-child.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 /**
  * Real writers in child processes, killed with SIGKILL: by themselves at the points where they
@@ -25,7 +25,7 @@ import { bundleChild } from "../torture/lib/bundle-child.js";
 
 const CHILD = join(import.meta.dirname, "helpers", "crash-child.ts");
 /** CHILD bundled into plain JavaScript (torture/lib/bundle-child.ts): it is started once per kill point. */
-let bundledChild: { path: string; remove: () => Promise<void> };
+let bundledChild: string;
 /** The issue asks for at least this many kill points over the suite. */
 const MIN_KILL_POINTS = 50;
 /** Kills at random times in the large-state scenario. */
@@ -41,11 +41,10 @@ let root: string;
 let killPoints = 0;
 before(async () => {
   root = await mkdtemp(join(tmpdir(), "ckpt-crash-"));
-  bundledChild = await bundleChild(CHILD);
+  bundledChild = await bundledOnce(CHILD);
 });
 after(async () => {
   await rm(root, { recursive: true, force: true });
-  await bundledChild.remove();
 });
 
 interface ChildRun {
@@ -64,7 +63,7 @@ function runChild(dir: string, scenario: CrashScenarioName, kill: { at?: number;
     const env = { ...process.env };
     delete env.CRASH_AT;
     if (kill.at !== undefined) env.CRASH_AT = String(kill.at);
-    const child = spawn(process.execPath, [bundledChild.path, dir, scenario], { env, stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bundledChild, dir, scenario], { env, stdio: ["ignore", "pipe", "pipe"] });
     const lines: string[] = [];
     let pending = "";
     let stderr = "";

@@ -13,6 +13,7 @@ import { STAGE_BYTES, keptStages, readThroughStages, type ReadAt } from "../src/
 import { LocalFileSystem, SafetensorsDumper, SafetensorsLoader, Tensor, TensorLoadError, TorchTensorDumper, TorchTensorLoader } from "../src/index.js";
 import { seededRandom } from "../torture/plain-values.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { requireTorch, runPython } from "./helpers/torch-python.js";
 
 const tempDir = useTempDirs("staged-reads");
 
@@ -158,4 +159,22 @@ test("a safetensors load into existing tensors fills them through the stages, it
   assert.ok(stagedLast(bytesOf(values(4)).subarray(3 * STAGE_BYTES)), "b was not read through the stages");
   // The digest covers the bytes read through the stages: another digest is refused.
   await assert.rejects(new SafetensorsLoader().load(path, { into: liveState(), expectedDigest: { ...digest, crc32: (digest.crc32 + 1) >>> 0 } }), TensorLoadError);
+});
+
+test("a legacy file (torch.save before 1.6) loaded into existing tensors goes through the stages", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const path = join(await tempDir(), "legacy.pt");
+  const numel = (3 * STAGE_BYTES) / 4 + 5;
+  runPython(python, `
+import sys, torch
+torch.save({"w": torch.arange(${numel}, dtype=torch.float32)}, sys.argv[1], _use_new_zipfile_serialization=False)
+`, [path]);
+  const live = { w: Tensor.from(new Float32Array(numel).fill(-1)) };
+  clearStages();
+  const loaded = (await new TorchTensorLoader().load(path, { into: live })) as Record<string, Tensor>;
+  assert.equal(loaded.w, live.w);
+  const expected = Float32Array.from({ length: numel }, (_, i) => i);
+  assert.deepEqual(live.w.data, expected);
+  assert.ok(stagedLast(bytesOf(expected).subarray(3 * STAGE_BYTES)), "w was not read through the stages");
 });

@@ -72,14 +72,9 @@ export class SafetensorsLoader implements TensorLoader {
           throw error;
         }
       };
-      let starts: Float64Array | undefined;
-      let parsed: SafetensorsHeader | undefined;
-      if (into === undefined) {
-        // The header first, from the file, to cut the file into segments at tensors (readFileInSegments).
-        parsed = await headerOrDigestFirst(reader, () => new SequentialCrcReader(reader).fileCrc());
-        const cuts = [parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b);
-        starts = segmentStarts(cuts, reader.size);
-      }
+      // Without `into`, the header first, from the file, to cut the file into segments at tensors (readFileInSegments).
+      const parsed = into === undefined ? await headerOrDigestFirst(reader, () => new SequentialCrcReader(reader).fileCrc()) : undefined;
+      const starts = parsed === undefined ? undefined : segmentStarts([parsed.dataStart, ...parsed.entries.map((entry) => entry.begin)].sort((a, b) => a - b), reader.size);
       if (parsed !== undefined && starts !== undefined && segmentsFitInBuffers(starts)) {
         const whole = await readFileInSegments(reader, starts, { crc: expected !== undefined, onProgress: options.onProgress });
         if (expected !== undefined) checkDigestCrc(whole.crc32!, expected.crc32);

@@ -1,6 +1,5 @@
 import { build } from "esbuild";
 import { rmSync } from "node:fs";
-import { rm } from "node:fs/promises";
 import { basename, join } from "node:path";
 
 /** Where bundles go: inside the checkout, so packages they leave external resolve from its node_modules. */
@@ -10,26 +9,23 @@ const BUNDLE_DIR = join(import.meta.dirname, "..", "..", "node_modules", ".cache
  * Bundles a TypeScript child script, with the library source it imports, into one JavaScript
  * file that plain `node` runs. A test that starts a child per kill point starts it hundreds of
  * times: with tsx's loader a start took 0.7–1.7 s on the CI machine, bundled 0.2 s. Packages stay
- * external (loaded from node_modules as the library loads them). Returns the bundle's path and a
- * function that removes it.
+ * external (loaded from node_modules as the library loads them).
  */
-export async function bundleChild(entry: string): Promise<{ path: string; remove: () => Promise<void> }> {
+async function bundleChild(entry: string): Promise<string> {
   const path = join(BUNDLE_DIR, `${basename(entry, ".ts")}-${process.pid}.mjs`);
   await build({ entryPoints: [entry], outfile: path, bundle: true, platform: "node", format: "esm", target: "node20", packages: "external", logLevel: "error" });
-  return { path, remove: () => rm(path, { force: true }) };
+  process.once("exit", () => rmSync(path, { force: true }));
+  return path;
 }
 
-/** Each script bundled once per process (bundleChild), its bundle removed when the process exits. */
+/** Each script bundled once per process, its bundle removed when the process exits. */
 const bundles = new Map<string, Promise<string>>();
 
-/** The path of `entry` bundled, made on the first call for it in this process. */
+/** The path of `entry` bundled (bundleChild), made on the first call for it in this process. */
 export function bundledOnce(entry: string): Promise<string> {
   let path = bundles.get(entry);
   if (path === undefined) {
-    path = bundleChild(entry).then(({ path: bundlePath }) => {
-      process.once("exit", () => rmSync(bundlePath, { force: true }));
-      return bundlePath;
-    });
+    path = bundleChild(entry);
     bundles.set(entry, path);
   }
   return path;

@@ -1,7 +1,7 @@
 import { crc32 } from "../crc32.js";
 import type { Storage } from "../../tensor/storage.js";
 import type { StateValue } from "../../values/py-values.js";
-import type { RandomAccessReader } from "../byte-io.js";
+import { readIntoExisting, type RandomAccessReader } from "../byte-io.js";
 import { RECORD_HEADER_SIZE, checkCount, readLegacyStructure, type LegacyRecord } from "./legacy-reader.js";
 import { matchTargets } from "./torch-reader.js";
 
@@ -50,10 +50,11 @@ export async function readLegacyTorchFile(reader: RandomAccessReader, options: L
     done += record.size;
     options.onProgress?.(done, total);
   };
-  // Bytes already read for the pickles are taken from that window, not read again.
+  // Bytes already read for the pickles are taken from that window, not read again. A tensor
+  // filled in place is memory the process already uses (RandomAccessReader.readIntoExisting).
   const { window } = structure;
-  const read = async (at: number, length: number, target?: Uint8Array): Promise<Uint8Array> => {
-    if (at + length > window.length) return reader.read(at, length, target);
+  const read = async (at: number, length: number, target?: Uint8Array, existing = false): Promise<Uint8Array> => {
+    if (at + length > window.length) return target !== undefined && existing ? readIntoExisting(reader, at, length, target) : reader.read(at, length, target);
     const bytes = window.subarray(at, at + length);
     if (target === undefined) return bytes;
     target.set(bytes);
@@ -66,7 +67,7 @@ export async function readLegacyTorchFile(reader: RandomAccessReader, options: L
     if (record.size >= SMALL_RECORD_BYTES) {
       const count = await read(record.at, RECORD_HEADER_SIZE);
       checkCount(record, count);
-      const data = await read(record.at + RECORD_HEADER_SIZE, record.size, places.get(record)!);
+      const data = await read(record.at + RECORD_HEADER_SIZE, record.size, places.get(record)!, targets.has(record.storage));
       checksum(count);
       checksum(data);
       finish(record, data);
