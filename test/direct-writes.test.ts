@@ -5,7 +5,7 @@ import { constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
 import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
-import { LocalFileSystem, TorchTensorDumper, TorchTensorLoader, Tensor } from "../src/index.js";
+import { LocalFileSystem, SafetensorsDumper, SafetensorsLoader, TorchTensorDumper, TorchTensorLoader, Tensor } from "../src/index.js";
 import { seededRandom } from "../torture/plain-values.js";
 import { keptDirectBlocks } from "../src/fs/direct-writes.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
@@ -103,6 +103,62 @@ test("by default a file past 16 MiB is written around the page cache, byte for b
   await second.close();
   assert.equal(residentBytes(join(dir, "plain.bin")), data.byteLength);
   assert.ok((await readFile(join(dir, "plain.bin"))).equals(data));
+});
+
+test("a file announced as small gets direct-write blocks of a quarter of the size; a large or unannounced one, full blocks", async () => {
+  const dir = await tempDir();
+  // Sizes no other test here uses: 200 KiB full blocks, so 48 KiB quarters (whole 4 KiB units).
+  const full = 200 << 10;
+  const quarter = 48 << 10;
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: full } });
+  const keptOf = (size: number): number => keptDirectBlocks().filter((block) => block.byteLength === size).length;
+  const write = async (name: string, size: number, announced: boolean, seed: number): Promise<void> => {
+    const data = randomBytes(size);
+    const writer = await fileSystem.createWriter(join(dir, name));
+    if (announced) writer.expectBytes?.(size);
+    const random = seededRandom(seed);
+    for (let done = 0; done < size; ) {
+      const take = Math.min(Math.floor(random() * 60_000), size - done);
+      await writer.write(data.subarray(done, done + take));
+      done += take;
+    }
+    await writer.close();
+    assert.ok((await readFile(join(dir, name))).equals(data), `${name} differs from what was written`);
+  };
+  // Under eight full blocks (1.6 MiB): quarter blocks.
+  await write("small.bin", 1 << 20, true, 31);
+  assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 0]);
+  // Past it, or not announced: full blocks, as before.
+  await write("large.bin", 4 << 20, true, 32);
+  assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 3]);
+  await write("unannounced.bin", 1 << 20, false, 33);
+  assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 3]);
+  // Both sizes are kept side by side: two large files written at once leave six full blocks, and a
+  // small file after them pushes none of those out.
+  await Promise.all([write("large-1.bin", 4 << 20, true, 35), write("large-2.bin", 4 << 20, true, 36)]);
+  const fullBlocks = keptDirectBlocks().filter((block) => block.byteLength === full);
+  assert.equal(fullBlocks.length, 6);
+  await write("small-again.bin", 1 << 20, true, 34);
+  assert.deepEqual(keptDirectBlocks().filter((block) => block.byteLength === full), fullBlocks, "a small file pushed out kept full blocks");
+  assert.equal(keptOf(quarter), 3);
+});
+
+test("the torch and safetensors dumpers announce their file's size: a small state is written in quarter-size blocks", async () => {
+  const dir = await tempDir();
+  const full = 240 << 10;
+  const quarter = 60 << 10;
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: full } });
+  const keptOf = (size: number): number => keptDirectBlocks().filter((block) => block.byteLength === size).length;
+  // 1 MiB of tensors: past one full block (direct writes start), under eight.
+  const state = { model: Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`w${i}`, Tensor.from(new Float32Array(16_384).fill(i + 0.5), { shape: [128, 128] })])) };
+  await new TorchTensorDumper({ fileSystem }).dump(state, join(dir, "model.pt"));
+  assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 0]);
+  const loaded = (await new TorchTensorLoader().load(join(dir, "model.pt"))) as { model: Record<string, Tensor> };
+  assert.equal((loaded.model.w15!.data as Float32Array)[16_383], 15.5);
+  await new SafetensorsDumper({ fileSystem }).dump(state, join(dir, "model.safetensors"));
+  assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 0]);
+  const fromSafetensors = (await new SafetensorsLoader().load(join(dir, "model.safetensors"))) as { model: Record<string, Tensor> };
+  assert.equal((fromSafetensors.model.w7!.data as Float32Array)[0], 7.5);
 });
 
 test("where WebAssembly memory cannot be had, blocks are plain buffers found by the probe, and files are exact", async () => {

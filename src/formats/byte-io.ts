@@ -41,6 +41,11 @@ export function readIntoExisting(reader: RandomAccessReader, position: number, l
 /** Takes bytes in order (a local file, a multipart upload). `write` may keep `chunk` until it resolves. */
 export interface ByteSink {
   write(chunk: Uint8Array): Promise<void>;
+  /**
+   * Optional: the bytes the caller will write in all (about: headers aside), told before the first
+   * write. A sink may size its buffers by it (LocalFileWriter's direct-write blocks).
+   */
+  expectBytes?(total: number): void;
 }
 
 /** A RandomAccessReader over bytes already in memory; reads without a target are views, not copies. */

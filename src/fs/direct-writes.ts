@@ -18,9 +18,9 @@ export const DEFAULT_DIRECT_BLOCK_BYTES = 16 << 20;
 const BLOCKS_PER_FILE = 3;
 
 /**
- * Blocks kept for the next save once a file is written: a block of fresh memory costs far more to
- * fill the first time than to reuse (page faults), and saves come back again and again. Six
- * blocks are two files written at once.
+ * Blocks kept of each size for the next save once a file is written: a block of fresh memory costs
+ * far more to fill the first time than to reuse (page faults), and saves come back again and again.
+ * Six blocks are two files written at once.
  */
 const KEPT_BLOCKS = 2 * BLOCKS_PER_FILE;
 
@@ -209,10 +209,16 @@ export function keptDirectBlocks(): readonly Buffer[] {
   return freeBlocks.map((free) => free.block);
 }
 
-/** Keeps the blocks given back last: a process that moves to another disk or block size keeps the new ones. */
+/**
+ * Keeps the blocks given back last, KEPT_BLOCKS of each size (a save writes small files in small
+ * blocks, see LocalFileWriter.expectBytes): a process that moves to another disk keeps the new ones.
+ */
 function giveBlock(block: Buffer, device: number): void {
   freeBlocks.push({ block, device });
-  if (freeBlocks.length > KEPT_BLOCKS) freeBlocks.shift();
+  const size = block.byteLength;
+  if (freeBlocks.filter((free) => free.block.byteLength === size).length > KEPT_BLOCKS) {
+    freeBlocks.splice(freeBlocks.findIndex((free) => free.block.byteLength === size), 1);
+  }
 }
 
 /** EINVAL is how Linux refuses O_DIRECT: at open on a file system without it, at a write it cannot align. */

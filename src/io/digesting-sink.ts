@@ -16,6 +16,10 @@ export class DigestingSink implements ByteSink {
     await this.sink.write(chunk);
   }
 
+  expectBytes(total: number): void {
+    this.sink.expectBytes?.(total);
+  }
+
   get digest(): FileDigest {
     return { size: this.size, crc32: this.crc };
   }

@@ -59,8 +59,9 @@ export async function writeSafetensors(
   const head = new Uint8Array(LENGTH_PREFIX_SIZE + headerLength).fill(0x20);
   new DataView(head.buffer).setBigUint64(0, BigInt(headerLength), true);
   head.set(json, LENGTH_PREFIX_SIZE);
-  await sink.write(head);
   const total = head.byteLength + position;
+  sink.expectBytes?.(total);
+  await sink.write(head);
   let done = head.byteLength;
   for (const { index } of order) {
     const tensor = list[index]![1];

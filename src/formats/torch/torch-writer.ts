@@ -68,8 +68,9 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
 
   const { onProgress } = options;
   let done = 0;
-  // Only with a progress callback: the loop touches every storage, a cache miss per tensor.
-  const total = onProgress === undefined ? 0 : storages.reduce((sum, storage) => sum + storage.bytes.byteLength, pickle.byteLength);
+  // The file's size but for its zip headers: the sink may size its buffers by it.
+  const total = storages.reduce((sum, storage) => sum + storage.bytes.byteLength, pickle.byteLength);
+  sink.expectBytes?.(total);
   const counted: ByteSink =
     onProgress === undefined
       ? sink
