@@ -141,9 +141,32 @@ test("a file announced as small gets direct-write blocks of a quarter of the siz
   await write("small-again.bin", 1 << 20, true, 34);
   assert.deepEqual(keptDirectBlocks().filter((block) => block.byteLength === full), fullBlocks, "a small file pushed out kept full blocks");
   assert.equal(keptOf(quarter), 3);
+  // Announced once bytes are written, the size changes nothing: full blocks (320 KiB, not 80).
+  const late = randomBytes(1 << 20);
+  const lateWriter = await new LocalFileSystem({ directWrites: { blockBytes: 320 << 10 } }).createWriter(join(dir, "late.bin"));
+  await lateWriter.write(late.subarray(0, 10));
+  lateWriter.expectBytes?.(late.byteLength);
+  await lateWriter.write(late.subarray(10));
+  await lateWriter.close();
+  assert.ok((await readFile(join(dir, "late.bin"))).equals(late));
+  assert.deepEqual([keptOf(80 << 10), keptOf(320 << 10)], [0, 3], "a late announcement took small blocks");
+  // A quarter is rounded down to whole 4 KiB units (44 KiB: 8 KiB blocks), and only the last two
+  // sizes given back are kept: the 48 KiB ones go, so kept memory stays bounded.
+  await writeInChunks(new LocalFileSystem({ directWrites: { blockBytes: 44 << 10 } }), join(dir, "odd.bin"), randomBytes(100 << 10), 37);
+  const odd = new LocalFileSystem({ directWrites: { blockBytes: 44 << 10 } });
+  const data = randomBytes(200 << 10);
+  const writer = await odd.createWriter(join(dir, "odd-announced.bin"));
+  writer.expectBytes?.(data.byteLength);
+  await writer.write(data);
+  await writer.close();
+  assert.ok((await readFile(join(dir, "odd-announced.bin"))).equals(data));
+  assert.deepEqual(
+    [...new Set(keptDirectBlocks().map((block) => block.byteLength))].sort((a, b) => a - b),
+    [8 << 10, 44 << 10],
+  );
 });
 
-test("the torch and safetensors dumpers announce their file's size: a small state is written in quarter-size blocks", async () => {
+test("the torch and safetensors dumpers and writeFile announce their file's size: a small one is written in quarter-size blocks", async () => {
   const dir = await tempDir();
   const full = 240 << 10;
   const quarter = 60 << 10;
@@ -159,6 +182,11 @@ test("the torch and safetensors dumpers announce their file's size: a small stat
   assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 0]);
   const fromSafetensors = (await new SafetensorsLoader().load(join(dir, "model.safetensors"))) as { model: Record<string, Tensor> };
   assert.equal((fromSafetensors.model.w7!.data as Float32Array)[0], 7.5);
+  // writeFile (the manager's carbon copies, writeBytes) knows its size too.
+  const bytes = randomBytes(1 << 20);
+  await fileSystem.writeFile(join(dir, "bytes.bin"), bytes);
+  assert.ok((await readFile(join(dir, "bytes.bin"))).equals(bytes));
+  assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 0]);
 });
 
 test("where WebAssembly memory cannot be had, blocks are plain buffers found by the probe, and files are exact", async () => {

@@ -43,7 +43,7 @@ export interface ByteSink {
   write(chunk: Uint8Array): Promise<void>;
   /**
    * Optional: the bytes the caller will write in all (about: headers aside), told before the first
-   * write. A sink may size its buffers by it (LocalFileWriter's direct-write blocks).
+   * write. A sink may size its buffers by it (a local file, its direct-write blocks).
    */
   expectBytes?(total: number): void;
 }

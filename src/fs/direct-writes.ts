@@ -23,6 +23,8 @@ const BLOCKS_PER_FILE = 3;
  * Six blocks are two files written at once.
  */
 const KEPT_BLOCKS = 2 * BLOCKS_PER_FILE;
+/** Block sizes kept at once: a file system's full blocks and its small files' quarter blocks. */
+const KEPT_SIZES = 2;
 
 /** Writes of a position and bytes through the ordinary (page-cached) descriptor of the file. */
 export type BufferedWrite = (bytes: Uint8Array, position: number) => Promise<void>;
@@ -210,14 +212,24 @@ export function keptDirectBlocks(): readonly Buffer[] {
 }
 
 /**
- * Keeps the blocks given back last, KEPT_BLOCKS of each size (a save writes small files in small
- * blocks, see LocalFileWriter.expectBytes): a process that moves to another disk keeps the new ones.
+ * Keeps the blocks given back last: KEPT_BLOCKS of each of the KEPT_SIZES sizes given back last (a
+ * save writes small files in quarter-size blocks, see LocalFileWriter.expectBytes). A process that
+ * moves to another disk or block size keeps the new ones, and its kept memory stays bounded.
  */
 function giveBlock(block: Buffer, device: number): void {
   freeBlocks.push({ block, device });
   const size = block.byteLength;
   if (freeBlocks.filter((free) => free.block.byteLength === size).length > KEPT_BLOCKS) {
     freeBlocks.splice(freeBlocks.findIndex((free) => free.block.byteLength === size), 1);
+  }
+  // The sizes given back last, newest first; blocks of any other size go.
+  const recentSizes: number[] = [];
+  for (let index = freeBlocks.length - 1; index >= 0 && recentSizes.length < KEPT_SIZES; index--) {
+    const recent = freeBlocks[index]!.block.byteLength;
+    if (!recentSizes.includes(recent)) recentSizes.push(recent);
+  }
+  for (let index = freeBlocks.length - 1; index >= 0; index--) {
+    if (!recentSizes.includes(freeBlocks[index]!.block.byteLength)) freeBlocks.splice(index, 1);
   }
 }
 

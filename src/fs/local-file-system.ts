@@ -16,7 +16,8 @@ export interface LocalFileSystemOptions {
   /**
    * Writes around the page cache (O_DIRECT) for files that reach `blockBytes`, from the first 4 KiB
    * boundary on where they do (a multiple of 4096; default 16 MiB; three blocks per file being
-   * written, up to six kept for the next save). On by default; `false` writes every byte through
+   * written, a quarter of the size for a file announced as under eight blocks; up to six of each of
+   * the last two sizes used kept for the next save). On by default; `false` writes every byte through
    * the page cache. A file system that refuses O_DIRECT (ramfs, some network and FUSE file systems)
    * is written through the page cache either way.
    */
@@ -73,6 +74,7 @@ export class LocalFileSystem implements FileSystem {
 
   async writeFile(path: string, data: Uint8Array): Promise<void> {
     const writer = await this.createWriter(path);
+    writer.expectBytes?.(data.byteLength);
     try {
       await writer.write(data);
       await writer.close();

@@ -28,8 +28,8 @@ const EARLY_SYNC_BYTES = 16 << 20;
 /**
  * A file announced (expectBytes) as shorter than this many direct-write blocks is written in blocks
  * of a quarter of the size. A process's first save touches every byte of its blocks for the first
- * time (0.25 GB/s on this VM): 80 MiB of small tensors saved first took 475–535 ms in 16 MiB blocks
- * and 346–402 ms in 4 MiB ones, and later saves did not differ; a 1 GiB file is written faster in
+ * time (0.25 GB/s on this VM): 80 MiB of small tensors saved first took 475–617 ms in 16 MiB blocks
+ * and 346–412 ms in 4 MiB ones, and later saves did not differ; a 1 GiB file is written faster in
  * 16 MiB blocks (docs/design.md, "Saving around the page cache").
  */
 const SMALL_FILE_BLOCKS = 8;
@@ -75,7 +75,7 @@ export class LocalFileWriter implements FileWriter {
   /**
    * The bytes the caller will write in all, told before the first write: a file shorter than
    * SMALL_FILE_BLOCKS blocks gets its direct writes in quarter-size blocks (less fresh memory for
-   * a process's first save). Said later, or without direct writes, it changes nothing.
+   * a process's first save). Said once bytes are written, or without direct writes, it changes nothing.
    */
   expectBytes(total: number): void {
     if (this.directBlockBytes === undefined || this.written + this.buffered > 0) return;

@@ -30,6 +30,9 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const root = options.root ?? "archive";
   // Storage keys are the numbers 0, 1, …: the index in `storages`, in the order first met.
   const storages: Storage[] = [];
+  // Their bytes, summed as each is first met (its object is in cache then; a loop afterwards would
+  // miss the cache once per tensor).
+  let storageBytes = 0;
   const stamp = newStorageVisit();
 
   // Refuses, naming the key path, what could not be written or would not load back (a Map key
@@ -43,7 +46,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
       pickler.getMemoEntry(memoIndex);
       return true;
     }
-    writeTensor(pickler, value, storages, stamp);
+    storageBytes += writeTensor(pickler, value, storages, stamp);
     value.markArchived(stamp, pickler.putMemo());
     return true;
   };
@@ -69,7 +72,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const { onProgress } = options;
   let done = 0;
   // The file's size but for its zip headers: the sink may size its buffers by it.
-  const total = storages.reduce((sum, storage) => sum + storage.bytes.byteLength, pickle.byteLength);
+  const total = storageBytes + pickle.byteLength;
   sink.expectBytes?.(total);
   const counted: ByteSink =
     onProgress === undefined
@@ -96,21 +99,24 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   return zip.digest;
 }
 
-function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): void {
+/** Writes the rebuild call of `tensor`; returns the bytes of its storage if it is the first to view it, else 0. */
+function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): number {
   const { storage } = tensor;
   // Each storage once, however many tensors view it; a field, not a Map lookup, per tensor.
   let key = storage.indexInVisit(stamp);
+  let newBytes = 0;
   if (key < 0) {
     key = storages.length;
     storage.markVisited(stamp, key);
     storages.push(storage);
+    newBytes = storage.bytes.byteLength;
   }
   // Written op by op, without closures or generic tuples: this runs once per tensor, and states
   // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
   // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
   if (!tensor.isParameter) {
     writeRebuild(pickler, tensor, key);
-    return;
+    return newBytes;
   }
   pickler.global("torch._utils", "_rebuild_parameter");
   pickler.mark();
@@ -119,6 +125,7 @@ function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stam
   emptyOrderedDict(pickler);
   pickler.byte(Op.TUPLE);
   pickler.byte(Op.REDUCE);
+  return newBytes;
 }
 
 function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: number): void {
