@@ -44,6 +44,11 @@ async function mounted(t: { after(fn: () => void): void }, type: string, options
   return dir;
 }
 
+/** How many blocks of `size` bytes are kept for the next file. */
+function keptOf(size: number): number {
+  return keptDirectBlocks().filter((block) => block.byteLength === size).length;
+}
+
 /** Writes `data` through a writer in chunks of seeded random sizes (some empty, some past a block). */
 async function writeInChunks(fileSystem: LocalFileSystem, path: string, data: Uint8Array, seed: number, during?: () => void): Promise<void> {
   const random = seededRandom(seed);
@@ -111,7 +116,6 @@ test("a file announced as small gets direct-write blocks of a quarter of the siz
   const full = 200 << 10;
   const quarter = 48 << 10;
   const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: full } });
-  const keptOf = (size: number): number => keptDirectBlocks().filter((block) => block.byteLength === size).length;
   const write = async (name: string, size: number, announced: boolean, seed: number): Promise<void> => {
     const data = randomBytes(size);
     const writer = await fileSystem.createWriter(join(dir, name));
@@ -168,10 +172,8 @@ test("a file announced as small gets direct-write blocks of a quarter of the siz
 
 test("the torch and safetensors dumpers and writeFile announce their file's size: a small one is written in quarter-size blocks", async () => {
   const dir = await tempDir();
-  const full = 240 << 10;
-  const quarter = 60 << 10;
+  const [full, quarter] = [240 << 10, 60 << 10];
   const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: full } });
-  const keptOf = (size: number): number => keptDirectBlocks().filter((block) => block.byteLength === size).length;
   // 1 MiB of tensors: past one full block (direct writes start), under eight.
   const state = { model: Object.fromEntries(Array.from({ length: 16 }, (_, i) => [`w${i}`, Tensor.from(new Float32Array(16_384).fill(i + 0.5), { shape: [128, 128] })])) };
   await new TorchTensorDumper({ fileSystem }).dump(state, join(dir, "model.pt"));
