@@ -218,18 +218,13 @@ export function keptDirectBlocks(): readonly Buffer[] {
  */
 function giveBlock(block: Buffer, device: number): void {
   freeBlocks.push({ block, device });
-  const size = block.byteLength;
-  if (freeBlocks.filter((free) => free.block.byteLength === size).length > KEPT_BLOCKS) {
-    freeBlocks.splice(freeBlocks.findIndex((free) => free.block.byteLength === size), 1);
-  }
-  // The sizes given back last, newest first; blocks of any other size go.
-  const recentSizes: number[] = [];
-  for (let index = freeBlocks.length - 1; index >= 0 && recentSizes.length < KEPT_SIZES; index--) {
-    const recent = freeBlocks[index]!.block.byteLength;
-    if (!recentSizes.includes(recent)) recentSizes.push(recent);
-  }
+  // Newest first: the first KEPT_SIZES sizes met stay, KEPT_BLOCKS of each; the rest go.
+  const keptOfSize = new Map<number, number>();
   for (let index = freeBlocks.length - 1; index >= 0; index--) {
-    if (!recentSizes.includes(freeBlocks[index]!.block.byteLength)) freeBlocks.splice(index, 1);
+    const size = freeBlocks[index]!.block.byteLength;
+    const count = keptOfSize.get(size) ?? (keptOfSize.size < KEPT_SIZES ? 0 : KEPT_BLOCKS);
+    if (count < KEPT_BLOCKS) keptOfSize.set(size, count + 1);
+    else freeBlocks.splice(index, 1);
   }
 }
 

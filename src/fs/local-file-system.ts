@@ -181,9 +181,7 @@ class LocalFileReader implements FileReader {
   ) {}
 
   async read(position: number, length: number, target?: Uint8Array): Promise<Uint8Array> {
-    if (position < 0 || length < 0 || position + length > this.size) {
-      throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
-    }
+    this.checkInside(position, length);
     if (target === undefined && length > MAX_BUFFER_BYTES) {
       throw new RangeError(`cannot read ${length} bytes of ${this.path} at once: a Node.js buffer holds at most ${MAX_BUFFER_BYTES}`);
     }
@@ -199,13 +197,17 @@ class LocalFileReader implements FileReader {
 
   async readIntoExisting(position: number, length: number, target: Uint8Array): Promise<Uint8Array> {
     if (length < STAGE_BYTES) return this.read(position, length, target);
-    if (position < 0 || position + length > this.size) {
-      throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
-    }
+    this.checkInside(position, length);
     if (target.byteLength < length) throw new RangeError(`a read of ${length} bytes into a buffer of ${target.byteLength}`);
     const readAt: ReadAt = async (buffer, offset, pieceLength, at) => (await this.handle.read(buffer, offset, pieceLength, at)).bytesRead;
     await readThroughStages(readAt, target, position, length, (at) => this.changedError(at));
     return target.subarray(0, length);
+  }
+
+  private checkInside(position: number, length: number): void {
+    if (position < 0 || length < 0 || position + length > this.size) {
+      throw new RangeError(`read of ${length} bytes at ${position} is outside the ${this.size} bytes of ${this.path}`);
+    }
   }
 
   private changedError(at: number): Error {
