@@ -138,8 +138,19 @@ test("a file announced as small gets direct-write blocks of a quarter of the siz
   await write("unannounced.bin", 1 << 20, false, 33);
   assert.deepEqual([keptOf(quarter), keptOf(full)], [3, 3]);
   // Both sizes are kept side by side: two large files written at once leave six full blocks, and a
-  // small file after them pushes none of those out.
-  await Promise.all([write("large-1.bin", 4 << 20, true, 35), write("large-2.bin", 4 << 20, true, 36)]);
+  // small file after them pushes none of those out. Each is written past its first blocks before
+  // either closes: left to race, one could finish before the other took its blocks (a slow probe of
+  // fresh memory) and hand its own blocks on, which is right but leaves fewer than six.
+  const [large1, large2] = [randomBytes(4 << 20), randomBytes(4 << 20)];
+  const [writer1, writer2] = [await fileSystem.createWriter(join(dir, "large-1.bin")), await fileSystem.createWriter(join(dir, "large-2.bin"))];
+  for (const [writer, data] of [[writer1, large1], [writer2, large2]] as const) {
+    writer.expectBytes?.(data.byteLength);
+    await writer.write(data.subarray(0, 1 << 20));
+  }
+  assert.equal(directDescriptorsUnder(dir), 2, "both large files write around the page cache at once");
+  await Promise.all([writer1.write(large1.subarray(1 << 20)), writer2.write(large2.subarray(1 << 20))]);
+  await Promise.all([writer1.close(), writer2.close()]);
+  assert.ok((await readFile(join(dir, "large-1.bin"))).equals(large1) && (await readFile(join(dir, "large-2.bin"))).equals(large2));
   const fullBlocks = keptDirectBlocks().filter((block) => block.byteLength === full);
   assert.equal(fullBlocks.length, 6);
   await write("small-again.bin", 1 << 20, true, 34);
