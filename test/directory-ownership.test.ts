@@ -73,7 +73,9 @@ test("two processes racing for a directory: the one refused the lock leaves the 
     assert.equal((await lines.next()).value, "committed");
     assert.deepEqual(await intruder.getStepNumbers(), [5]);
     assertSameState(await intruder.loadCheckpoint(5), trainingState(5));
-    await saveStep(intruder, 6); // the holder has closed: the directory is free
+    // The holder releases its lock only as it closes, after it printed `committed`.
+    assert.equal((await lines.next()).value, "closed");
+    await saveStep(intruder, 6); // the directory is free
     await intruder.close();
   } finally {
     child.kill("SIGKILL");

@@ -38,7 +38,12 @@ function runExample(dir: string, killAt?: number): Promise<{ code: number | null
       const steps = [...output.matchAll(/^\[rank 0\] step (\d+)\//gm)].map((m) => Number(m[1]));
       if (steps.length > 0 && Math.max(...steps) >= killAt) {
         killed = true;
-        process.kill(rank1Pid, "SIGKILL");
+        try {
+          process.kill(rank1Pid, "SIGKILL");
+        } catch (error) {
+          child.kill("SIGKILL");
+          reject(new Error(`rank 1 (pid ${rank1Pid}) was gone before the kill at step ${killAt}: ${(error as Error).message}\n${output}`));
+        }
       }
     };
     child.stdout.setEncoding("utf8").on("data", watch);
@@ -59,8 +64,10 @@ test("the distributed example killed (one rank SIGKILLed) and resumed ends with 
   const reference = await runExample(straight);
   assert.equal(reference.code, 0, reference.output);
 
-  // Kill points drawn at random, away from the checkpoint steps, so resuming has work to redo.
-  const draws = [1 + Math.floor(Math.random() * 25), 31 + Math.floor(Math.random() * 25)].map((step) => (step % EVERY === 0 ? step + 1 : step));
+  // Kill points drawn at random, away from the checkpoint steps, so resuming has work to redo, and
+  // at least 14 steps before the end: rank 1 is still training when rank 0's report of the step
+  // reaches this process through the launcher.
+  const draws = [1 + Math.floor(Math.random() * 25), 31 + Math.floor(Math.random() * 15)].map((step) => (step % EVERY === 0 ? step + 1 : step));
   for (const killAt of draws) {
     const run = await runExample(interrupted, killAt);
     assert.notEqual(run.code, 0, `the launch fails when a rank is killed (at step ${killAt})`);

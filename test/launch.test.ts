@@ -57,7 +57,7 @@ test("SIGTERM to the launcher is forwarded to every worker, and the launch exits
 });
 
 test("when a worker fails the others get SIGTERM after the grace period, and SIGKILL after another if they ignore it", SLOW, async () => {
-  const run = await runLaunch(["--nproc", "3", "--grace-period", "0.3", ...worker("stubborn")], { env: { CKPT_TEST_TARGET: "0" } });
+  const run = await runLaunch(["--nproc", "3", "--grace-period", "1", ...worker("stubborn")], { env: { CKPT_TEST_TARGET: "0" } });
   assertProcessesGone([run.launcherPid, ...workerPids(run.stdout)]);
   assert.equal(run.status, 1, run.stderr);
   assert.equal(workerPids(run.stdout).length, 3);

@@ -80,9 +80,10 @@ test("500 InternalError and 503 SlowDown answers are retried with backoff", asyn
 });
 
 test("a server that goes silent is given up on after socketTimeoutMs and the request retried", async () => {
-  const { fs, dir } = setup({ socketTimeoutMs: 300 });
+  // The timeout covers the retry too: 1 s leaves it room on a busy machine, and the silence is 5× that.
+  const { fs, dir } = setup({ socketTimeoutMs: 1_000 });
   await direct.writeFile(`${dir}/a.bin`, Buffer.from("slow"));
-  const rule = proxy.add({ method: "GET", occurrences: [1], fault: { kind: "delay", ms: 3_000 } });
+  const rule = proxy.add({ method: "GET", occurrences: [1], fault: { kind: "delay", ms: 5_000 } });
   assert.equal(Buffer.from(await fs.readFile(`${dir}/a.bin`)).toString(), "slow");
   assert.equal(rule.fired, 1);
   assert.equal(proxy.count((r) => kindOf(r) === "GetObject"), 2);

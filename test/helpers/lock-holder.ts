@@ -2,7 +2,7 @@
  * A manager in its own process that holds a checkpoint directory mid-save. Run as
  * `node --import tsx lock-holder.ts <checkpointDir> <stepNr>`: it begins checkpoint <stepNr>,
  * saves its state, prints `open`, waits for a line on stdin, then commits and prints `committed`
- * (or `failed <message>`).
+ * (or `failed <message>`), and prints `closed` once the manager has let the directory go.
  */
 import { once } from "node:events";
 import { FileCheckpointManager } from "../../src/index.js";
@@ -23,4 +23,5 @@ try {
   process.stdout.write(`failed ${(error as Error).message}\n`);
 }
 await manager.close();
+process.stdout.write("closed\n");
 process.exit(0);
