@@ -1,4 +1,3 @@
-import { stringify as toYaml } from "yaml";
 import { CheckpointNotFoundError, InvalidArgumentError } from "../errors.js";
 import { fakeGangs } from "../gang/fake-gang.js";
 import type { Gangs } from "../gang/gang.js";
@@ -322,6 +321,8 @@ export class FileCheckpointManager implements CheckpointManager {
         const card: Record<string, unknown> = { model_family: metadata.family };
         if (metadata.config !== undefined) card.model_config = metadata.config;
         if (context.gangs.tp.size > 1) card.num_shards = context.gangs.tp.size;
+        // Loaded here, its one use: 72 modules that every import of the library (and the CLI's start) would pay for.
+        const { stringify: toYaml } = await import("yaml");
         await context.fileSystem.writeFile(joinPath(this.checkpointDir, MODEL_CARD_FILE), new TextEncoder().encode(toYaml(card)));
       });
     });

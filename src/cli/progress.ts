@@ -1,4 +1,5 @@
-import cliProgress from "cli-progress";
+import { createRequire } from "node:module";
+import type * as CliProgress from "cli-progress";
 import { formatBytes } from "./output.js";
 
 export interface Progress {
@@ -17,11 +18,13 @@ const quiet: Progress = { update: () => undefined, stop: () => undefined };
 export function progressBar(label: string): Progress {
   if (process.stderr.isTTY !== true || process.env.CKPT_NO_PROGRESS === "1") return quiet;
   const startedAt = Date.now();
-  let bar: cliProgress.SingleBar | undefined;
+  let bar: CliProgress.SingleBar | undefined;
   return {
     update(done, total) {
       if (bar === undefined) {
         if (Date.now() - startedAt < 300 || total <= 0) return;
+        // Loaded when a bar is first shown: a command that ends quickly, or prints to a pipe, never needs it.
+        const cliProgress = createRequire(import.meta.url)("cli-progress") as typeof CliProgress;
         bar = new cliProgress.SingleBar(
           {
             stream: process.stderr,
