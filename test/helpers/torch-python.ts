@@ -14,7 +14,8 @@ export function torchPython(): string | null {
   if (found !== undefined) return found;
   found = null;
   for (const python of candidates) {
-    const probe = spawnSync(python, ["-c", "import torch, numpy; print(torch.__version__)"], { encoding: "utf8" });
+    // Found, not imported: importing torch costs 1–2 s of CPU, paid again by the test's own scripts.
+    const probe = spawnSync(python, ["-c", "import importlib.util as u, sys; sys.exit(0 if u.find_spec('torch') and u.find_spec('numpy') else 1)"], { encoding: "utf8" });
     if (probe.status === 0) {
       found = python;
       break;
