@@ -32,13 +32,6 @@ interface LaunchEnvironment {
 /** The variables whose presence means "started by a launcher"; with none of them, the process runs alone. */
 const LAUNCHER_VARIABLES = ["CKPT_RANK", "CKPT_WORLD_SIZE", "CKPT_LOCAL_RANK", "CKPT_DP_SIZE", "CKPT_TP_SIZE", "CKPT_RENDEZVOUS", "CKPT_JOB_ID"];
 
-/** Loaded only for a redis:// rendezvous, so the core never loads ioredis (an optional peer dependency). */
-const REDIS_TRANSPORT_MODULE = "./redis-transport.js";
-
-interface RedisTransportModule {
-  connectRedisTransport(options: { url: string; jobId: string; rank: number; worldSize: number; deadAfterMs?: number }): Promise<Transport>;
-}
-
 /** How to release what `initGangs` opened, by the root gang it returned. */
 const closers = new WeakMap<Gang, () => Promise<void>>();
 
@@ -136,9 +129,11 @@ async function connect(launch: LaunchEnvironment, deadAfterMs: number | undefine
     }
     return new IpcTransport(launch.rank, launch.worldSize);
   }
-  let module: RedisTransportModule;
+  let module: typeof import("./redis-transport.js");
   try {
-    module = (await import(REDIS_TRANSPORT_MODULE)) as RedisTransportModule;
+    // Imported only for a redis:// rendezvous, so the core never loads ioredis (an optional peer
+    // dependency). A literal path: bundlers follow it.
+    module = await import("./redis-transport.js");
   } catch (error) {
     throw new GangError(
       `could not load the Redis transport for ${launch.rendezvous} (${error instanceof Error ? error.message : String(error)}); ` +
