@@ -3,6 +3,7 @@
 import assert from "node:assert/strict";
 import { spawnSync, type SpawnSyncReturns } from "node:child_process";
 import { existsSync, readFileSync, readdirSync } from "node:fs";
+import { createRequire } from "node:module";
 import { mkdir, mkdtemp, readdir, realpath, rm, writeFile } from "node:fs/promises";
 import { tmpdir } from "node:os";
 import { delimiter, dirname, join, sep } from "node:path";
@@ -129,6 +130,21 @@ describe("the package installed from its tarball into an empty project", () => {
     assert.match(report.message, /npm install @aws-sdk\/client-s3/);
   });
 
+  test("a program that imports ckpt and ckpt/s3 bundles with esbuild where the optional peers are not installed, and runs", async () => {
+    // The peers must be missing here, or the bundle would pass for the wrong reason.
+    for (const peer of ["ioredis", "@aws-sdk/client-s3"]) {
+      assert.throws(() => createRequire(join(project, "package.json")).resolve(peer), { code: "MODULE_NOT_FOUND" }, `${peer} resolves from the project`);
+    }
+    await writeFile(join(project, "use-bundled.mjs"), USE_BUNDLED_MJS);
+    const { build } = await import("esbuild");
+    // A literal import() of an optional peer anywhere the bundler can follow fails here ("Could not resolve").
+    const result = await build({ absWorkingDir: project, entryPoints: ["use-bundled.mjs"], outfile: "bundled.mjs", bundle: true, platform: "node", format: "esm", logLevel: "silent" });
+    assert.deepEqual(result.errors, []);
+    const report = JSON.parse(runOk(process.execPath, ["bundled.mjs", join(work, "bundled-checkpoints")], project)) as { steps: number[]; s3: string };
+    assert.deepEqual(report.steps, [3]);
+    assert.match(report.s3, /npm install @aws-sdk\/client-s3/);
+  });
+
   test("TypeScript files type-check against the shipped .d.ts files, and a wrong call does not", async () => {
     const tsc = join(ROOT, "node_modules", "typescript", "bin", "tsc");
     await writeFile(join(project, "tsconfig.json"), JSON.stringify(TSCONFIG_CORE));
@@ -204,6 +220,26 @@ try {
   message = error.message;
 }
 console.log(JSON.stringify({ s3: import.meta.resolve("ckpt/s3"), exported: typeof S3FileSystem, message }));
+`;
+
+// A program bundled into one file (esbuild): a save, and an s3:// directory without the AWS SDK.
+const USE_BUNDLED_MJS = `
+import { FileCheckpointManager, Tensor } from "ckpt";
+import "ckpt/s3";
+
+const manager = new FileCheckpointManager({ checkpointDir: process.argv[2] });
+await manager.beginCheckpoint(3);
+await manager.saveState({ model: { w: Tensor.from(new Float32Array([1, 2, 3]), { shape: [3] }) } });
+await manager.commitCheckpoint();
+const steps = await manager.getStepNumbers();
+await manager.close();
+let s3 = "no error";
+try {
+  await new FileCheckpointManager({ checkpointDir: "s3://bucket/run" }).getStepNumbers();
+} catch (error) {
+  s3 = error.message;
+}
+console.log(JSON.stringify({ steps, s3 }));
 `;
 
 // Plain JavaScript, as a user without TypeScript writes it.

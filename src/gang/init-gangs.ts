@@ -32,6 +32,17 @@ interface LaunchEnvironment {
 /** The variables whose presence means "started by a launcher"; with none of them, the process runs alone. */
 const LAUNCHER_VARIABLES = ["CKPT_RANK", "CKPT_WORLD_SIZE", "CKPT_LOCAL_RANK", "CKPT_DP_SIZE", "CKPT_TP_SIZE", "CKPT_RENDEZVOUS", "CKPT_JOB_ID"];
 
+/**
+ * Loaded only for a redis:// rendezvous, so the core never loads ioredis (an optional peer
+ * dependency). A computed path on purpose: a bundler follows a literal one to `import("ioredis")`
+ * and fails the user's build where ioredis is not installed (esbuild does: installed-package.test.ts).
+ */
+const REDIS_TRANSPORT_MODULE = "./redis-transport.js";
+
+interface RedisTransportModule {
+  connectRedisTransport(options: { url: string; jobId: string; rank: number; worldSize: number; deadAfterMs?: number }): Promise<Transport>;
+}
+
 /** How to release what `initGangs` opened, by the root gang it returned. */
 const closers = new WeakMap<Gang, () => Promise<void>>();
 
@@ -129,11 +140,9 @@ async function connect(launch: LaunchEnvironment, deadAfterMs: number | undefine
     }
     return new IpcTransport(launch.rank, launch.worldSize);
   }
-  let module: typeof import("./redis-transport.js");
+  let module: RedisTransportModule;
   try {
-    // Imported only for a redis:// rendezvous, so the core never loads ioredis (an optional peer
-    // dependency). A literal path: bundlers follow it.
-    module = await import("./redis-transport.js");
+    module = (await import(REDIS_TRANSPORT_MODULE)) as RedisTransportModule;
   } catch (error) {
     throw new GangError(
       `could not load the Redis transport for ${launch.rendezvous} (${error instanceof Error ? error.message : String(error)}); ` +

@@ -25,11 +25,14 @@ export interface Launch {
 /**
  * Runs `ckpt launch <flags> -- node distributed-worker <args>` (or `options.worker`) to its end,
  * the worker bundled once per test process (torture/lib/bundle-child.ts: no loader to start in
- * each rank); `onOutput` sees the output as it comes.
+ * each rank; with tsx's loader for a redis:// rendezvous); `onOutput` sees the output as it comes.
  */
 export async function launch(flags: string[], args: string[], options: { env?: NodeJS.ProcessEnv; onOutput?: (stdout: string) => void; worker?: string } = {}): Promise<Launch> {
   assert.ok(existsSync(CLI), "dist/cli/main.js is missing: run `npm run build` (npm test does) first");
-  const worker = [await bundledOnce(options.worker ?? WORKER)];
+  // A redis:// rendezvous loads its transport by a computed import, which a bundle cannot follow
+  // (src/gang/init-gangs.ts says why it is computed).
+  const script = options.worker ?? WORKER;
+  const worker = flags.some((flag) => flag.includes("redis://")) ? ["--import", "tsx", script] : [await bundledOnce(script)];
   return new Promise((resolve, reject) => {
     const child = spawn(process.execPath, [CLI, "launch", ...flags, "--", process.execPath, ...worker, ...args], {
       cwd: ROOT,
