@@ -418,8 +418,10 @@ describe("bad zip structures", () => {
 
   test("a central header with a bad signature is refused", async () => {
     const record = centralOf(layout, "archive/byteorder");
+    const index = layout.central.indexOf(record);
+    assert.ok(index > 0, "a header after the first, so the damage is found past a good one");
     const path = await fileWith(patched(valid, (v) => v.setUint32(record.at, 0, true)));
-    await refused(path, { code: "ZIP_DIRECTORY", message: /central directory entry 1 is missing or damaged/ });
+    await refused(path, { code: "ZIP_DIRECTORY", message: new RegExp(`central directory entry ${index} is missing or damaged`) });
   });
 
   test("an entry whose size runs into the central directory is refused", async () => {
