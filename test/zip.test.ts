@@ -239,6 +239,44 @@ describe("numbered entries and the file's CRC-32", () => {
     const reader = await openZip(bytes);
     for (const name of reader.entries.keys()) await reader.read(name); // each entry's own CRC checked
   });
+
+  test("staging buffers go to the next archive only once written: archives written at once to slow sinks all read back whole", async () => {
+    // Each sink takes its bytes only as its write resolves, as a sink may (ByteSink: it keeps the
+    // chunk until then): a buffer handed to another archive before that would show in the bytes.
+    const slowSink = (): { sink: { write(chunk: Uint8Array): Promise<void> }; bytes: () => Buffer } => {
+      const taken: Buffer[] = [];
+      return {
+        sink: {
+          write: async (chunk) => {
+            await new Promise((resolve) => setTimeout(resolve, 1));
+            taken.push(Buffer.from(chunk));
+          },
+        },
+        bytes: () => Buffer.concat(taken),
+      };
+    };
+    const entry = (archive: number, i: number): Uint8Array => Uint8Array.from({ length: 4096 }, (_, k) => (archive * 7 + i * 13 + k) & 0xff);
+    const countOf = (archive: number): number => 200 + 500 * archive;
+    for (let round = 0; round < 2; round++) {
+      const sinks = [slowSink(), slowSink(), slowSink(), slowSink()];
+      await Promise.all(
+        sinks.map(async ({ sink }, archive) => {
+          const zip = new ZipWriter(sink);
+          // Over one to five staging buffers: buffers are retired and taken again, and archives
+          // finish, while others write.
+          for (let i = 0; i < countOf(archive); i++) {
+            const waiting = zip.addNumbered("archive/data/", i, entry(archive, i));
+            if (waiting !== undefined) await waiting;
+          }
+          await zip.finish();
+        }),
+      );
+      for (const [archive, { bytes }] of sinks.entries()) {
+        const reader = await openZip(bytes());
+        for (let i = 0; i < countOf(archive); i++) assertBytes(await reader.read(`archive/data/${i}`), entry(archive, i), `round ${round}, archive ${archive}, entry ${i}`);
+      }
+    }
+  });
 });
 
 describe("the reader's directory: numbered names by number, others by name", () => {

@@ -24,6 +24,18 @@ const SMALL_CRC_BYTES = 256;
 /** Headers and small entries are gathered into writes of this size. */
 const STAGE_BYTES = 1 << 20;
 /**
+ * Full-size staging buffers the sink has written, kept for the next archive of the process: a
+ * save's staging buffers then cost no allocation (a steady save of 20,000 small tensors allocated
+ * 3.6 MB of them, and the garbage collector ran for it) and their memory is already touched.
+ */
+const spareStages: Buffer[] = [];
+/** At most this many are kept: the batches one archive has in flight, and the one it fills. */
+const KEPT_STAGES = 4;
+
+function giveStage(buffer: Buffer): void {
+  if (buffer.length === STAGE_BYTES && spareStages.length < KEPT_STAGES) spareStages.push(buffer);
+}
+/**
  * Staged bytes sent but not yet written past which `add` asks the caller to wait: they are
  * copies, and waiting lets the event loop see finished writes, so I/O overlaps the CPU work.
  */
@@ -50,8 +62,6 @@ export class ZipWriter {
   private stageBuffer: Buffer = Buffer.allocUnsafe(0);
   private stageStart = 0;
   private stageAt = 0;
-  /** Staging buffers whose bytes the sink has written: reused, so their memory is already touched. */
-  private readonly spareStages: Buffer[] = [];
   /** Staged batches sent to the sink and not yet written, oldest first. */
   private readonly stagedInFlight: { bytes: number; written: Promise<void> }[] = [];
   private stagedInFlightBytes = 0;
@@ -116,11 +126,11 @@ export class ZipWriter {
   private addClaimed(name: string | number, data: Uint8Array): Promise<void> | undefined {
     if (data.byteLength > YIELDING_CRC_PIECE_BYTES) {
       return crc32Yielding(data, 0).then((crc) => {
-        this.writeEntry(name, crc, data.byteLength, [data]);
+        this.writeEntry(name, crc, data.byteLength, data);
         return this.drainIfBehind();
       });
     }
-    this.writeEntry(name, crc32(data), data.byteLength, [data]);
+    this.writeEntry(name, crc32(data), data.byteLength, data);
     return this.waitIfBehind();
   }
 
@@ -130,14 +140,16 @@ export class ZipWriter {
     return undefined;
   }
 
-  private writeEntry(name: string | number, crc: number, size: number, parts: readonly Uint8Array[]): void {
+  /** Writes an entry's header and data: one piece (no array made for it: this runs per small tensor) or several. */
+  private writeEntry(name: string | number, crc: number, size: number, parts: Uint8Array | readonly Uint8Array[]): void {
     const nameLength = this.names.byteLength(name);
     this.entries.push(name, crc, size, this.offset);
     const headerStart = this.localHeader(name, nameLength, crc, size);
     if (size >= COMBINE_MIN_BYTES) {
       // Large data goes to the sink as it is (no copy); its CRC joins the file's by combination.
       this.flushStaged();
-      for (const part of parts) if (part.byteLength > 0) this.send(part);
+      if (parts instanceof Uint8Array) this.send(parts);
+      else for (const part of parts) if (part.byteLength > 0) this.send(part);
       this.fileCrc = crc32Combine(this.fileCrc, crc, size);
       return;
     }
@@ -152,9 +164,13 @@ export class ZipWriter {
       combined = shiftAndCombine(shift, this.fileCrc, crc);
     }
     let at = this.reserve(size);
-    for (const part of parts) {
-      this.stageBuffer.set(part, at);
-      at += part.byteLength;
+    if (parts instanceof Uint8Array) {
+      this.stageBuffer.set(parts, at);
+    } else {
+      for (const part of parts) {
+        this.stageBuffer.set(part, at);
+        at += part.byteLength;
+      }
     }
     if (combined !== undefined) {
       // reserve may have sent the header's buffer and started another: the data's end counts either way.
@@ -199,6 +215,9 @@ export class ZipWriter {
     writeEndRecord(this.stageBuffer, at, count, directoryOffset, directorySize, needZip64);
     this.flushStaged();
     await this.queue;
+    // Every write is done: the last staging buffer is free for the next archive.
+    giveStage(this.stageBuffer);
+    this.stageBuffer = Buffer.allocUnsafe(0);
   }
 
   private entryNeedsZip64(size: number, offset: number): boolean {
@@ -247,11 +266,12 @@ export class ZipWriter {
       const retired = this.stageBuffer;
       if (retired.length === STAGE_BYTES) {
         // Reused once the sink has written its last batch (writes complete in order).
-        this.queue.then(() => void this.spareStages.push(retired), () => undefined);
+        this.queue.then(() => giveStage(retired), () => undefined);
       }
       // Small archives stay small: the buffer grows from 64 KiB to STAGE_BYTES.
       const next = Math.min(STAGE_BYTES, Math.max(64 << 10, 2 * retired.length));
-      this.stageBuffer = length <= next && next === STAGE_BYTES ? (this.spareStages.pop() ?? Buffer.allocUnsafeSlow(next)) : Buffer.allocUnsafeSlow(Math.max(next, length));
+      // A spare full-size buffer costs nothing: taken even where a smaller one would do.
+      this.stageBuffer = length <= STAGE_BYTES ? (spareStages.pop() ?? Buffer.allocUnsafeSlow(Math.max(next, length))) : Buffer.allocUnsafeSlow(Math.max(next, length));
       this.stageStart = 0;
       this.stageAt = 0;
       this.crcAt = 0;
