@@ -121,7 +121,7 @@ describe("kept shapes (keep-shapes.ts): real objects of a save and a load end in
 
   test("the state walk, over a state of more than 2 GiB (storages left pending: nothing allocated)", () => {
     const huge = Storage.pending("float32", 2 ** 29 + 1);
-    const walk = new StateWalk("state", (message) => new Error(message), "bytes");
+    const walk = new StateWalk("state", (message) => new Error(message), true);
     walk.run({ model: { weight: new Tensor({ storage: huge, shape: [2 ** 29 + 1] }) } });
     assert.equal(walk.storageBytes, (2 ** 29 + 1) * 4);
     assertKeptShape(walk);

@@ -134,10 +134,11 @@ export class CheckpointWriter {
       // The leader writes every value of the state; other dp ranks leave the replicated keys to it.
       const needed = dp.rank === 0 ? stateBytes : storageBytes([parts.modelFile, parts.replicated, parts.rank]);
       await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), needed);
-      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile);
-      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated);
+      // The parts hold the values of `state`, checked above by findUnsaveable: the dumper need not walk them again.
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, true);
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, true);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
-      await this.writePart(checkpoint, rankFile, parts.rank);
+      await this.writePart(checkpoint, rankFile, parts.rank, true, true);
       checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
@@ -324,10 +325,10 @@ export class CheckpointWriter {
   }
 
   /** Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not). */
-  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true): Promise<void> {
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true, stateChecked = false): Promise<void> {
     const path = joinPath(stagingDir(checkpoint), name);
     const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
-    const options = onProgress === undefined ? {} : { onProgress };
+    const options = { ...(onProgress === undefined ? {} : { onProgress }), ...(stateChecked ? { stateChecked } : {}) };
     const digest = (await this.context.dumper.dump(value, path, options)) ?? (await digestFile(this.context.fileSystem, path));
     if (listed) checkpoint.files[name] = manifestFile(digest);
     else this.scratchDigests.set(name, manifestFile(digest));

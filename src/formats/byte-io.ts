@@ -46,12 +46,6 @@ export interface ByteSink {
    * write. A sink may size its buffers by it (a local file, its direct-write blocks).
    */
   expectBytes?(total: number): void;
-  /**
-   * Optional, a hint: the caller will compute for a while before its next write. A sink that
-   * makes bytes durable (a local file's fdatasync) starts on those written so far in the
-   * background, so the disk works meanwhile; closing still makes every byte durable.
-   */
-  syncInBackground?(): void;
 }
 
 /** A RandomAccessReader over bytes already in memory; reads without a target are views, not copies. */

@@ -150,28 +150,14 @@ export class LocalFileWriter implements FileWriter {
     await writeAll(this.handle, bytes, this.written);
     this.written += bytes.byteLength;
     this.unsynced += bytes.byteLength;
-    if (this.unsynced >= EARLY_SYNC_BYTES && this.syncing === undefined) this.startSync();
-  }
-
-  /**
-   * Starts an fdatasync of the bytes the kernel has been given so far, in the background
-   * (ByteSink.syncInBackground): the disk flushes them while the caller computes (a save's pickle),
-   * and the fsync at close has only the rest. At once, on a thread of libuv's pool; direct writes
-   * still under way are made durable by that fsync. Not beside a flush still running.
-   */
-  syncInBackground(): void {
-    if (this.finished || this.failure !== undefined || this.syncing !== undefined) return;
-    this.startSync();
-  }
-
-  /** Starts a flush to disk; close() awaits it and reports its failure. */
-  private startSync(): void {
-    this.unsynced = 0;
-    const syncing = this.handle.datasync().finally(() => {
-      if (this.syncing === syncing) this.syncing = undefined;
-    });
-    syncing.catch(() => undefined);
-    this.syncing = syncing;
+    if (this.unsynced >= EARLY_SYNC_BYTES && this.syncing === undefined) {
+      this.unsynced = 0;
+      const syncing = this.handle.datasync().finally(() => {
+        if (this.syncing === syncing) this.syncing = undefined;
+      });
+      syncing.catch(() => undefined); // close() awaits it and reports its failure
+      this.syncing = syncing;
+    }
   }
 
   async close(): Promise<void> {

@@ -38,6 +38,12 @@ export interface TensorLoader {
 export interface TensorDumpOptions {
   /** Called as bytes are written, with bytes done and (about) bytes in all. */
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
+  /**
+   * The caller has checked `state` with `checkStateValue` (or `findUnsaveable`) and not changed it
+   * since: a dumper may skip its own check, a walk over the whole state (the manager checks each
+   * state before its save and would otherwise pay for the walk twice per tensor).
+   */
+  stateChecked?: boolean;
 }
 
 export interface TensorDumper {

@@ -63,7 +63,7 @@ export function findUnsaveable(value: unknown, root = "state"): InvalidArgumentE
  * checks and sizes its state in one walk instead of two.
  */
 export function inspectState(value: unknown, root = "state"): { unsaveable: InvalidArgumentError; storageBytes?: undefined } | { unsaveable?: undefined; storageBytes: number } {
-  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message), "bytes");
+  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message), true);
   try {
     walk.run(value);
     return { storageBytes: walk.storageBytes };
@@ -71,18 +71,6 @@ export function inspectState(value: unknown, root = "state"): { unsaveable: Inva
     if (error instanceof InvalidArgumentError) return { unsaveable: error };
     throw error;
   }
-}
-
-/**
- * Checks `value` as checkStateValue does and returns the storages of its tensors, each once (views
- * share one), in the order the pickler first meets them, and their bytes: an archive writer numbers
- * them 0, 1, … in this order and can write them before it pickles the state (see torch-writer.ts).
- */
-export function planStorages(value: unknown, root: string, toError: UnsaveableError): { storages: Storage[]; storageBytes: number } {
-  const storages: Storage[] = [];
-  const walk = new StateWalk(root, toError, storages);
-  walk.run(value);
-  return { storages, storageBytes: walk.storageBytes };
 }
 
 /** What is wrong: a value or key no file can hold, or one beyond a limit (nesting, int length). */
@@ -105,23 +93,19 @@ export class StateWalk {
   private readonly seen = new Set<object>();
   private readonly tuplesOnPath = new Set<unknown[]>();
   /**
-   * Marks the storages met (see Storage.markVisited; the walk is synchronous), or undefined for a
-   * walk that only checks: no work per tensor beyond the check.
+   * Marks the storages counted in storageBytes (see Storage.markVisited; the walk is synchronous),
+   * or undefined for a walk that only checks (the dumper's): no work per tensor beyond the check.
    */
   private readonly storageVisit: number | undefined;
   /** The bytes of the storages of the tensors met so far, each storage once. */
   storageBytes = 0;
-  /** The storages met so far, each once, in the order met, when the walk lists them. */
-  private readonly storages: Storage[] | undefined;
 
-  /** `tally`: "bytes" sums the storages' bytes (storageBytes); an array receives the storages themselves. */
   constructor(
     private readonly root: string,
     private readonly toError: UnsaveableError,
-    tally?: "bytes" | Storage[],
+    countStorageBytes = false,
   ) {
-    this.storageVisit = tally === undefined ? undefined : newStorageVisit();
-    this.storages = Array.isArray(tally) ? tally : undefined;
+    this.storageVisit = countStorageBytes ? newStorageVisit() : undefined;
   }
 
   run(value: unknown): void {
@@ -248,7 +232,6 @@ export class StateWalk {
     if (this.storageVisit === undefined || storage.indexInVisit(this.storageVisit) >= 0) return;
     storage.markVisited(this.storageVisit, 0);
     this.storageBytes += storage.numel * DTYPES[storage.dtype].itemSize; // without reading bytes a reader left pending
-    this.storages?.push(storage);
   }
 
   /** torch.Size holds ints (the reader, like PyTorch, refuses anything else). */

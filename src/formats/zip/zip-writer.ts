@@ -187,16 +187,6 @@ export class ZipWriter {
     this.crcAt = end;
   }
 
-  /**
-   * Sends what is staged and asks the sink, at once, to start making what it has taken durable in
-   * the background (ByteSink.syncInBackground): for a caller about to compute for a while. At once,
-   * not after the writes queued here: while the caller computes, no promise callback runs.
-   */
-  syncInBackground(): void {
-    this.flushStaged();
-    this.sink.syncInBackground?.();
-  }
-
   /** Size and CRC-32 of everything written; complete once `finish()` has resolved. */
   get digest(): { size: number; crc32: number } {
     return { size: this.offset, crc32: this.fileCrc };
