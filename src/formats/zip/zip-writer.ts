@@ -248,7 +248,7 @@ export class ZipWriter {
    * where they go. Thousands of tiny writes would each cost a promise and a system call, so small
    * pieces (headers, small tensors) are gathered and sent as one write of about STAGE_BYTES; the
    * file CRC is taken per batch. A full buffer is sent and a new one started (the sink may keep
-   * what it was given until its write resolves, so a buffer is never reused).
+   * what it was given until its write resolves, so a buffer is reused only once its last write is done).
    */
   private reserve(length: number): number {
     if (this.stageAt + length > this.stageBuffer.length) {
@@ -261,7 +261,8 @@ export class ZipWriter {
       // Small archives stay small: the buffer grows from 64 KiB to STAGE_BYTES.
       const next = Math.min(STAGE_BYTES, Math.max(64 << 10, 2 * retired.length));
       // A spare full-size buffer costs nothing: taken even where a smaller one would do.
-      this.stageBuffer = length <= STAGE_BYTES ? (spareStages.pop() ?? Buffer.allocUnsafeSlow(Math.max(next, length))) : Buffer.allocUnsafeSlow(Math.max(next, length));
+      const spare = length <= STAGE_BYTES ? spareStages.pop() : undefined;
+      this.stageBuffer = spare ?? Buffer.allocUnsafeSlow(Math.max(next, length));
       this.stageStart = 0;
       this.stageAt = 0;
       this.crcAt = 0;
