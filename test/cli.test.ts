@@ -732,11 +732,12 @@ torch.save(state, sys.argv[1], _use_new_zipfile_serialization=False)
     assert.equal(ckpt("convert", legacy, out).status, 0);
     assert.equal(ckpt("diff", legacy, out).stdout, "identical: 2 entries\n");
 
-    // Cut inside its last storage: verify names what is wrong.
+    // Cut inside its last storage: verify names what is wrong. Which storage is last depends on
+    // memory addresses: a legacy file orders storages by the text of their Python object ids.
     await truncate(legacy, (await readFile(legacy)).length - 4);
     const cut = ckpt("verify", legacy);
     assert.equal(cut.status, 1);
-    assert.match(cut.stdout, /^  not a valid PyTorch file: truncated: storage "\d+" \(2 float32 elements\) ends at byte \d+ but the file has \d+ bytes$/m);
+    assert.match(cut.stdout, /^  not a valid PyTorch file: truncated: storage "\d+" \((2|6) float32 elements\) ends at byte \d+ but the file has \d+ bytes$/m);
   });
 
   test("a model file saved with a custom model key converts and diffs as its bare model", async () => {
