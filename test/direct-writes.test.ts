@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { execFileSync } from "node:child_process";
 import { randomBytes } from "node:crypto";
 import { constants, readdirSync, readFileSync, readlinkSync } from "node:fs";
-import { mkdir, readFile, readdir, rm, writeFile } from "node:fs/promises";
+import { mkdir, open, readFile, readdir, rm, writeFile, type FileHandle } from "node:fs/promises";
 import { join } from "node:path";
 import { test } from "node:test";
 import { LocalFileSystem, SafetensorsDumper, SafetensorsLoader, TorchTensorDumper, TorchTensorLoader, Tensor } from "../src/index.js";
@@ -331,4 +331,60 @@ test("abort while a direct write is under way waits for it, then leaves nothing 
   const data = randomBytes(300_000);
   await writeInChunks(fileSystem, join(dir, "next.bin"), data, 13);
   assert.ok((await readFile(join(dir, "next.bin"))).equals(data));
+});
+
+/**
+ * Records the calls of every FileHandle of this process to `datasync` (and, when `failWith` is
+ * given, makes the first one fail with it instead of flushing) and to `write` of `blockBytes`, in
+ * order, until the test ends.
+ */
+async function recordHandleCalls(t: { after(fn: () => void): void }, dir: string, blockBytes: number, failWith?: NodeJS.ErrnoException): Promise<string[]> {
+  const probe = await open(join(dir, "probe"), "w");
+  const prototype = Object.getPrototypeOf(probe) as FileHandle;
+  await probe.close();
+  await rm(join(dir, "probe"));
+  const { datasync, write } = prototype;
+  const calls: string[] = [];
+  prototype.datasync = function (this: FileHandle) {
+    calls.push("datasync");
+    if (failWith !== undefined && calls.filter((call) => call === "datasync").length === 1) return Promise.reject(failWith);
+    return datasync.call(this);
+  };
+  prototype.write = function (this: FileHandle, ...args: unknown[]) {
+    if ((args[0] as Uint8Array).byteLength === blockBytes && args[2] === blockBytes) calls.push("block");
+    return (write as (...a: unknown[]) => unknown).apply(this, args);
+  } as FileHandle["write"];
+  t.after(() => Object.assign(prototype, { datasync, write }));
+  return calls;
+}
+
+test("a large file's direct writes are flushed to disk while it is written, not all at once by the fsync at close", async (t) => {
+  // The fsync at close waits for every byte the disk holds in its cache (0.8 ms a MiB here):
+  // flushes started along the way leave it little to do.
+  const dir = await tempDir();
+  const blockBytes = 1 << 20;
+  const calls = await recordHandleCalls(t, dir, blockBytes);
+  const data = randomBytes(40 << 20);
+  await writeInChunks(new LocalFileSystem({ directWrites: { blockBytes } }), join(dir, "big.bin"), data, 17);
+  assert.ok((await readFile(join(dir, "big.bin"))).equals(data));
+  const blocks = calls.filter((call) => call === "block").length;
+  assert.ok(blocks >= 30, `${blocks} direct block writes`);
+  const flushesBeforeLastBlock = calls.slice(0, calls.lastIndexOf("block")).filter((call) => call === "datasync").length;
+  assert.ok(flushesBeforeLastBlock >= 2, `${flushesBeforeLastBlock} flushes before the last block's write: ${calls.join(" ")}`);
+});
+
+test("a flush that fails while a file is written fails the file, and the earlier file stays", async (t) => {
+  const dir = await tempDir();
+  const path = join(dir, "model.pt");
+  await writeFile(path, "the earlier file");
+  const blockBytes = 1 << 20;
+  const failure = Object.assign(new Error("EIO: i/o error, fdatasync"), { code: "EIO" });
+  const calls = await recordHandleCalls(t, dir, blockBytes, failure);
+  const writer = await new LocalFileSystem({ directWrites: { blockBytes } }).createWriter(path);
+  await writer.write(randomBytes(40 << 20));
+  assert.ok(calls.includes("datasync"), "a flush must have started while the file was written");
+  await assert.rejects(writer.close(), (error: unknown) => (error as NodeJS.ErrnoException).code === "EIO");
+  assert.equal(await readFile(path, "utf8"), "the earlier file");
+  assert.deepEqual(await readdir(dir), ["model.pt"]);
+  assert.equal(directDescriptorsUnder(dir), 0);
 });
