@@ -1,5 +1,6 @@
 import { constants, promises as fsp, writeSync } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
+import { BackgroundFlush } from "./background-flush.js";
 import { pageAlignedBuffer } from "./page-aligned.js";
 
 /**
@@ -27,10 +28,10 @@ const KEPT_BLOCKS = 2 * BLOCKS_PER_FILE;
 const KEPT_SIZES = 2;
 
 /**
- * Direct-written bytes past which a flush to disk (fdatasync) starts in the background, one at a
- * time. A direct write returns once the disk has the bytes in its volatile cache, and the file's
- * fsync at close otherwise waits for all of them at once (about 0.8 ms a MiB here: 54–79 ms at the
- * end of an 80 MiB save, the CPU idle meanwhile). Saves of small tensors fill blocks slower than
+ * Direct-written bytes past which a flush to disk (fdatasync) starts in the background (see
+ * BackgroundFlush). A direct write returns once the disk has the bytes in its volatile cache, and
+ * the file's fsync at close otherwise waits for all of them at once (about 0.8 ms a MiB here:
+ * 54–79 ms at the end of an 80 MiB save, the CPU idle meanwhile). Saves of small tensors fill blocks slower than
  * the disk takes them, so the flushes run in time the disk had free; 1 GiB saves were no slower.
  */
 const EARLY_FLUSH_BYTES = 8 << 20;
@@ -54,12 +55,8 @@ export class DirectBlockWriter {
   /** The blocks' writes under way, oldest first; the oldest is of the block filled next. */
   private readonly inFlight: Promise<void>[] = [];
   private refused = false;
-  /** Bytes sent to the disk since the last early flush started. */
-  private unflushed = 0;
-  /** The early flush under way, if any: `finish` and `abort` wait for it. */
-  private flushing: Promise<void> | undefined;
-  /** The first early flush that failed: `finish` reports it. */
-  private flushFailure: { error: unknown } | undefined;
+  /** Flushes what the blocks sent while the next are filled (see EARLY_FLUSH_BYTES). */
+  private readonly diskFlush: BackgroundFlush;
 
   private constructor(
     private readonly handle: FileHandle,
@@ -68,7 +65,9 @@ export class DirectBlockWriter {
     private readonly device: number,
     private position: number,
     private readonly bufferedWrite: BufferedWrite,
-  ) {}
+  ) {
+    this.diskFlush = new BackgroundFlush(handle, EARLY_FLUSH_BYTES);
+  }
 
   /**
    * Opens `path` a second time for direct writes from `position` (a multiple of DIRECT_ALIGNMENT,
@@ -128,8 +127,7 @@ export class DirectBlockWriter {
     try {
       if (aligned > 0) this.inFlight.push(this.writeBlock(block.subarray(0, aligned), this.position));
       await this.settle();
-      await this.flushing;
-      if (this.flushFailure !== undefined) throw this.flushFailure.error;
+      await this.diskFlush.settle();
     } finally {
       await this.handle.close();
     }
@@ -148,7 +146,7 @@ export class DirectBlockWriter {
   /** Waits out a write in flight (its error is not wanted any more) and closes the descriptor. */
   async abort(): Promise<void> {
     await this.settle().catch(() => undefined);
-    await this.flushing;
+    await this.diskFlush.quiesce();
     await this.handle.close().catch(() => undefined);
   }
 
@@ -165,27 +163,12 @@ export class DirectBlockWriter {
     const writing = this.writeBlock(block, this.position);
     writing.catch(() => undefined); // a later submit, finish or abort awaits it and reports its failure
     this.inFlight.push(writing);
-    this.unflushed += block.byteLength;
-    this.flushEarly();
+    this.diskFlush.handedOver(block.byteLength);
     this.position += block.byteLength;
     this.current = (this.current + 1) % this.blocks.length;
     this.filled = 0;
     // The next block's last write is the oldest under way: its memory is filled next.
     if (this.inFlight.length === this.blocks.length) await this.inFlight.shift();
-  }
-
-  /** Starts a flush to disk (see EARLY_FLUSH_BYTES) once enough was sent since the last, if none is under way. */
-  private flushEarly(): void {
-    if (this.unflushed < EARLY_FLUSH_BYTES || this.flushing !== undefined) return;
-    this.unflushed = 0;
-    // One at a time, so the one that ends is the one under way. It never rejects: finish reports its failure.
-    this.flushing = this.handle.datasync().then(
-      () => void (this.flushing = undefined),
-      (error: unknown) => {
-        this.flushFailure ??= { error };
-        this.flushing = undefined;
-      },
-    );
   }
 
   private async writeBlock(block: Buffer, position: number): Promise<void> {

@@ -2,6 +2,7 @@ import { constants, promises as fsp } from "node:fs";
 import type { FileHandle } from "node:fs/promises";
 import * as nodePath from "node:path";
 import type { FileWriter } from "./file-system.js";
+import { BackgroundFlush } from "./background-flush.js";
 import { DIRECT_ALIGNMENT, DirectBlockWriter } from "./direct-writes.js";
 
 /**
@@ -47,10 +48,8 @@ export class LocalFileWriter implements FileWriter {
   /** Bytes written to the file so far (not counting the buffer or direct blocks). */
   private written = 0;
   private finished = false;
-  /** Bytes written since the last early flush to disk was started. */
-  private unsynced = 0;
-  /** The early flush to disk in flight, if any (see EARLY_SYNC_BYTES). */
-  private syncing: Promise<void> | undefined;
+  /** Flushes what was written through the page cache while writing goes on (see EARLY_SYNC_BYTES). */
+  private readonly diskFlush: BackgroundFlush;
   /** Where the rest of the file goes once direct writes have started. */
   private direct: DirectBlockWriter | undefined;
   /** The write under way: close and abort wait for it before touching what it uses. */
@@ -70,7 +69,9 @@ export class LocalFileWriter implements FileWriter {
     private readonly partialPath: string,
     private readonly finalPath: string,
     private directBlockBytes: number | undefined,
-  ) {}
+  ) {
+    this.diskFlush = new BackgroundFlush(handle, EARLY_SYNC_BYTES);
+  }
 
   /**
    * The bytes the caller will write in all, told before the first write: a file shorter than
@@ -149,15 +150,7 @@ export class LocalFileWriter implements FileWriter {
   private async writeOut(bytes: Uint8Array): Promise<void> {
     await writeAll(this.handle, bytes, this.written);
     this.written += bytes.byteLength;
-    this.unsynced += bytes.byteLength;
-    if (this.unsynced >= EARLY_SYNC_BYTES && this.syncing === undefined) {
-      this.unsynced = 0;
-      const syncing = this.handle.datasync().finally(() => {
-        if (this.syncing === syncing) this.syncing = undefined;
-      });
-      syncing.catch(() => undefined); // close() awaits it and reports its failure
-      this.syncing = syncing;
-    }
+    this.diskFlush.handedOver(bytes.byteLength);
   }
 
   async close(): Promise<void> {
@@ -171,7 +164,7 @@ export class LocalFileWriter implements FileWriter {
     try {
       await this.flush();
       await this.finishDirect();
-      await this.syncing;
+      await this.diskFlush.settle();
       await this.handle.sync();
       await this.handle.close();
       await fsp.rename(this.partialPath, this.finalPath);
@@ -194,7 +187,7 @@ export class LocalFileWriter implements FileWriter {
     await this.direct?.abort();
     this.direct?.release();
     this.direct = undefined;
-    await this.syncing?.catch(() => undefined);
+    await this.diskFlush.quiesce();
     await this.handle.close().catch(() => undefined);
     await fsp.rm(this.partialPath, { force: true });
   }
