@@ -10,6 +10,8 @@ import { crc32 } from "../src/formats/crc32.js";
 import { MemoryReader, MemorySink } from "../src/formats/byte-io.js";
 import { PickleMemo } from "../src/formats/pickle/pickle-memo.js";
 import { PickleReader } from "../src/formats/pickle/pickle-reader.js";
+import { Pickler } from "../src/formats/pickle/pickler.js";
+import { RebuildWriter } from "../src/formats/torch/rebuild-writer.js";
 import { TorchStorageType, findTorchGlobal } from "../src/formats/torch/torch-globals.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { ZipWriter } from "../src/formats/zip/zip-writer.js";
@@ -117,6 +119,18 @@ describe("kept shapes (keep-shapes.ts): real objects of a save and a load end in
     const type = findTorchGlobal("torch", "FloatStorage");
     assert.ok(type instanceof TorchStorageType);
     assertKeptShape(type);
+  });
+
+  test("a save's pickler and rebuild writer, past a grown buffer and long memo references", () => {
+    const pickler = new Pickler(() => false, () => false);
+    const rebuilds = new RebuildWriter();
+    for (let i = 0; i < 2000; i++) {
+      rebuilds.write(pickler, Tensor.from(new Float32Array(3), { shape: [3] }), i);
+      pickler.putMemo();
+    }
+    assert.ok(pickler.written().byteLength > 1 << 16, "the buffer grew");
+    assertKeptShape(pickler);
+    assertKeptShape(rebuilds);
   });
 
   test("the state walk, over a state of more than 2 GiB (storages left pending: nothing allocated)", () => {

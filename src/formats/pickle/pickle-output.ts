@@ -16,8 +16,8 @@ const BIG_INT32_MAX = 2 ** 31 - 1;
  * writer writes each tensor's rebuild call with, op by op (see docs/design.md, "Per-tensor cost").
  */
 export class PickleOutput {
-  private buffer = Buffer.alloc(1 << 16);
-  private view = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
+  private buffer: Buffer = Buffer.alloc(1 << 16);
+  private view: DataView = new DataView(this.buffer.buffer, this.buffer.byteOffset, this.buffer.byteLength);
   private length = 0;
   private readonly stringMemo = new Map<string, number>();
   /**
@@ -31,6 +31,31 @@ export class PickleOutput {
   /** The bytes written so far (a view, not a copy). */
   written(): Uint8Array {
     return this.buffer.subarray(0, this.length);
+  }
+
+  /**
+   * Makes room for `count` more bytes and returns where they start in `bytes`: a writer of a record
+   * repeated thousands of times (a tensor's rebuild call) stores its bytes there itself and ends
+   * with `advanceTo`, instead of a call per opcode.
+   */
+  room(count: number): number {
+    this.ensure(count);
+    return this.length;
+  }
+
+  /** The buffer `room` made room in (a new one after `room` grows it). */
+  get roomBuffer(): Buffer {
+    return this.buffer;
+  }
+
+  /** Ends a raw write: the pickle now ends at `end`, within the room made. */
+  advanceTo(end: number): void {
+    this.length = end;
+  }
+
+  /** The memo index of `value` if a memoized string of it was written, else -1. */
+  stringMemoIndex(value: string): number {
+    return this.stringMemo.get(value) ?? -1;
   }
 
   /** Writes MARK. */
@@ -217,8 +242,23 @@ export class PickleOutput {
     while (size < this.length + extra) size *= 2;
     const grown = Buffer.alloc(size);
     grown.set(this.buffer.subarray(0, this.length));
-    this.buffer = grown;
-    this.view = new DataView(grown.buffer, grown.byteOffset, grown.byteLength);
+    this.setBuffer(grown);
+  }
+
+  private setBuffer(buffer: Buffer): void {
+    this.buffer = buffer;
+    this.view = new DataView(buffer.buffer, buffer.byteOffset, buffer.byteLength);
+  }
+
+  /**
+   * Readies an instance kept for its shape (keep-shapes.ts): its buffer is replaced by an empty one
+   * (nothing held for nothing), and so V8 learns that the field changes. Until some instance had
+   * replaced it, V8 took the field for a constant, and the first pickle to grow its buffer threw
+   * away the code optimized for it (`--trace-deopt`: "code dependencies", at a process's first save).
+   */
+  protected readyForKeeping(): void {
+    this.length = 0;
+    this.setBuffer(Buffer.alloc(0));
   }
 }
 

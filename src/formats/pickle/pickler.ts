@@ -214,6 +214,11 @@ export class Pickler extends PickleOutput {
     names.set(name, this.newMemoIndex());
   }
 
+  /** The memo index of global `module.name` if it was written, else -1. */
+  globalMemoIndex(module: string, name: string): number {
+    return this.globalMemo.get(module)?.get(name) ?? -1;
+  }
+
   /** Writes `pid` (a tuple of items) as a persistent id. */
   persistentId(items: readonly unknown[]): void {
     this.tuple(items, []);
@@ -233,7 +238,9 @@ export class Pickler extends PickleOutput {
   }
 
   static {
-    keepShape(new Pickler());
+    const kept = new Pickler();
+    kept.readyForKeeping();
+    keepShape(kept);
   }
 }
 

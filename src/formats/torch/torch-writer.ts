@@ -1,5 +1,4 @@
 import { FormatError } from "../../errors.js";
-import { DTYPES } from "../../tensor/dtype.js";
 import { newStorageVisit, type Storage } from "../../tensor/storage.js";
 import { ShardedTensor } from "../../tensor/sharded-tensor.js";
 import { Tensor } from "../../tensor/tensor.js";
@@ -10,6 +9,7 @@ import type { ByteSink } from "../byte-io.js";
 import { Op } from "../pickle/opcodes.js";
 import { Pickler } from "../pickle/pickler.js";
 import { ZipWriter, type ZipWriterOptions } from "../zip/zip-writer.js";
+import { RebuildWriter, writeEmptyOrderedDict } from "./rebuild-writer.js";
 
 export interface TorchWriteOptions extends ZipWriterOptions {
   /** The archive's root folder (PyTorch 2.x writes "archive"). */
@@ -22,22 +22,31 @@ export interface TorchWriteOptions extends ZipWriterOptions {
 
 const utf8 = new TextEncoder();
 
+/** A state's pickle (`data.pkl`) and the storages it names, keyed by their index. */
+export interface PickledState {
+  pickle: Uint8Array;
+  storages: Storage[];
+  /** The storages' bytes in all. */
+  storageBytes: number;
+}
+
 /**
- * Writes `state` as PyTorch's zip archive, in the order `torch.save` uses: the pickle, the byte
- * order, one entry per storage (each storage once, however many tensors view it), the version.
+ * Pickles `state` as `torch.save` does: tensors as `_rebuild_tensor_v2` calls whose persistent ids
+ * name storages "0", "1", … in the order first met. Refuses, naming the key path, what could not be
+ * written or would not load back (a Map key that is an object, undefined, a function…), unless the
+ * caller has checked the state (`stateChecked`). `rawRebuilds`: false writes every rebuild call op
+ * by op (see RebuildWriter; the tests compare both).
  */
-export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
-  const root = options.root ?? "archive";
+export function pickleState(state: StateValue, stateChecked = false, rawRebuilds = true): PickledState {
   // Storage keys are the numbers 0, 1, …: the index in `storages`, in the order first met.
   const storages: Storage[] = [];
   // Their bytes, summed as each is first met (its object is in cache then; a loop afterwards would
   // miss the cache once per tensor).
   let storageBytes = 0;
   const stamp = newStorageVisit();
+  const rebuilds = new RebuildWriter(rawRebuilds);
 
-  // Refuses, naming the key path, what could not be written or would not load back (a Map key
-  // that is an object, undefined, a function…), before the first byte reaches the sink.
-  if (options.stateChecked !== true) checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
+  if (!stateChecked) checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
   // Tensors are written first and memoized by a field on each (a tensor met again is a memo get).
   const encodeTensor = (pickler: Pickler, value: object): boolean => {
     if (!(value instanceof Tensor)) return false;
@@ -46,15 +55,11 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
       pickler.getMemoEntry(memoIndex);
       return true;
     }
-    storageBytes += writeTensor(pickler, value, storages, stamp);
+    storageBytes += writeTensor(pickler, value, storages, stamp, rebuilds);
     value.markArchived(stamp, pickler.putMemo());
     return true;
   };
   const pickle = Pickler.dump(state, (pickler, value) => {
-    if (value instanceof StorageClass) {
-      pickler.global("torch", DTYPES[value.storage.dtype].torchStorage);
-      return true;
-    }
     if (value instanceof ShardedTensor) {
       pickler.value(shardedRecord(value));
       return true;
@@ -68,6 +73,16 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
     }
     return false;
   }, encodeTensor);
+  return { pickle, storages, storageBytes };
+}
+
+/**
+ * Writes `state` as PyTorch's zip archive, in the order `torch.save` uses: the pickle, the byte
+ * order, one entry per storage (each storage once, however many tensors view it), the version.
+ */
+export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
+  const root = options.root ?? "archive";
+  const { pickle, storages, storageBytes } = pickleState(state, options.stateChecked === true);
 
   const { onProgress } = options;
   let done = 0;
@@ -100,7 +115,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
 }
 
 /** Writes the rebuild call of `tensor`; returns the bytes of its storage if it is the first to view it, else 0. */
-function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number): number {
+function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stamp: number, rebuilds: RebuildWriter): number {
   const { storage } = tensor;
   // Each storage once, however many tensors view it; a field, not a Map lookup, per tensor.
   let key = storage.indexInVisit(stamp);
@@ -111,52 +126,16 @@ function writeTensor(pickler: Pickler, tensor: Tensor, storages: Storage[], stam
     storages.push(storage);
     newBytes = storage.bytes.byteLength;
   }
-  // Written op by op, without closures or generic tuples: this runs once per tensor, and states
-  // have tens of thousands (see docs/design.md, "Per-tensor cost"). The bytes are those of
-  // _rebuild_tensor_v2(persistent_id, offset, shape, strides, requires_grad, OrderedDict()).
   if (!tensor.isParameter) {
-    writeRebuild(pickler, tensor, key);
+    rebuilds.write(pickler, tensor, key);
     return newBytes;
   }
   pickler.global("torch._utils", "_rebuild_parameter");
   pickler.mark();
-  writeRebuild(pickler, tensor, key);
+  rebuilds.write(pickler, tensor, key);
   pickler.value(tensor.requiresGrad);
-  emptyOrderedDict(pickler);
+  writeEmptyOrderedDict(pickler);
   pickler.byte(Op.TUPLE);
   pickler.byte(Op.REDUCE);
   return newBytes;
-}
-
-function writeRebuild(pickler: Pickler, tensor: Tensor, storageKey: number): void {
-  const { storage } = tensor;
-  pickler.global("torch._utils", "_rebuild_tensor_v2");
-  pickler.mark();
-  // The persistent id ("storage", torch.<Type>Storage, key, "cpu", numel), a tuple of 5.
-  pickler.mark();
-  pickler.string("storage");
-  pickler.global("torch", DTYPES[storage.dtype].torchStorage);
-  pickler.decimalString(storageKey); // the string "0", "1", … (as torch writes it)
-  pickler.string("cpu");
-  pickler.int(storage.numel);
-  pickler.byte(Op.TUPLE);
-  pickler.byte(Op.BINPERSID);
-  pickler.int(tensor.offset);
-  pickler.intTuple(tensor.shape);
-  pickler.intTuple(tensor.strides);
-  pickler.byte(tensor.requiresGrad ? Op.NEWTRUE : Op.NEWFALSE);
-  emptyOrderedDict(pickler);
-  pickler.byte(Op.TUPLE);
-  pickler.byte(Op.REDUCE);
-}
-
-function emptyOrderedDict(pickler: Pickler): void {
-  pickler.global("collections", "OrderedDict");
-  pickler.byte(Op.EMPTY_TUPLE);
-  pickler.byte(Op.REDUCE);
-}
-
-/** Placeholder written as the global `torch.<Type>Storage` inside a persistent id. */
-class StorageClass {
-  constructor(readonly storage: Storage) {}
 }
