@@ -110,6 +110,41 @@ test("by default a file past 16 MiB is written around the page cache, byte for b
   assert.ok((await readFile(join(dir, "plain.bin"))).equals(data));
 });
 
+test("a small file announced as at least a block long goes around the page cache from its first byte; one announced as shorter, or as eight blocks or more, as before", async () => {
+  const dir = await tempDir();
+  const fileSystem = new LocalFileSystem();
+  const data = randomBytes((20 << 20) + 1000); // past the default 16 MiB block, with a tail past the last 4 KiB edge
+  const writer = await fileSystem.createWriter(join(dir, "announced.bin"));
+  writer.expectBytes?.(data.byteLength);
+  await writer.write(data.subarray(0, 100)); // a header, as the zip writer's
+  assert.equal(directDescriptorsUnder(dir), 1, "direct writes start with the first byte");
+  for (let done = 100; done < data.byteLength; done += 1 << 20) await writer.write(data.subarray(done, Math.min(done + (1 << 20), data.byteLength)));
+  await writer.close();
+  // Only the tail went through the page cache.
+  assert.ok(residentBytes(join(dir, "announced.bin")) <= 4096, `${residentBytes(join(dir, "announced.bin"))} bytes of the file are in the page cache`);
+  assert.ok((await readFile(join(dir, "announced.bin"))).equals(data));
+  // Announced as shorter than a block, a file takes no direct writes until it reaches one.
+  const shorter = data.subarray(0, 12 << 20);
+  const second = await fileSystem.createWriter(join(dir, "shorter.bin"));
+  second.expectBytes?.(shorter.byteLength);
+  await second.write(shorter);
+  assert.equal(directDescriptorsUnder(dir), 0);
+  await second.close();
+  assert.equal(residentBytes(join(dir, "shorter.bin")), shorter.byteLength);
+  assert.ok((await readFile(join(dir, "shorter.bin"))).equals(shorter));
+  // Announced as eight blocks or more (here of 1 MiB), its head of a block goes through the page
+  // cache while the disk works, as an unannounced file's does.
+  const large = data.subarray(0, (9 << 20) + 1000);
+  const third = await new LocalFileSystem({ directWrites: { blockBytes: 1 << 20 } }).createWriter(join(dir, "large.bin"));
+  third.expectBytes?.(large.byteLength);
+  for (let done = 0; done < large.byteLength; done += 100 << 10) await third.write(large.subarray(done, Math.min(done + (100 << 10), large.byteLength)));
+  await third.close();
+  const head = residentBytes(join(dir, "large.bin"));
+  // (Direct writes start within the write that takes the file to a block: at the 4 KiB edge after 1000 KiB.)
+  assert.ok(head >= 1000 << 10 && head <= (1 << 20) + 2 * 4096, `${head} bytes of the large file are in the page cache`);
+  assert.ok((await readFile(join(dir, "large.bin"))).equals(large));
+});
+
 test("a file announced as small gets direct-write blocks of a quarter of the size; a large or unannounced one, full blocks", async () => {
   const dir = await tempDir();
   // Sizes no other test here uses: 200 KiB full blocks, so 48 KiB quarters (whole 4 KiB units).

@@ -37,8 +37,9 @@ const SMALL_FILE_BLOCKS = 8;
 
 /**
  * Writes a file to a hidden partial path; `close` fsyncs it, renames it into place and fsyncs the
- * directory. Small writes are gathered into a buffer. Once the file reaches `directBlockBytes`, the
- * rest goes around the page cache in aligned blocks (see DirectBlockWriter), where the file system
+ * directory. Small writes are gathered into a buffer. Once the file reaches `directBlockBytes` (from
+ * its first byte, for a small file announced as that large: expectBytes), the rest goes around the
+ * page cache in aligned blocks (see DirectBlockWriter), where the file system
  * takes O_DIRECT: filling the page cache costs CPU a save need not spend, and a checkpoint read
  * back only at a resume gains nothing from its pages.
  */
@@ -57,6 +58,11 @@ export class LocalFileWriter implements FileWriter {
   /** The first write that failed: the file has a hole, and `close` must not publish it. */
   private failure: { error: unknown } | undefined;
 
+  /**
+   * The file size at which direct writes start: `directBlockBytes`, or 0 for a small file announced
+   * as at least that large (expectBytes), which then goes around the page cache from its first byte.
+   */
+  private directFrom: number | undefined;
   /** The size of this file's direct-write blocks: `directBlockBytes`, or less for a small file (expectBytes). */
   private blockBytes: number | undefined;
 
@@ -76,12 +82,19 @@ export class LocalFileWriter implements FileWriter {
   /**
    * The bytes the caller will write in all, told before the first write: a file shorter than
    * SMALL_FILE_BLOCKS blocks gets its direct writes in quarter-size blocks (less fresh memory for
-   * a process's first save). Said once bytes are written, or without direct writes, it changes nothing.
+   * a process's first save), and if it reaches a block, direct writes from its first byte. Said once
+   * bytes are written, or without direct writes, it changes nothing.
    */
   expectBytes(total: number): void {
     if (this.directBlockBytes === undefined || this.written + this.buffered > 0) return;
     const quarter = Math.max(DIRECT_ALIGNMENT, Math.floor(this.directBlockBytes / 4 / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT);
-    this.blockBytes = total < SMALL_FILE_BLOCKS * this.directBlockBytes ? quarter : this.directBlockBytes;
+    const small = total < SMALL_FILE_BLOCKS * this.directBlockBytes;
+    this.blockBytes = small ? quarter : this.directBlockBytes;
+    // A small file that will reach a block takes direct writes from its first byte: a head of a block
+    // through the page cache is a fifth of it or more, and cost a process's first save of 80 MiB
+    // ~24 ms of fresh page-cache pages. A larger file keeps it: its head goes to the page cache while
+    // the disk is busy (1 GiB of 1 MiB tensors saved 4-6% faster with it).
+    if (small && total >= this.directBlockBytes) this.directFrom = 0;
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -99,7 +112,7 @@ export class LocalFileWriter implements FileWriter {
 
   private async writeChunk(chunk: Uint8Array): Promise<void> {
     if (this.direct !== undefined) return this.direct.write(chunk);
-    if (this.directBlockBytes !== undefined && this.written + this.buffered + chunk.byteLength >= this.directBlockBytes) {
+    if (this.directBlockBytes !== undefined && this.written + this.buffered + chunk.byteLength >= (this.directFrom ?? this.directBlockBytes)) {
       const { direct, rest } = await this.startDirect(chunk, this.blockBytes ?? this.directBlockBytes);
       if (direct !== undefined) return direct.write(rest);
       chunk = rest;
@@ -131,9 +144,9 @@ export class LocalFileWriter implements FileWriter {
    */
   private async startDirect(chunk: Uint8Array, blockBytes: number): Promise<{ direct: DirectBlockWriter | undefined; rest: Uint8Array }> {
     await this.flush();
-    // The file holds less than one block (every write checks), and the chunk takes it to at least
-    // one, which is a multiple of DIRECT_ALIGNMENT: the bytes up to the next aligned offset are all
-    // in the chunk.
+    // The chunk takes the file to where direct writes start: one block (every write checks), a
+    // multiple of DIRECT_ALIGNMENT, or its start (directFrom 0): the bytes up to the next aligned
+    // offset are all in the chunk.
     const head = (DIRECT_ALIGNMENT - (this.written % DIRECT_ALIGNMENT)) % DIRECT_ALIGNMENT;
     const start = this.written + head;
     this.directBlockBytes = undefined; // one attempt per file
