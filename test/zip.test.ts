@@ -10,6 +10,7 @@ import { isSafeAsciiName } from "../src/formats/zip/zip-directory.js";
 import { checkEntryName } from "../src/formats/zip/zip-entry-names.js";
 import { ZipReader } from "../src/formats/zip/zip-reader.js";
 import { ZipWriter, type ZipWriterOptions } from "../src/formats/zip/zip-writer.js";
+import { writeCentralHeader, writePlainCentralHeader } from "../src/formats/zip/zip-records.js";
 import { LocalFileSystem } from "../src/fs/local-file-system.js";
 
 type Entries = [name: string, data: Uint8Array | Uint8Array[]][];
@@ -373,4 +374,21 @@ describe("zip files on the local disk", () => {
     assert.equal(await fs.exists(path), false);
     assert.ok(!(await readdir(dir)).some((name) => name.includes("aborted")), "the partial file is removed too");
   });
+});
+
+test("a central header copied from its template is the one written field by field", () => {
+  const cases = [
+    [0, 0, 0, 0],
+    [14, 0xffffffff, 4096, 64],
+    [300, 0x80000001, 0xfffffffe, 0xfffffffe],
+    [65535, 0x12345678, 1, 0x7fffffff],
+  ];
+  for (const [nameLength, crc, size, offset] of cases) {
+    // Garbage around and under the header: the template must overwrite every byte of it.
+    const plain = Buffer.alloc(60, 0xa5);
+    const general = Buffer.alloc(60, 0xa5);
+    writePlainCentralHeader(plain, 7, nameLength!, crc!, size!, offset!);
+    writeCentralHeader(general, 7, nameLength!, crc!, size!, offset!, false, false);
+    assert.equal(plain.toString("hex"), general.toString("hex"), `name ${nameLength}, crc ${crc}, size ${size}, offset ${offset}`);
+  }
 });

@@ -68,6 +68,21 @@ export function centralExtraLength(bigSize: boolean, bigOffset: boolean): number
   return fields > 0 ? 4 + 8 * fields : 0;
 }
 
+/**
+ * A central header without zip64 fields at `start`, as writeCentralHeader writes it: its fixed
+ * fields copied from a template, then the entry's own. An archive of many small tensors has tens
+ * of thousands of these, written at the end of a save (a process's first save runs this before
+ * V8 has optimized it: one copy then costs less than forty-six stores).
+ */
+export function writePlainCentralHeader(b: Buffer, start: number, nameLength: number, crc: number, size: number, offset: number): void {
+  b.set(PLAIN_CENTRAL_HEADER, start);
+  writeU32(b, start + 16, crc);
+  writeU32(b, start + 20, size);
+  writeU32(b, start + 24, size);
+  writeU16(b, start + 28, nameLength);
+  writeU32(b, start + 42, offset);
+}
+
 /** A central header at `start` for a name of `nameLength` bytes, with its zip64 extra field if any. */
 export function writeCentralHeader(b: Buffer, start: number, nameLength: number, crc: number, size: number, offset: number, bigSize: boolean, bigOffset: boolean): void {
   const extraLength = centralExtraLength(bigSize, bigOffset);
@@ -136,3 +151,7 @@ function writeU32(b: Uint8Array, at: number, value: number): void {
   b[at + 2] = (value >>> 16) & 0xff;
   b[at + 3] = (value >>> 24) & 0xff;
 }
+
+/** The fixed fields of a central header without zip64 fields (see writePlainCentralHeader). */
+const PLAIN_CENTRAL_HEADER = Buffer.alloc(CENTRAL_HEADER_SIZE);
+writeCentralHeader(PLAIN_CENTRAL_HEADER, 0, 0, 0, 0, 0, false, false);

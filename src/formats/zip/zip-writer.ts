@@ -8,7 +8,7 @@ import { keepShape } from "../../keep-shapes.js";
 
 export { checkEntryName } from "./zip-entry-names.js";
 import { CENTRAL_HEADER_SIZE, END_SIZE, LOCAL_HEADER_SIZE, UINT16_MAX, UINT32_MAX, ZIP64_END_SIZE, ZIP64_LOCATOR_SIZE } from "./zip-constants.js";
-import { ZIP64_LOCAL_EXTRA_BYTES, centralExtraLength, writeCentralHeader, writeEndRecord, writeLocalHeader, writeZip64EndRecords } from "./zip-records.js";
+import { ZIP64_LOCAL_EXTRA_BYTES, centralExtraLength, writeCentralHeader, writeEndRecord, writePlainCentralHeader, writeLocalHeader, writeZip64EndRecords } from "./zip-records.js";
 
 export interface ZipWriterOptions {
   /** Entry data starts at a multiple of this (PyTorch uses 64, so storages can be mapped). */
@@ -233,7 +233,8 @@ export class ZipWriter {
     const bigSize = this.forceZip64 || size >= UINT32_MAX;
     const bigOffset = this.forceZip64 || offset >= UINT32_MAX;
     const start = this.reserve(CENTRAL_HEADER_SIZE + nameLength + centralExtraLength(bigSize, bigOffset));
-    writeCentralHeader(this.stageBuffer, start, nameLength, crc, size, offset, bigSize, bigOffset);
+    if (bigSize || bigOffset) writeCentralHeader(this.stageBuffer, start, nameLength, crc, size, offset, bigSize, bigOffset);
+    else writePlainCentralHeader(this.stageBuffer, start, nameLength, crc, size, offset);
     this.names.write(this.stageBuffer, start + CENTRAL_HEADER_SIZE, name, nameLength);
   }
 
