@@ -15,11 +15,11 @@ export const MAX_IO_BYTES = 1 << 30;
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
 /**
- * Writes at least this large go to the file as they are, without a copy into the buffer. Below the
- * zip writer's staged batches (up to 1 MiB, but a batch ends where the next header or entry would
- * not fit, so it is a little less): at 1 MiB, every small tensor was copied a second time here.
+ * Writes at least this large go to the file as they are, without a copy into the buffer. Well below
+ * the zip writer's staged batches (up to 256 KiB, but a batch ends where the next header or entry
+ * would not fit, so it is a little less): at their size, every small tensor was copied a second time here.
  */
-const PASS_THROUGH_BYTES = 256 << 10;
+const PASS_THROUGH_BYTES = 64 << 10;
 /**
  * Written bytes past which a background flush to disk (fdatasync) starts while writing goes on:
  * a file's fsync at close otherwise waits for all its bytes at once.

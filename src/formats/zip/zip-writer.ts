@@ -21,8 +21,12 @@ export interface ZipWriterOptions {
 const COMBINE_MIN_BYTES = 16 << 10;
 /** Staged bytes shorter than this join the file CRC through the JavaScript CRC (no native call). */
 const SMALL_CRC_BYTES = 256;
-/** Headers and small entries are gathered into writes of this size. */
-const STAGE_BYTES = 1 << 20;
+/**
+ * Headers and small entries are gathered into writes of this size. Their buffers are a process's
+ * first save's fresh memory, at 0.28 GB/s on this VM the first time it is touched: 1 MiB ones took a
+ * first save of 20,000 small tensors to 356 ms (median of eight), these to 328 ms.
+ */
+const STAGE_BYTES = 256 << 10;
 /**
  * Full-size staging buffers the sink has written, kept for the next archive of the process: a
  * save's staging buffers then cost no allocation (a steady save of 20,000 small tensors allocated
