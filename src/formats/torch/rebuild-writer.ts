@@ -21,7 +21,7 @@ const RAW_INT_LIMIT = 2 ** 31;
  *
  * Why it matters: a process's first save runs this code before V8 has optimized it, and the
  * optimizing compiler's time grows with every small call it inlines. States hold tens of
- * thousands of tensors (docs/design.md, "A first save's code").
+ * thousands of tensors (docs/design.md, "A process's first save").
  */
 export class RebuildWriter {
   /** Memo indexes of what every call repeats; -1 until the first call has written them. */
