@@ -18,9 +18,12 @@ after(async () => {
   for (const dir of tempDirs) await rm(dir, { recursive: true, force: true });
 });
 
-/** One of each kind the raw path must get right, and more than 256 memo entries (long memo references). */
+/** One of each kind the raw path must get right, with memo references in the long form. */
 function variedState(): StateDict {
   const state: StateDict = {};
+  // 300 strings before the first tensor: the globals and strings every rebuild call repeats get
+  // memo indexes past 255, so the raw calls refer to them in the long form (LONG_BINGET).
+  state.names = Array.from({ length: 300 }, (_, i) => `name ${i}`);
   const wide = new Storage("float32", new Uint8Array(4 * 70_000)); // numel and offsets past 2^16: BININT
   new Float32Array(wide.bytes.buffer).forEach((_, i, a) => (a[i] = i % 97));
   state.wide = new Tensor({ storage: wide, shape: [70_000] });
@@ -65,7 +68,8 @@ import json, sys, torch
 state = torch.load(sys.argv[1])
 def describe(t):
     return [str(t.dtype), list(t.shape), list(t.stride()), t.storage_offset(), t.requires_grad, isinstance(t, torch.nn.Parameter), float(t.double().sum())]
-out = {k: describe(v) for k, v in state.items() if k != "layers"}
+out = {k: describe(v) for k, v in state.items() if k not in ("layers", "names")}
+out["names"] = [state["names"][0], state["names"][299], len(state["names"])]
 out["layers"] = [describe(state["layers"][f"layers.{i}.weight"]) for i in (0, 1, 255, 299)]
 out["sharesWide"] = state["wideView"].storage().data_ptr() == state["wide"].storage().data_ptr()
 out["again"] = state["again"] is state["weight"]
@@ -87,6 +91,7 @@ print(json.dumps(out))`;
   assert.deepEqual(got.bigStride, ["torch.float32", [1, 2], [2 ** 30 + 3, 1], 0, false, false, 0]);
   assert.deepEqual(got.hugeStride, ["torch.float32", [1, 2], [2 ** 31, 1], 0, false, false, 0]);
   assert.deepEqual(got.layers, [0, 1, 255, 299].map((i) => ["torch.float32", [i % 5 + 1], [1], 0, false, false, i * (i % 5 + 1)]));
+  assert.deepEqual(got.names, ["name 0", "name 299", 300]);
   assert.equal(got.sharesWide, true);
   assert.equal(got.again, true);
 });

@@ -58,11 +58,8 @@ export class LocalFileWriter implements FileWriter {
   /** The first write that failed: the file has a hole, and `close` must not publish it. */
   private failure: { error: unknown } | undefined;
 
-  /**
-   * The file size at which direct writes start: `directBlockBytes`, or 0 for a small file announced
-   * as at least that large (expectBytes), which then goes around the page cache from its first byte.
-   */
-  private directFrom: number | undefined;
+  /** A small file announced as reaching a block (expectBytes): direct writes from its first byte. */
+  private directFromStart = false;
   /** The size of this file's direct-write blocks: `directBlockBytes`, or less for a small file (expectBytes). */
   private blockBytes: number | undefined;
 
@@ -94,7 +91,7 @@ export class LocalFileWriter implements FileWriter {
     // through the page cache is a fifth of it or more, and cost a process's first save of 80 MiB
     // ~24 ms of fresh page-cache pages. A larger file keeps it: its head goes to the page cache while
     // the disk is busy (1 GiB of 1 MiB tensors saved 4-6% faster with it).
-    if (small && total >= this.directBlockBytes) this.directFrom = 0;
+    this.directFromStart = small && total >= this.directBlockBytes;
   }
 
   async write(chunk: Uint8Array): Promise<void> {
@@ -112,7 +109,7 @@ export class LocalFileWriter implements FileWriter {
 
   private async writeChunk(chunk: Uint8Array): Promise<void> {
     if (this.direct !== undefined) return this.direct.write(chunk);
-    if (this.directBlockBytes !== undefined && this.written + this.buffered + chunk.byteLength >= (this.directFrom ?? this.directBlockBytes)) {
+    if (this.directBlockBytes !== undefined && this.written + this.buffered + chunk.byteLength >= (this.directFromStart ? 0 : this.directBlockBytes)) {
       const { direct, rest } = await this.startDirect(chunk, this.blockBytes ?? this.directBlockBytes);
       if (direct !== undefined) return direct.write(rest);
       chunk = rest;
@@ -145,7 +142,7 @@ export class LocalFileWriter implements FileWriter {
   private async startDirect(chunk: Uint8Array, blockBytes: number): Promise<{ direct: DirectBlockWriter | undefined; rest: Uint8Array }> {
     await this.flush();
     // The chunk takes the file to where direct writes start: one block (every write checks), a
-    // multiple of DIRECT_ALIGNMENT, or its start (directFrom 0): the bytes up to the next aligned
+    // multiple of DIRECT_ALIGNMENT, or its start (directFromStart): the bytes up to the next aligned
     // offset are all in the chunk.
     const head = (DIRECT_ALIGNMENT - (this.written % DIRECT_ALIGNMENT)) % DIRECT_ALIGNMENT;
     const start = this.written + head;

@@ -1,6 +1,7 @@
 import { DTYPES, type DType } from "../../tensor/dtype.js";
 import type { Tensor } from "../../tensor/tensor.js";
 import { Op } from "../pickle/opcodes.js";
+import { isSmallInt, putMemoOp, putSmallInt, putSmallIntTuple } from "../pickle/pickle-encoding.js";
 import type { Pickler } from "../pickle/pickler.js";
 import { keepShape } from "../../keep-shapes.js";
 
@@ -8,9 +9,6 @@ const REBUILD_MODULE = "torch._utils";
 const REBUILD_TENSOR = "_rebuild_tensor_v2";
 const ORDERED_DICT_MODULE = "collections";
 const ORDERED_DICT = "OrderedDict";
-
-/** Integers the raw path writes itself: BININT1, BININT2 or BININT. Larger ones take the ops path. */
-const RAW_INT_LIMIT = 2 ** 31;
 
 /**
  * Writes each tensor's `_rebuild_tensor_v2(("storage", torch.<Type>Storage, key, "cpu", numel),
@@ -57,12 +55,12 @@ export class RebuildWriter {
     at = pickler.room(40 + 10 * shape.length);
     bytes = pickler.roomBuffer;
     at = putMemoGet(bytes, at, this.cpuString);
-    at = putInt(bytes, at, tensor.storage.numel);
+    at = putSmallInt(bytes, at, tensor.storage.numel);
     bytes[at++] = Op.TUPLE;
     bytes[at++] = Op.BINPERSID;
-    at = putInt(bytes, at, tensor.offset);
-    at = putIntTuple(bytes, at, shape);
-    at = putIntTuple(bytes, at, strides);
+    at = putSmallInt(bytes, at, tensor.offset);
+    at = putSmallIntTuple(bytes, at, shape);
+    at = putSmallIntTuple(bytes, at, strides);
     bytes[at++] = tensor.requiresGrad ? Op.NEWTRUE : Op.NEWFALSE;
     at = putMemoGet(bytes, at, this.orderedDict);
     bytes[at++] = Op.EMPTY_TUPLE;
@@ -119,65 +117,14 @@ export function writeEmptyOrderedDict(pickler: Pickler): void {
   pickler.byte(Op.REDUCE);
 }
 
-/** Whether every integer of the call is one the raw path writes. */
+/** Whether every integer of the call is one the raw path writes (isSmallInt). */
 function fitsRawInts(tensor: Tensor): boolean {
-  if (!isRawInt(tensor.storage.numel) || !isRawInt(tensor.offset)) return false;
+  if (!isSmallInt(tensor.storage.numel) || !isSmallInt(tensor.offset)) return false;
   const { shape, strides } = tensor;
-  for (let i = 0; i < shape.length; i++) if (!isRawInt(shape[i]!) || !isRawInt(strides[i]!)) return false;
+  for (let i = 0; i < shape.length; i++) if (!isSmallInt(shape[i]!) || !isSmallInt(strides[i]!)) return false;
   return true;
 }
 
-/** 0 ≤ value < 2^31, and not -0 (which PickleOutput writes as a float). */
-function isRawInt(value: number): boolean {
-  return value >= 0 && value < RAW_INT_LIMIT && Number.isInteger(value) && (value !== 0 || 1 / value > 0);
-}
-
-/** BINGET or LONG_BINGET of memo entry `index`, as PickleOutput writes them. */
 function putMemoGet(bytes: Uint8Array, at: number, index: number): number {
-  if (index < 0x100) {
-    bytes[at] = Op.BINGET;
-    bytes[at + 1] = index;
-    return at + 2;
-  }
-  bytes[at] = Op.LONG_BINGET;
-  putUint32(bytes, at + 1, index);
-  return at + 5;
-}
-
-/** A non-negative integer below 2^31 in its shortest form, as PickleOutput.int writes it. */
-function putInt(bytes: Uint8Array, at: number, value: number): number {
-  if (value < 0x100) {
-    bytes[at] = Op.BININT1;
-    bytes[at + 1] = value;
-    return at + 2;
-  }
-  if (value < 0x10000) {
-    bytes[at] = Op.BININT2;
-    bytes[at + 1] = value & 0xff;
-    bytes[at + 2] = value >>> 8;
-    return at + 3;
-  }
-  bytes[at] = Op.BININT;
-  putUint32(bytes, at + 1, value);
-  return at + 5;
-}
-
-/** A tuple of such integers, as PickleOutput.intTuple writes it. */
-function putIntTuple(bytes: Uint8Array, at: number, items: readonly number[]): number {
-  const n = items.length;
-  if (n === 0) {
-    bytes[at] = Op.EMPTY_TUPLE;
-    return at + 1;
-  }
-  if (n > 3) bytes[at++] = Op.MARK;
-  for (let i = 0; i < n; i++) at = putInt(bytes, at, items[i]!);
-  bytes[at] = n > 3 ? Op.TUPLE : Op.TUPLE1 + n - 1;
-  return at + 1;
-}
-
-function putUint32(bytes: Uint8Array, at: number, value: number): void {
-  bytes[at] = value & 0xff;
-  bytes[at + 1] = (value >>> 8) & 0xff;
-  bytes[at + 2] = (value >>> 16) & 0xff;
-  bytes[at + 3] = value >>> 24;
+  return putMemoOp(bytes, at, Op.BINGET, Op.LONG_BINGET, index);
 }
