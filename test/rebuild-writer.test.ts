@@ -49,8 +49,8 @@ function variedState(): StateDict {
 }
 
 test("rebuild calls written as raw bytes are the bytes written op by op", () => {
-  const raw = pickleState(variedState(), false, true);
-  const ops = pickleState(variedState(), false, false);
+  const raw = pickleState(variedState(), {}, true);
+  const ops = pickleState(variedState(), {}, false);
   assert.equal(raw.storages.length, ops.storages.length);
   assert.equal(raw.storageBytes, ops.storageBytes);
   assert.equal(Buffer.from(raw.pickle).toString("hex"), Buffer.from(ops.pickle).toString("hex"));

@@ -5,7 +5,7 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
-import { findUnsaveable, inspectState } from "../values/state-check.js";
+import { findUnsaveable, inspectState, type ObjectKeys } from "../values/state-check.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
 import { METADATA_FILE, SCORE_FILE, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
@@ -123,7 +123,7 @@ export class CheckpointWriter {
     const replicatedKeys = new Set(given);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
     // One walk checks the state and sums its storages' bytes. Synchronous: no call may slip in before this one's step.
-    const { unsaveable, storageBytes: stateBytes } = inspectState(state, "state");
+    const { unsaveable, storageBytes: stateBytes, objectKeys } = inspectState(state, "state");
     if (unsaveable !== undefined) return this.refuse(checkpoint, "saveState", unsaveable);
 
     const source = checkpoint.background ? snapshotState(state, this.arena) : state;
@@ -134,11 +134,12 @@ export class CheckpointWriter {
       // The leader writes every value of the state; other dp ranks leave the replicated keys to it.
       const needed = dp.rank === 0 ? stateBytes : storageBytes([parts.modelFile, parts.replicated, parts.rank]);
       await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), needed);
-      // The parts hold the values of `state`, checked above by findUnsaveable: the dumper need not walk them again.
-      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, true);
-      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, true);
+      // The parts hold the values of `state`, checked above by inspectState: the dumper need not
+      // walk them again, nor list the keys of their large objects (the snapshot's are its own).
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, objectKeys);
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, objectKeys);
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
-      await this.writePart(checkpoint, rankFile, parts.rank, true, true);
+      await this.writePart(checkpoint, rankFile, parts.rank, true, objectKeys);
       checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
@@ -324,11 +325,14 @@ export class CheckpointWriter {
     }
   }
 
-  /** Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not). */
-  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true, stateChecked = false): Promise<void> {
+  /**
+   * Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not).
+   * `checkedKeys`: the value was checked by inspectState, which listed these keys.
+   */
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true, checkedKeys?: ObjectKeys): Promise<void> {
     const path = joinPath(stagingDir(checkpoint), name);
     const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
-    const options = { ...(onProgress === undefined ? {} : { onProgress }), ...(stateChecked ? { stateChecked } : {}) };
+    const options = { ...(onProgress === undefined ? {} : { onProgress }), ...(checkedKeys === undefined ? {} : { stateChecked: true, checkedKeys }) };
     const digest = (await this.context.dumper.dump(value, path, options)) ?? (await digestFile(this.context.fileSystem, path));
     if (listed) checkpoint.files[name] = manifestFile(digest);
     else this.scratchDigests.set(name, manifestFile(digest));

@@ -1,4 +1,5 @@
 import type { StateValue } from "../values/py-values.js";
+import type { ObjectKeys } from "../values/state-check.js";
 
 /** The size and CRC-32 of a file as written; the checkpoint manifest records them. */
 export interface FileDigest {
@@ -44,6 +45,11 @@ export interface TensorDumpOptions {
    * state before its save and would otherwise pay for the walk twice per tensor).
    */
   stateChecked?: boolean;
+  /**
+   * With `stateChecked`: the keys of the state's large plain objects as that check listed them
+   * (the manager's `inspectState`), for the dumper to reuse instead of listing them again.
+   */
+  checkedKeys?: ObjectKeys;
 }
 
 export interface TensorDumper {

@@ -6,7 +6,7 @@ import {
   isOrderedDict,
   tupleKind,
 } from "../../values/py-values.js";
-import { MAX_NESTING } from "../../values/state-check.js";
+import { MAX_NESTING, type ObjectKeys } from "../../values/state-check.js";
 import { Op } from "./opcodes.js";
 import { PickleOutput } from "./pickle-output.js";
 import { keepShape } from "../../keep-shapes.js";
@@ -23,6 +23,8 @@ export type EncodeObject = (pickler: Pickler, value: object) => boolean;
  * (`putMemo`, `getMemoEntry`) than with a Map lookup per object.
  */
 export type EncodeFirst = (pickler: Pickler, value: object) => boolean;
+
+const NO_LISTED_KEYS: ObjectKeys = new Map();
 
 /** Python's pickler batches APPENDS/SETITEMS in groups of this size; we do the same. */
 const BATCH_SIZE = 1000;
@@ -41,13 +43,15 @@ export class Pickler extends PickleOutput {
   constructor(
     private readonly encodeObject: EncodeObject = () => false,
     private readonly encodeFirst: EncodeFirst = () => false,
+    /** The keys of large objects as a check of this state just listed them (see ObjectKeys). */
+    private readonly listedKeys: ObjectKeys = NO_LISTED_KEYS,
   ) {
     super();
   }
 
   /** Pickles `value` and returns the bytes (PROTO 2 … STOP). */
-  static dump(value: unknown, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst): Uint8Array {
-    const pickler = new Pickler(encodeObject, encodeFirst);
+  static dump(value: unknown, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst, listedKeys?: ObjectKeys): Uint8Array {
+    const pickler = new Pickler(encodeObject, encodeFirst, listedKeys);
     pickler.byte(Op.PROTO);
     pickler.byte(2);
     pickler.value(value);
@@ -124,7 +128,7 @@ export class Pickler extends PickleOutput {
       this.dict(value, [...value.keys()], (key) => value.get(key));
     } else if (isPlainObject(value)) {
       const record = value as Record<string, unknown>;
-      this.dict(value, Object.keys(record), (key) => record[key as string]);
+      this.dict(value, this.listedKeys.get(value) ?? Object.keys(record), (key) => record[key as string]);
     } else if (!this.encodeObject(this, value)) {
       throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor?.name ?? "value"} cannot be saved in a state`);
     }
@@ -164,7 +168,7 @@ export class Pickler extends PickleOutput {
     if (container === items) this.memoize(items);
   }
 
-  private dict(dict: object, keys: unknown[], valueOf: (key: unknown) => unknown): void {
+  private dict(dict: object, keys: readonly unknown[], valueOf: (key: unknown) => unknown): void {
     const ordered = isOrderedDict(dict);
     if (ordered) {
       this.global("collections", "OrderedDict");

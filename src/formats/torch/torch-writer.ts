@@ -4,7 +4,7 @@ import { ShardedTensor } from "../../tensor/sharded-tensor.js";
 import { Tensor } from "../../tensor/tensor.js";
 import { shardedRecord } from "./sharded-record.js";
 import { PyDType, type StateValue } from "../../values/py-values.js";
-import { checkStateValue } from "../../values/state-check.js";
+import { checkStateListingKeys, type ObjectKeys } from "../../values/state-check.js";
 import type { ByteSink } from "../byte-io.js";
 import { Op } from "../pickle/opcodes.js";
 import { Pickler } from "../pickle/pickler.js";
@@ -18,6 +18,14 @@ export interface TorchWriteOptions extends ZipWriterOptions {
   onProgress?: (bytesDone: number, bytesTotal: number) => void;
   /** `state` was checked by the caller (see TensorDumpOptions.stateChecked): no second walk. */
   stateChecked?: boolean;
+  /** The keys that check listed (see TensorDumpOptions.checkedKeys). */
+  checkedKeys?: ObjectKeys;
+}
+
+/** How `pickleState` is to treat the state's check. */
+export interface PickleCheck {
+  stateChecked?: boolean;
+  checkedKeys?: ObjectKeys;
 }
 
 const utf8 = new TextEncoder();
@@ -34,10 +42,11 @@ export interface PickledState {
  * Pickles `state` as `torch.save` does: tensors as `_rebuild_tensor_v2` calls whose persistent ids
  * name storages "0", "1", … in the order first met. Refuses, naming the key path, what could not be
  * written or would not load back (a Map key that is an object, undefined, a function…), unless the
- * caller has checked the state (`stateChecked`). `rawRebuilds`: false writes every rebuild call op
- * by op (see RebuildWriter; the tests compare both).
+ * caller has checked the state (`stateChecked`, with the keys it listed: `checkedKeys`). The check
+ * and the pickle list each large object's keys once between them. `rawRebuilds`: false writes every
+ * rebuild call op by op (see RebuildWriter; the tests compare both).
  */
-export function pickleState(state: StateValue, stateChecked = false, rawRebuilds = true): PickledState {
+export function pickleState(state: StateValue, check: PickleCheck = {}, rawRebuilds = true): PickledState {
   // Storage keys are the numbers 0, 1, …: the index in `storages`, in the order first met.
   const storages: Storage[] = [];
   // Their bytes, summed as each is first met (its object is in cache then; a loop afterwards would
@@ -46,7 +55,7 @@ export function pickleState(state: StateValue, stateChecked = false, rawRebuilds
   const stamp = newStorageVisit();
   const rebuilds = new RebuildWriter(rawRebuilds);
 
-  if (!stateChecked) checkStateValue(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
+  const listedKeys = check.stateChecked === true ? check.checkedKeys : checkStateListingKeys(state, "state", (message, kind) => new FormatError(kind === "limit" ? "PICKLE_LIMIT" : "PICKLE_UNSUPPORTED", message));
   // Tensors are written first and memoized by a field on each (a tensor met again is a memo get).
   const encodeTensor = (pickler: Pickler, value: object): boolean => {
     if (!(value instanceof Tensor)) return false;
@@ -72,7 +81,7 @@ export function pickleState(state: StateValue, stateChecked = false, rawRebuilds
       throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor.name} cannot be saved as it is; wrap it with Tensor.from(array, { shape })`);
     }
     return false;
-  }, encodeTensor);
+  }, encodeTensor, listedKeys);
   return { pickle, storages, storageBytes };
 }
 
@@ -82,7 +91,7 @@ export function pickleState(state: StateValue, stateChecked = false, rawRebuilds
  */
 export async function writeTorchArchive(state: StateValue, sink: ByteSink, options: TorchWriteOptions = {}): Promise<{ size: number; crc32: number }> {
   const root = options.root ?? "archive";
-  const { pickle, storages, storageBytes } = pickleState(state, options.stateChecked === true);
+  const { pickle, storages, storageBytes } = pickleState(state, options);
 
   const { onProgress } = options;
   let done = 0;
