@@ -136,10 +136,12 @@ export class CheckpointWriter {
       await ensureFreeSpace(this.context.fileSystem, stagingDir(checkpoint), needed);
       // The parts hold the values of `state`, checked above by inspectState: the dumper need not
       // walk them again, nor list the keys of their large objects (the snapshot's are its own).
-      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, objectKeys);
-      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, objectKeys);
+      // The rank file (often a few numbers) first: after a large file, in a process's first save,
+      // its file system calls wait for a core V8's compiler holds (design.md, "The rank file first").
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
       await this.writePart(checkpoint, rankFile, parts.rank, true, objectKeys);
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, objectKeys);
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, objectKeys);
       checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
