@@ -83,8 +83,8 @@ test("an error in the middle of saveState leaves no .tmp, keeps the earlier chec
   const manager = new FileCheckpointManager({ checkpointDir: dir, fileSystem });
   const first = await saveStep(manager, 1);
   const failures: [StateDict, string | undefined, new (...args: never[]) => Error][] = [
-    // model.pt is written, then rank_0.pt fails
-    [{ model: modelState(2), step_nr: 2 }, "rank_0.pt", TensorDumpError],
+    // rank_0.pt is written, then model.pt fails
+    [{ model: modelState(2), step_nr: 2 }, "model.pt", TensorDumpError],
     // a value that cannot be saved: refused before the very first file
     [{ model: { weight: Symbol("no") as unknown as StateDict }, step_nr: 2 }, undefined, InvalidArgumentError],
   ];

@@ -200,7 +200,7 @@ test("S3: a writer SIGKILLed mid-upload leaves nothing listed; the next manager 
   }
 
   assert.ok((await server.pendingUploads()).length > 0, "the killed writer left a multipart upload");
-  assert.deepEqual((await filesUnder(s3, joinPath(dir, "step_2"))).map((name) => name.replace(/^save-[^/]+\//, "")), ["model.pt"], "and the files it finished");
+  assert.deepEqual((await filesUnder(s3, joinPath(dir, "step_2"))).map((name) => name.replace(/^save-[^/]+\//, "")), ["rank_0.pt"], "and the files it finished");
   const next = new FileCheckpointManager({ checkpointDir: dir, fileSystem: s3 });
   assert.deepEqual(await next.getStepNumbers(), [1], "nothing of the killed save is listed");
   assertSameState(await next.loadCheckpoint(1), trainingState(1));

@@ -9,7 +9,8 @@ const [endpoint, checkpointDir, step] = process.argv.slice(2) as [string, string
 const fileSystem = new S3FileSystem({ endpoint, partSize: 5 << 20, concurrency: 1 });
 const manager = new FileCheckpointManager({ checkpointDir, fileSystem });
 await manager.beginCheckpoint(Number(step));
-// model.pt (small) is uploaded whole first, then rank_0.pt (24 MiB: five parts) stalls mid-upload.
-await manager.saveState({ model: { w: Tensor.from(new Float32Array(4).fill(1)) }, optimizer: { m: Tensor.from(new Float32Array(6 << 20).fill(1)) } });
+// rank_0.pt (small) is uploaded whole first (saveState writes it before the model file), then
+// model.pt (24 MiB: five parts) stalls mid-upload.
+await manager.saveState({ model: { w: Tensor.from(new Float32Array(6 << 20).fill(1)) }, optimizer: { m: Tensor.from(new Float32Array(4).fill(1)) } });
 await manager.commitCheckpoint();
 process.stdout.write("committed\n");
