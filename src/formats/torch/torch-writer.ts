@@ -11,21 +11,19 @@ import { Pickler } from "../pickle/pickler.js";
 import { ZipWriter, type ZipWriterOptions } from "../zip/zip-writer.js";
 import { RebuildWriter, writeEmptyOrderedDict } from "./rebuild-writer.js";
 
-export interface TorchWriteOptions extends ZipWriterOptions {
-  /** The archive's root folder (PyTorch 2.x writes "archive"). */
-  root?: string;
-  /** Called as bytes reach the sink, with bytes done and (about) bytes in all. */
-  onProgress?: (bytesDone: number, bytesTotal: number) => void;
+/** How `pickleState` is to treat the state's check. */
+export interface PickleCheck {
   /** `state` was checked by the caller (see TensorDumpOptions.stateChecked): no second walk. */
   stateChecked?: boolean;
   /** The keys that check listed (see TensorDumpOptions.checkedKeys). */
   checkedKeys?: ObjectKeys;
 }
 
-/** How `pickleState` is to treat the state's check. */
-export interface PickleCheck {
-  stateChecked?: boolean;
-  checkedKeys?: ObjectKeys;
+export interface TorchWriteOptions extends ZipWriterOptions, PickleCheck {
+  /** The archive's root folder (PyTorch 2.x writes "archive"). */
+  root?: string;
+  /** Called as bytes reach the sink, with bytes done and (about) bytes in all. */
+  onProgress?: (bytesDone: number, bytesTotal: number) => void;
 }
 
 const utf8 = new TextEncoder();
