@@ -16,6 +16,8 @@ export interface Variant {
   role: Role;
   /** A Node operation on the file torch.save wrote: only with the PyTorch peer. */
   needsTorch?: boolean;
+  /** The limit this row is compared with, where not its kind's (COMPARED_WITH). */
+  limit?: string;
 }
 
 /** One run of one variant: a worker's measurement (Python's reports the same fields, some left out). */
@@ -48,7 +50,7 @@ const COMPARED_WITH: Record<Kind, { limit?: string; peer?: string }> = {
   load: { limit: "read-limit", peer: "torch-load" },
   copy: {},
   checksum: {},
-  blocking: { limit: "copy-memory" },
+  blocking: { limit: "copy-memory-idle" },
   total: { limit: "write-limit", peer: "torch-save" },
   delay: {},
 };
@@ -61,8 +63,15 @@ const COMPARED_WITH: Record<Kind, { limit?: string; peer?: string }> = {
 export const LIMITS: Record<string, string[]> = {
   "write-limit": ["write-plain", "write-best", "write-direct"],
   "read-limit": ["read-plain", "read-best"],
+  // Steady saves against the limit measured the same way: the third write in a row of one process.
+  "write-limit-steady": ["write-direct-steady"],
 };
-export const LIMIT_NAMES: Record<string, string> = { "write-limit": "the best plain write", "read-limit": "the best plain read" };
+export const STEADY_WRITE_LIMIT = "write-limit-steady";
+export const LIMIT_NAMES: Record<string, string> = {
+  "write-limit": "the best plain write",
+  "read-limit": "the best plain read",
+  [STEADY_WRITE_LIMIT]: "the best plain write, steady state",
+};
 
 const MiB = 2 ** 20;
 /** The issue's memory budget: the state's size plus this. */
@@ -134,7 +143,9 @@ export function tableRows(results: ScenarioResult[], options: { diagnostics?: bo
         continue;
       }
       const times = s.samples.map((x) => x.seconds);
-      const { limit, peer } = result.comparedWith?.[s.variant.kind] ?? COMPARED_WITH[s.variant.kind];
+      const compared = result.comparedWith?.[s.variant.kind] ?? COMPARED_WITH[s.variant.kind];
+      const { peer } = compared;
+      const limit = s.variant.limit ?? compared.limit;
       // Ratios are speed ratios: above 1 is faster than what it is compared with.
       const ratio = (key: string | undefined): string => {
         if (key === undefined || key === s.variant.key) return "";
@@ -282,7 +293,8 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
     const aSaves = [...saves, ...steadyIn(a, saves)];
     targets.push(
       ...speedTargets(a, [
-        { keys: aSaves, against: "write-limit", name: "the best plain write", atLeast: 0.9 },
+        { keys: saves, against: "write-limit", name: "the best plain write", atLeast: 0.9 },
+        { keys: steadyIn(a, saves), against: STEADY_WRITE_LIMIT, name: LIMIT_NAMES[STEADY_WRITE_LIMIT]!, atLeast: 0.9 },
         { keys: aSaves, against: "torch-save", name: "torch.save (never slower)", atLeast: 1 },
         { keys: loads, against: "read-limit", name: "the best plain read", atLeast: 0.9 },
         { keys: loads, against: "torch-load", name: "torch.load (never slower)", atLeast: 1 },
@@ -297,7 +309,8 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
     const bLoads = [...loads, ...loadsInto, ...steadyIn(b, [...loads, ...loadsInto])];
     targets.push(
       ...speedTargets(b, [
-        { keys: bSaves, against: "write-limit", name: "the best plain write", atLeast: 0.5 },
+        { keys: saves, against: "write-limit", name: "the best plain write", atLeast: 0.5 },
+        { keys: steadyIn(b, saves), against: STEADY_WRITE_LIMIT, name: LIMIT_NAMES[STEADY_WRITE_LIMIT]!, atLeast: 0.5 },
         { keys: bSaves, against: "torch-save", name: "torch.save", atLeast: 3 },
         { keys: bLoads, against: "read-limit", name: "the best plain read", atLeast: 0.5 },
         { keys: bLoads, against: "torch-load", name: "torch.load", atLeast: 3 },
@@ -311,15 +324,18 @@ export function evaluateTargets(results: ScenarioResult[]): TargetResult[] {
   }
   if (d !== undefined && d.notMeasured === undefined) {
     const blocked = medianSeconds(d, "save-async");
-    const copy = medianSeconds(d, "copy-memory");
+    // The copy in the snapshot's conditions decides; the copy right after another is shown beside it.
+    const copy = medianSeconds(d, "copy-memory-idle");
+    const warmCopy = medianSeconds(d, "copy-memory");
     const goal = "time training is blocked by a background checkpoint ≤ 1.5× a memory copy of the state";
+    const warm = blocked === undefined || warmCopy === undefined ? "" : `; ${(blocked / warmCopy).toFixed(3)}× a copy right after another (${formatSeconds(warmCopy)})`;
     targets.push(
       blocked === undefined || copy === undefined
         ? { tag: "(d)", goal, measured: "not measured", met: undefined }
         : {
             tag: "(d)",
             goal,
-            measured: `${(blocked / copy).toFixed(3)}× the copy's time (${formatSeconds(blocked)} vs ${formatSeconds(copy)})`,
+            measured: `${(blocked / copy).toFixed(3)}× the copy's time in a snapshot's conditions (${formatSeconds(blocked)} vs ${formatSeconds(copy)})${warm}`,
             met: blocked / copy <= 1.5,
           },
       // The background save's whole life, snapshot memory included, until waitForPendingSave.
