@@ -41,6 +41,13 @@ describe("the benchmark harness", () => {
       assert.ok(line, `no row for (b) ${operation} in:\n${result.stdout}`);
       assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
     }
+    // Steady saves are judged against the O_DIRECT write measured the same way (third in a row).
+    for (const tag of ["a", "b"]) {
+      const line = row(tag, "limit, steady state (3rd run in one process): O_DIRECT write");
+      assert.ok(line, `no steady O_DIRECT limit for (${tag}) in:\n${result.stdout}`);
+      assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
+      assert.match(row(tag, "save, steady state (3rd run in one process): TorchTensorDumper.dump") ?? "", /\| \d+\.\d\d× +\|/, `no ratio to the steady limit for (${tag})`);
+    }
     // (c): 4 ranks under ckpt launch against 4 plain parallel writes, each with a time.
     for (const operation of ["save: 4 ranks under ckpt launch", "limit: 4 processes writing the same bytes"]) {
       const line = row("c", operation);
@@ -48,7 +55,7 @@ describe("the benchmark harness", () => {
       assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
     }
     // (d): the real background save, its time to finish and the event loop's delay, each with a time.
-    for (const operation of ["blocked: beginCheckpoint", "until waitForPendingSave() resolved", "event loop's worst delay", "limit: memory copy"]) {
+    for (const operation of ["blocked: beginCheckpoint", "until waitForPendingSave() resolved", "event loop's worst delay", "limit: memory copy of the state (reused", "limit: memory copy of the state into buffers last written 1 s before"]) {
       const line = row("d", operation);
       assert.ok(line, `no row for (d) ${operation} in:\n${result.stdout}`);
       assert.match(line, /\d+(\.\d+)? (s|ms|µs) /, `no time in: ${line}`);
@@ -64,11 +71,13 @@ describe("the benchmark harness", () => {
     // The targets: each with a verdict (without the peer, its comparisons are NOT MEASURED).
     const targets = result.stdout.slice(result.stdout.indexOf("Targets (issues 6, 10 and 14):"), result.stdout.indexOf("How cost grows:"));
     const verdicts = targets.split("\n").filter((line) => /^\| \([a-d]\)/.test(line));
-    for (const goal of ["steady state (3rd run in one process): TorchTensorLoader.load: ≥ 0.5× the speed of the best plain read", "the best plain write", "the best plain read", "torch.load", "peak memory", "blocked by a background checkpoint", "event loop", "4 plain parallel writes"]) {
+    for (const goal of ["steady state (3rd run in one process): TorchTensorLoader.load: ≥ 0.5× the speed of the best plain read", "the best plain write", "the best plain write, steady state", "the best plain read", "torch.load", "peak memory", "blocked by a background checkpoint", "event loop", "4 plain parallel writes"]) {
       assert.ok(verdicts.some((line) => line.includes(goal)), `no target about ${goal} in:\n${targets}`);
     }
     for (const line of verdicts) assert.match(line, /\| (MET|NOT MET|NOT MEASURED) +\|$/, `no verdict in: ${line}`);
     assert.ok(verdicts.some((line) => /\| (MET|NOT MET) +\|$/.test(line)), "no target was judged");
+    // (d) is judged against the copy in a snapshot's conditions, the copy right after another beside it.
+    assert.match(targets, /× the copy's time in a snapshot's conditions \(.*\); \d+\.\d+× a copy right after another/);
 
     // How cost grows: a row for each point of both sweeps, with a time for each Node operation.
     const scaling = result.stdout.slice(result.stdout.indexOf("How cost grows:"), result.stdout.indexOf("Diagnostics:"));
