@@ -1,7 +1,7 @@
 // Turns the measurements into the tables: medians, throughput, ratios to the limit and the peer,
 // and the targets of issues 6 and 10 with whether this run met them.
 
-import { STEADY_SUFFIX, type Measurement } from "./worker.js";
+import { STEADY_SUFFIX, type Measurement } from "./worker-protocol.js";
 
 export type Kind = "save" | "load" | "copy" | "checksum" | "blocking" | "total" | "delay";
 export type Role = "ours" | "limit" | "peer" | "diagnostic";

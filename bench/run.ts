@@ -7,7 +7,7 @@ import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statfsSync, w
 import { tmpdir } from "node:os";
 import { join } from "node:path";
 import { parseArgs } from "node:util";
-import { STEADY_SUFFIX } from "./worker.js";
+import { STEADY_SUFFIX } from "./worker-protocol.js";
 import { measureDistributed } from "./distributed.js";
 import { measureS3 } from "./s3.js";
 import { describeMachine, findTorch, finishLoad, machineLines, type Machine } from "./machine.js";

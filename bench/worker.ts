@@ -6,7 +6,7 @@
 // operations in one process (the harness does that only for --quick) run one after the other.
 // `<op>-steady` times the operation after two untimed runs of it at full size (see STEADY_SUFFIX).
 // `prepare` writes the files the loads read (ours.pt, ckpt/, plain.bin) into the work dir.
-import { promises as fsp, readFileSync, writeFileSync } from "node:fs";
+import { promises as fsp, readFileSync } from "node:fs";
 import { join } from "node:path";
 import { crc32 as fastCrc32 } from "@node-rs/crc32";
 import {
@@ -23,72 +23,15 @@ import {
 import { bestRead, bestWrite, checkExactCopy, copyInto, crcAll, directBlocks, directWrite, plainRead, plainReadWithCrc, plainWrite, plainWriteWithCrc } from "./plain-io.js";
 import { checkLoaded, checkLoadedInto, checkWritten, liveState, numelOf, tensorShapesInPlainFile } from "./checks.js";
 import { buildState, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
+import { collectGarbage, cpuSecondsSince, resetPeakMemory, timerLateness } from "./process-stats.js";
+import { NODE_OPS, STEADY_SUFFIX, type Measurement, type NodeOp } from "./worker-protocol.js";
 
-export const NODE_OPS = [
-  "save-ours",
-  "load-ours",
-  "load-into-ours",
-  "save-manager",
-  "load-manager",
-  "load-into-manager",
-  "save-async",
-  "write-plain",
-  "read-plain",
-  "copy-memory",
-  "copy-memory-idle",
-  // Diagnostics: measurements that explain where the time of the operations above goes.
-  "crc-memory",
-  "write-plain-crc",
-  "read-plain-crc",
-  "dump-discard",
-  "load-ours-nocrc",
-  "load-into-nocrc",
-  // Issue 14: loads of the file torch.save wrote (bench/torch_peer.py prepare), and the disk's best.
-  "load-torchfile",
-  "load-into-torchfile",
-  "write-best",
-  "read-best",
-  "load-floor",
-  "write-direct",
-] as const;
-export type NodeOp = (typeof NODE_OPS)[number];
-
-/**
- * `<op>-steady`: the op timed after STEADY_WARM_UPS untimed runs of the same size in the same
- * process, as a training job's later saves run, instead of after a warm-up on a tiny state (the
- * first operation of a fresh process, as a resume's load runs).
- */
-export const STEADY_SUFFIX = "-steady";
+/** `<op>-steady`: untimed runs of the op at full size before the timed one (see STEADY_SUFFIX). */
 const STEADY_WARM_UPS = 2;
 
 function baseOp(name: string): NodeOp | undefined {
   const op = name.endsWith(STEADY_SUFFIX) ? name.slice(0, -STEADY_SUFFIX.length) : name;
   return (NODE_OPS as readonly string[]).includes(op) ? (op as NodeOp) : undefined;
-}
-
-export interface Measurement {
-  op?: string;
-  /** For save-async, the time training is blocked; otherwise the whole operation. */
-  seconds: number;
-  /** Peak resident memory during the operation above the resident memory just before it. */
-  peakBytes: number;
-  baselineBytes: number;
-  /** CPU time of the whole process (every thread: user + system) during the operation. */
-  cpuSeconds: number;
-  /** save-async only: from beginCheckpoint until waitForPendingSave resolved. */
-  totalSeconds?: number;
-  /** save-async only: CPU time until waitForPendingSave resolved. */
-  totalCpuSeconds?: number;
-  /** save-async only: peak memory until waitForPendingSave resolved (peakBytes is at commit's return). */
-  totalPeakBytes?: number;
-  /** save-async only: the worst lateness of a 1 ms interval timer while the checkpoint was written. */
-  loopDelaySeconds?: number;
-  /** save-async only: the 99th percentile of that lateness. */
-  loopP99Seconds?: number;
-  /** save-async only: how many times that timer fired while the checkpoint was written. */
-  loopTicks?: number;
-  /** save-async only: the worst lateness of the same timer afterwards, as long, with nothing to do. */
-  idleLoopDelaySeconds?: number;
 }
 
 /** Where `prepare` puts the files that the loads read. */
@@ -108,32 +51,6 @@ const SNAPSHOT_IDLE_MS = 1000;
  * 20,000 small tensors here, once per job in a training loop.
  */
 let steadyManager: { manager: FileCheckpointManager; checkpointDir: string; step: number } | undefined;
-
-/**
- * Runs a 1 ms interval timer until `work` resolves: the worst and the 99th-percentile lateness of
- * its callbacks (time between two callbacks beyond the 1 ms asked for, and from the last one to the end).
- */
-async function timerLateness(work: () => Promise<unknown>): Promise<{ seconds: number; worst: number; p99: number; ticks: number }> {
-  const start = performance.now();
-  let last = start;
-  const late: number[] = [];
-  const timer = setInterval(() => {
-    const now = performance.now();
-    late.push(Math.max(0, now - last - 1));
-    last = now;
-  }, 1);
-  try {
-    await work();
-  } finally {
-    clearInterval(timer);
-  }
-  const end = performance.now();
-  const ticks = late.length;
-  late.push(Math.max(0, end - last - 1));
-  late.sort((a, b) => a - b);
-  const p99 = late[Math.min(late.length - 1, Math.floor(0.99 * late.length))]!;
-  return { seconds: (end - start) / 1000, worst: late.at(-1)! / 1000, p99: p99 / 1000, ticks };
-}
 
 /** A file system whose files are thrown away as they are written: a save's work without its I/O. */
 function discardingFileSystem(): FileSystem {
@@ -162,23 +79,6 @@ async function prepare(spec: ScenarioSpec, dir: string): Promise<void> {
   await saveWithManager(state, join(dir, CHECKPOINT_DIR), throughPageCache);
   await plainWrite(buffers, join(dir, PLAIN_FILE));
 }
-
-/** Resets the kernel's peak-RSS mark to the current RSS, so maxRSS afterwards is this operation's peak. */
-function resetPeakMemory(): void {
-  try {
-    writeFileSync("/proc/self/clear_refs", "5");
-  } catch {
-    // Not Linux, or not allowed: the peak may then include an earlier one (startup, building).
-  }
-}
-
-/** User + system CPU time of every thread of this process since `start`. */
-function cpuSecondsSince(start: NodeJS.CpuUsage): number {
-  const { user, system } = process.cpuUsage(start);
-  return (user + system) / 1e6;
-}
-
-const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => undefined);
 
 /**
  * Runs `op` once: builds what it needs, records the baseline, times the operation and its peak.
