@@ -60,13 +60,13 @@ const COMPARED_WITH: Record<Kind, { limit?: string; peer?: string }> = {
  * plain stream (writev then fsync; one read) and the disk's best (several positioned writes or
  * reads in flight at once). A limit slower than our own save would be no limit (issue 14).
  */
+/** Steady saves' limit: the O_DIRECT write measured the same way, the third in a row of one process. */
+export const STEADY_WRITE_LIMIT = "write-limit-steady";
 export const LIMITS: Record<string, string[]> = {
   "write-limit": ["write-plain", "write-best", "write-direct"],
   "read-limit": ["read-plain", "read-best"],
-  // Steady saves against the limit measured the same way: the third write in a row of one process.
-  "write-limit-steady": ["write-direct-steady"],
+  [STEADY_WRITE_LIMIT]: ["write-direct-steady"],
 };
-export const STEADY_WRITE_LIMIT = "write-limit-steady";
 export const LIMIT_NAMES: Record<string, string> = {
   "write-limit": "the best plain write",
   "read-limit": "the best plain read",
