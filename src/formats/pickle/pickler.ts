@@ -39,6 +39,9 @@ export class Pickler extends PickleOutput {
   private readonly globalMemo = new Map<string, Map<string, number>>();
   private readonly tuplesInProgress = new Set<unknown[]>();
   private depth = 0;
+  /** Items of lists and dicts per step (see dumpInSteps; Infinity: one step), and left in this one. */
+  private stepItems = Infinity;
+  private itemsLeft = Infinity;
 
   constructor(
     private readonly encodeObject: EncodeObject = () => false,
@@ -51,16 +54,37 @@ export class Pickler extends PickleOutput {
 
   /** Pickles `value` and returns the bytes (PROTO 2 … STOP). */
   static dump(value: unknown, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst, listedKeys?: ObjectKeys): Uint8Array {
+    return runToEnd(Pickler.dumpInSteps(value, Infinity, encodeObject, encodeFirst, listedKeys));
+  }
+
+  /**
+   * Pickles `value` in steps, as `dump` does: each `next()` writes about `stepItems` more items of
+   * the lists and dicts, and the last returns the bytes. A caller can do other work between steps
+   * (an archive writer sends storages to the disk while the pickle is made: torch-writer.ts). Lists
+   * and dicts are generators only for this; tuples, tensors and other leaves are written at once.
+   */
+  static *dumpInSteps(value: unknown, stepItems: number, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst, listedKeys?: ObjectKeys): Generator<void, Uint8Array> {
     const pickler = new Pickler(encodeObject, encodeFirst, listedKeys);
+    pickler.stepItems = pickler.itemsLeft = stepItems;
     pickler.byte(Op.PROTO);
     pickler.byte(2);
-    pickler.value(value);
+    const steps = pickler.begin(value);
+    if (steps !== undefined) yield* steps;
     pickler.byte(Op.STOP);
     return pickler.written();
   }
 
   /** Writes any state value. `container`/`key` say where it sits, to honour whole-float marks. */
   value(value: unknown, container?: object, key?: unknown): void {
+    const steps = this.begin(value, container, key);
+    if (steps !== undefined) runToEnd(steps);
+  }
+
+  /**
+   * Writes `value`, or for a list or dict (written in steps, see dumpInSteps) returns the steps
+   * that write it. `container`/`key` say where it sits, to honour whole-float marks.
+   */
+  private begin(value: unknown, container?: object, key?: unknown): Generator<void, void> | undefined {
     switch (typeof value) {
       case "number":
         // Only safe integers are ints: 1e300 or 2 ** 53 is a float a program computed, and written as
@@ -68,80 +92,99 @@ export class Pickler extends PickleOutput {
         if (container !== undefined && isFloatSlot(container, key)) this.float(value);
         else if (Number.isSafeInteger(value) && !Object.is(value, -0)) this.int(value);
         else this.float(value);
-        return;
+        return undefined;
       case "bigint":
         this.int(value);
-        return;
+        return undefined;
       case "string":
         this.string(value);
-        return;
+        return undefined;
       case "boolean":
         this.byte(value ? Op.NEWTRUE : Op.NEWFALSE);
-        return;
+        return undefined;
       case "object":
         if (value === null) {
           this.byte(Op.NONE);
-          return;
+          return undefined;
         }
         break;
       default:
         throw new FormatError("PICKLE_UNSUPPORTED", `a ${typeof value} cannot be saved in a state`);
     }
-    if (this.encodeFirst(this, value)) return;
+    if (this.encodeFirst(this, value)) return undefined;
     if (value instanceof PyFloat) {
       this.float(value.value);
-      return;
+      return undefined;
     }
-    if (this.getMemo(value)) return;
-    // Containers are written recursively: their depth is limited as checkStateValue limits it.
-    const nests = Array.isArray(value) || value instanceof Map || isPlainObject(value);
-    if (!nests) {
-      this.object(value);
-      return;
-    }
-    if (++this.depth > MAX_NESTING) throw new FormatError("PICKLE_LIMIT", `the state is nested deeper than ${MAX_NESTING} levels`);
-    try {
-      this.object(value);
-    } finally {
-      this.depth--;
-    }
-  }
-
-  private object(value: object): void {
+    if (this.getMemo(value)) return undefined;
     if (Array.isArray(value)) {
       const kind = tupleKind(value);
-      if (kind === "tuple") this.tuple(value);
-      else if (kind === "torch.Size") {
-        // torch.Size((2, 3)): the items are one tuple argument, as Python's __reduce__ writes them.
-        this.reduce("torch", "Size", () => {
-          this.tuple(value.slice());
-          this.byte(Op.TUPLE1);
-        }, value);
-      } else this.list(value);
-    } else if (value instanceof Uint8Array) {
+      if (kind === undefined) return this.listSteps(value);
+      // Containers are written recursively: their depth is limited as checkStateValue limits it.
+      this.enter();
+      try {
+        if (kind === "tuple") this.tuple(value);
+        else {
+          // torch.Size((2, 3)): the items are one tuple argument, as Python's __reduce__ writes them.
+          this.reduce("torch", "Size", () => {
+            this.tuple(value.slice());
+            this.byte(Op.TUPLE1);
+          }, value);
+        }
+      } finally {
+        this.depth--;
+      }
+      return undefined;
+    }
+    if (value instanceof Map) return this.dictSteps(value, [...value.keys()], (key) => value.get(key));
+    if (isPlainObject(value)) {
+      const record = value as Record<string, unknown>;
+      return this.dictSteps(value, this.listedKeys.get(value) ?? Object.keys(record), (key) => record[key as string]);
+    }
+    if (value instanceof Uint8Array) {
       this.reduce("_codecs", "encode", () => {
         this.string(Buffer.from(value.buffer, value.byteOffset, value.byteLength).toString("latin1"), false);
         this.string("latin1");
         this.byte(Op.TUPLE2);
       }, value);
-    } else if (value instanceof Map) {
-      this.dict(value, [...value.keys()], (key) => value.get(key));
-    } else if (isPlainObject(value)) {
-      const record = value as Record<string, unknown>;
-      this.dict(value, this.listedKeys.get(value) ?? Object.keys(record), (key) => record[key as string]);
     } else if (!this.encodeObject(this, value)) {
       throw new FormatError("PICKLE_UNSUPPORTED", `a ${value.constructor?.name ?? "value"} cannot be saved in a state`);
     }
+    return undefined;
   }
 
-  private list(list: unknown[]): void {
-    this.byte(Op.EMPTY_LIST);
-    this.memoize(list);
-    for (let start = 0; start < list.length; start += BATCH_SIZE) {
-      this.byte(Op.MARK);
-      const end = Math.min(list.length, start + BATCH_SIZE);
-      for (let i = start; i < end; i++) this.value(list[i], list, i);
-      this.byte(Op.APPENDS);
+  /** One level deeper into containers; the caller decrements `depth` when it leaves. */
+  private enter(): void {
+    if (++this.depth > MAX_NESTING) {
+      this.depth--;
+      throw new FormatError("PICKLE_LIMIT", `the state is nested deeper than ${MAX_NESTING} levels`);
+    }
+  }
+
+  /** Counts an item of a list or dict written; true when a step is done (see dumpInSteps). */
+  private stepDone(): boolean {
+    if (--this.itemsLeft > 0) return false;
+    this.itemsLeft = this.stepItems;
+    return true;
+  }
+
+  private *listSteps(list: unknown[]): Generator<void, void> {
+    this.enter();
+    try {
+      this.byte(Op.EMPTY_LIST);
+      this.memoize(list);
+      for (let start = 0; start < list.length; start += BATCH_SIZE) {
+        this.byte(Op.MARK);
+        const end = Math.min(list.length, start + BATCH_SIZE);
+        for (let i = start; i < end; i++) {
+          const steps = this.begin(list[i], list, i);
+          if (steps !== undefined) yield* steps;
+          if (this.stepDone()) yield;
+        }
+        this.byte(Op.APPENDS);
+      }
+    } finally {
+      this.depth--;
     }
   }
 
@@ -168,30 +211,37 @@ export class Pickler extends PickleOutput {
     if (container === items) this.memoize(items);
   }
 
-  private dict(dict: object, keys: readonly unknown[], valueOf: (key: unknown) => unknown): void {
-    const ordered = isOrderedDict(dict);
-    if (ordered) {
-      this.global("collections", "OrderedDict");
-      this.byte(Op.EMPTY_TUPLE);
-      this.byte(Op.REDUCE);
-    } else {
-      this.byte(Op.EMPTY_DICT);
-    }
-    this.memoize(dict);
-    for (let start = 0; start < keys.length; start += BATCH_SIZE) {
-      this.byte(Op.MARK);
-      const end = Math.min(keys.length, start + BATCH_SIZE);
-      for (let i = start; i < end; i++) {
-        const key = keys[i];
-        this.value(key);
-        this.value(valueOf(key), dict, key);
+  private *dictSteps(dict: object, keys: readonly unknown[], valueOf: (key: unknown) => unknown): Generator<void, void> {
+    this.enter();
+    try {
+      const ordered = isOrderedDict(dict);
+      if (ordered) {
+        this.global("collections", "OrderedDict");
+        this.byte(Op.EMPTY_TUPLE);
+        this.byte(Op.REDUCE);
+      } else {
+        this.byte(Op.EMPTY_DICT);
       }
-      this.byte(Op.SETITEMS);
-    }
-    const attributes = ordered ? getOrderedDictAttributes(dict) : undefined;
-    if (attributes !== undefined) {
-      this.value(attributes);
-      this.byte(Op.BUILD);
+      this.memoize(dict);
+      for (let start = 0; start < keys.length; start += BATCH_SIZE) {
+        this.byte(Op.MARK);
+        const end = Math.min(keys.length, start + BATCH_SIZE);
+        for (let i = start; i < end; i++) {
+          const key = keys[i];
+          this.value(key);
+          const steps = this.begin(valueOf(key), dict, key);
+          if (steps !== undefined) yield* steps;
+          if (this.stepDone()) yield;
+        }
+        this.byte(Op.SETITEMS);
+      }
+      const attributes = ordered ? getOrderedDictAttributes(dict) : undefined;
+      if (attributes !== undefined) {
+        this.value(attributes);
+        this.byte(Op.BUILD);
+      }
+    } finally {
+      this.depth--;
     }
   }
 
@@ -248,6 +298,14 @@ export class Pickler extends PickleOutput {
   }
 }
 
+
+/** Runs steps (see Pickler.dumpInSteps) to their end and returns what the last one returns. */
+export function runToEnd<T>(steps: Generator<void, T>): T {
+  for (;;) {
+    const step = steps.next();
+    if (step.done === true) return step.value;
+  }
+}
 
 function isPlainObject(value: object): boolean {
   const prototype = Object.getPrototypeOf(value);
