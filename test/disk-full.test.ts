@@ -78,8 +78,16 @@ test("the check of a state before a save sums the same storage bytes in the same
   const expected = 6 * 4 + 4 * 8 + 3 * 4;
   assert.equal(storageBytes([state]), expected);
   // objectKeys lists only objects of 64 keys or more (see ObjectKeys): none here.
-  assert.deepEqual(inspectState(state), { storageBytes: expected, objectKeys: new Map() });
-  assert.deepEqual(inspectState({ bias }), { storageBytes: 4 * 8, objectKeys: new Map() }, "a storage met in an earlier walk counts again");
+  // The totals under each top-level key: a storage counts under the first key that meets it.
+  const totalsByKey = new Map([
+    ["model", { count: 2, bytes: 6 * 4 + 4 * 8 }],
+    ["again", { count: 0, bytes: 0 }],
+    ["cycle", { count: 0, bytes: 0 }],
+    ["shared", { count: 0, bytes: 0 }],
+    ["pair", { count: 1, bytes: 3 * 4 }],
+  ]);
+  assert.deepEqual(inspectState(state), { storageBytes: expected, objectKeys: new Map(), totalsByKey });
+  assert.deepEqual(inspectState({ bias }), { storageBytes: 4 * 8, objectKeys: new Map(), totalsByKey: new Map([["bias", { count: 1, bytes: 4 * 8 }]]) }, "a storage met in an earlier walk counts again");
   const refused = inspectState({ model: { weight }, lr: undefined });
   assert.ok(refused.unsaveable instanceof InvalidArgumentError);
   assert.match(refused.unsaveable.message, /^state\.lr: undefined cannot be saved/);

@@ -11,7 +11,7 @@ import { pickleState } from "../src/formats/torch/torch-writer.js";
 import { TorchTensorLoader } from "../src/io/torch-tensor-io.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import type { StateDict } from "../src/values/py-values.js";
-import { checkStateListingKeys } from "../src/values/state-check.js";
+import { checkStateForArchive } from "../src/values/state-check.js";
 
 const tempDirs: string[] = [];
 after(async () => {
@@ -43,7 +43,7 @@ async function keyListings(target: object, run: () => unknown): Promise<number> 
 test("the check lists a large object's keys, a small object's not", () => {
   const model = largeModel();
   const small = { lr: 0.1, betas: [0.9, 0.999] };
-  const listed = checkStateListingKeys({ model, small }, "state", (message) => new Error(message));
+  const listed = checkStateForArchive({ model, small }, "state", (message) => new Error(message)).objectKeys;
   assert.deepEqual(listed.get(model), Object.keys(model));
   assert.equal(listed.has(small), false);
 });

@@ -311,6 +311,30 @@ test("files written here pass zipfile's CRC check and every storage's data start
   }
 });
 
+test("a state of many small tensors (its storages written before the pickle) loads in torch.load as built, views shared, and passes zipfile's CRC check", async (t) => {
+  const python = requireTorch(t);
+  if (python === null) return;
+  const path = join(await tempDir(), "pickle-last.pt");
+  // Past the writer's mark for the pickle last (1,024 storages, small on average: torch-writer.ts).
+  const state = fullState();
+  const many: StateDict = {};
+  for (let i = 0; i < 1100; i++) many[`layer${i}.bias`] = Tensor.from(Float32Array.from({ length: 16 }, (_, j) => i + j / 16), { shape: [16] });
+  state.many = many;
+  await dumper.dump(state, path);
+
+  const report = JSON.parse(runPython(python, ZIP_CHECK, [path])) as { path: string; bad: string | null; starts: Record<string, number> }[];
+  const { bad, starts } = report[0]!;
+  assert.equal(bad, null, `entry ${bad} fails its CRC check`);
+  assert.ok(starts["archive/data/1100"]! < starts["archive/data.pkl"]!, "the storages come first");
+  for (const [name, start] of Object.entries(starts)) if (name.startsWith("archive/data/")) assert.equal(start % 64, 0, `${name} starts at ${start}`);
+
+  const [inTorch] = describeInTorch(python, [path]);
+  assert.deepEqual(inTorch, describe(state));
+  assert.deepEqual(describe(await loader.load(path)), describe(state));
+  const views = item(inTorch!, "views");
+  assert.equal(storageOf(item(views, "middle")), storageOf(item(views, "base")), "a view shares its base's storage in torch");
+});
+
 test("a file written with forceZip64 loads in torch and here", async (t) => {
   const path = join(await tempDir(), "zip64.pt");
   const state = fullState();

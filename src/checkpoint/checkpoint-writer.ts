@@ -5,7 +5,8 @@ import { joinPath } from "../fs/paths.js";
 import { digestFile } from "../io/file-digest.js";
 import { ShardedTensor } from "../tensor/sharded-tensor.js";
 import type { StateDict, StateValue } from "../values/py-values.js";
-import { findUnsaveable, inspectState, type ObjectKeys } from "../values/state-check.js";
+import { findUnsaveable, inspectState } from "../values/state-check.js";
+import type { TensorDumpOptions } from "../io/tensor-io.js";
 import type { BeginOptions, SaveScoreOptions, SaveStateOptions } from "./checkpoint-manager.js";
 import { agree } from "./collective.js";
 import { METADATA_FILE, SCORE_FILE, modelFileName, rankFileName, replicatedFileName } from "./layout.js";
@@ -17,7 +18,7 @@ import { publishCheckpoint } from "./publish-checkpoint.js";
 import { ensureFreeSpace, storageBytes } from "./free-space.js";
 import { formatScore } from "./score.js";
 import { SnapshotArena, snapshotState } from "./snapshot.js";
-import { MODEL_KEY_ENTRY, modelFileContent, splitState } from "./state-split.js";
+import { MODEL_KEY_ENTRY, modelFileContent, partTotals, splitState } from "./state-split.js";
 
 /** A checkpoint between beginCheckpoint and commit/abort. */
 interface OpenCheckpoint {
@@ -123,7 +124,7 @@ export class CheckpointWriter {
     const replicatedKeys = new Set(given);
     for (const key of replicatedKeys) if (typeof key !== "string") throw new InvalidArgumentError("replicatedKeys must be strings");
     // One walk checks the state and sums its storages' bytes. Synchronous: no call may slip in before this one's step.
-    const { unsaveable, storageBytes: stateBytes, objectKeys } = inspectState(state, "state");
+    const { unsaveable, storageBytes: stateBytes, objectKeys, totalsByKey } = inspectState(state, "state");
     if (unsaveable !== undefined) return this.refuse(checkpoint, "saveState", unsaveable);
 
     const source = checkpoint.background ? snapshotState(state, this.arena) : state;
@@ -139,9 +140,10 @@ export class CheckpointWriter {
       // The rank file (often a few numbers) first: after a large file, in a process's first save,
       // its file system calls wait for a core V8's compiler holds (design.md, "The rank file first").
       const rankFile = rankFileName(dp.rank, tp.rank, tp.size);
-      await this.writePart(checkpoint, rankFile, parts.rank, true, objectKeys);
-      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, objectKeys);
-      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, objectKeys);
+      const checked = (part: StateDict): TensorDumpOptions => ({ stateChecked: true, checkedKeys: objectKeys, checkedTotals: partTotals(part, totalsByKey) });
+      await this.writePart(checkpoint, rankFile, parts.rank, true, checked(parts.rank));
+      if (parts.modelFile !== undefined) await this.writePart(checkpoint, modelFileName(tp.rank, tp.size), parts.modelFile, true, checked(parts.modelFile));
+      if (parts.replicated !== undefined) await this.writePart(checkpoint, replicatedFileName(tp.rank, tp.size), parts.replicated, true, checked(parts.replicated));
       checkpoint.sharded.push(...describeShards(rankFile, tp.rank, findShardedTensors(parts.rank)));
     });
   }
@@ -329,12 +331,12 @@ export class CheckpointWriter {
 
   /**
    * Writes one file of the checkpoint; `listed` files go into the manifest (scratch files do not).
-   * `checkedKeys`: the value was checked by inspectState, which listed these keys.
+   * `checked`: what inspectState found of the value (see TensorDumpOptions.stateChecked).
    */
-  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true, checkedKeys?: ObjectKeys): Promise<void> {
+  private async writePart(checkpoint: OpenCheckpoint, name: string, value: StateValue, listed = true, checked: TensorDumpOptions = {}): Promise<void> {
     const path = joinPath(stagingDir(checkpoint), name);
     const onProgress = fileProgress(this.context, "save", checkpoint.stepNr, name);
-    const options = { ...(onProgress === undefined ? {} : { onProgress }), ...(checkedKeys === undefined ? {} : { stateChecked: true, checkedKeys }) };
+    const options = onProgress === undefined ? checked : { ...checked, onProgress };
     const digest = (await this.context.dumper.dump(value, path, options)) ?? (await digestFile(this.context.fileSystem, path));
     if (listed) checkpoint.files[name] = manifestFile(digest);
     else this.scratchDigests.set(name, manifestFile(digest));

@@ -1,4 +1,5 @@
 import { isFloatSlot, markFloatSlot, setOwn, type StateDict, type StateValue } from "../values/py-values.js";
+import type { StorageTotals } from "../values/state-check.js";
 
 /**
  * The entry fairseq2 adds to a checkpoint's files to say under which key the model is: in
@@ -51,6 +52,22 @@ export function splitState(state: StateDict, modelKey: string, replicatedKeys: R
   }
   if (!modelToFile) place({ [MODEL_KEY_ENTRY]: modelKey }, MODEL_KEY_ENTRY);
   return { modelFile, replicated: leader && Object.keys(replicated).length > 0 ? replicated : undefined, rank };
+}
+
+/**
+ * The storage totals of a part of the state: the sum of inspectState's totals under each of its
+ * keys (a storage viewed under two keys counts under the first; about is enough for a dumper).
+ */
+export function partTotals(part: StateDict, totalsByKey: ReadonlyMap<string, StorageTotals>): StorageTotals {
+  let count = 0;
+  let bytes = 0;
+  for (const key of Object.keys(part)) {
+    const totals = totalsByKey.get(key);
+    if (totals === undefined) continue;
+    count += totals.count;
+    bytes += totals.bytes;
+  }
+  return { count, bytes };
 }
 
 /** What `model.pt` holds: the model under its own key, and that key (fairseq2 0.4). */

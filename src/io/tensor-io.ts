@@ -1,5 +1,5 @@
 import type { StateValue } from "../values/py-values.js";
-import type { ObjectKeys } from "../values/state-check.js";
+import type { ObjectKeys, StorageTotals } from "../values/state-check.js";
 
 /** The size and CRC-32 of a file as written; the checkpoint manifest records them. */
 export interface FileDigest {
@@ -50,6 +50,11 @@ export interface TensorDumpOptions {
    * (the manager's `inspectState`), for the dumper to reuse instead of listing them again.
    */
   checkedKeys?: ObjectKeys;
+  /**
+   * With `stateChecked`: how many storages `state` holds and their bytes, as that check counted
+   * them (about is enough: a dumper chooses its file's layout and buffers by them).
+   */
+  checkedTotals?: StorageTotals;
 }
 
 export interface TensorDumper {

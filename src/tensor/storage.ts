@@ -11,6 +11,14 @@ export function newStorageVisit(): number {
 }
 
 /**
+ * @internal Whether no walk has begun since the one stamped `stamp`: a walk that pauses (a pickle
+ * made in steps) marks its storages and tensors again if another may have overwritten the marks.
+ */
+export function isLatestVisit(stamp: number): boolean {
+  return stamp === lastStorageVisit;
+}
+
+/**
  * A flat block of elements that one or more tensors view (PyTorch's storage). Tensors that share a
  * `Storage` object are views of each other, and a `.pt` file holds the storage once.
  */

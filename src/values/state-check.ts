@@ -55,11 +55,20 @@ export function checkStateValue(value: unknown, root = "state", toError: Unsavea
 export type ObjectKeys = ReadonlyMap<object, readonly string[]>;
 const LISTED_KEYS_FROM = 64;
 
-/** As checkStateValue, and returns the keys of the state's large objects (see ObjectKeys). */
-export function checkStateListingKeys(value: unknown, root: string, toError: UnsaveableError): ObjectKeys {
-  const walk = new StateWalk(root, toError);
+/** How many storages a state's tensors view (each once: views share one) and their bytes. */
+export interface StorageTotals {
+  count: number;
+  bytes: number;
+}
+
+/**
+ * As checkStateValue, and returns the keys of the state's large objects (see ObjectKeys) and the
+ * totals of its storages: what an archive writer needs before its first byte.
+ */
+export function checkStateForArchive(value: unknown, root: string, toError: UnsaveableError): { objectKeys: ObjectKeys; totals: StorageTotals } {
+  const walk = new StateWalk(root, toError, true);
   walk.run(value);
-  return walk.objectKeys;
+  return { objectKeys: walk.objectKeys, totals: { count: walk.storageCount, bytes: walk.storageBytes } };
 }
 
 /** The InvalidArgumentError `checkStateValue` would throw for `value`, or undefined when it can be saved. */
@@ -73,16 +82,31 @@ export function findUnsaveable(value: unknown, root = "state"): InvalidArgumentE
   }
 }
 
+/** What inspectState finds in a state that can be saved. */
+export interface StateInspection {
+  unsaveable?: undefined;
+  /** The bytes of its tensors' storages, each storage counted once. */
+  storageBytes: number;
+  /** The keys of its large objects (see ObjectKeys). */
+  objectKeys: ObjectKeys;
+  /**
+   * For a plain object, the storage totals under each of its keys: a storage met under two keys
+   * counts under the first. Summed over the keys a file holds, they are that file's totals.
+   */
+  totalsByKey: ReadonlyMap<string, StorageTotals>;
+}
+
 /**
  * As findUnsaveable, and when the state can be saved, the bytes of its tensors' storages, each
- * storage counted once (views share one; as free-space.ts `storageBytes` counts them): a save
- * checks and sizes its state in one walk instead of two.
+ * storage counted once (views share one; as free-space.ts `storageBytes` counts them), and the
+ * totals under each top-level key: a save checks and sizes its state, and each of its files, in
+ * one walk.
  */
-export function inspectState(value: unknown, root = "state"): { unsaveable: InvalidArgumentError; storageBytes?: undefined; objectKeys?: undefined } | { unsaveable?: undefined; storageBytes: number; objectKeys: ObjectKeys } {
-  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message), true);
+export function inspectState(value: unknown, root = "state"): { unsaveable: InvalidArgumentError; storageBytes?: undefined; objectKeys?: undefined; totalsByKey?: undefined } | StateInspection {
+  const walk = new StateWalk(root, (message) => new InvalidArgumentError(message), true, true);
   try {
     walk.run(value);
-    return { storageBytes: walk.storageBytes, objectKeys: walk.objectKeys };
+    return { storageBytes: walk.storageBytes, objectKeys: walk.objectKeys, totalsByKey: walk.totalsByKey };
   } catch (error) {
     if (error instanceof InvalidArgumentError) return { unsaveable: error };
     throw error;
@@ -115,13 +139,21 @@ export class StateWalk {
   private readonly storageVisit: number | undefined;
   /** The bytes of the storages of the tensors met so far, each storage once. */
   storageBytes = 0;
+  /** How many storages those are. */
+  storageCount = 0;
   /** The keys of the large plain objects met so far (see ObjectKeys). */
   readonly objectKeys = new Map<object, string[]>();
+  /** With `totalsByTopKey`: the storage totals under each key of the root object (see StateInspection). */
+  readonly totalsByKey = new Map<string, StorageTotals>();
+  /** The root object's frame, and the totals of the key of it being walked. */
+  private rootFrame: Frame | undefined;
+  private keyTotals: StorageTotals | undefined;
 
   constructor(
     private readonly root: string,
     private readonly toError: UnsaveableError,
     countStorageBytes = false,
+    private readonly totalsByTopKey = false,
   ) {
     this.storageVisit = countStorageBytes ? newStorageVisit() : undefined;
   }
@@ -129,6 +161,7 @@ export class StateWalk {
   run(value: unknown): void {
     this.visit(value, NO_SEGMENT);
     const { frames } = this;
+    if (this.totalsByTopKey && frames.length === 1) this.rootFrame = frames[0];
     while (frames.length > 0) {
       const frame = frames[frames.length - 1]!;
       const next = this.nextChild(frame);
@@ -159,6 +192,7 @@ export class StateWalk {
         const { container, keys } = frame;
         while (frame.index < keys.length) {
           const key = keys[frame.index++]!;
+          if (frame === this.rootFrame) this.enterTopKey(key);
           const child = container[key];
           if (!(child instanceof Tensor)) return [key, child];
           this.count(child.storage);
@@ -251,7 +285,18 @@ export class StateWalk {
   private count(storage: Storage): void {
     if (this.storageVisit === undefined || storage.indexInVisit(this.storageVisit) >= 0) return;
     storage.markVisited(this.storageVisit, 0);
-    this.storageBytes += storage.numel * DTYPES[storage.dtype].itemSize; // without reading bytes a reader left pending
+    const bytes = storage.numel * DTYPES[storage.dtype].itemSize; // without reading bytes a reader left pending
+    this.storageBytes += bytes;
+    this.storageCount++;
+    if (this.keyTotals !== undefined) {
+      this.keyTotals.count++;
+      this.keyTotals.bytes += bytes;
+    }
+  }
+
+  private enterTopKey(key: string): void {
+    this.keyTotals = { count: 0, bytes: 0 };
+    this.totalsByKey.set(key, this.keyTotals);
   }
 
   /** torch.Size holds ints (the reader, like PyTorch, refuses anything else). */
@@ -332,7 +377,7 @@ export class StateWalk {
   static {
     // storageBytes passes 2^31 for a state over 2 GiB: a double from the start (keep-shapes.ts).
     const kept = new StateWalk("", undefined as never);
-    kept.storageBytes = 0.5;
+    kept.storageBytes = kept.storageCount = 0.5;
     keepShape(kept);
   }
 }
