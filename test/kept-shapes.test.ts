@@ -21,7 +21,7 @@ import { segmentStarts } from "../src/formats/segmented-reader.js";
 import { keptInstances } from "../src/keep-shapes.js";
 import { Storage } from "../src/tensor/storage.js";
 import { Tensor } from "../src/tensor/tensor.js";
-import { StateWalk } from "../src/values/state-check.js";
+import { StateWalk } from "../src/values/state-walk.js";
 
 setFlagsFromString("--allow-natives-syntax");
 // eslint-disable-next-line @typescript-eslint/no-implied-eval -- the only way to reach a V8 intrinsic
