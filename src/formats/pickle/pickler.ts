@@ -168,6 +168,7 @@ export class Pickler extends PickleOutput {
     return true;
   }
 
+  /** Writes a list as Python's pickler does (APPENDS in batches), pausing every `stepItems` items. */
   private *listSteps(list: unknown[]): Generator<void, void> {
     this.enter();
     try {
@@ -211,6 +212,7 @@ export class Pickler extends PickleOutput {
     if (container === items) this.memoize(items);
   }
 
+  /** Writes a dict or OrderedDict (SETITEMS in batches, attributes last), pausing every `stepItems` items. */
   private *dictSteps(dict: object, keys: readonly unknown[], valueOf: (key: unknown) => unknown): Generator<void, void> {
     this.enter();
     try {
