@@ -3,10 +3,9 @@
 // steps, then the pickle (src/formats/torch/torch-writer.ts, picklesLast). Other files keep
 // torch.save's order. torch.load reading such a file: test/torch-interop.test.ts.
 import assert from "node:assert/strict";
-import { mkdtemp, readFile, rm, writeFile } from "node:fs/promises";
-import { tmpdir } from "node:os";
+import { readFile, writeFile } from "node:fs/promises";
 import { join } from "node:path";
-import { after, test } from "node:test";
+import { test } from "node:test";
 import { FileCheckpointManager } from "../src/checkpoint/file-checkpoint-manager.js";
 import { partTotals } from "../src/checkpoint/state-split.js";
 import { MemoryReader, type ByteSink } from "../src/formats/byte-io.js";
@@ -17,17 +16,9 @@ import { ShardedTensor } from "../src/tensor/sharded-tensor.js";
 import { Tensor } from "../src/tensor/tensor.js";
 import { orderedDict, tuple, type StateDict, type StateValue } from "../src/values/py-values.js";
 import { inspectState } from "../src/values/state-check.js";
+import { useTempDirs } from "./helpers/checkpoint-helpers.js";
 
-const tempDirs: string[] = [];
-after(async () => {
-  for (const dir of tempDirs) await rm(dir, { recursive: true, force: true });
-});
-
-async function tempDir(): Promise<string> {
-  const dir = await mkdtemp(join(tmpdir(), "ckpt-pickle-last-"));
-  tempDirs.push(dir);
-  return dir;
-}
+const tempDir = useTempDirs("pickle-last");
 
 let nextValue = 1;
 /** A tensor whose storage holds values no other storage here holds. */
