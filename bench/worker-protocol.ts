@@ -27,6 +27,7 @@ export const NODE_OPS = [
   "write-best",
   "read-best",
   "load-floor",
+  "save-floor",
   "write-direct",
 ] as const;
 export type NodeOp = (typeof NODE_OPS)[number];

@@ -8,12 +8,9 @@
 // `prepare` writes the files the loads read (ours.pt, ckpt/, plain.bin) into the work dir.
 import { promises as fsp, readFileSync } from "node:fs";
 import { join } from "node:path";
-import { crc32 as fastCrc32 } from "@node-rs/crc32";
 import {
   FileCheckpointManager,
   LocalFileSystem,
-  Storage,
-  Tensor,
   TorchTensorDumper,
   TorchTensorLoader,
   type FileSystem,
@@ -21,8 +18,9 @@ import {
   type StateValue,
 } from "./library.js";
 import { bestRead, bestWrite, checkExactCopy, copyInto, crcAll, directBlocks, directWrite, plainRead, plainReadWithCrc, plainWrite, plainWriteWithCrc } from "./plain-io.js";
-import { checkLoaded, checkLoadedInto, checkWritten, liveState, numelOf, tensorShapesInPlainFile } from "./checks.js";
+import { checkLoaded, checkLoadedInto, checkWritten, liveState, tensorShapesInPlainFile } from "./checks.js";
 import { buildState, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
+import { checkFloorTensors, loadFloor, saveFloor } from "./floors.js";
 import { collectGarbage, cpuSecondsSince, resetPeakMemory, timerLateness } from "./process-stats.js";
 import { NODE_OPS, STEADY_SUFFIX, type Measurement, type NodeOp } from "./worker-protocol.js";
 
@@ -85,7 +83,7 @@ async function prepare(spec: ScenarioSpec, dir: string): Promise<void> {
  * `dir` holds the prepared files; `out` is a scratch directory for what saves write.
  */
 async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string, steady = false): Promise<Measurement> {
-  const needsState = ["save-ours", "save-manager", "save-async", "write-plain", "write-best", "write-direct", "write-plain-crc", "copy-memory", "copy-memory-idle", "crc-memory", "dump-discard"];
+  const needsState = ["save-ours", "save-manager", "save-async", "write-plain", "write-best", "write-direct", "write-plain-crc", "copy-memory", "copy-memory-idle", "crc-memory", "dump-discard", "save-floor"];
   const built = needsState.includes(op) ? buildState(spec) : undefined;
   const live = op.startsWith("load-into") ? liveState(spec) : undefined;
   const targetPath = join(out, op === "save-manager" || op === "save-async" ? "ckpt" : "out.bin");
@@ -234,36 +232,17 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string,
       break;
     }
     case "load-floor": {
-      // The least any load that returns these tensors, checksummed, does here: the best read of
-      // their bytes alone (plain.bin: no file format around them), then per tensor a CRC-32 pass,
-      // a view, a Storage, a Tensor and a dict entry. No pickle, no zip directory, no headers.
-      let loaded: Record<string, Tensor> = {};
-      let crcs: number[] = [];
-      const path = join(dir, PLAIN_FILE);
+      let loaded: StateValue = null;
       const shapes = tensorShapesInPlainFile(spec);
-      timed = async () => {
-        const bytes = await bestRead(path);
-        const state: Record<string, Tensor> = {};
-        const sums: number[] = [];
-        let at = 0;
-        for (let i = 0; i < shapes.length; i++) {
-          const shape = shapes[i]!;
-          const view = new Uint8Array(bytes.buffer, bytes.byteOffset + at, numelOf(shape) * 4);
-          sums.push(fastCrc32(view));
-          state[`tensor.${i}`] = new Tensor({ storage: new Storage("float32", view), shape });
-          at += view.byteLength;
-        }
-        loaded = state;
-        crcs = sums;
-      };
-      check = async () => {
-        // Tensor i of plain.bin is filled with (i + 1) · 10⁻³ (bench/scenarios.ts buildState).
-        shapes.forEach((_, i) => {
-          const data = loaded[`tensor.${i}`]!.data as Float32Array;
-          if (data[0] !== Math.fround((i + 1) * 1e-3) || data[data.length - 1] !== data[0]) throw new Error(`the floor load's tensor ${i} holds ${data[0]}`);
-        });
-        if (crcs.length !== shapes.length) throw new Error("the floor load checksummed too few tensors");
-      };
+      timed = async () => void ({ state: loaded } = await loadFloor(join(dir, PLAIN_FILE), shapes));
+      check = async () => checkFloorTensors(loaded, shapes.length, "the floor load");
+      break;
+    }
+    case "save-floor": {
+      const shapes = tensorShapesInPlainFile(spec);
+      timed = () => saveFloor(built!.buffers, shapes, targetPath);
+      // Read back by the library: a real PyTorch file of the same tensors.
+      check = async () => checkFloorTensors(await new TorchTensorLoader().load(targetPath), shapes.length, "the save floor's file");
       break;
     }
     case "load-ours-nocrc": {
