@@ -3,7 +3,12 @@
 // (docs/benchmark.md, issue 14's section). Each is checked like the rows it explains.
 import { constants, promises as fsp } from "node:fs";
 import { crc32 as fastCrc32 } from "@node-rs/crc32";
+import { DEFAULT_DIRECT_BLOCK_BYTES, DIRECT_ALIGNMENT } from "../src/fs/direct-writes.js";
 import { pageAlignedBuffer } from "../src/fs/page-aligned.js";
+import { Op } from "../src/formats/pickle/opcodes.js";
+import { putSmallInt, putSmallIntTuple } from "../src/formats/pickle/pickle-encoding.js";
+import { CENTRAL_HEADER_SIZE, END_SIZE, LOCAL_HEADER_SIZE } from "../src/formats/zip/zip-constants.js";
+import { writeEndRecord, writeLocalHeader, writePlainCentralHeader } from "../src/formats/zip/zip-records.js";
 import { Storage, Tensor, type StateValue } from "./library.js";
 import { numelOf } from "./checks.js";
 import { bestRead } from "./plain-io.js";
@@ -43,62 +48,47 @@ export function checkFloorTensors(loaded: StateValue, count: number, what: strin
   if (Object.keys(state).length !== count) throw new Error(`${what}: ${Object.keys(state).length} tensors, expected ${count}`);
 }
 
-/** As the library's writer: 16 MiB blocks, a quarter of that for a file under eight blocks, three per file. */
-const FULL_BLOCK = 16 << 20;
-const SMALL_FILE_BYTES = 8 * FULL_BLOCK;
+/** As the library's writer: a quarter block for a file under eight blocks, three blocks per file. */
+const SMALL_FILE_BYTES = 8 * DEFAULT_DIRECT_BLOCK_BYTES;
 const BLOCKS = 3;
 /** As the library's writer: a flush to disk (fdatasync) starts in the background every 8 MiB sent. */
 const FLUSH_EVERY = 8 << 20;
-const ALIGNMENT = 4096;
 /** Data starts on a multiple of this in the file, as in torch.save's (and our) archives. */
 const DATA_ALIGNMENT = 64;
-const LOCAL_HEADER = 30;
-const CENTRAL_HEADER = 46;
 
 /**
  * The floor of a process's first save: a real PyTorch file of `buffers` (tensor i under the key
  * `tensor.<i>`, float32, `shapes[i]`), written the way the library writes a small-tensor file
  * (O_DIRECT from three aligned blocks of fresh memory, flushes in the background, data.pkl last),
- * but in three tight loops written for this one layout: no state to walk or check, a pickle of
- * one flat dict, headers without zip64, no temporary name to rename and no directory sync.
+ * but in three tight loops written for this one layout (the library's zip records and pickle
+ * integers, nothing else of it): no state to walk or check, a pickle of one flat dict, headers
+ * without zip64, no temporary name to rename and no directory sync.
  */
 export async function saveFloor(buffers: readonly Uint8Array[], shapes: readonly number[][], path: string): Promise<void> {
   const count = buffers.length;
   const dataBytes = buffers.reduce((sum, b) => sum + b.byteLength, 0);
   if (count + 2 >= 0xffff || dataBytes + count * 128 >= 0xffffffff) throw new Error("the save floor writes no zip64 records: too many tensors or bytes");
   const handle = await fsp.open(path, constants.O_WRONLY | constants.O_CREAT | constants.O_EXCL | constants.O_DIRECT, 0o644);
-  const out = new BlockPipe(handle, dataBytes < SMALL_FILE_BYTES ? FULL_BLOCK / 4 : FULL_BLOCK);
+  const out = new BlockPipe(handle, dataBytes < SMALL_FILE_BYTES ? DEFAULT_DIRECT_BLOCK_BYTES / 4 : DEFAULT_DIRECT_BLOCK_BYTES);
   try {
     const names: string[] = [];
     const crcs = new Uint32Array(count + 2);
     const sizes = new Uint32Array(count + 2);
     const offsets = new Uint32Array(count + 2);
     let offset = 0;
-    const header = Buffer.alloc(LOCAL_HEADER + 64 + DATA_ALIGNMENT + 4);
+    const header = Buffer.alloc(LOCAL_HEADER_SIZE + 64 + DATA_ALIGNMENT + 4);
     const entry = (name: string, data: Uint8Array): Promise<void> | undefined => {
       const crc = fastCrc32(data);
-      const nameLength = header.write(name, LOCAL_HEADER, "latin1");
-      let padding = (DATA_ALIGNMENT - ((offset + LOCAL_HEADER + nameLength) % DATA_ALIGNMENT)) % DATA_ALIGNMENT;
+      const nameLength = header.write(name, LOCAL_HEADER_SIZE, "latin1");
+      let padding = (DATA_ALIGNMENT - ((offset + LOCAL_HEADER_SIZE + nameLength) % DATA_ALIGNMENT)) % DATA_ALIGNMENT;
       if (padding > 0 && padding < 4) padding += DATA_ALIGNMENT; // an extra field needs 4 bytes of its own
-      header.fill(0, 0, LOCAL_HEADER);
-      header.writeUInt32LE(0x04034b50, 0);
-      header.writeUInt16LE(20, 4);
-      header.writeUInt32LE(crc, 14);
-      header.writeUInt32LE(data.byteLength, 18);
-      header.writeUInt32LE(data.byteLength, 22);
-      header.writeUInt16LE(nameLength, 26);
-      header.writeUInt16LE(padding, 28);
-      if (padding > 0) {
-        header.writeUInt16LE(0x4246, LOCAL_HEADER + nameLength); // "FB", torch.save's padding field
-        header.writeUInt16LE(padding - 4, LOCAL_HEADER + nameLength + 2);
-        header.fill(0, LOCAL_HEADER + nameLength + 4, LOCAL_HEADER + nameLength + padding);
-      }
+      writeLocalHeader(header, 0, nameLength, crc, data.byteLength, false, padding);
       crcs[names.length] = crc;
       sizes[names.length] = data.byteLength;
       offsets[names.length] = offset;
       names.push(name);
-      offset += LOCAL_HEADER + nameLength + padding + data.byteLength;
-      const waiting = out.put(header.subarray(0, LOCAL_HEADER + nameLength + padding));
+      offset += LOCAL_HEADER_SIZE + nameLength + padding + data.byteLength;
+      const waiting = out.put(header.subarray(0, LOCAL_HEADER_SIZE + nameLength + padding));
       return waiting === undefined ? out.put(data) : waiting.then(() => out.put(data));
     };
     for (let i = 0; i < count; i++) {
@@ -108,26 +98,15 @@ export async function saveFloor(buffers: readonly Uint8Array[], shapes: readonly
     await entry("archive/data.pkl", flatDictPickle(shapes));
     await entry("archive/version", Buffer.from("3\n"));
     const directoryOffset = offset;
-    const directory = Buffer.alloc(names.length * (CENTRAL_HEADER + 32) + 22);
+    const directory = Buffer.allocUnsafe(names.length * (CENTRAL_HEADER_SIZE + 32) + END_SIZE);
     let at = 0;
     for (let i = 0; i < names.length; i++) {
-      directory.writeUInt32LE(0x02014b50, at);
-      directory.writeUInt16LE(20, at + 4);
-      directory.writeUInt16LE(20, at + 6);
-      directory.writeUInt32LE(crcs[i]!, at + 16);
-      directory.writeUInt32LE(sizes[i]!, at + 20);
-      directory.writeUInt32LE(sizes[i]!, at + 24);
-      const nameLength = directory.write(names[i]!, at + CENTRAL_HEADER, "latin1");
-      directory.writeUInt16LE(nameLength, at + 28);
-      directory.writeUInt32LE(offsets[i]!, at + 42);
-      at += CENTRAL_HEADER + nameLength;
+      const nameLength = directory.write(names[i]!, at + CENTRAL_HEADER_SIZE, "latin1");
+      writePlainCentralHeader(directory, at, nameLength, crcs[i]!, sizes[i]!, offsets[i]!);
+      at += CENTRAL_HEADER_SIZE + nameLength;
     }
-    directory.writeUInt32LE(0x06054b50, at);
-    directory.writeUInt16LE(names.length, at + 8);
-    directory.writeUInt16LE(names.length, at + 10);
-    directory.writeUInt32LE(at, at + 12);
-    directory.writeUInt32LE(directoryOffset, at + 16);
-    at += 22;
+    writeEndRecord(directory, at, names.length, directoryOffset, at, false);
+    at += END_SIZE;
     await out.put(directory.subarray(0, at));
     await out.finish(offset + at);
   } finally {
@@ -173,7 +152,7 @@ class BlockPipe {
   async finish(size: number): Promise<void> {
     await this.blockBusy;
     if (this.filled > 0) {
-      const padded = Math.ceil(this.filled / ALIGNMENT) * ALIGNMENT;
+      const padded = Math.ceil(this.filled / DIRECT_ALIGNMENT) * DIRECT_ALIGNMENT;
       this.blocks[this.current]!.fill(0, this.filled, padded);
       this.send(padded);
     }
@@ -230,53 +209,34 @@ function flatDictPickle(shapes: readonly number[][]): Buffer {
   let at = 0;
   const op = (code: number): void => void (out[at++] = code);
   const text = (value: string): void => {
-    op(0x58); // BINUNICODE
+    op(Op.BINUNICODE);
     const length = out.write(value, at + 4, "latin1");
     out.writeUInt32LE(length, at);
     at += 4 + length;
   };
-  const int = (value: number): void => {
-    if (value < 0x100) {
-      op(0x4b); // BININT1
-      op(value);
-    } else if (value < 0x10000) {
-      op(0x4d); // BININT2
-      out.writeUInt16LE(value, at);
-      at += 2;
-    } else {
-      op(0x4a); // BININT
-      out.writeInt32LE(value, at);
-      at += 4;
-    }
-  };
-  const tuple = (values: readonly number[]): void => {
-    if (values.length > 3) op(0x28); // MARK
-    for (const value of values) int(value);
-    op([0x29, 0x85, 0x86, 0x87][values.length] ?? 0x74); // EMPTY_TUPLE, TUPLE1-3, TUPLE
-  };
   const global = (module: string, name: string): void => {
-    op(0x63); // GLOBAL
+    op(Op.GLOBAL);
     at += out.write(`${module}\n${name}\n`, at, "latin1");
   };
   // Memo slots: 0 _rebuild_tensor_v2, 1 "storage", 2 FloatStorage, 3 "cpu", 4 OrderedDict; each
   // written once (then BINPUT) and recalled after (BINGET).
   const memo = (slot: number, isFirst: boolean): void => {
-    op(isFirst ? 0x71 : 0x68);
+    op(isFirst ? Op.BINPUT : Op.BINGET);
     op(slot);
   };
   const strides: number[] = [];
-  op(0x80); // PROTO 2
+  op(Op.PROTO);
   op(2);
-  op(0x7d); // EMPTY_DICT
-  op(0x28); // MARK
+  op(Op.EMPTY_DICT);
+  op(Op.MARK);
   for (let i = 0; i < shapes.length; i++) {
     const shape = shapes[i]!;
     const first = i === 0;
     text(floorKey(i));
     if (first) global("torch._utils", "_rebuild_tensor_v2");
     memo(0, first);
-    op(0x28); // MARK: the arguments
-    op(0x28); // MARK: the persistent id
+    op(Op.MARK); // the arguments
+    op(Op.MARK); // the persistent id
     if (first) text("storage");
     memo(1, first);
     if (first) global("torch", "FloatStorage");
@@ -284,23 +244,23 @@ function flatDictPickle(shapes: readonly number[][]): Buffer {
     text(String(i));
     if (first) text("cpu");
     memo(3, first);
-    int(numelOf(shape));
-    op(0x74); // TUPLE
-    op(0x51); // BINPERSID
-    int(0); // storage offset
-    tuple(shape);
+    at = putSmallInt(out, at, numelOf(shape));
+    op(Op.TUPLE);
+    op(Op.BINPERSID);
+    at = putSmallInt(out, at, 0); // storage offset
+    at = putSmallIntTuple(out, at, shape);
     strides.length = shape.length;
     for (let d = shape.length - 1, step = 1; d >= 0; step *= shape[d]!, d--) strides[d] = step;
-    tuple(strides);
-    op(0x89); // NEWFALSE: requires_grad
+    at = putSmallIntTuple(out, at, strides);
+    op(Op.NEWFALSE); // requires_grad
     if (first) global("collections", "OrderedDict");
     memo(4, first);
-    op(0x29); // EMPTY_TUPLE
-    op(0x52); // REDUCE: backward hooks
-    op(0x74); // TUPLE
-    op(0x52); // REDUCE: the tensor
+    op(Op.EMPTY_TUPLE);
+    op(Op.REDUCE); // backward hooks
+    op(Op.TUPLE);
+    op(Op.REDUCE); // the tensor
   }
-  op(0x75); // SETITEMS
-  op(0x2e); // STOP
+  op(Op.SETITEMS);
+  op(Op.STOP);
   return out.subarray(0, at);
 }
