@@ -15,6 +15,18 @@ export const MAX_IO_BYTES = 1 << 30;
 /** Writes smaller than this are gathered into one buffer: thousands of tiny writes cost syscalls. */
 const WRITE_BUFFER_SIZE = 4 << 20;
 /**
+ * Write buffers kept between files. A save writes several small files (a rank file, metadata, the
+ * manifest); a buffer of its own for each was 4 MiB of fresh memory mapped and dropped per file,
+ * and enough allocation to start garbage collections in a process that saves small checkpoints often.
+ */
+const spareBuffers: Buffer[] = [];
+const SPARE_BUFFERS = 2;
+
+/** @internal The write buffers kept for the next files (test/write-buffers.test.ts). */
+export function spareWriteBuffers(): readonly Buffer[] {
+  return spareBuffers;
+}
+/**
  * Writes at least this large go to the file as they are, without a copy into the buffer. Well below
  * the zip writer's staged batches (up to 256 KiB, but a batch ends where the next header or entry
  * would not fit, so it is a little less): at their size, every small tensor was copied a second time here.
@@ -44,7 +56,8 @@ const SMALL_FILE_BLOCKS = 8;
  * back only at a resume gains nothing from its pages.
  */
 export class LocalFileWriter implements FileWriter {
-  private readonly buffer = Buffer.allocUnsafeSlow(WRITE_BUFFER_SIZE);
+  /** Taken at the first write that is gathered, given back when the file is closed or discarded. */
+  private buffer: Buffer | undefined;
   private buffered = 0;
   /** Bytes written to the file so far (not counting the buffer or direct blocks). */
   private written = 0;
@@ -120,14 +133,14 @@ export class LocalFileWriter implements FileWriter {
       await this.writeOut(chunk);
       return;
     }
-    if (this.buffered + chunk.byteLength <= this.buffer.length) {
-      this.buffer.set(chunk, this.buffered);
+    if (this.buffered + chunk.byteLength <= WRITE_BUFFER_SIZE) {
+      this.takeBuffer().set(chunk, this.buffered);
       this.buffered += chunk.byteLength;
       return;
     }
     await this.flush();
-    if (chunk.byteLength < this.buffer.length / 2) {
-      this.buffer.set(chunk, 0);
+    if (chunk.byteLength < WRITE_BUFFER_SIZE / 2) {
+      this.takeBuffer().set(chunk, 0);
       this.buffered = chunk.byteLength;
     } else {
       await this.writeOut(chunk);
@@ -175,6 +188,7 @@ export class LocalFileWriter implements FileWriter {
       await this.flush();
       await this.finishDirect();
       await this.diskFlush.settle();
+      this.giveBackBuffer();
       await this.handle.sync();
       await this.handle.close();
       await fsp.rename(this.partialPath, this.finalPath);
@@ -198,6 +212,7 @@ export class LocalFileWriter implements FileWriter {
     this.direct?.release();
     this.direct = undefined;
     await this.diskFlush.quiesce();
+    this.giveBackBuffer(); // no write of it is under way: the caller waited for the last
     await this.handle.close().catch(() => undefined);
     await fsp.rm(this.partialPath, { force: true });
   }
@@ -214,7 +229,17 @@ export class LocalFileWriter implements FileWriter {
 
   private async flush(): Promise<void> {
     if (this.buffered === 0) return;
-    await this.writeOut(this.buffer.subarray(0, this.buffered));
+    await this.writeOut(this.buffer!.subarray(0, this.buffered));
+    this.buffered = 0;
+  }
+
+  private takeBuffer(): Buffer {
+    return (this.buffer ??= spareBuffers.pop() ?? Buffer.allocUnsafeSlow(WRITE_BUFFER_SIZE));
+  }
+
+  private giveBackBuffer(): void {
+    if (this.buffer !== undefined && spareBuffers.length < SPARE_BUFFERS) spareBuffers.push(this.buffer);
+    this.buffer = undefined;
     this.buffered = 0;
   }
 }
