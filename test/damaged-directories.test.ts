@@ -8,6 +8,7 @@ import { fileURLToPath } from "node:url";
 import { FileCheckpointManager, LocalFileSystem, listCheckpointDirectory, type DirectoryEntry } from "../src/index.js";
 import { assertSameState, saveStep, trainingState, useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { editManifest } from "./helpers/manifest-edits.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const tempDir = useTempDirs("damaged");
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
@@ -76,7 +77,7 @@ test("one unreadable step is listed as damaged; listing, ls, verify and resuming
   const dir = await directoryOfThree({ fairseq2: false });
   await chmod(join(dir, "step_3"), 0o000);
   try {
-    const run = runUnprivileged(["--import", "tsx", LISTER, dir]);
+    const run = runUnprivileged([await bundledOnce(LISTER), dir]);
     assert.equal(run.status, 0, run.stderr);
     const seen = JSON.parse(run.stdout) as { steps: number[]; damaged: [number, string][]; lastLoaded: number; listed: [string, string][] };
     assert.deepEqual(seen.steps, [1, 2]);

@@ -9,6 +9,7 @@ import { fileURLToPath } from "node:url";
 
 import { CheckpointError, FileCheckpointManager } from "../src/index.js";
 import { assertSameState, entries, saveStep, trainingState, useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const tempDir = useTempDirs("ownership");
 const LOCK_HOLDER = fileURLToPath(new URL("./helpers/lock-holder.ts", import.meta.url));
@@ -56,7 +57,7 @@ test("a beginCheckpoint refused the lock opens nothing, in background mode too: 
 
 test("two processes racing for a directory: the one refused the lock leaves the holder's save untouched", async () => {
   const dir = await tempDir();
-  const child = spawn(process.execPath, ["--import", "tsx", LOCK_HOLDER, dir, "5"], { stdio: ["pipe", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [await bundledOnce(LOCK_HOLDER), dir, "5"], { stdio: ["pipe", "pipe", "inherit"] });
   const lines = createInterface({ input: child.stdout! })[Symbol.asyncIterator]();
   try {
     assert.equal((await lines.next()).value, "open");

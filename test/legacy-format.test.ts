@@ -17,6 +17,7 @@ import { LocalFileSystem } from "../src/fs/local-file-system.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { describe, type Description } from "./helpers/describe.js";
 import { requireTorch, runPython } from "./helpers/torch-python.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const tempDir = useTempDirs("legacy-format");
 const HELPERS = join(import.meta.dirname, "helpers");
@@ -38,8 +39,9 @@ torch.save({"big": big, "small": small, "view": small[1000:2000], "half": torch.
     const { size } = await stat(path);
     assert.ok(size > 300 << 20);
     // Each load runs in a fresh process, so the peak resident set measures this load alone.
+    const bundle = await bundledOnce(join(HELPERS, "legacy-memory-child.ts"));
     const measure = (mode: "whole" | "into"): { peakGrowth: number; checks: Record<string, unknown> } => {
-      const child = spawnSync(process.execPath, ["--import", "tsx", join(HELPERS, "legacy-memory-child.ts"), path, mode, String(bigNumel)], { encoding: "utf8" });
+      const child = spawnSync(process.execPath, [bundle, path, mode, String(bigNumel)], { encoding: "utf8" });
       assert.equal(child.status, 0, child.stderr);
       return JSON.parse(child.stdout) as { peakGrowth: number; checks: Record<string, unknown> };
     };

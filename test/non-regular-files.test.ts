@@ -13,11 +13,14 @@ import { before, describe, test } from "node:test";
 
 import { FileCheckpointManager, LocalFileSystem, TorchTensorLoader } from "../src/index.js";
 import { saveStep, useTempDirs } from "./helpers/checkpoint-helpers.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const tempDir = useTempDirs("fifo");
 const ROOT = join(import.meta.dirname, "..");
 const CLI = join(ROOT, "dist", "cli", "main.js");
 const LISTING_CHILD = join(import.meta.dirname, "helpers", "listing-child.ts");
+/** LISTING_CHILD bundled into plain JavaScript (torture/lib/bundle-child.ts), made before the tests that run it. */
+let listingChild: string;
 /** Far longer than any of these operations takes on a loaded machine; only a hang reaches it. */
 const HANG_TIMEOUT_MS = 30_000;
 
@@ -44,7 +47,7 @@ function ckpt(...args: string[]): Run {
 }
 
 function listing<T>(operation: string, dir: string): T {
-  const result = run(["--import", "tsx", LISTING_CHILD, operation, dir]);
+  const result = run([listingChild, operation, dir]);
   assert.equal(result.status, 0, `${operation} failed:\n${result.stderr}`);
   return JSON.parse(result.stdout) as T;
 }
@@ -93,6 +96,7 @@ describe("a FIFO named score.txt or manifest.json in a committed step", () => {
   before(async () => {
     assert.ok(existsSync(CLI), "dist/cli/main.js is missing: run `npm run build` (npm test does) first");
     dir = await directoryWithFifos();
+    listingChild = await bundledOnce(LISTING_CHILD);
   });
 
   test("getStepNumbers() finishes, leaves out the step whose manifest is a FIFO, keeps the one whose score is (unscored)", () => {

@@ -13,6 +13,7 @@ import { assertSucceeded, launch } from "./helpers/launch-job.js";
 import { manifestCommitCases } from "./helpers/manifest-commit-cases.js";
 import { startS3Server } from "./helpers/s3-server.js";
 import { filesUnder } from "./helpers/storages-without-rename.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const ROOT = dirname(dirname(fileURLToPath(import.meta.url)));
 const CLI = join(ROOT, "dist", "cli", "main.js");
@@ -183,7 +184,7 @@ test("S3: a writer SIGKILLed mid-upload leaves nothing listed; the next manager 
   try {
     // The child's upload of its big file stalls at its second part, so the kill lands mid-upload.
     proxy.add({ method: "PUT", query: "partNumber", occurrences: [2], fault: { kind: "delay", ms: 60_000 } });
-    const child = spawn(process.execPath, ["--import", "tsx", CHILD, proxy.endpoint, dir, "2"], { env: { ...process.env, ...awsEnv }, stdio: ["ignore", "pipe", "inherit"] });
+    const child = spawn(process.execPath, [await bundledOnce(CHILD), proxy.endpoint, dir, "2"], { env: { ...process.env, ...awsEnv }, stdio: ["ignore", "pipe", "inherit"] });
     await new Promise<void>((resolve, reject) => {
       const timer = setInterval(() => {
         if (proxy.log.filter((r) => r.method === "PUT" && r.query.has("partNumber")).length >= 2) {

@@ -12,6 +12,7 @@ import { PutObjectCommand, S3Client } from "@aws-sdk/client-s3";
 import { S3FileSystem, type S3FileSystemOptions } from "../src/s3/index.js";
 import { FaultProxy, kindOf } from "./helpers/fault-proxy.js";
 import { startS3Server, type S3TestServer } from "./helpers/s3-server.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const CHILD = fileURLToPath(new URL("./helpers/s3-child.ts", import.meta.url));
 const MiB = 1024 * 1024;
@@ -202,7 +203,7 @@ test("an aborted writer leaves nothing at the key and no upload behind", async (
 
 test("removeAbandonedWrites aborts the upload of a SIGKILLed writer, and only under its directory", async () => {
   const { fs, dir } = setup({ partSize: 5 * MiB });
-  const child = spawn(process.execPath, ["--import", "tsx", CHILD, "upload", server.endpoint, `${dir}/dead/model.pt`, String(12 * MiB)], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [await bundledOnce(CHILD), "upload", server.endpoint, `${dir}/dead/model.pt`, String(12 * MiB)], { stdio: ["ignore", "pipe", "inherit"] });
   const [line] = await once(createInterface({ input: child.stdout! }), "line");
   assert.equal(line, "ready");
   while ((await server.pendingUploads()).length === 0) await sleep(20); // its CreateMultipartUpload landed
@@ -238,7 +239,7 @@ test("a held lock refuses others with ELOCKED naming the holder, and is free aga
 
 test("the lock of a SIGKILLed holder on this host is taken over at once", async () => {
   const { fs, dir } = setup();
-  const child = spawn(process.execPath, ["--import", "tsx", CHILD, "lock", server.endpoint, `${dir}/.lock`], { stdio: ["ignore", "pipe", "inherit"] });
+  const child = spawn(process.execPath, [await bundledOnce(CHILD), "lock", server.endpoint, `${dir}/.lock`], { stdio: ["ignore", "pipe", "inherit"] });
   const [line] = await once(createInterface({ input: child.stdout! }), "line");
   assert.equal(line, "ready");
   await assert.rejects(fs.lock(`${dir}/.lock`), { code: "ELOCKED" }, "held while the child lives");

@@ -8,6 +8,7 @@ import { CheckpointLoadError, CkptError, FileCheckpointManager, InvalidArgumentE
 import { captureModelState, checkpointCallback, resumeFit, type CheckpointCallbackOptions } from "../src/tfjs/index.js";
 import { useTempDirs } from "./helpers/checkpoint-helpers.js";
 import { FIT_CHILD } from "./helpers/fit-child-config.js";
+import { bundledOnce } from "../torture/lib/bundle-child.js";
 
 const tempDir = useTempDirs("tfjs-fit");
 const CHILD = join(import.meta.dirname, "helpers", "fit-child.ts");
@@ -307,11 +308,14 @@ describe("resumeFit with validationSplit", () => {
 });
 
 describe("a fit run killed with SIGKILL and resumed", () => {
-  const runChild = (dir: string, out: string, flags: string[]) => spawnSync(process.execPath, ["--import", "tsx", CHILD, dir, out, ...flags], { encoding: "utf8" });
+  /** CHILD bundled into plain JavaScript (torture/lib/bundle-child.ts): it is started seven times here. */
+  let bundledChild: string;
+  const runChild = (dir: string, out: string, flags: string[]) => spawnSync(process.execPath, [bundledChild, dir, out, ...flags], { encoding: "utf8" });
   let straightWeights: Buffer;
   let straightDir: string;
 
   before(async () => {
+    bundledChild = await bundledOnce(CHILD);
     const root = await tempDir();
     straightDir = join(root, "straight");
     const result = runChild(straightDir, join(root, "straight.bin"), []);
@@ -356,7 +360,7 @@ describe("a fit run killed with SIGKILL and resumed", () => {
     const out = join(root, "run.bin");
     // Kill once checkpoint `waitFor` (or a later one) is committed; the child is then anywhere: training, saving, pruning.
     const waitFor = FIT_CHILD.everyBatches * (1 + Math.floor(Math.random() * 6));
-    const child = spawn(process.execPath, ["--import", "tsx", CHILD, dir, out, "--background"], { stdio: ["ignore", "pipe", "pipe"] });
+    const child = spawn(process.execPath, [bundledChild, dir, out, "--background"], { stdio: ["ignore", "pipe", "pipe"] });
     let stderr = "";
     child.stderr.setEncoding("utf8").on("data", (chunk: string) => (stderr += chunk));
     const exited = new Promise<NodeJS.Signals | null>((resolve) => child.on("exit", (_code, signal) => resolve(signal)));

@@ -28,6 +28,7 @@ import { createInterface } from "node:readline";
 import { fileURLToPath } from "node:url";
 import { CheckpointError, FileCheckpointManager, listCheckpointDirectory, verifyCheckpoints } from "../../src/index.js";
 import { loadContent, saveCheckpoint } from "../../test/helpers/crash-scenarios.js";
+import { bundledOnce } from "../lib/bundle-child.js";
 import { diskSnapshot, snapshotDifference } from "../lib/disk-snapshot.js";
 import { countCase, Random } from "../lib/random.js";
 import type { ClassFailure, ClassOptions, ClassResult } from "../types.js";
@@ -69,7 +70,7 @@ async function refusalCase(random: Random, dir: string, context: string): Promis
   await saveCheckpoint(seeder, 1, 1, "small");
   await seeder.close();
   const heldStep = random.between(2, 50);
-  const holder = spawn(process.execPath, ["--import", "tsx", LOCK_HOLDER, dir, String(heldStep)], { stdio: ["pipe", "pipe", "pipe"] });
+  const holder = spawn(process.execPath, [await bundledOnce(LOCK_HOLDER), dir, String(heldStep)], { stdio: ["pipe", "pipe", "pipe"] });
   const lines = createInterface({ input: holder.stdout! })[Symbol.asyncIterator]();
   const intruder = new FileCheckpointManager({ checkpointDir: dir });
   try {
@@ -121,8 +122,10 @@ interface RaceTally {
 async function raceCase(random: Random, dir: string, steps: number, context: string, tally: RaceTally, quick: boolean): Promise<void> {
   const fail = (kind: string, detail: string): void => void tally.failures.push({ kind, detail: `${context}: ${detail}` });
   const stopFile = `${dir}.stop`;
-  const writer = spawn(process.execPath, ["--import", "tsx", WRITER, dir, String(steps), String(random.fork())], { stdio: ["ignore", "pipe", "pipe"] });
-  const reader = spawn(process.execPath, ["--import", "tsx", READER, dir, stopFile], { stdio: ["ignore", "pipe", "pipe"] });
+  // Both bundled first, so the reader starts alongside the writer, not a bundling later.
+  const [writerScript, readerScript] = await Promise.all([bundledOnce(WRITER), bundledOnce(READER)]);
+  const writer = spawn(process.execPath, [writerScript, dir, String(steps), String(random.fork())], { stdio: ["ignore", "pipe", "pipe"] });
+  const reader = spawn(process.execPath, [readerScript, dir, stopFile], { stdio: ["ignore", "pipe", "pipe"] });
   let writerErr = "";
   let readerErr = "";
   writer.stderr.setEncoding("utf8").on("data", (c: string) => (writerErr += c));

@@ -9,6 +9,7 @@ import { existsSync } from "node:fs";
 import { mkdir, mkdtemp, readFile, readdir, rm, stat } from "node:fs/promises";
 import { join } from "node:path";
 import { fileURLToPath } from "node:url";
+import { bundledOnce } from "../lib/bundle-child.js";
 import { checkState, materialise, promisesAt } from "../power-loss/check-state.js";
 import { crashStates, describeOperation, fingerprint, type DirectoryState } from "../power-loss/crash-states.js";
 import { fileOperations } from "../power-loss/file-operations.js";
@@ -97,7 +98,8 @@ function lastAllKept(states: { cutAfter: number; variant: string; tree: Director
 
 /** Runs the workload under strace; returns what went wrong, or undefined. */
 async function runTraced(root: string, traceFile: string, flags: string[], skipDirectorySync: boolean): Promise<string | undefined> {
-  const args = [...straceArgs(traceFile), process.execPath, "--import", "tsx", WORKLOAD, root, ...flags];
+  // Bundled here, outside the trace: the traced process is plain node, without tsx's loader.
+  const args = [...straceArgs(traceFile), process.execPath, await bundledOnce(WORKLOAD), root, ...flags];
   return new Promise((resolve) => {
     const child = spawn("strace", args, { cwd: REPO_ROOT, stdio: ["ignore", "ignore", "pipe"], env: { ...process.env, CKPT_TORTURE_SKIP_DIRECTORY_SYNC: skipDirectorySync ? "1" : "0" } });
     let stderr = "";
