@@ -26,6 +26,7 @@ const SPARE_BUFFERS = 2;
 export function spareWriteBuffers(): readonly Buffer[] {
   return spareBuffers;
 }
+
 /**
  * Writes at least this large go to the file as they are, without a copy into the buffer. Well below
  * the zip writer's staged batches (up to 256 KiB, but a batch ends where the next header or entry
