@@ -258,6 +258,41 @@ test("where WebAssembly memory cannot be had, blocks are plain buffers found by 
   assert.equal((await import("node:crypto")).createHash("sha256").update(written).digest("hex"), hash);
 });
 
+test("a disk that takes O_DIRECT at open but refuses the direct writes themselves gets its files through the page cache, byte for byte, and is not tried again", async () => {
+  const dir = await tempDir();
+  // Blocks start on a page and are not probed before use: here the first block's write is the
+  // first to be refused. A child process, since the refusal is remembered for its disk.
+  const script = [
+    `import { LocalFileSystem } from ${JSON.stringify(new URL("../src/index.ts", import.meta.url).href)};`,
+    `import { constants, promises as fsp } from "node:fs";`,
+    `import { createHash, randomBytes } from "node:crypto";`,
+    `const realOpen = fsp.open;`,
+    `const direct = new WeakSet();`,
+    `fsp.open = async (...args) => { const handle = await realOpen(...args); if ((args[1] & constants.O_DIRECT) !== 0) direct.add(handle); return handle; };`,
+    `const prototype = Object.getPrototypeOf(await realOpen("/dev/null"));`,
+    `const realWrite = prototype.write;`,
+    `let refused = 0;`,
+    `prototype.write = function (...args) { if (!direct.has(this)) return realWrite.apply(this, args); refused++; return Promise.reject(Object.assign(new Error("EINVAL: invalid argument, write"), { code: "EINVAL" })); };`,
+    `const data = randomBytes((3 << 20) + 4321);`,
+    `const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 1 << 20 } });`,
+    `const refusals = [];`,
+    `for (const name of ["first.bin", "second.bin"]) {`,
+    `  const writer = await fileSystem.createWriter(${JSON.stringify(dir)} + "/" + name);`,
+    `  for (let done = 0; done < data.length; done += 300_000) await writer.write(data.subarray(done, done + 300_000));`,
+    `  await writer.close();`,
+    `  refusals.push(refused);`,
+    `}`,
+    `console.log(JSON.stringify({ refusals, hash: createHash("sha256").update(data).digest("hex") }));`,
+  ].join("\n");
+  const output = execFileSync(process.execPath, ["--import", "tsx", "--input-type=module", "-e", script], { encoding: "utf8" });
+  const { refusals, hash } = JSON.parse(output) as { refusals: number[]; hash: string };
+  assert.deepEqual(refusals, [1, 1], "one refused direct write for the first file, none for the second");
+  for (const name of ["first.bin", "second.bin"]) {
+    const written = await readFile(join(dir, name));
+    assert.equal((await import("node:crypto")).createHash("sha256").update(written).digest("hex"), hash, name);
+  }
+});
+
 test("two files written at once with direct writes never share a block", async () => {
   const dir = await tempDir();
   const fileSystem = new LocalFileSystem({ directWrites: { blockBytes: 4096 } });

@@ -13,14 +13,19 @@ const WASM_PAGE_BYTES = 65536;
  * address-space limit: V8 reserves several GiB of addresses for each), an ordinary buffer.
  */
 export function pageAlignedBuffer(bytes: number): Buffer {
+  return pageAlignedMemory(bytes) ?? Buffer.allocUnsafeSlow(bytes);
+}
+
+/** As pageAlignedBuffer, but undefined where page-aligned memory cannot be had. */
+export function pageAlignedMemory(bytes: number): Buffer | undefined {
   const pages = Math.ceil(bytes / WASM_PAGE_BYTES);
-  if (wasmMemoryRefused) return Buffer.allocUnsafeSlow(bytes);
+  if (wasmMemoryRefused) return undefined;
   try {
     return Buffer.from(new WebAssembly.Memory({ initial: pages, maximum: pages }).buffer, 0, bytes);
   } catch {
     // Not tried again: a refusal costs V8 up to three full garbage collections, on every block.
     wasmMemoryRefused = true;
-    return Buffer.allocUnsafeSlow(bytes);
+    return undefined;
   }
 }
 
