@@ -193,6 +193,28 @@ describe("dicts", () => {
     assert.deepEqual([...loaded.values()], [...map.values()]);
   });
 
+  test("the string keys of a large dict are written in full, without memo entries; small dicts' repeated keys are memo references; all load back", () => {
+    const occurrences = (bytes: Uint8Array, text: string): number => Buffer.from(bytes).toString("latin1").split(text).length - 1;
+    const keys = Array.from({ length: 100 }, (_, i) => `layer.${i}.weight`);
+    const state = {
+      model: Object.fromEntries(keys.map((key, i) => [key, i])),
+      // The same names again (an EMA copy of the model): written again, not taken from a memo.
+      ema: Object.fromEntries(keys.map((key, i) => [key, -i])),
+      byNumber: Object.fromEntries(keys.map((_, i) => [String(i + 1000), i])),
+      perParameter: keys.map((_, i) => ({ step: i, exp_avg: i / 2 })),
+    };
+    const bytes = Pickler.dump(state);
+    assert.equal(occurrences(bytes, "layer.7.weight"), 2, "once per large dict");
+    assert.equal(occurrences(bytes, "exp_avg"), 1, "a small dict's key is written once, then referenced");
+    assert.equal(occurrences(bytes, "1042"), 1);
+    // 63 keys are a small dict: memoized as before, so the second copy's keys are references.
+    const small = Object.fromEntries(keys.slice(0, 63).map((key, i) => [key, i]));
+    assert.equal(occurrences(Pickler.dump({ a: small, b: { ...small } }), "layer.7.weight"), 1);
+    const loaded = load(bytes) as typeof state;
+    assert.deepEqual(loaded, state);
+    assert.deepEqual(Object.keys(loaded.ema), keys);
+  });
+
   test("a dict whose integer-like str keys are out of numeric order comes back as a Map in file order", () => {
     const map = new Map<string, StateValue>([["10", 1], ["2", 2], ["name", 3], ["0", 4]]);
     const loaded = roundTrip(map);

@@ -28,6 +28,12 @@ const NO_LISTED_KEYS: ObjectKeys = new Map();
 
 /** Python's pickler batches APPENDS/SETITEMS in groups of this size; we do the same. */
 const BATCH_SIZE = 1000;
+/**
+ * The string keys of a dict of this many keys or more are not memoized (PickleOutput.uniqueKey):
+ * a model's parameter names, each written once. Small dicts' keys ("step", "exp_avg" in every
+ * parameter's optimizer state) repeat, and a memo reference is shorter than the string.
+ */
+const UNIQUE_KEYS_FROM = 64;
 
 /**
  * A protocol-2 pickler for state values, writing what `torch.save` writes: memoized containers
@@ -225,12 +231,14 @@ export class Pickler extends PickleOutput {
         this.byte(Op.EMPTY_DICT);
       }
       this.memoize(dict);
+      const uniqueKeys = keys.length >= UNIQUE_KEYS_FROM;
       for (let start = 0; start < keys.length; start += BATCH_SIZE) {
         this.byte(Op.MARK);
         const end = Math.min(keys.length, start + BATCH_SIZE);
         for (let i = start; i < end; i++) {
           const key = keys[i];
-          this.value(key);
+          if (uniqueKeys && typeof key === "string") this.uniqueKey(key);
+          else this.value(key);
           const steps = this.begin(valueOf(key), dict, key);
           if (steps !== undefined) yield* steps;
           if (this.stepDone()) yield;
