@@ -2,7 +2,7 @@ import assert from "node:assert/strict";
 import { describe, test } from "node:test";
 import { FormatError } from "../src/errors.js";
 import { Op } from "../src/formats/pickle/opcodes.js";
-import { Pickler } from "../src/formats/pickle/pickler.js";
+import { Pickler, runToEnd } from "../src/formats/pickle/pickler.js";
 import { unpickle } from "../src/formats/pickle/unpickler.js";
 import { buildTorchObject, findTorchGlobal } from "../src/formats/torch/torch-globals.js";
 import {
@@ -191,6 +191,16 @@ describe("dicts", () => {
     assert.deepEqual(keys[7], [1, "x"]);
     assert.ok(isTuple(keys[7]));
     assert.deepEqual([...loaded.values()], [...map.values()]);
+  });
+
+  test("a pickle whose buffer starts at an expected size has the same bytes, whether the estimate was short or long", () => {
+    const state = { model: Object.fromEntries(Array.from({ length: 3000 }, (_, i) => [`layer.${i}`, [i, i / 3, "x".repeat(i % 50)]])) };
+    const plain = Pickler.dump(state);
+    for (const expectedBytes of [0, 100, plain.byteLength - 1, plain.byteLength, 10 << 20]) {
+      const bytes = runToEnd(Pickler.dumpInSteps(state, Infinity, undefined, undefined, undefined, expectedBytes));
+      assert.ok(Buffer.from(bytes).equals(Buffer.from(plain)), `expected ${expectedBytes} bytes`);
+    }
+    assert.deepEqual(load(plain), state);
   });
 
   test("the string keys of a large dict are written in full, without memo entries; small dicts' repeated keys are memo references; all load back", () => {

@@ -68,9 +68,11 @@ export class Pickler extends PickleOutput {
    * the lists and dicts, and the last returns the bytes. A caller can do other work between steps
    * (an archive writer sends storages to the disk while the pickle is made: torch-writer.ts). Lists
    * and dicts are generators only for this; tuples, tensors and other leaves are written at once.
+   * `expectedBytes`: about how long the pickle will be, if the caller knows (see PickleOutput.expect).
    */
-  static *dumpInSteps(value: unknown, stepItems: number, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst, listedKeys?: ObjectKeys): Generator<void, Uint8Array> {
+  static *dumpInSteps(value: unknown, stepItems: number, encodeObject?: EncodeObject, encodeFirst?: EncodeFirst, listedKeys?: ObjectKeys, expectedBytes = 0): Generator<void, Uint8Array> {
     const pickler = new Pickler(encodeObject, encodeFirst, listedKeys);
+    pickler.expect(expectedBytes);
     pickler.stepItems = pickler.itemsLeft = stepItems;
     pickler.byte(Op.PROTO);
     pickler.byte(2);

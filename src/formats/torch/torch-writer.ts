@@ -77,7 +77,7 @@ export function pickleState(state: StateValue, check: PickleCheck = {}, rawRebui
  * far to the disk); another walk may then have marked the same storages or tensors, so after each
  * step they are marked again under a new stamp if one began.
  */
-function* pickleInSteps(state: StateValue, listedKeys: ObjectKeys | undefined, stepItems: number, met: MetStorages, rawRebuilds = true): Generator<void, Uint8Array> {
+function* pickleInSteps(state: StateValue, listedKeys: ObjectKeys | undefined, stepItems: number, met: MetStorages, rawRebuilds = true, storageCount = 0): Generator<void, Uint8Array> {
   const { storages } = met;
   let stamp = newStorageVisit();
   const rebuilds = new RebuildWriter(rawRebuilds);
@@ -125,7 +125,7 @@ function* pickleInSteps(state: StateValue, listedKeys: ObjectKeys | undefined, s
     }
     return false;
   };
-  const steps = Pickler.dumpInSteps(state, stepItems, encodeOther, encodeTensor, listedKeys);
+  const steps = Pickler.dumpInSteps(state, stepItems, encodeOther, encodeTensor, listedKeys, storageCount * PICKLE_BYTES_PER_STORAGE);
   for (;;) {
     const step = steps.next();
     if (step.done === true) return step.value;
@@ -158,6 +158,12 @@ function picklesLast(totals: StorageTotals | undefined): boolean {
 }
 const PICKLE_LAST_MIN_STORAGES = 1024;
 const PICKLE_LAST_MAX_MEAN_BYTES = 64 << 10;
+/**
+ * About the most a tensor takes in a pickle with its key: 67 bytes each for 20,000 tensors named
+ * `params.<i>`, more for long names and many dimensions. The pickle's buffer starts at this per
+ * storage (PickleOutput.expect); a high estimate costs no memory that is not written.
+ */
+const PICKLE_BYTES_PER_STORAGE = 160;
 /** Container items pickled per step while storages are written (see picklesLast). */
 const PICKLE_STEP_ITEMS = 32;
 
@@ -171,7 +177,7 @@ export async function writeTorchArchive(state: StateValue, sink: ByteSink, optio
   const { objectKeys, totals } = checkForArchive(state, options);
   const last = picklesLast(totals);
   const met: MetStorages = { storages: [], bytes: 0 };
-  const steps = pickleInSteps(state, objectKeys, last ? PICKLE_STEP_ITEMS : Infinity, met);
+  const steps = pickleInSteps(state, objectKeys, last ? PICKLE_STEP_ITEMS : Infinity, met, true, totals?.count);
   let pickle = last ? undefined : runToEnd(steps);
 
   const { onProgress } = options;
