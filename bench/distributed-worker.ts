@@ -7,6 +7,7 @@
 import { closeSync, fsyncSync, openSync, rmSync, writeSync } from "node:fs";
 import { join } from "node:path";
 import { FileCheckpointManager, LocalFileSystem, Tensor, closeGangs, initGangs, type StateDict } from "./library.js";
+import { diskWriteRequests } from "./process-stats.js";
 
 const [runsText, bytesText, dir] = process.argv.slice(2) as [string, string, string];
 const runs = Number(runsText);
@@ -46,6 +47,7 @@ function writePlain(): void {
 /** Times one operation on every rank at once; rank 0 prints the aggregate time. */
 async function measure(op: string, work: () => Promise<void> | void, report: boolean): Promise<void> {
   await root.barrier();
+  const requestsBefore = diskWriteRequests(dir);
   const rssBefore = process.memoryUsage().rss;
   const start = now();
   await work();
@@ -53,7 +55,10 @@ async function measure(op: string, work: () => Promise<void> | void, report: boo
   const peakBytes = process.memoryUsage().rss - rssBefore;
   const all = (await root.allGather([start, end, peakBytes])) as [number, number, number][];
   const seconds = (Math.max(...all.map((t) => t[1])) - Math.min(...all.map((t) => t[0]))) / 1000;
-  if (report && root.rank === 0) console.log(JSON.stringify({ op, seconds, peakBytes: Math.max(...all.map((t) => t[2])) }));
+  // Every rank's requests (the disk's count), from before the first start to after the last end.
+  const requestsAfter = diskWriteRequests(dir);
+  const writeRequests = requestsBefore === undefined || requestsAfter === undefined ? undefined : requestsAfter - requestsBefore;
+  if (report && root.rank === 0) console.log(JSON.stringify({ op, seconds, peakBytes: Math.max(...all.map((t) => t[2])), writeRequests }));
 }
 
 let step = 0;

@@ -53,6 +53,8 @@ export function measureDistributed(tmpRoot: string, runs: number, bytesPerRank: 
     for (const match of (result.stdout ?? "").matchAll(/^\[rank 0\] (\{.*\})$/gm)) {
       const { op, ...sample } = JSON.parse(match[1]!) as Sample & { op: string };
       series.find((s) => s.variant.op === op)?.samples.push(sample);
+      const requests = sample.writeRequests === undefined ? "" : ` (${sample.writeRequests} write requests)`;
+      process.stderr.write(`(c) ${op}: ${sample.seconds.toFixed(3)} s${requests}\n`);
     }
     if (result.status !== 0) {
       const why = result.error?.message ?? `exit code ${result.status}: ${(result.stderr ?? "").trim().split("\n").at(-1) ?? ""}`;

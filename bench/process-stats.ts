@@ -1,5 +1,5 @@
 // How the benchmark's worker reads a process's time, memory and event-loop delay around one operation.
-import { writeFileSync } from "node:fs";
+import { readFileSync, statSync, writeFileSync } from "node:fs";
 
 /**
  * Runs a 1 ms interval timer until `work` resolves: the worst and the 99th-percentile lateness of
@@ -43,3 +43,24 @@ export function cpuSecondsSince(start: NodeJS.CpuUsage): number {
 }
 
 export const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => undefined);
+
+/**
+ * Write requests the disk holding `path` has completed so far (Linux: /proc/diskstats), or
+ * undefined where they cannot be read. A write of one size can take 2-5x as many requests as
+ * another when the pages of the memory it is written from are scattered (docs/benchmark.md).
+ */
+export function diskWriteRequests(path: string): number | undefined {
+  try {
+    const dev = statSync(path).dev;
+    // Linux's encoding of a device number: minor in bits 0-7 and 20-31, major in bits 8-19.
+    const major = (dev >> 8) & 0xfff;
+    const minor = (dev & 0xff) | ((dev >> 12) & 0xfff00);
+    for (const line of readFileSync("/proc/diskstats", "utf8").split("\n")) {
+      const fields = line.trim().split(/\s+/);
+      if (Number(fields[0]) === major && Number(fields[1]) === minor) return Number(fields[7]);
+    }
+  } catch {
+    // Not Linux, or not allowed.
+  }
+  return undefined;
+}

@@ -194,7 +194,8 @@ function runVariants(variants: Variant[], p: Prepared, python: string | undefine
     const sample = outcome.samples.find((x) => x.op === variant.op) ?? (variants.length === 1 && outcome.error === undefined ? outcome.samples[0] : undefined);
     if (sample !== undefined) series.samples.push(sample);
     else series.error = outcome.error ?? "no measurement printed";
-    const shown = sample !== undefined ? `${sample.seconds.toFixed(3)} s` : `FAILED ${series.error}`;
+    const requests = sample?.writeRequests === undefined || sample.writeRequests === 0 ? "" : ` (${sample.writeRequests} write requests)`;
+    const shown = sample !== undefined ? `${sample.seconds.toFixed(3)} s${requests}` : `FAILED ${series.error}`;
     progress(`${round} (${p.spec.id}) ${variant.key}: ${shown}`);
   }
 }

@@ -49,6 +49,8 @@ export interface Measurement {
   baselineBytes: number;
   /** CPU time of the whole process (every thread: user + system) during the operation. */
   cpuSeconds: number;
+  /** Write requests the disk of the work directory completed during the operation (every process's; Linux). */
+  writeRequests?: number;
   /** save-async only: from beginCheckpoint until waitForPendingSave resolved. */
   totalSeconds?: number;
   /** save-async only: CPU time until waitForPendingSave resolved. */

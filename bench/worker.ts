@@ -21,7 +21,7 @@ import { bestRead, bestWrite, checkExactCopy, copyInto, crcAll, directBlocks, di
 import { checkLoaded, checkLoadedInto, checkWritten, liveState, tensorShapesInPlainFile } from "./checks.js";
 import { buildState, stateBytes, warmUpSpec, type BuiltState, type ScenarioSpec } from "./scenarios.js";
 import { checkFloorTensors, loadFloor, saveFloor } from "./floors.js";
-import { collectGarbage, cpuSecondsSince, resetPeakMemory, timerLateness } from "./process-stats.js";
+import { collectGarbage, cpuSecondsSince, diskWriteRequests, resetPeakMemory, timerLateness } from "./process-stats.js";
 import { NODE_OPS, STEADY_SUFFIX, type Measurement, type NodeOp } from "./worker-protocol.js";
 
 /** `<op>-steady`: untimed runs of the op at full size before the timed one (see STEADY_SUFFIX). */
@@ -317,13 +317,16 @@ async function measure(op: NodeOp, spec: ScenarioSpec, dir: string, out: string,
   resetPeakMemory();
   const baselineBytes = process.memoryUsage().rss;
   await before();
+  const requestsBefore = diskWriteRequests(out);
   const cpuStart = process.cpuUsage();
   const start = performance.now();
   await timed();
   const seconds = (performance.now() - start) / 1000;
   const cpuSeconds = cpuSecondsSince(cpuStart);
+  const requestsAfter = diskWriteRequests(out);
   const peakBytes = process.resourceUsage().maxRSS * 1024 - baselineBytes;
   const result: Measurement = { seconds, peakBytes, baselineBytes, cpuSeconds };
+  if (requestsBefore !== undefined && requestsAfter !== undefined) result.writeRequests = requestsAfter - requestsBefore;
   await after?.(result);
   await check();
   return result;
