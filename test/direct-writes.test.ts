@@ -216,6 +216,20 @@ test("a file announced as small gets direct-write blocks of a quarter of the siz
   );
 });
 
+test("a new direct-write block gets all its memory when it is made, not page by page as a save fills it", async () => {
+  const dir = await tempDir();
+  // A size no other test here uses; the file fills 1 MiB of the first block, nothing of the others.
+  const blockBytes = 24 << 20;
+  const data = Buffer.alloc(blockBytes + (1 << 20), 7);
+  const fileSystem = new LocalFileSystem({ directWrites: { blockBytes } });
+  const before = process.memoryUsage().rss;
+  await writeInChunks(fileSystem, join(dir, "file.bin"), data, 41);
+  const grown = process.memoryUsage().rss - before;
+  assert.equal(keptOf(blockBytes), 3);
+  assert.ok(grown >= 2.5 * blockBytes, `resident memory grew by ${grown} bytes for three blocks of ${blockBytes}`);
+  assert.ok((await readFile(join(dir, "file.bin"))).equals(data));
+});
+
 test("the torch and safetensors dumpers and writeFile announce their file's size: a small one is written in quarter-size blocks", async () => {
   const dir = await tempDir();
   const [full, quarter] = [240 << 10, 60 << 10];
