@@ -47,7 +47,8 @@ export const collectGarbage = (globalThis as { gc?: () => void }).gc ?? (() => u
 /**
  * Write requests the disk holding `path` has completed so far (Linux: /proc/diskstats), or
  * undefined where they cannot be read. A write of one size can take 2-5x as many requests as
- * another when the pages of the memory it is written from are scattered (docs/benchmark.md).
+ * another when the pages of the memory it is written from are scattered (docs/design.md, "Write
+ * requests and the pages they come from").
  */
 export function diskWriteRequests(path: string): number | undefined {
   try {
