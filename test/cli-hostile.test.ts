@@ -386,7 +386,7 @@ describe("inspect reads the zip directory and the pickle, verify streams", () =>
     assert.ok(peakOf(inspect) < bound, `inspect held ${peakOf(inspect)} bytes at its peak`);
     const verify = measured(CLI, "verify", dir);
     assertOk(verify);
-    assert.match(verify.stdout, /^step_1: sound \(1 files, 1\.5 GiB checked, no manifest\)$/m);
+    assert.match(verify.stdout, /^step_1: sound \(1 file, 1\.5 GiB checked, no manifest\)$/m);
     assert.ok(peakOf(verify) < bound, `verify held ${peakOf(verify)} bytes at its peak`);
     // The measure is real: a process that reads the file whole peaks above the bound.
     const whole = measured("-e", 'require("fs").readFileSync(process.argv[1])', path);

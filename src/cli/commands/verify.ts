@@ -51,7 +51,7 @@ Exit code: 0 when every checkpoint checked is sound, 1 when one is damaged, 2 on
       for (const c of report.checkpoints) {
         if (c.status === "sound") {
           sound++;
-          print(`${c.name}: sound (${c.filesChecked} files, ${formatBytes(c.bytesChecked)} checked${c.hasManifest ? "" : ", no manifest"})`);
+          print(`${c.name}: sound (${c.filesChecked} ${c.filesChecked === 1 ? "file" : "files"}, ${formatBytes(c.bytesChecked)} checked${c.hasManifest ? "" : ", no manifest"})`);
         } else if (c.status === "damaged") {
           damaged++;
           print(`${c.name}: DAMAGED`);
